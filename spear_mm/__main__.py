@@ -1,0 +1,3 @@
+from spear_mm.cli import main
+
+main()

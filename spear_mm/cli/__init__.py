@@ -1,0 +1,67 @@
+"""The `spear-mm` command line: a thin Typer app. Each stage registers its commands from its own module."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from spear_mm import __version__
+from spear_mm.errors import SpearError
+
+app = typer.Typer(
+    name="spear-mm",
+    help="Repair forgetting after domain CPT: score layers, plan restoration, SLERP-merge, validate.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console(stderr=True)
+
+# Stage modules that add commands to `app` (each defines `register(app)`); missing ones are skipped.
+_COMMAND_MODULES = ["merge", "analyze", "evaluate", "train", "run", "demo"]
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"spear-mm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False, show_time=False)],
+        force=True,
+    )
+
+
+for _name in _COMMAND_MODULES:
+    try:
+        _mod = importlib.import_module(f"spear_mm.cli.{_name}")
+    except ModuleNotFoundError as exc:  # a stage not built yet
+        if exc.name != f"spear_mm.cli.{_name}":
+            raise
+        continue
+    _mod.register(app)
+
+
+def main() -> None:
+    """Entry point: run the app, turning SpearError into a one-paragraph message and exit code 2."""
+    try:
+        app()
+    except SpearError as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/] — outputs are written atomically; re-run to resume.")
+        sys.exit(130)
