@@ -1,0 +1,79 @@
+"""Pico models and tokenizers built in code (no hub downloads), shared by the tests and benchmarks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+_TRAIN_TEXT = (
+    "The quick brown fox jumps over the lazy dog. Revenue rose 12 percent to 4.2 billion dollars. "
+    "The central bank held its policy rate at 5.25 percent. Water boils at 100 degrees Celsius. "
+    "Net income, operating margin, credit spreads and loan loss provisions were discussed. "
+    "Question: What is two plus two? Answer: four. 0123456789 positive negative neutral"
+)
+
+
+def make_tokenizer(vocab_size: int = 300) -> PreTrainedTokenizerFast:
+    """A small byte-level BPE tokenizer trained in memory; has eos/pad/bos tokens."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>", "<|pad|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator([_TRAIN_TEXT] * 4, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>", pad_token="<|pad|>"
+    )
+
+
+TINY_DIMS = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=6, num_attention_heads=4)
+
+
+def make_tiny_model(model_type: str = "llama", vocab_size: int = 300, seed: int = 0, **overrides):
+    """A randomly initialised pico model of any family that transformers knows, in float32."""
+    torch.manual_seed(seed)
+    kwargs = dict(TINY_DIMS, vocab_size=vocab_size, bos_token_id=0, eos_token_id=0, pad_token_id=1)
+    kwargs.update(overrides)
+    if model_type in {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3"}:
+        kwargs.setdefault("num_key_value_heads", 2)
+        kwargs.setdefault("max_position_embeddings", 256)
+    config = AutoConfig.for_model(model_type, **kwargs)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+def perturb_(model, layers: dict[int, float] | None = None, everywhere: float = 0.01, seed: int = 1):
+    """Adapted-model stand-in: add relative noise `everywhere`, and strong low-rank drift to `layers`."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g) * p.float().std().clamp_min(1e-3) * everywhere
+            p.add_(noise.to(p.dtype))
+            for layer, strength in (layers or {}).items():
+                if f"layers.{layer}." in name and p.ndim == 2:
+                    u = torch.randn(p.shape[0], 2, generator=g)
+                    v = torch.randn(2, p.shape[1], generator=g)
+                    p.add_((u @ v) * p.norm() / (u @ v).norm() * strength)
+    return model
+
+
+def save_pair(
+    root: Path, model_type: str = "llama", drift_layers: dict[int, float] | None = None, **save_kwargs
+) -> tuple[Path, Path]:
+    """Write base/ and adapted/ HF folders (with tokenizer) under `root`; returns their paths."""
+    tok = make_tokenizer()
+    base = make_tiny_model(model_type, vocab_size=len(tok))
+    base_dir, adapted_dir = root / "base", root / "adapted"
+    base.save_pretrained(base_dir, **save_kwargs)
+    tok.save_pretrained(base_dir)
+    perturb_(base, drift_layers)
+    base.save_pretrained(adapted_dir, **save_kwargs)
+    tok.save_pretrained(adapted_dir)
+    return base_dir, adapted_dir
