@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 # The public API is imported lazily so `import spear_mm` stays fast (torch/transformers load on use).
 _API = {
     "analyze": "spear_mm.scoring",
-    "make_plan": "spear_mm.plan",
+    "make_plan": "spear_mm.policies",
     "merge": "spear_mm.merge",
     "evaluate": "spear_mm.evaluation",
     "run": "spear_mm.pipeline",
