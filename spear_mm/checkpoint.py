@@ -69,9 +69,7 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str
         with path.open("rb") as f:
             raw_len = f.read(8)
             if len(raw_len) < 8:
-                raise SpearError(
-                    f"{path}: not a safetensors file (shorter than 8 bytes). Re-export the weights."
-                )
+                raise SpearError(f"{path}: not a safetensors file (shorter than 8 bytes). Re-export the weights.")
             (n,) = struct.unpack("<Q", raw_len)
             if n > _MAX_HEADER or 8 + n > size:
                 raise SpearError(
@@ -80,9 +78,7 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str
                 )
             header = json.loads(f.read(n))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SpearError(
-            f"{path}: corrupt safetensors header ({exc}). Copy or download the file again."
-        ) from exc
+        raise SpearError(f"{path}: corrupt safetensors header ({exc}). Copy or download the file again.") from exc
     if not isinstance(header, dict):
         raise SpearError(f"{path}: corrupt safetensors header (not a JSON object). Copy the file again.")
     meta = header.pop("__metadata__", None) or {}
@@ -94,9 +90,7 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str
             begin, stop = (int(x) for x in h["data_offsets"])
             shape = tuple(int(d) for d in h["shape"])
         except (KeyError, TypeError, ValueError) as exc:
-            raise SpearError(
-                f"{path}: corrupt safetensors header entry for tensor '{name}' ({exc})."
-            ) from exc
+            raise SpearError(f"{path}: corrupt safetensors header entry for tensor '{name}' ({exc}).") from exc
         info = TensorInfo(name, shape, dtype, path, 8 + n + begin)
         if stop - begin != info.nbytes:
             raise SpearError(
@@ -144,14 +138,10 @@ class Checkpoint:
         if not path.exists():
             raise SpearError(f"{path}: no such folder. Pass the path of a Hugging Face model folder.")
         if not path.is_dir():
-            raise SpearError(
-                f"{path}: is a file; pass the model folder that contains config.json and weights."
-            )
+            raise SpearError(f"{path}: is a file; pass the model folder that contains config.json and weights.")
         config_file = path / "config.json"
         if not config_file.exists():
-            raise SpearError(
-                f"{path}: no config.json. Pass a Hugging Face model folder (save_pretrained output)."
-            )
+            raise SpearError(f"{path}: no config.json. Pass a Hugging Face model folder (save_pretrained output).")
         try:
             config = json.loads(config_file.read_text())
         except json.JSONDecodeError as exc:
@@ -168,9 +158,7 @@ class Checkpoint:
                 try:
                     weight_map = json.loads(index.read_text())["weight_map"]
                 except (json.JSONDecodeError, KeyError) as exc:
-                    raise SpearError(
-                        f"{index}: invalid index file ({exc}); it needs a 'weight_map'."
-                    ) from exc
+                    raise SpearError(f"{index}: invalid index file ({exc}); it needs a 'weight_map'.") from exc
                 files = sorted(set(weight_map.values()))
                 missing = [f for f in files if not (self.path / f).exists()]
                 if missing:
@@ -288,9 +276,7 @@ class Pair:
     adapted: Checkpoint
     params: dict  # name -> architecture.ParamInfo, in the adapted model's tensor order
     num_layers: int
-    vocab_extension: dict[str, tuple[int, int]] = field(
-        default_factory=dict
-    )  # name -> (base rows, adapted rows)
+    vocab_extension: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (base rows, adapted rows)
     dtype_mismatch: dict[str, tuple[torch.dtype, torch.dtype]] = field(default_factory=dict)
 
     @property
@@ -333,12 +319,7 @@ def open_pair(
         sb, sa = b.infos[n].shape, a.infos[n].shape
         if sb == sa:
             continue
-        grows = (
-            params[n].group in ("embed", "head")
-            and len(sa) == len(sb) == 2
-            and sa[1] == sb[1]
-            and sa[0] > sb[0]
-        )
+        grows = params[n].group in ("embed", "head") and len(sa) == len(sb) == 2 and sa[1] == sb[1] and sa[0] > sb[0]
         if grows and allow_vocab_extension:
             vocab_ext[n] = (sb[0], sa[0])
         elif grows:
@@ -355,9 +336,7 @@ def open_pair(
             + "; ".join(shown)
             + "."
         )
-    mismatch = {
-        n: (b.infos[n].dtype, a.infos[n].dtype) for n in a.infos if b.infos[n].dtype != a.infos[n].dtype
-    }
+    mismatch = {n: (b.infos[n].dtype, a.infos[n].dtype) for n in a.infos if b.infos[n].dtype != a.infos[n].dtype}
     if mismatch:
         n, (db, da) = next(iter(mismatch.items()))
         log.warning(

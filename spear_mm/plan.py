@@ -48,9 +48,7 @@ class Provenance(_Strict):
     scores_hash: str | None = None
     base: str | None = None
     adapted: str | None = None
-    created: str = Field(
-        default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    )
+    created: str = Field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     spear_mm_version: str = __version__
 
 
@@ -75,9 +73,7 @@ class Plan(_Strict):
         seen: set[int] = set()
         for rule in self.layers:
             if rule.layer >= self.num_layers:
-                raise ValueError(
-                    f"layer {rule.layer} is out of range: the model has {self.num_layers} layers"
-                )
+                raise ValueError(f"layer {rule.layer} is out of range: the model has {self.num_layers} layers")
             if rule.layer in seen:
                 raise ValueError(f"layer {rule.layer} is listed twice")
             seen.add(rule.layer)
@@ -97,9 +93,7 @@ class Plan(_Strict):
             if p.module == "norm" and self.layer_norms != "follow":
                 return 0.0 if self.layer_norms == "keep" else 1.0
             return self.layer_t(p.layer)
-        return {"embed": self.embed, "head": self.head, "final_norm": self.final_norm}.get(
-            p.group, self.other
-        )
+        return {"embed": self.embed, "head": self.head, "final_norm": self.final_norm}.get(p.group, self.other)
 
     def _rules(self) -> dict[int, LayerRule]:
         return {r.layer: r for r in self.layers}
@@ -129,8 +123,7 @@ class Plan(_Strict):
         parts = [f"{self.method}", f"{len(restored)}/{self.num_layers} layers restored"]
         if restored:
             parts.append(
-                ", ".join(f"L{i}:t={self.layer_t(i):g}" for i in restored[:12])
-                + (" …" if len(restored) > 12 else "")
+                ", ".join(f"L{i}:t={self.layer_t(i):g}" for i in restored[:12]) + (" …" if len(restored) > 12 else "")
             )
         parts.append(f"embed t={self.embed:g}, head t={self.head:g}, final_norm t={self.final_norm:g}")
         return "; ".join(parts)
@@ -165,9 +158,7 @@ class Plan(_Strict):
     # -- YAML --------------------------------------------------------------------------------------------------
     def to_yaml(self) -> str:
         data = self.model_dump(mode="json", exclude_none=True)
-        data["layers"] = [
-            {k: v for k, v in r.items() if not (k == "modules" and not v)} for r in data["layers"]
-        ]
+        data["layers"] = [{k: v for k, v in r.items() if not (k == "modules" and not v)} for r in data["layers"]]
         header = (
             "# spear-mm restoration plan. t = weight of the BASE model: 0 keeps the adapted weights,\n"
             "# 1 restores the base exactly (as if the layer had been frozen during CPT).\n"
