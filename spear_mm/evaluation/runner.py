@@ -1,0 +1,204 @@
+"""`evaluate`: one model (a folder or an in-memory model) on tasks or suites, with either back end."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from spear_mm.errors import SpearError
+from spear_mm.evaluation import scoring
+from spear_mm.evaluation.builtin import Advance, Engine
+from spear_mm.evaluation.suites import load_tasks
+from spear_mm.evaluation.tasks import GenItem, LoadedTask, MCItem, TextItem
+from spear_mm.metrics import EvalResult, TaskResult
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("builtin", "lm-eval")
+
+
+def load_model(path: str | Path, device: str = "cpu", dtype: torch.dtype | None = None):
+    """A causal LM and its tokenizer from a HF folder (float32 on CPU unless `dtype` says otherwise)."""
+    path = Path(path).expanduser()
+    if not (path / "config.json").is_file():
+        raise SpearError(f"model folder {path} has no config.json: expected a Hugging Face model folder")
+    dtype = dtype or (torch.float32 if device == "cpu" else "auto")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise SpearError(f"model folder {path}: no usable tokenizer ({exc})") from None
+    return model, tokenizer
+
+
+def tokenizer_fingerprint(tok: PreTrainedTokenizerBase) -> str:
+    """Class, size and a hash of the vocabulary: models with different fingerprints are not token-comparable."""
+    vocab = sorted(tok.get_vocab().items())
+    digest = hashlib.sha1(repr(vocab).encode("utf-8")).hexdigest()[:12]
+    return f"{type(tok).__name__}:{len(tok)}:{digest}"
+
+
+@contextlib.contextmanager
+def prepared(model: PreTrainedModel, device: str, dtype: torch.dtype | None, threads: int | None) -> Iterator[None]:
+    """Eval mode, the compute dtype (float32 on CPU: no bf16 units there) and thread count for the duration;
+    the caller's model gets its dtype and training flag back afterwards (bf16 -> fp32 -> bf16 is exact)."""
+    old_dtype, was_training, old_threads = model.dtype, model.training, torch.get_num_threads()
+    target = dtype or (torch.float32 if device == "cpu" else old_dtype)
+    if threads:
+        torch.set_num_threads(threads)
+    if target != old_dtype:
+        log.info("evaluating in %s (model is %s)", target, old_dtype)
+        model.to(target)
+    model.eval()
+    try:
+        yield
+    finally:
+        if target != old_dtype:
+            model.to(old_dtype)
+        model.train(was_training)
+        torch.set_num_threads(old_threads)
+
+
+def run_builtin(engine: Engine, task: LoadedTask, advance: Advance) -> TaskResult:
+    """Score one loaded task with the built-in engine."""
+    start, fwd0 = time.perf_counter(), engine.forward_tokens
+    spec, items = task.spec, list(task.items)
+    if spec.kind == "multiple_choice":
+        mc = [i for i in items if isinstance(i, MCItem)]
+        ctx, conts = engine.encode_pairs([i.context for i in mc], [i.choices for i in mc])
+        lls = engine.loglikelihoods(ctx, conts, advance)
+        tokens = sum(len(c) * len(cs) + sum(map(len, cs)) for c, cs in zip(ctx, conts, strict=True))
+    elif spec.kind == "perplexity":
+        docs = engine.encode([i.text for i in items if isinstance(i, TextItem)], special=False)
+        window = spec.window or engine.max_length
+        nll = engine.rolling_nll(docs, window, spec.stride or window, advance)
+    else:
+        prompts = [i.prompt for i in items if isinstance(i, GenItem)]
+        outputs, generated = engine.generate(prompts, spec.max_gen_toks, spec.stop, advance)
+        tokens = sum(map(len, engine.encode(prompts))) + generated
+    seconds, fwd = time.perf_counter() - start, engine.forward_tokens - fwd0
+    if spec.kind == "multiple_choice":
+        return scoring.mc_result(task, lls, seconds, tokens, forward_tokens=fwd)
+    if spec.kind == "perplexity":
+        return scoring.ppl_result(task, nll, [len(d) for d in docs], seconds, forward_tokens=fwd)
+    return scoring.gen_result(task, outputs, seconds, tokens, forward_tokens=fwd)
+
+
+def evaluate(
+    model: str | Path | PreTrainedModel,
+    tasks: Any,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    *,
+    data_dir: str | Path | None = None,
+    device: str = "cpu",
+    limit: int | None = None,
+    batch_size: int = 16,
+    threads: int | None = None,
+    seed: int = 0,
+    backend: str = "builtin",
+    dtype: torch.dtype | None = None,
+    max_length: int | None = None,
+    name: str | None = None,
+    skip_missing: bool = False,
+    progress: Any | None = None,
+) -> EvalResult:
+    """Evaluate `model` on `tasks` and return an `EvalResult` (per-item records included).
+
+    model: a HF folder, or an in-memory `PreTrainedModel` (then pass its `tokenizer`).
+    tasks: 'general', 'domain', 'general,domain', a suite YAML path, `TaskSpec`s / dicts, or already
+        loaded `LoadedTask`s (load once with `load_tasks`, then evaluate many models on the same items).
+    limit/seed: N items per task, sampled with `seed`, stratified by label. Deterministic.
+    progress: an optional `rich.progress.Progress` to report into.
+    """
+    if backend not in BACKENDS:
+        raise SpearError(f"unknown back end {backend!r}: use one of {BACKENDS}")
+    model_path = None
+    if isinstance(model, (str, Path)):
+        model_path = str(Path(model).expanduser().resolve())
+        model, loaded_tok = load_model(model, device, dtype)
+        tokenizer = tokenizer or loaded_tok
+    if tokenizer is None:
+        raise SpearError("evaluate: an in-memory model needs its tokenizer (tokenizer=...)")
+    skipped: dict[str, str] = {}
+    loaded = _load(tasks, data_dir, limit, seed, skip_missing, skipped)
+    label = name or (Path(model_path).name if model_path else getattr(model.config, "_name_or_path", "") or "model")
+    result = EvalResult(
+        model=label,
+        model_path=model_path,
+        backend=backend,
+        device=device,
+        limit=limit,
+        seed=seed,
+        tokenizer=tokenizer_fingerprint(tokenizer),
+        n_params=sum(p.numel() for p in model.parameters()),
+        skipped=skipped,
+    )
+    start = time.perf_counter()
+    torch.manual_seed(seed)
+    with prepared(model, device, dtype, threads):
+        result.dtype = str(model.dtype).removeprefix("torch.")
+        if backend == "lm-eval":
+            from spear_mm.evaluation.lm_eval_backend import run_lm_eval
+
+            result.tasks = run_lm_eval(
+                model, tokenizer, loaded, device=device, batch_size=batch_size, max_length=max_length, progress=progress
+            )
+        else:
+            engine = Engine(model, tokenizer, torch.device(device), batch_size=batch_size, max_length=max_length)
+            for task in loaded:
+                result.tasks[task.name] = _with_progress(
+                    progress, label, task, lambda adv, t=task: run_builtin(engine, t, adv)
+                )
+                log.info(
+                    "%s %s: %s = %.4f (n=%d)",
+                    label,
+                    task.name,
+                    result.tasks[task.name].metric,
+                    result.tasks[task.name].score,
+                    len(task.items),
+                )
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _load(
+    tasks: Any, data_dir: str | Path | None, limit: int | None, seed: int, skip: bool, skipped: dict[str, str]
+) -> list[LoadedTask]:
+    if isinstance(tasks, Sequence) and not isinstance(tasks, str) and tasks and isinstance(tasks[0], LoadedTask):
+        return list(tasks)
+    if isinstance(tasks, LoadedTask):
+        return [tasks]
+    return load_tasks(tasks, data_dir, limit, seed, skip_missing=skip, skipped=skipped)
+
+
+def _with_progress(progress: Any | None, label: str, task: LoadedTask, fn: Any) -> TaskResult:
+    if progress is None:
+        return fn(lambda _n: None)
+    bar = progress.add_task(f"{label} · {task.name}", total=len(task.items))
+    try:
+        return fn(lambda n: progress.advance(bar, n))
+    finally:
+        progress.update(bar, completed=len(task.items))
+
+
+def evaluate_many(
+    models: Sequence[str | Path],
+    tasks: Any,
+    *,
+    data_dir: str | Path | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+    skip_missing: bool = False,
+    **kwargs: Any,
+) -> list[EvalResult]:
+    """Evaluate several model folders on the same items (tasks are loaded and sampled once)."""
+    loaded = load_tasks(tasks, data_dir, limit, seed, skip_missing=skip_missing)
+    return [evaluate(m, loaded, limit=limit, seed=seed, **kwargs) for m in models]

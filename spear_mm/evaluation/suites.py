@@ -1,0 +1,187 @@
+"""Suites as data: the shipped general and domain suites, YAML suites of the user, and the task loader."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from spear_mm.errors import SpearError
+from spear_mm.evaluation.loaders import LOADERS, MissingDataError
+from spear_mm.evaluation.tasks import LoadedTask, TaskSpec, select_items
+
+log = logging.getLogger(__name__)
+
+# The shipped suites. Paths are relative to --data-dir (the layout of shared/data).
+GENERAL_SUITE: list[dict[str, Any]] = [
+    {
+        "name": "arc_easy",
+        "kind": "multiple_choice",
+        "loader": "arc",
+        "path": "arc/ARC-Easy-test.jsonl",
+        "args": {"subset": "ARC-Easy"},
+        "description": "AI2 ARC-Easy test, 0-shot loglikelihood (lm-eval prompt)",
+    },
+    {
+        "name": "arc_challenge",
+        "kind": "multiple_choice",
+        "loader": "arc",
+        "path": "arc/ARC-Challenge-test.jsonl",
+        "args": {"subset": "ARC-Challenge"},
+        "description": "AI2 ARC-Challenge test, 0-shot loglikelihood",
+    },
+    {
+        "name": "gsm8k",
+        "kind": "generation",
+        "loader": "gsm8k",
+        "path": "gsm8k/test.jsonl",
+        "description": "GSM8K test, 8 fixed chain-of-thought exemplars, greedy, exact match on the answer number",
+    },
+    {
+        "name": "wikitext2",
+        "kind": "perplexity",
+        "loader": "wikitext",
+        "path": "wikitext-2/raw/wiki.test.raw",
+        "description": "WikiText-2 raw test perplexity, article-aligned chunks",
+    },
+]
+DOMAIN_SUITE: list[dict[str, Any]] = [
+    {
+        "name": "fpb",
+        "kind": "multiple_choice",
+        "loader": "fpb",
+        "group": "domain",
+        "path": "fpb/Sentences_AllAgree.txt",
+        "description": "Financial PhraseBank (all annotators agree), 3 labels",
+    },
+    {
+        "name": "reuters_topic",
+        "kind": "multiple_choice",
+        "loader": "reuters_topic",
+        "group": "domain",
+        "path": "reuters21578/reuters21578.jsonl.gz",
+        "description": "Reuters-21578 TEST, single-topic articles, title + lead -> one of 8 topics",
+    },
+    {
+        "name": "reuters_ppl",
+        "kind": "perplexity",
+        "loader": "reuters_text",
+        "group": "domain",
+        "path": "reuters21578/reuters21578.jsonl.gz",
+        "description": "Reuters-21578 TEST article bodies, perplexity",
+    },
+]
+SUITES: dict[str, list[dict[str, Any]]] = {"general": GENERAL_SUITE, "domain": DOMAIN_SUITE}
+
+
+class Suite(BaseModel):
+    """A named list of task specs (a YAML file: `name: ...`, `tasks: [...]`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    tasks: tuple[TaskSpec, ...]
+
+
+def _specs(name: str, raw: Iterable[dict[str, Any]], group: str | None = None) -> tuple[TaskSpec, ...]:
+    try:
+        return tuple(TaskSpec(**({"group": group} if group else {}) | dict(t)) for t in raw)
+    except ValidationError as exc:
+        raise SpearError(f"suite {name!r}: invalid task definition:\n{exc}") from None
+
+
+def get_suite(name: str) -> Suite:
+    """A shipped suite by name ('general', 'domain') or a suite YAML file."""
+    if name in SUITES:
+        return Suite(name=name, tasks=_specs(name, SUITES[name]))
+    path = Path(name).expanduser()
+    if path.suffix in {".yaml", ".yml"} and path.is_file():
+        return load_suite_file(path)
+    raise SpearError(f"unknown suite {name!r}: use one of {sorted(SUITES)} or a suite .yaml file")
+
+
+def load_suite_file(path: Path) -> Suite:
+    """A user suite from YAML: a list of task dicts, or a mapping with `name`, optional `group` and `tasks`."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise SpearError(f"suite file {path}: not valid YAML ({exc})") from None
+    if isinstance(data, list):
+        data = {"tasks": data}
+    if not isinstance(data, dict) or not isinstance(data.get("tasks"), list):
+        raise SpearError(f"suite file {path}: expected a list of tasks or a mapping with a 'tasks' list")
+    name = str(data.get("name", path.stem))
+    return Suite(name=name, tasks=_specs(name, data["tasks"], data.get("group")))
+
+
+def resolve_tasks(tasks: str | Suite | TaskSpec | dict[str, Any] | Sequence[Any]) -> list[TaskSpec]:
+    """Task specs from 'general,domain', a suite, a spec, a dict or a list of any of those (names de-duplicated)."""
+    if isinstance(tasks, str):
+        parts: list[Any] = [p.strip() for p in tasks.split(",") if p.strip()]
+    elif isinstance(tasks, (Suite, TaskSpec, dict)):
+        parts = [tasks]
+    else:
+        parts = list(tasks)
+    specs: list[TaskSpec] = []
+    for part in parts:
+        if isinstance(part, str):
+            specs.extend(get_suite(part).tasks)
+        elif isinstance(part, Suite):
+            specs.extend(part.tasks)
+        elif isinstance(part, TaskSpec):
+            specs.append(part)
+        elif isinstance(part, dict):
+            specs.extend(_specs(str(part.get("name", "task")), [part]))
+        else:
+            raise SpearError(f"cannot use {part!r} as a task: give a suite name, a TaskSpec or a dict")
+    seen: dict[str, TaskSpec] = {}
+    for spec in specs:
+        if spec.name in seen and seen[spec.name] != spec:
+            raise SpearError(f"two different tasks are named {spec.name!r}")
+        seen[spec.name] = spec
+    return list(seen.values())
+
+
+def load_task(
+    spec: TaskSpec, data_dir: str | Path | None = None, limit: int | None = None, seed: int = 0
+) -> LoadedTask:
+    """Read a task's items (SpearError when its data is missing), then sample `limit` of them (stratified)."""
+    loader = LOADERS.get(spec.loader)
+    if loader is None:
+        raise SpearError(f"task {spec.name!r}: unknown loader {spec.loader!r}; known: {sorted(LOADERS)}")
+    items, source = loader(spec, Path(data_dir).expanduser() if data_dir is not None else None)
+    if not items:
+        raise SpearError(f"task {spec.name!r}: no items found in {source}")
+    kinds = {"multiple_choice": "MCItem", "perplexity": "TextItem", "generation": "GenItem"}
+    if type(items[0]).__name__ != kinds[spec.kind]:
+        raise SpearError(f"task {spec.name!r}: loader {spec.loader!r} does not produce {spec.kind} items")
+    chosen = select_items(items, limit, seed)
+    log.debug("task %s: %d of %d items from %s", spec.name, len(chosen), len(items), source)
+    return LoadedTask(spec=spec, items=tuple(chosen), total=len(items), source=source)
+
+
+def load_tasks(
+    tasks: str | Suite | Sequence[Any],
+    data_dir: str | Path | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+    skip_missing: bool = False,
+    skipped: dict[str, str] | None = None,
+) -> list[LoadedTask]:
+    """Load every task of `tasks`. With `skip_missing`, a task whose data file is missing is skipped with a
+    warning (and its reason recorded in `skipped` when given); otherwise that is a SpearError."""
+    loaded: list[LoadedTask] = []
+    for spec in resolve_tasks(tasks):
+        try:
+            loaded.append(load_task(spec, data_dir, limit, seed))
+        except MissingDataError as exc:
+            if not skip_missing:
+                raise
+            log.warning("skipping task %s: %s", spec.name, exc)
+            if skipped is not None:
+                skipped[spec.name] = str(exc)
+    return loaded
