@@ -145,29 +145,39 @@ def load_freeze_yaml(path: Path | str) -> list[str]:
 def apply_freeze(model, unfrozen_patterns: list[str]) -> FreezeSummary:
     """Set `requires_grad` on every parameter of a torch module: True iff a pattern matches a name of it."""
     regexes = _compile(unfrozen_patterns, "freeze patterns")
-    names: dict[int, list[str]] = {}
-    params = {}
-    for name, p in model.named_parameters(remove_duplicate=False):
-        names.setdefault(id(p), []).append(name)
-        params[id(p)] = p
     used: set[int] = set()
-    summary = FreezeSummary()
-    layer_state: dict[int, bool] = {}  # layer -> any parameter trainable
-    for key, p in params.items():
-        hits = {i for i, rx in enumerate(regexes) for n in names[key] if rx.search(n)}
+    for p, names in _aliases(model).values():
+        hits = {i for i, rx in enumerate(regexes) for n in names if rx.search(n)}
         used |= hits
         p.requires_grad_(bool(hits))
-        if hits:
+    summary = summarize_freeze(model)
+    summary.unmatched_patterns = [p for i, p in enumerate(unfrozen_patterns) if i not in used]
+    if summary.unmatched_patterns:
+        log.warning("freeze: patterns matching no parameter: %s", summary.unmatched_patterns)
+    return summary
+
+
+def summarize_freeze(model) -> FreezeSummary:
+    """Counts of trainable/frozen parameters and tensors from the current `requires_grad` flags; a layer
+    is frozen when none of its parameters trains."""
+    summary = FreezeSummary()
+    layer_trains: dict[int, bool] = {}
+    for p, names in _aliases(model).values():
+        if p.requires_grad:
             summary.trainable_params += p.numel()
             summary.trainable_tensors += 1
         else:
             summary.frozen_params += p.numel()
             summary.frozen_tensors += 1
-        for n in names[key]:
-            if (layer := layer_index(n)) is not None:
-                layer_state[layer] = layer_state.get(layer, False) or bool(hits)
-    summary.frozen_layers = sorted(i for i, trains in layer_state.items() if not trains)
-    summary.unmatched_patterns = [p for i, p in enumerate(unfrozen_patterns) if i not in used]
-    if summary.unmatched_patterns:
-        log.warning("freeze: patterns matching no parameter: %s", summary.unmatched_patterns)
+        for layer in {layer_index(n) for n in names} - {None}:
+            layer_trains[layer] = layer_trains.get(layer, False) or p.requires_grad
+    summary.frozen_layers = sorted(i for i, trains in layer_trains.items() if not trains)
     return summary
+
+
+def _aliases(model) -> dict[int, tuple]:
+    """Unique parameters with all their names (tied weights have several)."""
+    out: dict[int, tuple] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        out.setdefault(id(p), (p, []))[1].append(name)
+    return out
