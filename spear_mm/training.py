@@ -182,6 +182,9 @@ class _LogCallback:
     def on_train_begin(self, args, state, control, **kw) -> None:
         self.t0 = self.t_last = time.perf_counter()
         self.step0 = self.step_last = state.global_step
+        if self.path.exists():  # resumed: drop entries logged after the checkpoint we restart from
+            kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= self.step0]
+            self.path.write_text("".join(line + "\n" for line in kept))
 
     def on_log(self, args, state, control, logs=None, **kw) -> None:
         now, step = time.perf_counter(), state.global_step
@@ -241,6 +244,10 @@ def run_trainer(model, tokenizer, dataset, work: Path, config: CptConfig, device
         processing_class=tokenizer,
         callbacks=[callback],
     )
+    if not config.progress:
+        from transformers import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)  # the log goes to train_log.jsonl
     trainer.train(resume_from_checkpoint=resume)
     steps, seconds, tps = callback.throughput(trainer.state)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -119,13 +120,18 @@ def test_interrupted_run_resumes(tmp_path: Path, base: Path, corpus: Path, monke
     with pytest.raises(KeyboardInterrupt):
         cpt(base, [corpus], out, CptConfig(max_steps=4, save_steps=2, **FAST))
     monkeypatch.undo()
-    assert not out.exists() and (tmp_path / "adapted.work" / "checkpoints" / "checkpoint-4").is_dir()
+    work = tmp_path / "adapted.work"
+    assert not out.exists() and (work / "checkpoints" / "checkpoint-4").is_dir()
+    with open(work / "train_log.jsonl", "a") as f:  # as if the crash came one step after the checkpoint
+        f.write(json.dumps({"step": 5, "loss": 9.9}) + "\n")
+    shutil.rmtree(work / "checkpoints" / "checkpoint-4")
     with pytest.raises(SpearError, match="resume-from-checkpoint"):
         cpt(base, [corpus], out, CptConfig(max_steps=4, **FAST))
     result = cpt(base, [corpus], out, CptConfig(max_steps=6, save_steps=2, resume_from_checkpoint=True, **FAST))
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert result.steps == 6 and [e["step"] for e in log if "loss" in e] == [1, 2, 3, 4, 5, 6]
-    assert not (tmp_path / "adapted.work").exists()
+    assert 9.9 not in [e.get("loss") for e in log]
+    assert not work.exists()
 
 
 def test_bad_inputs(tmp_path: Path, base: Path, corpus: Path) -> None:
