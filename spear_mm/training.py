@@ -206,7 +206,12 @@ class _LogCallback:
 
 def run_trainer(model, tokenizer, dataset, work: Path, config: CptConfig, device: str, resume: str | None) -> dict:
     """Train with the Hugging Face Trainer; returns steps, seconds, tokens/s and the last logged loss."""
+    import importlib.util
+
     from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
+
+    if importlib.util.find_spec("accelerate") is None:
+        raise SpearError("cpt: the Hugging Face Trainer needs `accelerate`; run `pip install accelerate`.")
 
     callback = type("SpearLogCallback", (_LogCallback, TrainerCallback), {})(
         work / "train_log.jsonl", config.tokens_per_step
