@@ -1,0 +1,155 @@
+"""Weight-only scoring on the tiny pair (layers 3 and 5 drift strongly), I/O round trips and bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from spear_mm.architecture import ParamInfo
+from spear_mm.errors import SpearError
+from spear_mm.score_table import ScoreTable, read_scores_csv
+from spear_mm.scoring import ScoreConfig, analyze, layer_scores, normalize_rows, score_names, score_tensor_pair
+
+
+@pytest.fixture(scope="module")
+def scored(tiny_pair, tmp_path_factory):
+    out = tmp_path_factory.mktemp("scores")
+    return analyze(*tiny_pair, out, workers=2), out
+
+
+def test_strongly_drifted_layers_rank_first(scored):
+    table, _ = scored
+    assert set(table.ranking()[:2]) == {3, 5}
+    assert sorted(s.rank for s in table.layers) == list(range(1, 7))
+    top = [s for s in table.layers if s.layer in (3, 5)]
+    assert all(s.rel_change > 0.3 for s in top)
+    assert table.base_fingerprint and table.adapted_fingerprint
+
+
+def test_rows_cover_every_tensor_and_non_layers_get_relative_change_only(scored, tiny_pair):
+    table, _ = scored
+    from spear_mm.checkpoint import Checkpoint
+
+    assert {m.name for m in table.modules} == set(Checkpoint.open(tiny_pair[1]).names)
+    for m in table.non_layer():
+        assert m.score is None and m.swc is None and m.rel_change > 0
+    norms = [m for m in table.modules if m.module == "norm"]
+    assert norms and all(m.score is None for m in norms)
+    matrices = [m for m in table.modules if m.score is not None]
+    assert len(matrices) == 6 * 7
+    for m in matrices:
+        for v in (m.snr_base, m.snr_adapted, m.snr_delta, m.swc, m.drop, m.erank_base, m.score):
+            assert math.isfinite(v)
+
+
+def test_json_and_csv_round_trip(scored):
+    table, out = scored
+    loaded = ScoreTable.load(out)
+    assert loaded == table
+    assert loaded.content_hash() == table.content_hash()
+    rows = read_scores_csv(out / "scores.csv")
+    assert list(rows[0])[:4] == ["layer", "module", "name", "score"]
+    assert {"rel_change", "cos", "snr_base", "snr_adapted", "snr_delta", "swc", "drop", "d_signal", "d_erank"} <= set(
+        rows[0]
+    )
+    by_name = {r["name"]: r for r in rows}
+    for m in table.modules:
+        r = by_name[m.name]
+        assert (r["score"] == "") == (m.score is None)
+        if m.score is not None:
+            assert float(r["score"]) == pytest.approx(m.score)
+    assert (out / "layer_scores.csv").read_text().startswith("layer,score,rank")
+    for fig in ("heatmap.png", "layer_scores.png"):
+        assert (out / fig).stat().st_size > 10_000
+    assert json.loads((out / "scores.json").read_text())["config"]["alpha"] == 0.5
+
+
+def test_unit_of_work_matches_the_pool(scored, tiny_pair):
+    table, _ = scored
+    names = ["model.layers.5.mlp.up_proj.weight", "model.layers.0.input_layernorm.weight"]
+    rows = score_names(*tiny_pair, names, ScoreConfig())
+    by_name = {m.name: m for m in table.modules}
+    for r in rows:
+        assert r.rel_change == by_name[r.name].rel_change
+        assert r.snr_base == by_name[r.name].snr_base
+    import pickle
+
+    assert pickle.loads(pickle.dumps((score_names, ScoreConfig(alpha=0.3))))[1].alpha == 0.3
+
+
+def test_normalisation_options_and_max_aggregate(scored):
+    table, _ = scored
+    raw = [m.model_copy(update=dict(swc_n=None, drop_n=None, score=None)) for m in table.modules]
+    for cfg in (
+        ScoreConfig(normalize="rank"),
+        ScoreConfig(aggregate="max"),
+        ScoreConfig(alpha=0.0),
+    ):  # (SWC alone: the random-init base has no signal)
+        rows = normalize_rows(raw, cfg)
+        layers = layer_scores(rows, 6, cfg)
+        assert {s.layer for s in layers if s.rank <= 2} == {3, 5}, cfg
+    ranked = normalize_rows(raw, ScoreConfig(normalize="rank"))
+    assert all(0.0 <= m.swc_n <= 1.0 for m in ranked if m.swc_n is not None)
+
+
+def _param(name="model.layers.0.mlp.up_proj.weight") -> ParamInfo:
+    return ParamInfo(name, "layer", 0, "mlp.up")
+
+
+@pytest.mark.parametrize(
+    "base,adapted",
+    [
+        (torch.zeros(8, 4), torch.zeros(8, 4)),
+        (torch.zeros(8, 4), torch.ones(8, 4)),
+        (torch.full((8, 4), 2.0), torch.full((8, 4), 2.5)),
+        (torch.randn(1, 16), torch.randn(1, 16)),
+        (torch.randn(2, 2), torch.randn(2, 2)),
+        (torch.randn(3, 3).bfloat16(), torch.randn(3, 3).bfloat16()),
+    ],
+    ids=["zeros", "zero-base", "constant", "1xN", "2x2", "bf16-tiny"],
+)
+def test_degenerate_matrices_score_finite(base, adapted):
+    row = score_tensor_pair(base, adapted, _param())
+    for key, value in row.model_dump().items():
+        if isinstance(value, float):
+            assert math.isfinite(value), key
+    assert row.swc is not None
+
+
+def test_nan_in_weights_names_the_tensor():
+    bad = torch.randn(4, 4)
+    bad[1, 2] = float("nan")
+    with pytest.raises(SpearError, match=r"model\.layers\.0\.mlp\.up_proj\.weight.*NaN"):
+        score_tensor_pair(torch.randn(4, 4), bad, _param())
+
+
+def test_nan_in_checkpoint_is_an_error_naming_the_tensor(tiny_pair, tmp_path):
+    base, adapted = tiny_pair
+    bad = tmp_path / "adapted"
+    shutil.copytree(adapted, bad)
+    sd = load_file(bad / "model.safetensors")
+    sd["model.layers.2.self_attn.q_proj.weight"][0, 0] = float("nan")
+    save_file(sd, bad / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(SpearError, match=r"model\.layers\.2\.self_attn\.q_proj\.weight"):
+        analyze(base, bad, workers=1)
+
+
+def test_no_recognisable_layers_is_an_error(tmp_path):
+    d = tmp_path / "m"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"model_type": "weird", "num_hidden_layers": 1}))
+    save_file({"encoder.blob.weight": torch.randn(4, 4)}, d / "model.safetensors")
+    with pytest.raises(SpearError, match=r"No transformer layers recognised.*architectures\.json"):
+        analyze(d, d, workers=1)
+
+
+def test_scores_from_another_pair_are_refused(scored):
+    table, _ = scored
+    with pytest.raises(SpearError, match="another pair"):
+        table.check_pair("0" * 16, table.adapted_fingerprint)
+    table.check_pair(table.base_fingerprint, table.adapted_fingerprint)
