@@ -8,10 +8,12 @@ context run once and shared by its choices through the KV cache, and length-sort
 
 from __future__ import annotations
 
+import copy
 import inspect
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -62,6 +64,31 @@ def _pad_right(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, t
     return ids, mask
 
 
+def length_batches(
+    keys: Sequence[Any], lengths: Sequence[int], max_rows: int, max_tokens: int, overhead: int
+) -> list[list[Any]]:
+    """Split `keys` (sorted by decreasing length) into right-padded batches of at most `max_rows` rows and
+    `max_tokens` padded tokens, minimising padded tokens + `overhead` per batch (the fixed cost of a forward
+    call, in tokens): exact dynamic programme over the split points. Padding is pure waste; on CPU a call is
+    cheap (overhead ~16 tokens), on GPU it is not (a few hundred)."""
+    n = len(keys)
+    best = [0.0] + [float("inf")] * n  # best[i]: cost of the first i rows
+    cut = [0] * (n + 1)
+    for i in range(1, n + 1):
+        for j in range(max(0, i - max_rows), i):  # rows j..i-1 in one batch, width = lengths[j]
+            width = max(lengths[j], 1)
+            if (i - j) * width > max_tokens and i - j > 1:
+                continue
+            cost = best[j] + overhead + (i - j) * width
+            if cost < best[i]:
+                best[i], cut[i] = cost, j
+    batches, i = [], n
+    while i > 0:
+        batches.append(list(keys[cut[i] : i]))
+        i = cut[i]
+    return batches[::-1]
+
+
 @dataclass
 class Engine:
     """Scores prepared requests with one model; `forward_tokens` counts the tokens it actually ran."""
@@ -72,6 +99,7 @@ class Engine:
     batch_size: int = 16
     max_length: int | None = None
     max_batch_tokens: int = 4096
+    batch_overhead: int | None = None  # fixed cost of a forward call in tokens (batching); None: by device
     mc_strategy: str = "auto"  # "shared" (context once, via KV cache), "flat" (lm-eval style), "auto"
     forward_tokens: int = 0
 
@@ -98,6 +126,10 @@ class Engine:
         except Exception:  # noqa: BLE001 - an older model signature: fall back to full logits
             return False
         return logits.ndim == 2 and logits.shape[0] == 1
+
+    def _batches(self, keys: list[Any], lengths: list[int], rows: int | None = None) -> list[list[Any]]:
+        overhead = self.batch_overhead or (16 if self.device.type == "cpu" else 512)
+        return length_batches(keys, lengths, rows or self.batch_size, self.max_batch_tokens, overhead)
 
     def _logits(
         self, ids: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor, **kwargs
@@ -142,10 +174,10 @@ class Engine:
     ) -> list[list[float]]:
         """Sum of log p(continuation | context) for every choice of every item."""
         out: list[list[float]] = [[] for _ in ctx_enc]
-        order = sorted(range(len(ctx_enc)), key=lambda i: -(len(ctx_enc[i]) + max(map(len, conts[i]))))
+        size = [len(c) + max(map(len, cs)) for c, cs in zip(ctx_enc, conts, strict=True)]
+        order = sorted(range(len(ctx_enc)), key=lambda i: -size[i])
         shared = self.mc_strategy == "shared"
-        for start in range(0, len(order), self.batch_size):
-            batch = order[start : start + self.batch_size]
+        for batch in self._batches(order, [size[i] for i in order]):
             if shared:
                 try:
                     results = self._mc_shared([ctx_enc[i] for i in batch], [conts[i] for i in batch])
@@ -174,42 +206,46 @@ class Engine:
         logp0, out = self._logits(ids, mask, last, use_cache=True)  # (B, V): next-token after each context
         lls = [[float(logp0[i, c[0]]) for c in cs] for i, cs in enumerate(conts)]
         rows = [(i, j) for i, cs in enumerate(conts) for j, c in enumerate(cs) if len(c) > 1]
-        if not rows:
-            return lls
-        owner = torch.tensor([i for i, _ in rows])
+        rows.sort(key=lambda r: -len(conts[r[0]][r[1]]))  # length-sorted chunks: little padding
         cache = getattr(out, "cache", None)
         cache = cache if cache is not None else getattr(out, "past_key_values", None)
-        if cache is None:
+        if rows and cache is None:
             raise NotImplementedError("the model returned no KV cache")
+        chunks = self._batches(rows, [len(conts[i][j]) - 1 for i, j in rows])
+        for k, chunk in enumerate(chunks):
+            sub = cache if k == len(chunks) - 1 else copy.deepcopy(cache)  # batch_select_indices works in place
+            for (i, j), ll in zip(chunk, self._choices_on_cache(sub, mask, lengths, chunk, conts), strict=True):
+                lls[i][j] += ll
+        return lls
+
+    def _choices_on_cache(
+        self, cache: Any, mask: torch.Tensor, lengths: torch.Tensor, rows: list[tuple[int, int]], conts: list
+    ) -> list[float]:
+        """log p(choice tokens after the first | context, earlier choice tokens) for (item, choice) rows."""
+        owner = torch.tensor([i for i, _ in rows])
         cache.batch_select_indices(owner.to(self.device))
         c_ids, c_mask = _pad_right([conts[i][j][:-1] for i, j in rows], self.pad_id)
         positions = lengths[owner][:, None] + torch.arange(c_ids.shape[1])[None, :]
         full_mask = torch.cat([mask[owner], c_mask], dim=1)
-        logp, _ = self._logits(
-            c_ids,
-            full_mask,
-            c_mask.bool(),
-            **{self._cache_arg: cache},
-            position_ids=positions.to(self.device),
-            use_cache=True,
-        )
+        kwargs = {self._cache_arg: cache, "position_ids": positions.to(self.device), "use_cache": True}
+        logp, _ = self._logits(c_ids, full_mask, c_mask.bool(), **kwargs)
         targets = torch.cat([torch.tensor(conts[i][j][1:]) for i, j in rows]).to(logp.device)
         picked = logp.gather(1, targets[:, None])[:, 0].tolist()
-        pos = 0
+        out, pos = [], 0
         for i, j in rows:
             n = len(conts[i][j]) - 1
-            lls[i][j] += sum(picked[pos : pos + n])
+            out.append(sum(picked[pos : pos + n]))
             pos += n
-        return lls
+        return out
 
     @torch.inference_mode()
     def _mc_flat(self, ctxs: list[list[int]], conts: list[list[list[int]]]) -> list[list[float]]:
         """One row per (context, choice), as lm-eval does; used when a model cannot share its cache."""
         rows = [(i, j) for i, cs in enumerate(conts) for j in range(len(cs))]
+        rows.sort(key=lambda r: -(len(ctxs[r[0]]) + len(conts[r[0]][r[1]])))
         seqs = [(ctxs[i] + conts[i][j])[-(self.max_length + 1) :][:-1] for i, j in rows]
         lls = [[0.0] * len(cs) for cs in conts]
-        for start in range(0, len(rows), self.batch_size * 4):
-            part = list(range(start, min(start + self.batch_size * 4, len(rows))))
+        for part in self._batches(list(range(len(rows))), [len(x) for x in seqs], rows=self.batch_size * 4):
             ids, mask = _pad_right([seqs[r] for r in part], self.pad_id)
             keep = torch.zeros_like(mask, dtype=torch.bool)
             targets = []
@@ -253,12 +289,7 @@ class Engine:
             left[doc] += 1
         nll = [0.0] * len(token_lists)
         order = sorted(range(len(wins)), key=lambda w: -len(wins[w][1]))
-        start = 0
-        while start < len(order):
-            width = len(wins[order[start]][1]) - 1
-            rows = max(1, min(self.batch_size, self.max_batch_tokens // max(width, 1)))
-            batch = order[start : start + rows]
-            start += len(batch)
+        for batch in self._batches(order, [len(wins[w][1]) - 1 for w in order]):
             ids, mask = _pad_right([wins[w][1][:-1] for w in batch], self.pad_id)
             keep = torch.zeros_like(mask, dtype=torch.bool)
             targets: list[int] = []
@@ -284,8 +315,11 @@ class Engine:
         self, prompts: Sequence[str], max_gen_toks: int, stop: Sequence[str], advance: Advance = _noop
     ) -> tuple[list[str], int]:
         """Greedy continuations cut at the first stop string; also returns the number of generated tokens."""
+        if max_gen_toks > self.max_length // 2:
+            log.warning("max_gen_toks %d capped to %d (half the context)", max_gen_toks, self.max_length // 2)
+            max_gen_toks = self.max_length // 2
         enc = self.encode(prompts)
-        budget = max(1, self.max_length - max_gen_toks)
+        budget = self.max_length - max_gen_toks
         enc = [e[-budget:] for e in enc]
         outputs = [""] * len(prompts)
         generated = 0
@@ -298,8 +332,7 @@ class Engine:
             stop_strings=list(stop) or None,
         )
         order = sorted(range(len(enc)), key=lambda i: -len(enc[i]))
-        for start in range(0, len(order), self.batch_size):
-            batch = order[start : start + self.batch_size]
+        for batch in self._batches(order, [len(enc[i]) for i in order]):
             width = max(len(enc[i]) for i in batch)
             ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
             mask = torch.zeros_like(ids)

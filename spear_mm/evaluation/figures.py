@@ -70,7 +70,8 @@ def tradeoff_png(points: Sequence[Point], front: Sequence[str] = (), title: str 
             zorder=2,
         )
     for p in points:
-        ax.annotate(p.name, (p.retention, p.gain_kept), xytext=(6, 5), textcoords="offset points", fontsize=8.5)
+        offset = (12, 9) if p.chosen else (6, 5)  # clear of the ring around the chosen point
+        ax.annotate(p.name, (p.retention, p.gain_kept), xytext=offset, textcoords="offset points", fontsize=8.5)
         if p.chosen:
             ax.scatter(
                 [p.retention],
@@ -94,7 +95,7 @@ def tradeoff_png(points: Sequence[Point], front: Sequence[str] = (), title: str 
     ax.set_ylabel("domain gain kept K = (D(M) − D(B)) / (D(A) − D(B))")
     ax.set_title(title or "Retention–domain trade-off")
     ax.grid(alpha=0.25)
-    ax.legend(fontsize=8, loc="best", framealpha=0.9)
+    ax.legend(fontsize=8, loc="best", framealpha=0.9, markerscale=0.6)
     return _png(fig)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import logging
@@ -163,9 +164,13 @@ def _reuters_rows(spec: TaskSpec, data_dir: Path | None) -> tuple[list[dict[str,
     if spec.source == "hub":
         raise SpearError(f"task {spec.name!r}: no hub source for Reuters-21578 in this layout; use the local file")
     path = resolve_path(spec, data_dir)
-    split = spec.args.get("split", "TEST")
-    rows = [row for _, row in read_jsonl(path, spec.name) if row.get("lewissplit") == split and row.get("body")]
-    return rows, str(path)
+    return list(_reuters_split(path, path.stat().st_mtime_ns, spec.args.get("split", "TEST"))), str(path)
+
+
+@functools.lru_cache(maxsize=4)
+def _reuters_split(path: Path, _mtime: int, split: str) -> tuple[dict[str, Any], ...]:
+    """Articles of one LEWISSPLIT with a body (cached: the topic and perplexity tasks read the same file)."""
+    return tuple(row for _, row in read_jsonl(path, "reuters") if row.get("lewissplit") == split and row.get("body"))
 
 
 def load_reuters_topic(spec: TaskSpec, data_dir: Path | None) -> tuple[list[Item], str]:

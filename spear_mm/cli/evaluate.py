@@ -1,0 +1,134 @@
+"""`spear-mm evaluate` (general/domain suites on one or more models) and `spear-mm report` (run-dir report)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from spear_mm.errors import SpearError
+
+out_console = Console()
+
+
+def _names(models: list[Path]) -> list[str]:
+    """Result names from folder names, made unique (`merged`, `merged-2`, ...)."""
+    names: list[str] = []
+    for m in models:
+        name = m.expanduser().resolve().name or "model"
+        base, k = name, 2
+        while name in names:
+            name, k = f"{base}-{k}", k + 1
+        names.append(name)
+    return names
+
+
+def _table(results: list, base: str | None, adapted: str | None) -> Table:
+    from spear_mm.metrics import tradeoff
+
+    table = Table(title="evaluation (score ± stderr; majority-class baseline for multiple choice)")
+    table.add_column("task")
+    table.add_column("metric")
+    for r in results:
+        table.add_column(r.model, justify="right")
+    tasks = list(dict.fromkeys(t for r in results for t in r.tasks))
+    for t in tasks:
+        first = next(r.tasks[t] for r in results if t in r.tasks)
+        metric = first.metric + (f" (maj {first.majority_baseline:.2f})" if first.majority_baseline else "")
+        cells = []
+        for r in results:
+            tr = r.tasks.get(t)
+            extra = f" · ppl {tr.metrics['ppl']:.2f}" if tr is not None and "ppl" in tr.metrics else ""
+            cells.append("—" if tr is None else f"{tr.score:.4f} ± {tr.stderr or 0:.4f}{extra}")
+        table.add_row(f"{t} [dim]({first.group}, n={first.n})[/]", metric, *cells)
+    by_name = {r.model: r for r in results}
+    if base in by_name and adapted in by_name:
+        rk = [tradeoff(r, by_name[base], by_name[adapted]) for r in results]
+        table.add_row("[bold]R[/] general retention", "mean ratio", *[_fmt(x.retention) for x in rk])
+        table.add_row("[bold]K[/] domain gain kept", "mean", *[_fmt(x.gain_kept) for x in rk])
+    return table
+
+
+def _fmt(x: float | None) -> str:
+    return "undefined" if x is None else f"{x:.3f}"
+
+
+def evaluate_cmd(
+    models: list[Path] = typer.Argument(..., help="Model folders (Hugging Face format)."),
+    suite: str = typer.Option("general,domain", "--suite", "-s", help="Suites/tasks: general, domain, or a .yaml."),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="Folder in the shared/data layout."),
+    out: Path = typer.Option(Path("results"), "--out", "-o", help="Writes <out>/<model>.json per model."),
+    limit: int | None = typer.Option(None, "--limit", help="Items per task (seeded, stratified by label)."),
+    backend: str = typer.Option("builtin", "--backend", help="builtin or lm-eval."),
+    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
+    threads: int | None = typer.Option(None, help="Torch CPU threads (default: torch's choice)."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Items per batch."),
+    max_length: int | None = typer.Option(None, "--max-length", help="Context length cap (default: model's, ≤2048)."),
+    seed: int = typer.Option(0, help="Seed of the --limit sample."),
+    base: str | None = typer.Option(None, help="Name of the base model's result: adds R to the table."),
+    adapted: str | None = typer.Option(None, help="Name of the adapted model's result: adds K to the table."),
+    skip_missing: bool = typer.Option(False, "--skip-missing", help="Skip tasks whose data file is absent."),
+) -> None:
+    """Evaluate MODELS on the general and domain suites (same items for every model) and save the results."""
+    from spear_mm.cli import console
+    from spear_mm.evaluation import evaluate, load_tasks
+
+    if backend not in {"builtin", "lm-eval"}:
+        raise SpearError(f"--backend {backend!r}: use builtin or lm-eval")
+    skipped: dict[str, str] = {}
+    tasks = load_tasks(suite, data_dir, limit, seed, skip_missing=skip_missing, skipped=skipped)
+    if not tasks:
+        raise SpearError("no task to run: every task's data is missing (see the warnings above)")
+    results = []
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as progress:
+        for path, name in zip(models, _names(models), strict=True):
+            result = evaluate(
+                path,
+                tasks,
+                device=device,
+                limit=limit,
+                batch_size=batch_size,
+                threads=threads,
+                seed=seed,
+                backend=backend,
+                max_length=max_length,
+                name=name,
+                progress=progress,
+            )
+            result.skipped.update(skipped)
+            result.save(out / f"{name}.json")
+            results.append(result)
+    out_console.print(_table(results, base, adapted))
+    tokenizers = {r.tokenizer for r in results}
+    if len(tokenizers) > 1:
+        console.print("[yellow]warning:[/] the models use different tokenizers: compare perplexity by bits_per_byte")
+    console.print(f"results: {', '.join(str(out / f'{r.model}.json') for r in results)}")
+
+
+def report_cmd(
+    run_dir: Path = typer.Argument(..., help="Run folder with eval/<model>.json (and optional summary.json)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Where to write report.md/html (default RUN_DIR)."),
+    base: str | None = typer.Option(None, help="Base model name (default: summary.json, else 'base')."),
+    adapted: str | None = typer.Option(None, help="Adapted model name (default: summary.json, else 'adapted')."),
+    chosen: str | None = typer.Option(None, help="Candidate to circle as chosen (default: summary.json)."),
+) -> None:
+    """Write report.md and a self-contained report.html (figures embedded) for a run folder."""
+    from spear_mm.report import write_report
+
+    md, html = write_report(run_dir, out_dir=out, base=base, adapted=adapted, chosen=chosen)
+    out_console.print(f"wrote {md} and {html}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("evaluate")(evaluate_cmd)
+    app.command("report")(report_cmd)

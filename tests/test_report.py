@@ -1,0 +1,116 @@
+"""`spear-mm report`: run-folder reading, tables, figures, self-contained HTML."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from typer.testing import CliRunner
+
+from spear_mm.cli import app
+from spear_mm.errors import SpearError
+from spear_mm.evaluation import LoadedTask, MCItem, TaskSpec, TextItem, evaluate
+from spear_mm.metrics import EvalResult, ItemRecord, TaskResult
+from spear_mm.report import read_layer_scores, read_results, write_report
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _result(name: str, arc: float, ppl: float, fpb: float, tok: str = "tok:1") -> EvalResult:
+    n = 40
+    mc_items = [ItemRecord(id=str(i), correct=i < arc * n, pred="a", gold="a") for i in range(n)]
+    ppl_items = [ItemRecord(id=str(i), nll=(i % 3 + 1) * 10 * (ppl / 30) ** 0.1, tokens=10) for i in range(8)]
+    tasks = {
+        "arc_easy": TaskResult(task="arc_easy", kind="multiple_choice", metric="acc", score=arc, stderr=0.05, n=n,
+                               items=mc_items, majority_baseline=0.3, pred_distribution={"a": 30, "b": 10}),
+        "wikitext2": TaskResult(task="wikitext2", kind="perplexity", metric="inv_ppl", score=1 / ppl, n=8,
+                                metrics={"ppl": ppl}, items=ppl_items),
+        "fpb": TaskResult(task="fpb", kind="multiple_choice", group="domain", metric="acc", score=fpb, n=n,
+                          items=mc_items),
+    }  # fmt: skip
+    return EvalResult(model=name, tokenizer=tok, tasks=tasks, seconds=12.0)
+
+
+def _run_dir(tmp_path, with_scores: bool = True):
+    points = {"base": (0.5, 30, 0.4), "adapted": (0.4, 45, 0.6), "uniform-t0.5": (0.47, 35, 0.55),
+              "conservative": (0.44, 40, 0.58), "balanced": (0.48, 33, 0.56), "aggressive": (0.5, 31, 0.47)}  # fmt: skip
+    for name, (arc, ppl, fpb) in points.items():
+        _result(name, arc, ppl, fpb).save(tmp_path / "eval" / f"{name}.json")
+    summary = {"base": "base", "adapted": "adapted", "chosen": "balanced", "title": "Test run",
+               "candidates": {"uniform-t0.5": {"kind": "baseline", "description": "uniform SLERP t=0.5"},
+                              "balanced": {"kind": "policy", "cost_seconds": 42.0}},
+               "notes": ["merged with SLERP; LERP fallback on 268 of 272 tensors"]}  # fmt: skip
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    if with_scores:
+        (tmp_path / "scores").mkdir()
+        rows = [f"{layer},{m},{(layer * 7 + len(m)) % 11 / 10}" for layer in range(12) for m in ("q_proj", "down_proj")]
+        (tmp_path / "scores" / "scores.csv").write_text("layer,module,score\n" + "\n".join(rows) + "\n")
+    return tmp_path
+
+
+def test_report_tables_figures_and_self_contained_html(tmp_path):
+    run = _run_dir(tmp_path)
+    md_path, html_path = write_report(run)
+    md, page = md_path.read_text(), html_path.read_text()
+    assert "Chosen: balanced" in md and "**balanced** ✓" in md
+    assert "uniform-t0.5 | baseline" in md and "| adapted | adapted" in md
+    assert "exp(−NLL/token)" in md  # the perplexity choice is documented in the report
+    assert "mcnemar-exact" in md and "paired-bootstrap" in md
+    assert "Majority" in md or "majority" in md
+    assert (run / "report_files" / "tradeoff.png").read_bytes().startswith(PNG)
+    assert (run / "report_files" / "layer_scores.png").read_bytes().startswith(PNG)
+    assert page.count("data:image/png;base64,") == 2
+    assert not re.search(r'src="(?!data:)', page)  # nothing loaded from outside the file
+    row = next(line for line in md.splitlines() if line.startswith("| **balanced**"))
+    assert f"{(0.48 / 0.5 + 30 / 33) / 2:.3f}" in row  # R: mean of the accuracy ratio and ppl(B)/ppl(M)
+    assert "42" in row.split("|")[-2]  # the cost from summary.json
+
+
+def test_report_without_scores_or_adapted(tmp_path):
+    run = _run_dir(tmp_path, with_scores=False)
+    (run / "eval" / "adapted.json").unlink()
+    md_path, html_path = write_report(run)
+    md = md_path.read_text()
+    assert "K and the trade-off plot are omitted" in md and "Layer scores" not in md
+    assert "data:image/png" not in html_path.read_text()
+
+
+def test_report_warns_about_different_tokenizers(tmp_path):
+    run = _run_dir(tmp_path, with_scores=False)
+    _result("adapted", 0.4, 45, 0.6, tok="other:2").save(run / "eval" / "adapted.json")
+    md = write_report(run)[0].read_text()
+    assert "different tokenizers" in md
+
+
+def test_layer_scores_are_read_leniently(tmp_path):
+    (tmp_path / "scores").mkdir()
+    (tmp_path / "scores" / "scores.json").write_text(json.dumps({"layers": {"0": 0.5, "1": 0.25}}))
+    assert read_layer_scores(tmp_path) == [(0, None, 0.5), (1, None, 0.25)]
+    (tmp_path / "scores" / "scores.json").write_text(json.dumps([{"layer": 2, "module_type": "q", "score": 1}]))
+    assert read_layer_scores(tmp_path) == [(2, "q", 1.0)]
+    assert read_layer_scores(tmp_path / "nothing") is None
+
+
+def test_report_needs_results_and_base(tmp_path):
+    with pytest.raises(SpearError, match="no evaluation results"):
+        write_report(tmp_path)
+    _result("merged", 0.5, 30, 0.5).save(tmp_path / "merged.json")  # results directly in the folder
+    assert list(read_results(tmp_path)) == ["merged"]
+    with pytest.raises(SpearError, match="base"):
+        write_report(tmp_path)
+
+
+def test_report_cli_on_real_evaluations(tiny_pair, tmp_path):
+    """evaluate two real (pico) models, then report through the CLI."""
+    items = [MCItem(str(i), f"Question {i}: the central bank", ("held", "dog", "fox"), i % 3) for i in range(6)]
+    text = [TextItem("t", "Revenue rose 12 percent to 4.2 billion dollars. The central bank held its rate.")]
+    tasks = [
+        LoadedTask(TaskSpec(name="gen_mc", kind="multiple_choice", loader="jsonl_mc"), tuple(items), 6),
+        LoadedTask(TaskSpec(name="fin_ppl", kind="perplexity", loader="text", group="domain"), tuple(text), 1),
+    ]
+    for path in tiny_pair:
+        evaluate(path, tasks, threads=1).save(tmp_path / "eval" / f"{path.name}.json")
+    run = CliRunner().invoke(app, ["report", str(tmp_path)])
+    assert run.exit_code == 0, run.output
+    assert (tmp_path / "report.html").is_file() and "gen_mc" in (tmp_path / "report.md").read_text()
