@@ -185,3 +185,35 @@ def test_scores_json_is_what_the_plan_hashes(tiny_pair, tmp_path):
     assert make_plan(ScoreTable.load(tmp_path)).provenance.scores_hash == table.content_hash()
     assert json.loads((tmp_path / "scores.json").read_text())["num_layers"] == 6
     assert sys.version_info >= (3, 10)
+
+
+def test_cli_plan_with_exports_and_pair_check(tiny_pair, tmp_path):
+    from typer.testing import CliRunner
+
+    from spear_mm.cli import app
+    from spear_mm.scoring import analyze
+
+    scores = tmp_path / "scores"
+    analyze(*tiny_pair, scores, workers=1)
+    plan, mk, fr = tmp_path / "plan.yaml", tmp_path / "mk.yaml", tmp_path / "freeze.yaml"
+    args = [
+        "plan",
+        str(scores),
+        "-o",
+        str(plan),
+        "--policy",
+        "aggressive",
+        "--export-mergekit",
+        str(mk),
+        "--export-freeze",
+        str(fr),
+    ]
+    res = CliRunner().invoke(app, [*args, "--base", str(tiny_pair[0]), "--adapted", str(tiny_pair[1])])
+    assert res.exit_code == 0, res.output
+    loaded = Plan.load(plan)
+    assert loaded.provenance.policy == "aggressive" and len(loaded.restored_layers()) == 3
+    assert set(loaded.restored_layers()[:3]) >= {3, 5}
+    assert yaml.safe_load(mk.read_text())["merge_method"] == "slerp"
+    assert load_freeze_yaml(fr)
+    swapped = CliRunner().invoke(app, [*args, "--base", str(tiny_pair[1]), "--adapted", str(tiny_pair[0])])
+    assert swapped.exit_code != 0 and "another pair" in str(swapped.exception)

@@ -153,3 +153,44 @@ def test_scores_from_another_pair_are_refused(scored):
     with pytest.raises(SpearError, match="another pair"):
         table.check_pair("0" * 16, table.adapted_fingerprint)
     table.check_pair(table.base_fingerprint, table.adapted_fingerprint)
+
+
+PROBE_TEXT = (
+    "The committee met on Tuesday to discuss the new library. Children played in the park while it rained. "
+    "Water boils at 100 degrees Celsius at sea level. The quick brown fox jumps over the lazy dog. "
+) * 12
+
+
+def test_probe_scores_and_ground_truth(tiny_pair, tmp_path):
+    from spear_mm.probes import linear_cka, spearman
+
+    probe = tmp_path / "general.txt"
+    probe.write_text(PROBE_TEXT)
+    table = analyze(*tiny_pair, probe=probe, ground_truth=True, workers=1, probe_tokens=600)
+    p = table.probe
+    assert p is not None and p.tokens > 100 and math.isfinite(p.nll_base) and math.isfinite(p.nll_adapted)
+    assert all(0.0 <= s.activation_drift <= 1.0 for s in table.layers)
+    assert all(math.isfinite(s.restore_gain) for s in table.layers)
+    assert p.spearman_ground_truth is not None and -1.0 <= p.spearman_ground_truth <= 1.0
+    x = torch.randn(50, 8)
+    assert linear_cka(x, x) == pytest.approx(1.0)
+    assert linear_cka(x, 3 * x @ torch.linalg.qr(torch.randn(8, 8))[0]) == pytest.approx(
+        1.0
+    )  # rotation/scale invariant
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 1, 1], [1, 2, 3]) is None
+
+
+def test_cli_analyze_prints_the_top_table(tiny_pair, tmp_path):
+    from typer.testing import CliRunner
+
+    from spear_mm.cli import app
+
+    out = tmp_path / "scores"
+    res = CliRunner().invoke(app, ["analyze", str(tiny_pair[0]), str(tiny_pair[1]), "-o", str(out), "-j", "2"])
+    assert res.exit_code == 0, res.output
+    assert "Top 6 layers" in res.output and (out / "heatmap.png").exists()
+    assert set(ScoreTable.load(out).ranking()[:2]) == {3, 5}
+    res = CliRunner().invoke(app, ["analyze", str(tiny_pair[0]), str(tiny_pair[1]), "-o", str(out), "--ground-truth"])
+    assert res.exit_code != 0 and "--probe" in str(res.exception)

@@ -1,0 +1,222 @@
+"""`spear-mm analyze` (score layers) and `spear-mm plan` (policy → restoration plan, exports)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.panel import Panel
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from spear_mm.errors import SpearError
+
+out_console = Console()
+
+
+def _top_table(table, n: int = 10) -> Table:
+    t = Table(title=f"Top {min(n, table.num_layers)} layers by impact score (of {table.num_layers})")
+    for col in ("rank", "layer", "score", "rel. change", "SWC_n", "|drop|_n", "top module"):
+        t.add_column(col, justify="right" if col != "top module" else "left")
+    probe = table.probe is not None
+    if probe:
+        t.add_column("act. drift", justify="right")
+        t.add_column("restore gain", justify="right")
+    for s in sorted(table.layers, key=lambda s: s.rank)[:n]:
+        row = [f"{s.rank}", f"{s.layer}", f"{s.score:.3g}", f"{s.rel_change:.2%}", f"{s.swc_n:.3g}", f"{s.drop_n:.3g}"]
+        row.append(s.top_module or "-")
+        if probe:
+            row += [_fmt(s.activation_drift), _fmt(s.restore_gain)]
+        t.add_row(*row)
+    return t
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3g}"
+
+
+def _non_layer_table(table) -> Table | None:
+    rows = [m for m in table.non_layer() if len(m.shape) >= 1]
+    if not rows:
+        return None
+    t = Table(title="Outside the transformer blocks (relative change only; the plan sets them explicitly)")
+    for col in ("tensor", "group", "rel. change", "cos"):
+        t.add_column(col, justify="left" if col in ("tensor", "group") else "right")
+    for m in rows:
+        t.add_row(m.name, m.group, f"{m.rel_change:.2%}", f"{m.cos:.6f}")
+    return t
+
+
+def _trust_panel(table) -> Panel | None:
+    p = table.probe
+    if p is None:
+        return None
+    lines = [f"probe: {p.probe} ({p.tokens} tokens); NLL base {_fmt(p.nll_base)}, adapted {_fmt(p.nll_adapted)}"]
+    if p.spearman_cka is not None:
+        lines.append(f"Spearman(weight score, activation drift 1−CKA) = {p.spearman_cka:+.3f}")
+    if p.spearman_ground_truth is not None:
+        rho = p.spearman_ground_truth
+        verdict = (
+            "trust the cheap score"
+            if rho >= 0.6
+            else "weak: prefer --ground-truth ranks"
+            if rho >= 0.3
+            else "do NOT trust the cheap score on this model"
+        )
+        lines.append(f"[bold]Spearman(weight score, ground truth restore gain) = {rho:+.3f}[/]  → {verdict}")
+    return Panel("\n".join(lines), title="Can the weight-only score be trusted here?", border_style="cyan")
+
+
+def analyze_cmd(
+    base: Path = typer.Argument(..., help="Base model folder (before CPT)."),
+    adapted: Path = typer.Argument(..., help="Adapted model folder (after CPT)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Scores folder: scores.json/.csv, layer_scores.csv, figures."),
+    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N (singular values on the device)."),
+    workers: int | None = typer.Option(None, "--workers", "-j", help="Worker threads (default: one per CPU core)."),
+    alpha: float = typer.Option(0.5, help="Weight of SNR-weighted change vs SVD drop in the combined score."),
+    aggregate: str = typer.Option("mean", help="Layer score from its matrices: mean | max."),
+    normalize: str = typer.Option("robust_z", help="Within module type: robust_z | rank."),
+    edge: str = typer.Option(
+        "mp", help="Noise edge: mp (calibrated Marchenko–Pastur) | spectrum (Spectrum's formula)."
+    ),
+    precision: str = typer.Option("auto", help="Singular values: auto | float32 | float64."),
+    probe: Path | None = typer.Option(None, "--probe", help="General text file: per-layer activation drift (1−CKA)."),
+    ground_truth: bool = typer.Option(False, "--ground-truth", help="Restore each layer alone, measure probe NLL."),
+    probe_tokens: int = typer.Option(2048, help="Tokens of the probe text used."),
+) -> None:
+    """Score every layer of ADAPTED against BASE from the weights (and optionally probe text)."""
+    from spear_mm.scoring import ScoreConfig, analyze
+
+    if ground_truth and probe is None:
+        raise SpearError("--ground-truth needs --probe FILE (general text the NLL is measured on).")
+    try:
+        config = ScoreConfig(normalize=normalize, edge=edge, precision=precision)
+    except ValueError as exc:
+        raise SpearError(f"invalid option: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}") from exc
+    if aggregate not in ("mean", "max"):
+        raise SpearError(f"--aggregate must be mean or max, not {aggregate!r}.")
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, transient=True) as bar:
+        task = bar.add_task("scoring tensors", total=None)
+
+        def progress(name: str, done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total, description=f"scoring {name[-48:]}")
+
+        table = analyze(
+            base,
+            adapted,
+            out,
+            alpha=alpha,
+            aggregate=aggregate,
+            device=device,
+            workers=workers,
+            probe=probe,
+            ground_truth=ground_truth,
+            progress=progress,
+            config=config,
+            probe_tokens=probe_tokens,
+        )
+    out_console.print(_top_table(table))
+    extra = _non_layer_table(table)
+    if extra is not None:
+        out_console.print(extra)
+    panel = _trust_panel(table)
+    if panel is not None:
+        out_console.print(panel)
+    tm = table.timing
+    out_console.print(
+        f"scored {len(table.modules)} tensors in {tm.weights_seconds:.1f} s ({tm.workers} workers × {tm.torch_threads} "
+        f"torch threads, {tm.device}; precision {tm.precision_counts})"
+        + (f"; probes {tm.probe_seconds:.1f} s" if tm.probe_seconds else "")
+    )
+    out_console.print(f"wrote {out}/scores.json, scores.csv, layer_scores.csv, heatmap.png, layer_scores.png")
+    out_console.print(f"next: spear-mm plan {out} --policy balanced -o plan.yaml")
+
+
+def _floats(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError as exc:
+        raise SpearError(f"--layers must be comma-separated numbers, got {text!r}.") from exc
+
+
+def plan_cmd(
+    scores: Path = typer.Argument(..., help="Scores folder written by `spear-mm analyze`."),
+    out: Path = typer.Option(..., "--out", "-o", help="Plan YAML to write."),
+    policy: str = typer.Option(
+        "balanced", help="conservative | balanced | aggressive | uniform | custom | top-k | fraction."
+    ),
+    fraction: float | None = typer.Option(None, help="Share of layers to restore (presets, fraction)."),
+    t: float | None = typer.Option(None, "--t", help="SLERP t toward the base (0 keeps adapted, 1 = base)."),
+    k: int | None = typer.Option(None, "--k", help="Number of top-ranked layers to restore (top-k, presets)."),
+    layers: str | None = typer.Option(None, "--layers", help="custom: one t per layer, comma-separated."),
+    embed: float = typer.Option(0.0, help="t for the embeddings (default keeps the adapted ones)."),
+    head: float = typer.Option(0.0, help="t for lm_head."),
+    final_norm: float = typer.Option(0.0, help="t for the final norm."),
+    method: str = typer.Option("slerp", help="slerp | lerp | task_arithmetic | ties."),
+    base: Path | None = typer.Option(None, help="Base folder: check the scores belong to this pair."),
+    adapted: Path | None = typer.Option(None, help="Adapted folder: check the scores belong to this pair."),
+    export_mergekit: Path | None = typer.Option(None, "--export-mergekit", help="Also write a mergekit SLERP config."),
+    export_freeze: Path | None = typer.Option(
+        None, "--export-freeze", help="Also write a freeze YAML for the next CPT."
+    ),
+) -> None:
+    """Turn a layer ranking into a restoration plan (reviewable YAML), optionally exported for mergekit/CPT."""
+    from spear_mm.checkpoint import Checkpoint
+    from spear_mm.policies import describe, make_plan, mergekit_yaml, write_freeze_plan
+    from spear_mm.score_table import ScoreTable
+
+    table = ScoreTable.load(scores)
+    if (base is None) != (adapted is None):
+        raise SpearError("give both --base and --adapted (to check the scores belong to that pair), or neither.")
+    if base is not None:
+        table.check_pair(Checkpoint.open(base).fingerprint(), Checkpoint.open(adapted).fingerprint(), str(scores))
+    if method not in ("slerp", "lerp", "task_arithmetic", "ties"):
+        raise SpearError(f"--method must be slerp, lerp, task_arithmetic or ties, not {method!r}.")
+    plan = make_plan(
+        table,
+        policy,
+        fraction=fraction,
+        t=t,
+        k=k,
+        layer_ts=_floats(layers),
+        embed=embed,
+        head=head,
+        final_norm=final_norm,
+        method=method,
+    )
+    plan.save(out)
+    rows = describe(plan)
+    view = Table(title=f"Plan '{policy}': {len(rows)} of {plan.num_layers} layers move toward the base ({method})")
+    for col in ("rank", "layer", "t (base weight)", "action", "score"):
+        view.add_column(col, justify="right")
+    for layer, t_, action, rank, score in rows:
+        view.add_row(_fmt(rank), str(layer), f"{t_:g}", action, _fmt(score))
+    out_console.print(view)
+    out_console.print(
+        f"embed t={plan.embed:g}, head t={plan.head:g}, final norm t={plan.final_norm:g}; other layers keep the adapted weights"
+    )
+    out_console.print(f"wrote {out}")
+    if export_mergekit is not None:
+        export_mergekit.parent.mkdir(parents=True, exist_ok=True)
+        export_mergekit.write_text(mergekit_yaml(plan, table.base, table.adapted))
+        out_console.print(f"wrote {export_mergekit} (mergekit-yaml {export_mergekit} OUT)")
+    if export_freeze is not None:
+        write_freeze_plan(plan, export_freeze)
+        out_console.print(
+            f"wrote {export_freeze} (frozen layers: {plan.frozen_layers() or 'none: no layer has t = 1'})"
+        )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("analyze")(analyze_cmd)
+    app.command("plan")(plan_cmd)
