@@ -69,6 +69,19 @@ def _rel_and_cos(b: torch.Tensor, a: torch.Tensor, d: torch.Tensor) -> tuple[flo
     return nb, nd, rc, cos
 
 
+def _chunked_rel_and_cos(base: torch.Tensor, adapted: torch.Tensor) -> tuple[float, float, float, float]:
+    sums = torch.zeros(4, dtype=torch.float64)  # ‖B‖², ‖A‖², ‖Δ‖², ⟨A,B⟩
+    flat_b, flat_a = base.reshape(-1), adapted.reshape(-1)
+    step = 1 << 22
+    for i in range(0, flat_b.numel(), step):
+        b, a = flat_b[i : i + step].double(), flat_a[i : i + step].double()
+        sums += torch.stack([b @ b, a @ a, (a - b) @ (a - b), a @ b])
+    nb, na, nd = (float(x.sqrt()) for x in sums[:3])
+    rc = nd / nb if nb > 0 else (0.0 if nd == 0 else 1.0)
+    cos = max(-1.0, min(1.0, float(sums[3]) / (na * nb))) if nb > 0 and na > 0 else (1.0 if nb == na == 0 else 0.0)
+    return nb, nd, rc, cos
+
+
 def score_tensor_pair(
     base: torch.Tensor,
     adapted: torch.Tensor,
@@ -84,9 +97,13 @@ def score_tensor_pair(
     _check_finite(param.name, adapted, f"{where} (adapted)")
     if base.shape != adapted.shape:
         raise SpearError(f"tensor '{param.name}': base {list(base.shape)} vs adapted {list(adapted.shape)}.")
-    b, a = base.to(torch.float32), adapted.to(torch.float32)
-    d = a - b
-    nb, nd, rc, cos = _rel_and_cos(b, a, d)
+    spectral = param.group == "layer" and base.ndim >= 2 and base.numel() > 0
+    if spectral:
+        b, a = base.to(torch.float32), adapted.to(torch.float32)
+        d = a - b
+        nb, nd, rc, cos = _rel_and_cos(b, a, d)
+    else:  # embeddings/head can be large: reduce in row chunks so memory stays at the bf16 inputs
+        nb, nd, rc, cos = _chunked_rel_and_cos(base, adapted)
     row = dict(
         name=param.name,
         group=param.group,
@@ -98,7 +115,7 @@ def score_tensor_pair(
         rel_change=rc,
         cos=cos,
     )
-    if param.group == "layer" and base.ndim >= 2 and base.numel() > 0:
+    if spectral:
         row.update(_spectral_metrics(b, a, d, rc, config))
     row["seconds"] = time.perf_counter() - started
     return ModuleScore(**row)
@@ -125,8 +142,9 @@ def _spectral_metrics(b: torch.Tensor, a: torch.Tensor, d: torch.Tensor, rc: flo
         top_mass_base=stb.top_mass,
         precision=",".join(sorted({stb.precision, sta.precision})),
     )
-    if config.delta_spectrum:
-        _, std = analyze_matrix(d, snr_normalize=config.snr_normalize, **opts)
+    if config.delta_spectrum:  # diagnostic only: under `auto`, ΔW's spectrum stays in float32 (see docs/scoring.md)
+        delta_opts = opts | ({"precision": "float32"} if config.precision == "auto" else {})
+        _, std = analyze_matrix(d, snr_normalize=config.snr_normalize, **delta_opts)
         out.update(snr_delta=std.snr, erank_delta=std.effective_rank)
     return out
 
