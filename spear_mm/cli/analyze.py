@@ -81,6 +81,8 @@ def analyze_cmd(
         "mp", help="Noise edge: mp (calibrated Marchenko–Pastur) | spectrum (Spectrum's formula)."
     ),
     precision: str = typer.Option("auto", help="Singular values: auto | float32 | float64."),
+    snr_normalize: str | None = typer.Option(None, help="'max': divide SNR by σ₁ as Spectrum does (off by default)."),
+    delta_spectrum: bool = typer.Option(True, help="Also the spectrum of ΔW (diagnostic SNR/effective rank)."),
     probe: Path | None = typer.Option(None, "--probe", help="General text file: per-layer activation drift (1−CKA)."),
     ground_truth: bool = typer.Option(False, "--ground-truth", help="Restore each layer alone, measure probe NLL."),
     probe_tokens: int = typer.Option(2048, help="Tokens of the probe text used."),
@@ -91,7 +93,13 @@ def analyze_cmd(
     if ground_truth and probe is None:
         raise SpearError("--ground-truth needs --probe FILE (general text the NLL is measured on).")
     try:
-        config = ScoreConfig(normalize=normalize, edge=edge, precision=precision)
+        config = ScoreConfig(
+            normalize=normalize,
+            edge=edge,
+            precision=precision,
+            snr_normalize=snr_normalize,
+            delta_spectrum=delta_spectrum,
+        )
     except ValueError as exc:
         raise SpearError(f"invalid option: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}") from exc
     if aggregate not in ("mean", "max"):
