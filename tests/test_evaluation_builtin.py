@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spear_mm.evaluation import LoadedTask, MCItem, TaskSpec, TextItem, evaluate
-from spear_mm.evaluation.builtin import Engine, length_batches, rolling_windows, truncate_at_stop
+from spear_mm.evaluation.builtin import Engine, length_batches, rolling_windows
+from spear_mm.evaluation.generation import common_prefix, truncate_at_stop
 
 TEXT = "The quick brown fox jumps over the lazy dog. Revenue rose 12 percent to 4.2 billion dollars."
 
@@ -151,6 +152,18 @@ def test_greedy_generation_matches_a_manual_loop(model, tok):
             ids.append(nxt)
         assert out == tok.decode(ids[len(tok(prompt)["input_ids"]) :], skip_special_tokens=True)
     assert 0 < n_gen <= 12
+
+
+def test_shared_fewshot_prefix_gives_the_same_generations(model, tok):
+    shots = "Q: There are 15 trees. Workers plant more; now 21. How many?\nA: 21 - 15 = 6. The answer is 6.\n\n" * 2
+    prompts = [shots + f"Q: What is {i} plus {i}?\nA:" for i in range(5)]
+    shared = Engine(model, tok, batch_size=2)
+    plain = Engine(model, tok, batch_size=2, mc_strategy="flat")  # flat: no cache sharing anywhere
+    out_shared, n_shared = shared.generate(prompts, max_gen_toks=8, stop=["Q:"])
+    out_plain, n_plain = plain.generate(prompts, max_gen_toks=8, stop=["Q:"])
+    assert common_prefix([tok(p)["input_ids"] for p in prompts]) > 32
+    assert out_shared == out_plain and n_shared == n_plain
+    assert shared.forward_tokens < plain.forward_tokens
 
 
 def test_truncate_at_stop():

@@ -114,3 +114,15 @@ def test_report_cli_on_real_evaluations(tiny_pair, tmp_path):
     run = CliRunner().invoke(app, ["report", str(tmp_path)])
     assert run.exit_code == 0, run.output
     assert (tmp_path / "report.html").is_file() and "gen_mc" in (tmp_path / "report.md").read_text()
+
+
+def test_layer_scores_from_a_real_analyze_folder(tiny_pair, tmp_path):
+    """The scores folder written by `spear-mm analyze` (scores.json with per-module rows) is read as is."""
+    scoring = pytest.importorskip("spear_mm.scoring", reason="the scoring stage is not in this checkout")
+    if not hasattr(scoring, "analyze"):
+        pytest.skip("spear_mm.scoring has no analyze()")
+    scoring.analyze(*tiny_pair, out_dir=tmp_path / "scores", workers=1)
+    records = read_layer_scores(tmp_path)
+    assert records and {layer for layer, _, _ in records} == set(range(6))
+    top = max(range(6), key=lambda k: sum(s for lay, _, s in records if lay == k))
+    assert top in {3, 5}  # the layers the fixture drifts strongly

@@ -17,7 +17,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from spear_mm.evaluation import generation
 
 log = logging.getLogger(__name__)
 
@@ -310,56 +312,8 @@ class Engine:
         return nll
 
     # ---- generation ----------------------------------------------------------------------------------
-    @torch.inference_mode()
     def generate(
         self, prompts: Sequence[str], max_gen_toks: int, stop: Sequence[str], advance: Advance = _noop
     ) -> tuple[list[str], int]:
-        """Greedy continuations cut at the first stop string; also returns the number of generated tokens."""
-        if max_gen_toks > self.max_length // 2:
-            log.warning("max_gen_toks %d capped to %d (half the context)", max_gen_toks, self.max_length // 2)
-            max_gen_toks = self.max_length // 2
-        enc = self.encode(prompts)
-        budget = self.max_length - max_gen_toks
-        enc = [e[-budget:] for e in enc]
-        outputs = [""] * len(prompts)
-        generated = 0
-        eos = self.tokenizer.eos_token_id
-        config = GenerationConfig(
-            max_new_tokens=max_gen_toks,
-            do_sample=False,
-            pad_token_id=self.pad_id,
-            eos_token_id=eos,
-            stop_strings=list(stop) or None,
-        )
-        order = sorted(range(len(enc)), key=lambda i: -len(enc[i]))
-        for batch in self._batches(order, [len(enc[i]) for i in order]):
-            width = max(len(enc[i]) for i in batch)
-            ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for k, i in enumerate(batch):  # left padding: every prompt ends where generation starts
-                ids[k, width - len(enc[i]) :] = torch.tensor(enc[i])
-                mask[k, width - len(enc[i]) :] = 1
-            self.forward_tokens += int(mask.sum())
-            seqs = self.model.generate(
-                input_ids=ids.to(self.device),
-                attention_mask=mask.to(self.device),
-                generation_config=config,
-                tokenizer=self.tokenizer,
-            )
-            for k, i in enumerate(batch):
-                new = seqs[k, width:].tolist()
-                if eos is not None and eos in new:
-                    new = new[: new.index(eos)]
-                while new and new[-1] == self.pad_id:
-                    new.pop()
-                generated += len(new)
-                outputs[i] = truncate_at_stop(self.tokenizer.decode(new, skip_special_tokens=True), stop)
-            advance(len(batch))
-        self.forward_tokens += generated
-        return outputs, generated
-
-
-def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
-    """Cut `text` at the earliest occurrence of any stop string."""
-    cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=len(text))
-    return text[:cut]
+        """Greedy continuations cut at the first stop string, and the number of generated tokens."""
+        return generation.generate(self, prompts, max_gen_toks, stop, advance)

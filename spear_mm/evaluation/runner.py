@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from spear_mm.errors import SpearError
@@ -23,6 +24,7 @@ from spear_mm.metrics import EvalResult, TaskResult
 log = logging.getLogger(__name__)
 
 BACKENDS = ("builtin", "lm-eval")
+_TRANSFORMERS = tuple(int(x) for x in transformers.__version__.split(".")[:2])
 
 
 def load_model(path: str | Path, device: str = "cpu", dtype: torch.dtype | None = None):
@@ -31,7 +33,8 @@ def load_model(path: str | Path, device: str = "cpu", dtype: torch.dtype | None 
     if not (path / "config.json").is_file():
         raise SpearError(f"model folder {path} has no config.json: expected a Hugging Face model folder")
     dtype = dtype or (torch.float32 if device == "cpu" else "auto")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+    key = "dtype" if _TRANSFORMERS >= (4, 56) else "torch_dtype"  # renamed in transformers 4.56
+    model = AutoModelForCausalLM.from_pretrained(path, **{key: dtype}).to(device).eval()
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as exc:
