@@ -71,7 +71,10 @@ def tradeoff_png(points: Sequence[Point], front: Sequence[str] = (), title: str 
         )
     for p in points:
         offset = (12, 9) if p.chosen else (6, 5)  # clear of the ring around the chosen point
-        ax.annotate(p.name, (p.retention, p.gain_kept), xytext=offset, textcoords="offset points", fontsize=8.5)
+        ax.annotate(
+            p.name, (p.retention, p.gain_kept), xytext=offset, textcoords="offset points", fontsize=8.5, zorder=5,
+            bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.75},
+        )  # fmt: skip
         if p.chosen:
             ax.scatter(
                 [p.retention],
@@ -123,7 +126,8 @@ def layer_scores_png(records: Sequence[tuple[int, str | None, float]], top_k: in
         fig.colorbar(im, ax=ax, fraction=0.025, pad=0.01)
     ax = axes[-1][0]
     colours = ["#d62728" if lay in top else "#1f77b4" for lay in layers]
-    ax.bar([str(lay) for lay in layers], [layer_score[lay] for lay in layers], color=colours)
+    ax.bar(range(len(layers)), [layer_score[lay] for lay in layers], color=colours)
+    ax.set_xticks(range(len(layers)), [str(lay) for lay in layers])
     ax.set_xlabel("layer")
     ax.set_ylabel("layer score")
     ax.set_title(f"layer scores (red: top {len(top)} by score, restored first)")
