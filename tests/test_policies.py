@@ -121,6 +121,9 @@ def test_mergekit_config_semantics(tiny_pair):
 def _mergekit_or_skip() -> Path:
     if not MERGEKIT_PY.exists():
         pytest.skip(f"mergekit venv not found at {MERGEKIT_PY} (set SPEAR_MM_MERGEKIT_PY; see docs/scoring.md)")
+    probe = subprocess.run([str(MERGEKIT_PY), "-c", "import mergekit, yaml"], capture_output=True, timeout=120)
+    if probe.returncode != 0:
+        pytest.skip(f"mergekit is not importable from {MERGEKIT_PY} (venv incomplete?): {probe.stderr[-300:]!r}")
     return MERGEKIT_PY
 
 
