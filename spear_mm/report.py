@@ -3,7 +3,8 @@
 Run-folder layout read here (written by `spear-mm evaluate -o RUN/eval` or the pipeline):
     RUN/eval/<model>.json   one `EvalResult` per model (or RUN/<model>.json when there is no eval/ folder)
     RUN/summary.json        optional: base, adapted, chosen, baselines, candidates{name: {kind, description,
-                            cost_seconds}}, costs{name: seconds}, title, notes
+                            cost_seconds}}, costs{name: seconds}, title, notes, tables[{title, text, columns,
+                            rows}] (extra tables, e.g. the pipeline's baseline comparison and cost accounting)
     RUN/scores/scores.csv   optional: columns layer, module, score  (or scores/scores.json, read leniently)
 Without summary.json the models named 'base' and 'adapted' play those roles.
 """
@@ -38,6 +39,7 @@ class RunInfo:
     costs: dict[str, float] = field(default_factory=dict)
     title: str = "SPEAR-MM validation report"
     notes: list[str] = field(default_factory=list)
+    tables: list[tuple[str, str, list[str], list[list[str]]]] = field(default_factory=list)  # title, text, head, rows
 
 
 @dataclass
@@ -85,6 +87,10 @@ def read_summary(run_dir: Path) -> RunInfo:
     info.title = str(data.get("title", info.title))
     notes = data.get("notes", [])
     info.notes = [notes] if isinstance(notes, str) else [str(n) for n in notes]
+    for t in data.get("tables", []):
+        if isinstance(t, dict) and isinstance(t.get("columns"), list) and isinstance(t.get("rows"), list):
+            rows = [[str(c) for c in r] for r in t["rows"] if isinstance(r, list)]
+            info.tables.append((str(t.get("title", "")), str(t.get("text", "")), [str(c) for c in t["columns"]], rows))
     return info
 
 
@@ -263,6 +269,7 @@ def render_report(
     warnings: Sequence[str] = (),
     significance: Sequence[Sequence[str]] = (),
     figure_dir: str = "report_files",
+    tables: Sequence[tuple[str, str, list[str], list[list[str]]]] = (),
 ) -> tuple[str, str]:
     """Markdown (figures as files under `figure_dir`) and self-contained HTML (figures inlined as base64)."""
     rows = list(rows)
@@ -282,6 +289,8 @@ def render_report(
     for caption, head, body in _tables(rows, base):
         if body:
             blocks += [("h2", caption), ("table", (head, body))]
+    for caption, text, head, body in tables:
+        blocks += [("h2", caption), *([("p", text)] if text else []), ("table", (head, body))]
     if significance:
         blocks += [
             ("h2", "Paired tests on the same items"),
@@ -312,7 +321,13 @@ def _warnings(results: dict[str, EvalResult]) -> list[str]:
         ids = {tuple(i.id for i in r.tasks[task].items) for r in results.values() if task in r.tasks}
         if len(ids) > 1:
             out.append(f"{task}: the models were evaluated on different items; paired tests use the shared ones.")
-    out += [f"{m}: task {t} skipped ({why.split('.')[0]})" for m, r in results.items() for t, why in r.skipped.items()]
+    skipped: dict[tuple[str, str], list[str]] = {}
+    for m, r in results.items():
+        for t, why in r.skipped.items():
+            skipped.setdefault((t, why.split(". ")[0]), []).append(m)
+    for (t, why), models in skipped.items():
+        who = "every model" if len(models) == len(results) and len(results) > 1 else ", ".join(models)
+        out.append(f"task {t} skipped for {who} ({why})")
     return out
 
 
@@ -362,6 +377,7 @@ def write_report(
         notes=info.notes,
         warnings=warnings,
         significance=_significance(rows, results, info),
+        tables=info.tables,
     )
     (out / "report_files").mkdir(parents=True, exist_ok=True)
     for name, png in figures.items():

@@ -1,0 +1,425 @@
+"""`spear-mm run`: the whole SPEAR-MM loop in one resumable call.
+
+    open pair → analyze (scores/) → plans (plans/) → evaluate base, adapted and every candidate, merged in
+    memory, on the same items (eval/) → R, K, Pareto front → choose → write the chosen model (models/)
+    → summary.json → report.md / report.html
+
+Every step's output has a `.step` sidecar with the content hash of its inputs; a re-run skips what is
+finished (see spear_mm/steps.py and docs/pipeline.md). Candidate evaluations go through an executor
+(in process, a process pool or Ray) and each result is saved the moment it arrives.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from spear_mm.candidates import Candidate, baseline_candidates, check_unique, parse_sweep, policy_candidates
+from spear_mm.checkpoint import Pair, open_pair
+from spear_mm.errors import SpearError
+from spear_mm.jobs import CandidateJob, CandidateResult, clear_caches, evaluate_candidate, plan_hash, tasks_hash
+from spear_mm.metrics import EvalResult, pareto_front, tradeoff
+from spear_mm.plan import Plan
+from spear_mm.run_summary import ModelEntry, RunSummary, StageCost, cost_summary, cpt_cost, report_tables
+from spear_mm.score_table import ScoreConfig, ScoreTable
+from spear_mm.selection import choose, compare_to_baselines
+from spear_mm.steps import Steps, content_key
+from spear_mm.writer import check_free_space, check_output
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str, int, int], None]  # (stage, done, total); stages: analyze, evaluate, merge
+__all__ = ["RunSummary", "run"]
+
+
+def run(
+    base: str | Path,
+    adapted: str | Path,
+    out: str | Path,
+    *,
+    suites: str | Sequence = "general,domain",
+    data_dir: str | Path | None = None,
+    policies: Sequence[str] = ("conservative", "balanced", "aggressive"),
+    sweep: str | dict | bool | None = None,
+    baselines: bool = True,
+    target_retention: float | None = None,
+    choose_from: str = "all",
+    limit: int | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    threads: int | None = None,
+    workers: int | None = None,
+    batch_size: int = 16,
+    keep_all: bool = False,
+    executor: str = "local",
+    ray_address: str | None = None,
+    cpt_cost_seconds: float | None = None,
+    score_config: ScoreConfig | None = None,
+    title: str | None = None,
+    report: bool = True,
+    progress: Progress | None = None,
+) -> RunSummary:
+    """Score, plan, merge, validate and choose for one base/adapted pair; everything lands in `out` (resumable).
+
+    suites: 'general,domain', 'demo', a suite YAML, or task specs (tasks whose data file is missing are skipped
+    with a warning). policies: preset names or plan YAML paths. sweep: 'f=0.1,0.25;t=0.5,0.9' or True for the
+    default grid. choose_from: 'all' (plans, sweep, baselines and plain CPT) or 'plans' (SPEAR-MM plans only).
+    """
+    started = time.perf_counter()
+    if choose_from not in ("all", "plans"):
+        raise SpearError(f"choose_from={choose_from!r}: use 'all' or 'plans'.")
+    if target_retention is not None and not 0 < target_retention <= 2:
+        raise SpearError(f"target retention {target_retention} is not a ratio (write 0.9 for 90%).")
+    run_dir, stages = Path(out).expanduser().resolve(), []
+    clock = time.perf_counter()
+    pair = open_pair(base, adapted)  # different families or mismatched tensors fail here, before any work
+    check_output(run_dir, [pair.base.path, pair.adapted.path], force=True)
+    fp_b, fp_a = pair.base.fingerprint(), pair.adapted.fingerprint()
+    grid = parse_sweep(sweep)
+    tasks, skipped = _load_tasks(suites, data_dir, limit, seed)
+    n_candidates = len(policies) + (len(grid["fractions"]) * len(grid["t"]) if grid else 0) + 6 * baselines
+    check_free_space(run_dir, pair.adapted.nbytes * (n_candidates if keep_all else 1))
+    stages.append(StageCost(name="open pair + load tasks", seconds=time.perf_counter() - clock, device="cpu"))
+    steps = Steps(run_dir)
+    steps.event("run", "started", base=str(pair.base.path), adapted=str(pair.adapted.path))
+
+    scores, stage = _analyze(pair, run_dir, steps, fp_b, fp_a, device, score_config, progress)
+    stages.append(stage)
+    prov = {"base": fp_b, "adapted": fp_a}
+    candidates = policy_candidates(scores, policies) + _sweep(scores, grid)
+    candidates += baseline_candidates(pair.num_layers, prov) if baselines else []
+    check_unique(candidates)
+    candidates = _write_plans(candidates, run_dir, steps, scores)
+
+    jobs = _jobs(pair, candidates, tasks, device, threads, batch_size, seed, limit)
+    results, stage = _evaluate(jobs, run_dir, steps, fp_b, fp_a, tasks, skipped, device, executor, workers,
+                               ray_address, progress)  # fmt: skip
+    stages.append(stage)
+
+    summary = _summarise(pair, candidates, results, scores, stages, run_dir, fp_b, fp_a, skipped,
+                         suites=suites, limit=limit, seed=seed, device=device, title=title,
+                         target_retention=target_retention, choose_from=choose_from,
+                         cpt=cpt_cost(pair.adapted.path, cpt_cost_seconds))  # fmt: skip
+    stage = _write_models(pair, candidates, summary.chosen, keep_all, run_dir, steps, device, threads, progress)
+    summary.stages.append(stage)
+    summary.chosen_model_path = (
+        str(run_dir / "models" / summary.chosen)
+        if summary.chosen in {c.name for c in candidates}
+        else str(pair.adapted.path)
+        if summary.chosen == "adapted"
+        else None
+    )
+    summary.tables = report_tables(summary)
+    if report:
+        summary.report_html, summary.report_md = str(run_dir / "report.html"), str(run_dir / "report.md")
+    summary.seconds = round(time.perf_counter() - started, 3)
+    summary.save(run_dir / "summary.json")
+    if report:
+        from spear_mm.report import write_report
+
+        write_report(run_dir)
+    steps.event("run", "finished", time.perf_counter() - started, chosen=summary.chosen)
+    return summary
+
+
+# -- stages ----------------------------------------------------------------------------------------------------
+def _load_tasks(suites, data_dir, limit, seed):
+    from spear_mm.evaluation import load_tasks
+
+    skipped: dict[str, str] = {}
+    tasks = load_tasks(suites, data_dir, limit, seed, skip_missing=True, skipped=skipped)
+    if not tasks:
+        raise SpearError(
+            f"no task to evaluate: the data of every task of '{suites}' is missing "
+            f"({'; '.join(skipped.values())}). Pass --data-dir with the suite files, or another --suite."
+        )
+    groups = {t.spec.group for t in tasks}
+    for group, what in (("general", "general retention R"), ("domain", "domain gain kept K")):
+        if group not in groups:
+            log.warning("no %s task left to evaluate: %s is undefined and no model can be chosen", group, what)
+    return tuple(tasks), skipped
+
+
+def _analyze(pair: Pair, run_dir, steps, fp_b, fp_a, device, config, progress) -> tuple[ScoreTable, StageCost]:
+    from spear_mm.scoring import analyze
+
+    config = (config or ScoreConfig()).model_copy(update={"device": device})
+    out = run_dir / "scores"
+    key = content_key(base=fp_b, adapted=fp_a, config=config.model_dump(mode="json"))
+    record = steps.finished(out, key, out / "scores.json")
+    if record is not None:
+        steps.skipped("analyze", record)
+        return ScoreTable.load(out), StageCost(name="analyze", seconds=record.seconds, device=device, status="skipped")
+    started = time.perf_counter()
+    cb = (lambda _name, done, total: progress("analyze", done, total)) if progress else None
+    table = analyze(pair.base.path, pair.adapted.path, out, device=device, config=config, progress=cb,
+                    alpha=config.alpha, aggregate=config.aggregate)  # fmt: skip
+    seconds = time.perf_counter() - started
+    steps.record(out, "analyze", key, seconds, device, tensors=len(table.modules))
+    return table, StageCost(name="analyze", seconds=seconds, device=device, detail=f"{len(table.modules)} tensors")
+
+
+def _sweep(scores: ScoreTable, grid) -> list[Candidate]:
+    from spear_mm.candidates import sweep_candidates
+
+    return sweep_candidates(scores, grid)
+
+
+def _write_plans(candidates: list[Candidate], run_dir: Path, steps: Steps, scores: ScoreTable) -> list[Candidate]:
+    """plans/<name>.yaml. A plan file whose generating inputs are unchanged is kept as it is — including a
+    user's edits, which then change the candidate's evaluation key; a stale edited file is backed up first."""
+    out = []
+    for c in candidates:
+        path = run_dir / "plans" / f"{c.name}.yaml"
+        key = content_key(plan=plan_hash(c.plan))
+        record = steps.finished(path, key)
+        if record is not None:
+            plan = Plan.load(path)
+            if plan_hash(plan) != record.extra.get("plan_hash"):
+                log.info("plans/%s.yaml was edited by hand: evaluating the edited plan", c.name)
+            out.append(Candidate(c.name, c.kind, plan, c.description))
+            continue
+        old = steps.finished(path, _any_key(path)) if path.exists() else None
+        if old is not None and plan_hash(Plan.load(path)) != old.extra.get("plan_hash"):
+            backup = path.with_name(f"{c.name}.edited-{int(time.time())}.yaml")
+            shutil.copy2(path, backup)
+            log.warning("plans/%s.yaml had hand edits for other scores; kept a copy as %s", c.name, backup.name)
+        c.plan.save(path)
+        steps.record(path, "plan", key, 0.0, plan_hash=plan_hash(c.plan), kind=c.kind, scores=scores.content_hash())
+        out.append(c)
+    return out
+
+
+def _any_key(path: Path) -> str:
+    from spear_mm.steps import StepRecord, sidecar
+
+    try:
+        return StepRecord.model_validate_json(sidecar(path).read_text()).key
+    except (OSError, ValueError):
+        return ""
+
+
+def _jobs(pair: Pair, candidates, tasks, device, threads, batch_size, seed, limit) -> list[CandidateJob]:
+    common = dict(base=str(pair.base.path), adapted=str(pair.adapted.path), tasks=tasks, device=device,
+                  threads=threads, batch_size=batch_size, seed=seed, limit=limit)  # fmt: skip
+    jobs = [
+        CandidateJob(name="base", plan_yaml=None, model_path=str(pair.base.path), **common),
+        CandidateJob(name="adapted", plan_yaml=None, model_path=str(pair.adapted.path), **common),
+    ]
+    return jobs + [CandidateJob(name=c.name, plan_yaml=c.plan.to_yaml(), **common) for c in candidates]
+
+
+def _eval_key(job: CandidateJob, fp_b: str, fp_a: str, tasks_key: str) -> str:
+    if job.plan_yaml is None:
+        model = ("folder", fp_b if job.name == "base" else fp_a)
+    else:
+        model = ("merge", fp_b, fp_a, plan_hash(Plan.from_yaml(job.plan_yaml)))
+    return content_key(model=model, tasks=tasks_key, device=job.device)
+
+
+def _evaluate(jobs, run_dir, steps, fp_b, fp_a, tasks, skipped, device, executor, workers, ray_address, progress):
+    """Evaluate every job not already finished through the executor; each result is saved as it arrives."""
+    eval_dir, tkey = run_dir / "eval", tasks_hash(tasks)
+    _retire_stale(eval_dir, {j.name for j in jobs})
+    results: dict[str, EvalResult] = {}
+    pending, keys, reused = [], {}, 0.0
+    for job in jobs:
+        keys[job.name] = key = _eval_key(job, fp_b, fp_a, tkey)
+        path = eval_dir / f"{job.name}.json"
+        record = steps.finished(path, key)
+        if record is not None:
+            results[job.name] = CandidateResult.load(path)
+            steps.skipped(f"evaluate {job.name}", record)
+            reused += record.seconds
+        else:
+            pending.append(job)
+    total, started = len(jobs), time.perf_counter()
+    if progress:
+        progress("evaluate", len(results), total)
+
+    def on_result(i: int, r: CandidateResult) -> None:
+        job = pending[i]
+        r.skipped.update(skipped)
+        path = r.save(eval_dir / f"{job.name}.json")
+        steps.record(path, f"evaluate {job.name}", keys[job.name], r.seconds + r.merge_seconds, job.device,
+                     eval_seconds=r.seconds, merge_seconds=r.merge_seconds, worker=r.worker)  # fmt: skip
+        results[job.name] = r
+        if progress:
+            progress("evaluate", len(results), total)
+
+    if pending:
+        kind_gpus = 1 if device.startswith("cuda") and executor == "ray" else None
+        try:
+            with _make_executor(executor, workers, ray_address, kind_gpus) as ex:
+                ex.map(evaluate_candidate, pending, labels=[j.name for j in pending], on_result=on_result)
+        finally:
+            clear_caches()
+    status = "ran" if not reused else "partly skipped" if pending else "skipped"
+    detail = f"{len(pending)} evaluated, {total - len(pending)} reused; {sum(len(t.items) for t in tasks)} items"
+    seconds = time.perf_counter() - started + reused
+    return {j.name: results[j.name] for j in jobs}, StageCost(
+        name="evaluate (+ in-memory merge)", seconds=seconds, device=device, status=status, detail=detail
+    )
+
+
+def _retire_stale(eval_dir: Path, names: set[str]) -> None:
+    """Results of models this run no longer has move to eval/old/ (kept, but out of the report)."""
+    for path in sorted(eval_dir.glob("*.json")):
+        if path.stem not in names:
+            (eval_dir / "old").mkdir(exist_ok=True)
+            path.replace(eval_dir / "old" / path.name)
+            car = path.with_name(path.name + ".step")
+            if car.exists():
+                car.replace(eval_dir / "old" / car.name)
+
+
+class _InProcess:
+    """The `local` executor's contract, for checkouts without spear_mm.executors."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def map(self, fn, items, *, labels=None, on_result=None) -> list:
+        out = []
+        for i, item in enumerate(items):
+            out.append(fn(item))
+            if on_result:
+                on_result(i, out[-1])
+        return out
+
+
+def _make_executor(kind: str, workers: int | None, ray_address: str | None, num_gpus: int | None):
+    try:
+        from spear_mm.executors import make_executor
+    except ModuleNotFoundError as exc:
+        if exc.name != "spear_mm.executors":
+            raise
+        if kind != "local":
+            raise SpearError(f"--executor {kind} needs spear_mm.executors, which this install lacks.") from None
+        return _InProcess()
+    return make_executor(kind, workers=workers, ray_address=ray_address, num_gpus=num_gpus)
+
+
+def _summarise(pair, candidates, results, scores, stages, run_dir, fp_b, fp_a, skipped, *, suites, limit, seed,
+               device, title, target_retention, choose_from, cpt) -> RunSummary:  # fmt: skip
+    base, adapted = results["base"], results["adapted"]
+    by_name = {c.name: c for c in candidates}
+    entries: dict[str, ModelEntry] = {}
+    for name, r in results.items():
+        t = tradeoff(r, base, adapted)
+        c = by_name.get(name)
+        entries[name] = ModelEntry(
+            name=name,
+            kind=c.kind if c else name,
+            description=c.description if c else ("base model (B)" if name == "base" else "plain CPT (A)"),
+            method=c.plan.method if c else None,
+            plan=f"plans/{name}.yaml" if c else None,
+            retention=t.retention,
+            gain_kept=t.gain_kept,
+            retention_per_task=t.retention_per_task,
+            gain_kept_per_task=t.gain_kept_per_task,
+            eval_seconds=round(r.seconds, 3),
+            merge_seconds=getattr(r, "merge_seconds", 0.0),
+            n_merged=getattr(r, "n_merged", None) if c else None,
+            n_lerp_fallback=getattr(r, "n_lerp_fallback", None) if c else None,
+        )
+    score_seconds = next(s.seconds for s in stages if s.name == "analyze")
+    for e in entries.values():
+        if e.name in by_name:
+            e.cost_seconds = round(score_seconds + e.merge_seconds + e.eval_seconds, 3)
+    merged = [c.name for c in candidates]
+    front = pareto_front({n: (entries[n].retention, entries[n].gain_kept) for n in merged})
+    for n in front:
+        entries[n].on_front = True
+    pool = [c.name for c in candidates if c.kind != "baseline"] if choose_from == "plans" else [*merged, "adapted"]
+    choice = choose({n: (entries[n].retention, entries[n].gain_kept) for n in pool}, target_retention)
+    if choice.chosen is None:
+        log.warning("no model could be chosen: %s", choice.reason)
+    baseline_names = ["adapted", *(c.name for c in candidates if c.kind == "baseline")]
+    plans = [c.name for c in candidates if c.kind != "baseline"]
+    comparisons = compare_to_baselines(
+        {n: (entries[n].retention, entries[n].gain_kept) for n in [*plans, *baseline_names]},
+        {n: (entries[n].retention, entries[n].gain_kept) for n in baseline_names},
+        plans,
+    )
+    reference = {n: entries.pop(n) for n in ("base", "adapted")}
+    cost = cost_summary(entries, reference, score_seconds, device, cpt)
+    fallback = [(e.n_lerp_fallback or 0, e.n_merged or 0) for e in entries.values() if e.method == "slerp"]
+    notes = [f"Choice: {choice.rule} — {choice.reason}."]
+    if fallback and sum(m for _, m in fallback):
+        notes.append(
+            f"SLERP fell back to LERP (|cos| > 0.9995) on {sum(f for f, _ in fallback)} of "
+            f"{sum(m for _, m in fallback)} interpolated tensors over the SLERP candidates: for small CPT "
+            "deltas SLERP and LERP differ by < 1e-3."
+        )
+    notes += [f"Task {t} was skipped: {why}" for t, why in skipped.items()]
+    return RunSummary(
+        title=title or f"SPEAR-MM run: {pair.adapted.path.name} against {pair.base.path.name}",
+        run_dir=str(run_dir),
+        base_path=str(pair.base.path),
+        adapted_path=str(pair.adapted.path),
+        base_fingerprint=fp_b,
+        adapted_fingerprint=fp_a,
+        suites=suites if isinstance(suites, str) else repr(suites),
+        limit=limit,
+        seed=seed,
+        tasks={n: tr.group for n, tr in base.tasks.items()},
+        skipped_tasks=skipped,
+        chosen=choice.chosen,
+        choice_rule=choice.rule,
+        choice_reason=choice.reason,
+        target_retention=target_retention,
+        baselines=baseline_names,
+        candidates=entries,
+        reference=reference,
+        pareto_front=front,
+        comparisons=comparisons,
+        costs={n: e.cost_seconds for n, e in entries.items() if e.cost_seconds is not None},
+        cost=cost,
+        stages=stages,
+        notes=notes,
+    )
+
+
+def _write_models(pair, candidates, chosen, keep_all, run_dir, steps, device, threads, progress) -> StageCost:
+    """models/<name>: the chosen candidate (every candidate with keep_all); other folders this run wrote go."""
+    from spear_mm.merge import merge
+
+    keep = {c.name for c in candidates} if keep_all else {chosen} & {c.name for c in candidates}
+    models = run_dir / "models"
+    for folder in sorted(models.glob("*")) if models.is_dir() else []:
+        if folder.is_dir() and folder.name not in keep and folder.with_name(folder.name + ".step").exists():
+            shutil.rmtree(folder)
+            folder.with_name(folder.name + ".step").unlink()
+    seconds, written, reused = 0.0, 0, 0
+    for c in (c for c in candidates if c.name in keep):
+        out = models / c.name
+        key = content_key(base=pair.base.fingerprint(), adapted=pair.adapted.fingerprint(), plan=plan_hash(c.plan))
+        record = steps.finished(out, key, out / "config.json")
+        if record is not None:
+            steps.skipped(f"merge {c.name}", record)
+            seconds, reused = seconds + record.seconds, reused + 1
+            continue
+        cb = _bytes_progress(progress, pair.adapted.nbytes) if progress else None
+        report = merge(pair.base.path, pair.adapted.path, out, c.plan, device=device, force=True, threads=threads,
+                       progress=cb)  # fmt: skip
+        steps.record(out, f"merge {c.name}", key, report.seconds, device, bytes=report.bytes_written)
+        seconds, written = seconds + report.seconds, written + 1
+    status = "skipped" if reused and not written else "ran"
+    return StageCost(name="write chosen model" + ("s" if keep_all else ""), seconds=seconds, device=device,
+                     status=status, detail=f"{written} written, {reused} reused")  # fmt: skip
+
+
+def _bytes_progress(progress: Progress, total: int) -> Callable[[str, int], None]:
+    done = [0]
+
+    def cb(_name: str, nbytes: int) -> None:
+        done[0] += nbytes
+        progress("merge", done[0], total)
+
+    return cb

@@ -1,0 +1,97 @@
+"""Choosing a model from the retention–domain trade-off, and comparing SPEAR-MM plans with the baselines.
+
+Choice rule (documented in docs/pipeline.md):
+- with a retention target: among the models with R ≥ target, the one with the most K (ties: higher R);
+  when none reaches the target, the one with the highest R (and the run says so);
+- without a target: the best balanced point, the maximum of the harmonic mean of clip(R, 0, 1) and
+  clip(K, 0, 1) (ties: higher R). Clipping keeps a model that over-shoots one axis (R > 1 happens) from
+  buying a low value on the other; the harmonic mean punishes a low value on either axis.
+Models with an undefined R or K (e.g. no domain gain to keep) cannot be chosen by either rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from pydantic import BaseModel
+
+Point = tuple[float | None, float | None]  # (R, K)
+
+
+def balance(r: float, k: float) -> float:
+    """Harmonic mean of clip(R, 0, 1) and clip(K, 0, 1)."""
+    rc, kc = min(max(r, 0.0), 1.0), min(max(k, 0.0), 1.0)
+    return 0.0 if rc + kc == 0 else 2 * rc * kc / (rc + kc)
+
+
+class Choice(BaseModel):
+    chosen: str | None
+    rule: str
+    met_target: bool | None = None
+    reason: str = ""
+
+
+def choose(points: Mapping[str, Point], target_retention: float | None = None) -> Choice:
+    """Apply the choice rule to {name: (R, K)}."""
+    valid = {n: (r, k) for n, (r, k) in points.items() if r is not None and k is not None}
+    if target_retention is not None:
+        rule = f"most K among R ≥ {target_retention:g}"
+        if not valid:
+            return Choice(chosen=None, rule=rule, met_target=False, reason="no model has both R and K defined")
+        meeting = {n: p for n, p in valid.items() if p[0] >= target_retention}
+        if meeting:
+            name = max(meeting, key=lambda n: (meeting[n][1], meeting[n][0]))
+            r, k = meeting[name]
+            why = f"{len(meeting)} of {len(valid)} models reach R ≥ {target_retention:g}; {name} keeps the most K"
+            return Choice(chosen=name, rule=rule, met_target=True, reason=f"{why} (R={r:.3f}, K={k:.3f})")
+        name = max(valid, key=lambda n: (valid[n][0], valid[n][1]))
+        why = f"no model reaches R ≥ {target_retention:g}; {name} has the highest R ({valid[name][0]:.3f})"
+        return Choice(chosen=name, rule=rule, met_target=False, reason=why)
+    rule = "best balanced point: max harmonic mean of clip(R,0,1) and clip(K,0,1)"
+    if not valid:
+        return Choice(chosen=None, rule=rule, reason="no model has both R and K defined")
+    name = max(valid, key=lambda n: (balance(*valid[n]), valid[n][0]))
+    r, k = valid[name]
+    return Choice(chosen=name, rule=rule, reason=f"balance {balance(r, k):.3f} (R={r:.3f}, K={k:.3f})")
+
+
+class Comparison(BaseModel):
+    """One SPEAR-MM plan against the baselines at (nearly) equal K and at (nearly) equal R."""
+
+    candidate: str
+    retention: float
+    gain_kept: float
+    equal_k_baseline: str | None = None  # the baseline whose K is nearest
+    equal_k_baseline_k: float | None = None
+    equal_k_baseline_r: float | None = None
+    delta_r: float | None = None  # candidate R − that baseline's R (> 0: the plan retains more at equal K)
+    equal_r_baseline: str | None = None  # the baseline whose R is nearest
+    equal_r_baseline_r: float | None = None
+    equal_r_baseline_k: float | None = None
+    delta_k: float | None = None  # candidate K − that baseline's K (> 0: the plan keeps more at equal R)
+    dominated_by: list[str] = []  # baselines at least as good on both axes and better on one
+
+
+def compare_to_baselines(
+    candidates: Mapping[str, Point], baselines: Mapping[str, Point], names: Sequence[str] | None = None
+) -> list[Comparison]:
+    """For each candidate: the baseline nearest in K (and the R difference), nearest in R (and the K difference)."""
+    base_ok = {n: (r, k) for n, (r, k) in baselines.items() if r is not None and k is not None}
+    out = []
+    for name in names or list(candidates):
+        r, k = candidates[name]
+        if r is None or k is None:
+            continue
+        cmp = Comparison(candidate=name, retention=r, gain_kept=k)
+        if base_ok:
+            bk = min(base_ok, key=lambda n: (abs(base_ok[n][1] - k), n))
+            br = min(base_ok, key=lambda n: (abs(base_ok[n][0] - r), n))
+            cmp.equal_k_baseline, (cmp.equal_k_baseline_r, cmp.equal_k_baseline_k) = bk, base_ok[bk]
+            cmp.delta_r = r - base_ok[bk][0]
+            cmp.equal_r_baseline, (cmp.equal_r_baseline_r, cmp.equal_r_baseline_k) = br, base_ok[br]
+            cmp.delta_k = k - base_ok[br][1]
+            cmp.dominated_by = sorted(
+                n for n, (r2, k2) in base_ok.items() if r2 >= r and k2 >= k and (r2 > r or k2 > k)
+            )
+        out.append(cmp)
+    return out

@@ -1,0 +1,210 @@
+"""`spear-mm run` end to end on a pico Llama adapted by a real (tiny) CPT run: report, summary, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from common import make_tiny_model, make_tokenizer
+from typer.testing import CliRunner
+
+from spear_mm import run
+from spear_mm.cli import app
+from spear_mm.errors import SpearError
+from spear_mm.run_summary import RunSummary
+from spear_mm.training import CptConfig, cpt
+
+FINANCE = [
+    "Revenue rose 12 percent to 4.2 billion dollars, and operating margin improved.",
+    "The central bank held its policy rate at 5.25 percent. Credit spreads narrowed.",
+    "Net income and loan loss provisions were discussed with the credit committee.",
+    "The company issued bonds and the rating agency kept its outlook stable.",
+]
+GENERAL = [
+    "The quick brown fox jumps over the lazy dog. Water boils at 100 degrees Celsius.",
+    "Question: What is two plus two? Answer: four. The dog sleeps in the sun.",
+]
+BASELINES = {"uniform-t0.25", "uniform-t0.5", "uniform-t0.75", "task-arith-l0.5", "task-arith-l0.75", "ties-d0.2"}
+POLICIES = {"conservative", "balanced", "aggressive"}
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory) -> tuple[Path, Path]:
+    """A 4-layer pico Llama and its CPT on a small finance corpus (a real Trainer run that writes cost.json)."""
+    root = tmp_path_factory.mktemp("pipeline")
+    tok = make_tokenizer()
+    base = root / "base"
+    make_tiny_model("llama", vocab_size=len(tok), num_hidden_layers=4).save_pretrained(base)
+    tok.save_pretrained(base)
+    corpus = root / "finance.txt"
+    corpus.write_text("\n\n".join(FINANCE * 8) + "\n")
+    config = CptConfig(max_steps=16, lr=3e-3, seq_len=32, batch_size=4, logging_steps=4, progress=False, threads=1)
+    cpt(base, [corpus], root / "adapted", config)
+    return base, root / "adapted"
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory) -> Path:
+    """General perplexity + multiple choice, domain perplexity, and one task whose data file is missing."""
+    root = tmp_path_factory.mktemp("suite")
+    (root / "general.txt").write_text("\n\n".join(GENERAL) + "\n")
+    (root / "finance.txt").write_text("\n\n".join(FINANCE[::-1]) + "\n")
+    mc = [{"question": f"Question {i}: what does the dog do?", "choices": ["sleeps", "bond", "rate"], "label": 0}
+          for i in range(6)]  # fmt: skip
+    (root / "general_mc.jsonl").write_text("".join(json.dumps(r) + "\n" for r in mc))
+    tasks = [
+        {"name": "gen_ppl", "kind": "perplexity", "loader": "text", "path": "general.txt", "chunk_chars": 0},
+        {"name": "gen_mc", "kind": "multiple_choice", "loader": "jsonl_mc", "path": "general_mc.jsonl"},
+        {"name": "fin_ppl", "kind": "perplexity", "loader": "text", "group": "domain", "path": "finance.txt",
+         "chunk_chars": 0},
+        {"name": "fin_missing", "kind": "multiple_choice", "loader": "jsonl_mc", "group": "domain",
+         "path": "not_here.jsonl"},
+    ]  # fmt: skip
+    path = root / "suite.yaml"
+    path.write_text(yaml.safe_dump({"name": "tiny", "tasks": tasks}))
+    return path
+
+
+def _run(pair, suite, out, **kw) -> RunSummary:
+    kw = {"suites": str(suite), "data_dir": suite.parent, "threads": 1, **kw}
+    return run(*pair, out, **kw)
+
+
+def _events(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "run_log.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def first(pair, suite, tmp_path_factory) -> tuple[Path, RunSummary, float]:
+    out = tmp_path_factory.mktemp("run") / "run"
+    started = time.perf_counter()
+    summary = _run(pair, suite, out)
+    return out, summary, time.perf_counter() - started
+
+
+def test_run_end_to_end(first, pair) -> None:
+    out, summary, _ = first
+    assert (out / "report.html").is_file() and (out / "report.md").is_file()
+    data = json.loads((out / "summary.json").read_text())
+    assert set(data["candidates"]) == POLICIES | BASELINES
+    assert set(data["baselines"]) == BASELINES | {"adapted"}
+    for name, entry in [*data["candidates"].items(), *data["reference"].items()]:
+        assert entry["retention"] is not None and entry["gain_kept"] is not None, name
+    assert data["reference"]["base"]["retention"] == pytest.approx(1.0)
+    assert data["reference"]["base"]["gain_kept"] == pytest.approx(0.0)
+    assert data["reference"]["adapted"]["gain_kept"] == pytest.approx(1.0)
+    # every candidate was evaluated on the same items as the base
+    base_ids = {t: [i["id"] for i in r["items"]] for t, r in json.loads((out / "eval/base.json").read_text())["tasks"].items()}  # fmt: skip
+    for name in POLICIES | BASELINES:
+        got = json.loads((out / "eval" / f"{name}.json").read_text())["tasks"]
+        assert {t: [i["id"] for i in r["items"]] for t, r in got.items()} == base_ids, name
+    # the choice: the best balanced point among the merged models and plain CPT
+    assert summary.chosen in POLICIES | BASELINES | {"adapted"}
+    if summary.chosen != "adapted":
+        assert [p.name for p in (out / "models").iterdir() if p.is_dir()] == [summary.chosen]
+        assert (out / "models" / summary.chosen / "model.safetensors").is_file()
+    assert summary.pareto_front and set(summary.pareto_front) <= POLICIES | BASELINES
+    # cost accounting against the CPT run's cost.json
+    cpt_seconds = json.loads((pair[1] / "cost.json").read_text())["wall_seconds"]
+    assert summary.cost.cpt_seconds == pytest.approx(cpt_seconds)
+    assert summary.cost.ratio == pytest.approx(summary.cost.per_configuration_seconds / cpt_seconds, rel=1e-3)
+    assert all(e.cost_seconds and e.cost_seconds > summary.cost.score_seconds for e in summary.candidates.values())
+    assert {c.candidate for c in summary.comparisons} == POLICIES
+    md = (out / "report.md").read_text()
+    assert "Cost accounting" in md and "at equal K and at equal R" in md and "ratio" in md
+    # the missing suite file: skipped, and the report says so
+    assert set(summary.skipped_tasks) == {"fin_missing"} and "fin_missing" not in summary.tasks
+    assert "task fin_missing skipped for every model" in md
+    assert sorted(p.name for p in (out / "plans").glob("*.yaml")) == sorted(f"{n}.yaml" for n in POLICIES | BASELINES)
+
+
+def test_rerun_skips_every_finished_step(first, pair, suite) -> None:
+    out, summary, first_seconds = first
+    mtimes = {p: p.stat().st_mtime_ns for p in [*(out / "eval").glob("*.json"), out / "scores" / "scores.json"]}
+    n_before = len(_events(out))
+    again = _run(pair, suite, out)
+    new = [e for e in _events(out)[n_before:] if e["step"] != "run" and not e["step"].startswith("plan")]
+    assert new and all(e["status"] == "skipped" for e in new), new
+    expected = {"analyze", "evaluate base", "evaluate adapted", *[f"evaluate {n}" for n in summary.candidates]}
+    expected |= {f"merge {summary.chosen}"} if summary.chosen != "adapted" else set()
+    assert expected <= {e["step"] for e in new}
+    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
+    assert again.chosen == summary.chosen and again.candidates == summary.candidates
+    assert again.cost.per_configuration_seconds == summary.cost.per_configuration_seconds  # recorded costs reused
+    assert again.seconds < first_seconds
+
+
+def test_edited_plan_is_the_only_thing_re_evaluated(first, pair, suite) -> None:
+    out, _, _ = first
+    path = out / "plans" / "conservative.yaml"
+    plan = yaml.safe_load(path.read_text())
+    plan["layers"][0]["t"] = 1.0
+    path.write_text(yaml.safe_dump(plan, sort_keys=False))
+    n_before = len(_events(out))
+    _run(pair, suite, out)
+    ran = [e["step"] for e in _events(out)[n_before:] if e["status"] == "ran"]
+    assert "evaluate conservative" in ran
+    assert not [s for s in ran if s.startswith(("evaluate", "analyze")) and s != "evaluate conservative"]
+
+
+def test_interrupted_run_resumes(pair, suite, tmp_path) -> None:
+    out = tmp_path / "run"
+    calls = []
+
+    def interrupt(stage: str, done: int, total: int) -> None:
+        calls.append((stage, done))
+        if stage == "evaluate" and done == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _run(pair, suite, out, policies=("balanced",), baselines=False, sweep="f=0.5;t=0.5,1", progress=interrupt)
+    saved = sorted(p.stem for p in (out / "eval").glob("*.json"))
+    assert saved == ["adapted", "balanced", "base"] and not (out / "summary.json").exists()
+    n_before = len(_events(out))
+    summary = _run(pair, suite, out, policies=("balanced",), baselines=False, sweep="f=0.5;t=0.5,1")
+    ran = sorted(e["step"] for e in _events(out)[n_before:] if e["status"] == "ran" and e["step"].startswith("eval"))
+    assert ran == ["evaluate sweep-f0.5-t0.5", "evaluate sweep-f0.5-t1"]
+    assert set(summary.candidates) == {"balanced", "sweep-f0.5-t0.5", "sweep-f0.5-t1"}
+    assert (out / "report.html").is_file()
+
+
+def test_missing_suite_file_warns(pair, suite, tmp_path, caplog) -> None:
+    from spear_mm.pipeline import _load_tasks
+
+    with caplog.at_level(logging.WARNING):
+        tasks, skipped = _load_tasks(str(suite), suite.parent, None, 0)
+    assert [t.name for t in tasks] == ["gen_ppl", "gen_mc", "fin_ppl"] and set(skipped) == {"fin_missing"}
+    assert "skipping task fin_missing" in caplog.text and "not_here.jsonl" in caplog.text
+    with pytest.raises(SpearError, match="no task to evaluate"):
+        run(*pair, tmp_path / "r", suites=str(suite), data_dir=tmp_path / "empty")
+    assert not (tmp_path / "r").exists()
+
+
+def test_different_families_fail_before_any_work(pair, tmp_path) -> None:
+    tok = make_tokenizer()
+    other = tmp_path / "qwen"
+    make_tiny_model("qwen2", vocab_size=len(tok), num_hidden_layers=4).save_pretrained(other)
+    with pytest.raises(SpearError, match="not the same architecture"):
+        run(pair[0], other, tmp_path / "r", suites="demo")
+    assert not (tmp_path / "r").exists()
+    with pytest.raises(SpearError, match="overlaps the input"):
+        run(*pair, pair[1] / "run", suites="demo")
+
+
+def test_cli_run_prints_table_and_report(first, pair, suite) -> None:
+    out, summary, _ = first
+    args = ["run", str(pair[0]), str(pair[1]), "-o", str(out), "--suite", str(suite), "--data-dir", str(suite.parent)]
+    result = CliRunner().invoke(app, [*args, "--threads", "1", "--target-retention", "0.5"])
+    assert result.exit_code == 0, result.output
+    assert "report.html" in result.output and "uniform-t0.5" in result.output
+    data = json.loads((out / "summary.json").read_text())
+    assert data["target_retention"] == 0.5 and data["choice_rule"].startswith("most K among R")
+    meeting = {n: e for n, e in data["candidates"].items() if e["retention"] >= 0.5}
+    if meeting and data["chosen"] != "adapted":
+        assert data["candidates"][data["chosen"]]["gain_kept"] == max(e["gain_kept"] for e in meeting.values())
+    bad = CliRunner().invoke(app, ["run", str(pair[0]), str(pair[1]), "-o", str(out), "--sweep", "x"])
+    assert bad.exit_code != 0
