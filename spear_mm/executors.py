@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import socket
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -175,6 +176,20 @@ class ProcessExecutor(_Base):
             self._pool = None
 
 
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast on HOST:PORT that does not answer (ray.init would retry for minutes)."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise SpearError(f"--ray-address {address!r}: give 'auto' or HOST:PORT of the head node (e.g. 10.0.0.1:6379).")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise SpearError(
+            f"no Ray head node answers at {address} ({exc}). Start one there with `ray start --head --port {port}` "
+            "(see docs/scaling.md), check the address and firewall, or drop --ray-address to run a local instance."
+        ) from exc
+
+
 def _import_ray():
     try:
         import ray
@@ -210,7 +225,9 @@ class RayExecutor(_Base):
         if not ray.is_initialized():
             try:
                 if ray_address:
-                    ray.init(address=ray_address, log_to_driver=True)
+                    if ray_address != "auto":
+                        _check_reachable(ray_address)
+                    ray.init(address=ray_address)
                 else:
                     ray.init(num_cpus=workers or default_workers(), include_dashboard=False)
                     self._owned = True

@@ -1,13 +1,14 @@
 """Layer scoring from weights alone: per-tensor metrics → normalised within module type → per-layer scores.
 
-Three separable steps, so the per-tensor work can run anywhere (threads here, Ray later):
+Three separable steps, so the per-tensor work can run anywhere (threads, processes, Ray):
 1. `score_names(base_path, adapted_path, names, config)` — a pure, picklable unit of work: read the named
    tensors of both checkpoints, return one `ModuleScore` each (`score_tensor_pair` does one pair in memory).
 2. `normalize_rows` — robust z-scores (or percentile ranks) of SWC and |SVD-drop| within each module type,
    combined as `α·SWC_n + (1−α)·drop_n`.
 3. `layer_scores` — mean (or max) of a layer's matrix scores, ranked descending (rank 1 = most damaging).
 
-`analyze(base, adapted, out_dir)` runs all three over a thread pool and returns a `ScoreTable`.
+`analyze(base, adapted, out_dir)` runs all three and returns a `ScoreTable`; step 1 runs on a thread pool here,
+or on a process pool or Ray cluster (`executor=`, see spear_mm.score_jobs and spear_mm.executors).
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ import os
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -177,48 +176,50 @@ def score_names(
     return out
 
 
-@contextmanager
-def _thread_budget(workers: int):
-    """Give each worker thread an equal share of torch's intra-op threads (restored afterwards)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(workers, 1)) if workers > 1 else before)
-    try:
-        yield torch.get_num_threads()
-    finally:
-        torch.set_num_threads(before)
-
-
 def default_workers() -> int:
     """One worker per core (each with one torch thread): measured fastest on CPU; 1 on a GPU."""
     return max(1, min(8, os.cpu_count() or 1))
 
 
 def score_pair(
-    pair: Pair, config: ScoreConfig, *, workers: int = 1, progress: Progress | None = None
-) -> tuple[list[ModuleScore], int]:
-    """Score every tensor of an open pair over a thread pool (largest first); returns (rows, torch threads)."""
-    names = sorted(pair.names, key=lambda n: -pair.adapted.infos[n].numel)
-    if config.device != "cpu":
-        workers = 1
-    base, adapted = str(pair.base.path), str(pair.adapted.path)
-    rows: dict[str, ModuleScore] = {}
-    with _thread_budget(workers) as threads, ThreadPoolExecutor(workers, thread_name_prefix="spear-score") as pool:
-        pending, queue = set(), iter(names)
-        for _ in range(2 * workers):  # bounded: at most two pairs per worker are in memory
-            name = next(queue, None)
-            if name is not None:
-                pending.add(pool.submit(score_names, base, adapted, [name], config))
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in done:
-                row = fut.result()[0]
-                rows[row.name] = row
-                if progress:
-                    progress(row.name, len(rows), len(names))
-                name = next(queue, None)
-                if name is not None:
-                    pending.add(pool.submit(score_names, base, adapted, [name], config))
-    return [rows[n] for n in pair.names], threads
+    pair: Pair,
+    config: ScoreConfig,
+    *,
+    workers: int | None = 1,
+    progress: Progress | None = None,
+    executor: str = "local",
+    ray_address: str | None = None,
+    done: dict[str, ModuleScore] | None = None,
+    on_rows: Callable[[list[ModuleScore]], None] | None = None,
+) -> tuple[list[ModuleScore], int, int]:
+    """Score every tensor of an open pair (largest first); returns (rows, torch threads, workers).
+
+    `local` runs a thread pool in this process; `process` / `ray` send batches of tensor names to workers
+    that read the checkpoints themselves (spear_mm.score_jobs). Rows in `done` are reused; `on_rows` gets
+    each group of new rows as it arrives (the journal that lets a restarted run resume).
+    """
+    done = dict(done or {})
+    names = [n for n in sorted(pair.names, key=lambda n: -pair.adapted.infos[n].numel) if n not in done]
+    rows: dict[str, ModuleScore] = dict(done)
+
+    def arrived(new: list[ModuleScore]) -> None:
+        for row in new:
+            rows[row.name] = row
+            if progress:
+                progress(row.name, len(rows), len(pair.names))
+        if on_rows:
+            on_rows(new)
+
+    from spear_mm.score_jobs import score_on_executor, score_on_threads
+
+    if executor == "local":
+        workers = workers or default_workers()
+        threads = score_on_threads(pair, names, config, workers, arrived)
+    else:
+        _, threads, workers = score_on_executor(
+            pair, names, config, executor=executor, workers=workers, ray_address=ray_address, on_rows=arrived
+        )
+    return [rows[n] for n in pair.names], threads, workers
 
 
 # -- 2. normalisation within module type ---------------------------------------------------------------------------
@@ -303,6 +304,8 @@ def analyze(
     aggregate: str = "mean",
     device: str = "cpu",
     workers: int | None = None,
+    executor: str = "local",
+    ray_address: str | None = None,
     probe: str | Path | None = None,
     ground_truth: bool = False,
     progress: Progress | None = None,
@@ -312,15 +315,35 @@ def analyze(
     """Score every layer of `adapted` against `base` from the weights (plus optional probe-data scores).
 
     `config` carries the remaining options (normalisation, edge, precision, …); `alpha`, `aggregate` and
-    `device` override it. With `out_dir`, writes scores.json, scores.csv, layer_scores.csv and the figures.
+    `device` override it. `executor` (local | process | ray, with `ray_address`) says where tensors are scored.
+    With `out_dir`, writes scores.json, scores.csv, layer_scores.csv and the figures; rows are journalled there
+    as they arrive, so a run interrupted and restarted with the same pair and config resumes.
     """
     config = (config or ScoreConfig()).model_copy(update=dict(alpha=alpha, aggregate=aggregate, device=device))
     config = ScoreConfig.model_validate(config.model_dump())
-    workers = workers or default_workers()
     started = time.perf_counter()
     pair = open_pair(base, adapted)
     fingerprints = pair.base.fingerprint(), pair.adapted.fingerprint()
-    rows, threads = score_pair(pair, config, workers=workers, progress=progress)
+    journal = None
+    if out_dir is not None:
+        from spear_mm.score_jobs import ScoreJournal
+
+        header = dict(base=fingerprints[0], adapted=fingerprints[1], config=config.model_dump(mode="json"))
+        journal = ScoreJournal(out_dir, header)
+    try:
+        rows, threads, workers = score_pair(
+            pair,
+            config,
+            workers=workers,
+            progress=progress,
+            executor=executor,
+            ray_address=ray_address,
+            done=journal.resume() if journal else None,
+            on_rows=journal.append if journal else None,
+        )
+    finally:
+        if journal:
+            journal.close()
     rows = normalize_rows(rows, config)
     layers = layer_scores(rows, pair.num_layers, config)
     precisions = Counter(p for r in rows if r.precision for p in r.precision.split(","))
@@ -348,4 +371,5 @@ def analyze(
         table = add_probe_scores(table, pair, probe, ground_truth=ground_truth, max_tokens=probe_tokens)
     if out_dir is not None:
         table.save(out_dir)
+        journal.finish()
     return table

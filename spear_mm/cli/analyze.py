@@ -73,7 +73,15 @@ def analyze_cmd(
     adapted: Path = typer.Argument(..., help="Adapted model folder (after CPT)."),
     out: Path = typer.Option(..., "--out", "-o", help="Scores folder: scores.json/.csv, layer_scores.csv, figures."),
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N (singular values on the device)."),
-    workers: int | None = typer.Option(None, "--workers", "-j", help="Worker threads (default: one per CPU core)."),
+    workers: int | None = typer.Option(
+        None, "--workers", "-j", help="Workers (default: one per CPU core; ray: every CPU of the cluster)."
+    ),
+    executor: str = typer.Option(
+        "local", help="Where tensors are scored: local (threads) | process (process pool) | ray (Ray tasks)."
+    ),
+    ray_address: str | None = typer.Option(
+        None, help="ray: an existing cluster ('auto' or HOST:PORT, see docs/scaling.md); default starts a local one."
+    ),
     alpha: float = typer.Option(0.5, help="Weight of SNR-weighted change vs SVD drop in the combined score."),
     aggregate: str = typer.Option("mean", help="Layer score from its matrices: mean | max."),
     normalize: str = typer.Option("robust_z", help="Within module type: robust_z | rank."),
@@ -104,6 +112,10 @@ def analyze_cmd(
         raise SpearError(f"invalid option: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}") from exc
     if aggregate not in ("mean", "max"):
         raise SpearError(f"--aggregate must be mean or max, not {aggregate!r}.")
+    if executor not in ("local", "process", "ray"):
+        raise SpearError(f"--executor must be local, process or ray, not {executor!r}.")
+    if ray_address is not None and executor != "ray":
+        raise SpearError("--ray-address needs --executor ray.")
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -125,6 +137,8 @@ def analyze_cmd(
             aggregate=aggregate,
             device=device,
             workers=workers,
+            executor=executor,
+            ray_address=ray_address,
             probe=probe,
             ground_truth=ground_truth,
             progress=progress,
@@ -140,7 +154,7 @@ def analyze_cmd(
         out_console.print(panel)
     tm = table.timing
     out_console.print(
-        f"scored {len(table.modules)} tensors in {tm.weights_seconds:.1f} s ({tm.workers} workers × {tm.torch_threads} "
+        f"scored {len(table.modules)} tensors in {tm.weights_seconds:.1f} s ({executor}: {tm.workers} workers × {tm.torch_threads} "
         f"torch threads, {tm.device}; precision {tm.precision_counts})"
         + (f"; probes {tm.probe_seconds:.1f} s" if tm.probe_seconds else "")
     )
