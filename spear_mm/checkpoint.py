@@ -151,26 +151,30 @@ class Checkpoint:
         return ckpt
 
     # -- discovery ---------------------------------------------------------------------------------------------
-    def _weight_files(self) -> list[Path]:
+    def _weight_files(self) -> tuple[list[Path], dict[str, str] | None]:
+        """The weight files, and the index's weight map (tensor -> shard) when the folder has one."""
         for index_name in _INDEX_FILES:
             index = self.path / index_name
             if index.exists():
                 try:
                     weight_map = json.loads(index.read_text())["weight_map"]
-                except (json.JSONDecodeError, KeyError) as exc:
-                    raise SpearError(f"{index}: invalid index file ({exc}); it needs a 'weight_map'.") from exc
-                files = sorted(set(weight_map.values()))
+                    files = sorted(set(weight_map.values()))
+                except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+                    raise SpearError(
+                        f"{index}: invalid index file ({exc}); it needs a 'weight_map' of tensor name -> shard "
+                        "file. Re-save the model with save_pretrained()."
+                    ) from exc
                 missing = [f for f in files if not (self.path / f).exists()]
                 if missing:
                     raise SpearError(
                         f"{index}: points at missing shard(s) {', '.join(missing)}. Copy the missing files "
                         "into the folder (an incomplete download?)."
                     )
-                return [self.path / f for f in files]
+                return [self.path / f for f in files], weight_map
         for pattern in ("model.safetensors", "pytorch_model.bin", "*.safetensors", "pytorch_model*.bin"):
             found = sorted(self.path.glob(pattern))
             if found:
-                return found
+                return found, None
         raise SpearError(
             f"{self.path}: no weights found (looked for model.safetensors, *.safetensors with an index, "
             "pytorch_model*.bin). Save the model with save_pretrained()."
@@ -178,7 +182,8 @@ class Checkpoint:
 
     def _scan(self) -> dict[str, TensorInfo]:
         infos: dict[str, TensorInfo] = {}
-        for file in self._weight_files():
+        files, weight_map = self._weight_files()
+        for file in files:
             if file.suffix == ".safetensors":
                 found, _ = read_safetensors_header(file)
             else:
@@ -192,6 +197,13 @@ class Checkpoint:
                         f"and {file.name}. Remove the stale shard."
                     )
                 infos[name] = info
+        lost = [n for n in weight_map or {} if n not in infos]
+        if lost:
+            raise SpearError(
+                f"{self.path}: the index lists {len(lost)} tensor(s) that their shard does not contain (e.g. "
+                f"'{lost[0]}' in {weight_map[lost[0]]}). A shard is stale or from another save; copy the "
+                "model folder again."
+            )
         return infos
 
     # -- access ------------------------------------------------------------------------------------------------

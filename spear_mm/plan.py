@@ -194,7 +194,7 @@ class Plan(_Strict):
             raise SpearError(
                 f"{source}: invalid plan — "
                 + "; ".join(lines)
-                + ". Fix the field (t must be in [0, 1]; allowed keys are listed in docs/plans.md)."
+                + ". Fix the field (t must be in [0, 1]; the allowed keys are listed in docs/merge.md)."
             ) from exc
 
     @classmethod

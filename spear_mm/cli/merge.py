@@ -1,0 +1,154 @@
+"""`spear-mm merge` and `spear-mm inspect`."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from spear_mm.errors import SpearError
+
+out_console = Console()
+
+
+def _resolve_plan(plan_file: Path | None, t: float | None, num_layers: int, all_tensors: bool):
+    from spear_mm.plan import Plan
+
+    if (plan_file is None) == (t is None):
+        raise SpearError("give exactly one of --plan plan.yaml or --t T (the weight of the base, 0..1).")
+    if plan_file is not None:
+        return Plan.load(plan_file)
+    if not 0.0 <= t <= 1.0:
+        raise SpearError(f"--t {t} is outside [0, 1] (t is the weight of the base model).")
+    return Plan.uniform(t, num_layers, include_non_layers=all_tensors)
+
+
+def merge_cmd(
+    base: Path = typer.Argument(..., help="Base model folder (before CPT)."),
+    adapted: Path = typer.Argument(..., help="Adapted model folder (after CPT)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (written atomically)."),
+    plan: Path | None = typer.Option(None, "--plan", help="Restoration plan YAML (spear-mm plan)."),
+    t: float | None = typer.Option(None, "--t", help="Uniform SLERP factor for every layer (weight of the base)."),
+    all_tensors: bool = typer.Option(False, "--all-tensors", help="With --t: also embeddings, head, final norm."),
+    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
+    threads: int | None = typer.Option(None, help="Torch threads for the kernels (default 1: measured fastest)."),
+    max_shard_size: str = typer.Option("5GB", help="Largest output shard, e.g. 5GB or 500MB."),
+    allow_vocab_extension: bool = typer.Option(False, help="Merge shared embedding rows, keep new rows."),
+    force: bool = typer.Option(False, help="Replace a non-empty output folder (only once the merge is complete)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the action and t of every tensor; write nothing."),
+) -> None:
+    """Merge ADAPTED back toward BASE where the plan says (SLERP per tensor) and write an HF model folder."""
+    from spear_mm.checkpoint import open_pair
+    from spear_mm.merge import build_tasks, merge, resolve_device
+
+    resolve_device(device)
+    pair = open_pair(base, adapted, allow_vocab_extension=allow_vocab_extension)
+    the_plan = _resolve_plan(plan, t, pair.num_layers, all_tensors)
+    tasks = build_tasks(pair, the_plan)
+    if dry_run:
+        table = Table(title=f"dry run: {the_plan.summary()}")
+        for col in ("tensor", "layer", "module", "action", "t"):
+            table.add_column(col)
+        for task in tasks:
+            p = task.param
+            table.add_row(p.name, "" if p.layer is None else str(p.layer), p.module, task.action, f"{task.t:g}")
+        out_console.print(table)
+        return
+    total = sum(pair.adapted.infos[x.name].nbytes for x in tasks)
+    columns = (
+        TextColumn("[bold]merge"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[name]}", style="dim"),
+    )
+    with Progress(*columns, console=out_console, transient=False) as bar:
+        job = bar.add_task("merge", total=total, name="")
+        done = {"n": 0}
+
+        def progress(name: str, nbytes: int) -> None:
+            done["n"] += 1
+            bar.update(job, advance=nbytes, name=name[-48:])
+
+        report = merge(
+            pair.base,
+            pair.adapted,
+            out,
+            the_plan,
+            device=device,
+            max_shard_size=max_shard_size,
+            force=force,
+            allow_vocab_extension=allow_vocab_extension,
+            threads=threads,
+            progress=progress,
+        )
+    actions = Counter(s.action for s in report.tensors)
+    table = Table(title=f"merged → {report.output}")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    for k, v in (
+        ("tensors", report.n_tensors),
+        ("interpolated", actions["merge"]),
+        ("kept (adapted)", actions["keep"]),
+        ("restored (base)", actions["base"]),
+        ("LERP fallbacks (|cos|>0.9995)", report.n_lerp_fallback),
+        ("written", f"{report.bytes_written / 1e9:.3f} GB"),
+        ("time", f"{report.seconds:.1f} s"),
+        ("plan", report.plan_summary),
+        *(("note", n) for n in report.notes),
+    ):
+        table.add_row(k, str(v))
+    out_console.print(table)
+
+
+def inspect_cmd(model: Path = typer.Argument(..., help="A Hugging Face model folder.")) -> None:
+    """Print layers, module types, dtypes and sizes of a checkpoint (reads headers only)."""
+    from spear_mm.architecture import for_model_type, num_layers_of
+    from spear_mm.checkpoint import Checkpoint
+
+    ckpt = Checkpoint.open(model)
+    arch = for_model_type(ckpt.model_type)
+    params = arch.classify_all(ckpt.names)
+    out_console.print(
+        f"[bold]{ckpt.path}[/]  model_type={ckpt.model_type} family={arch.family} "
+        f"layers={num_layers_of(ckpt.config)} params={ckpt.num_parameters / 1e6:.2f}M "
+        f"size={ckpt.nbytes / 1e9:.3f} GB files={len({i.file for i in ckpt.infos.values()})}"
+    )
+    table = Table()
+    for col in ("group", "module", "tensors", "layers", "shapes", "dtypes", "MB"):
+        table.add_column(col)
+    groups: dict[tuple[str, str], list] = {}
+    for name, p in params.items():
+        groups.setdefault((p.group, p.module), []).append((p, ckpt.infos[name]))
+    for (group, module), items in sorted(groups.items(), key=lambda kv: (kv[0][0] != "embed", kv[0])):
+        layers = sorted({p.layer for p, _ in items if p.layer is not None})
+        shapes = sorted({str(list(i.shape)) for _, i in items})
+        table.add_row(
+            group,
+            module,
+            str(len(items)),
+            f"{layers[0]}–{layers[-1]}" if layers else "",
+            ", ".join(shapes[:3]) + (" …" if len(shapes) > 3 else ""),
+            ", ".join(sorted({str(i.dtype).replace("torch.", "") for _, i in items})),
+            f"{sum(i.nbytes for _, i in items) / 1e6:.1f}",
+        )
+    out_console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("merge")(merge_cmd)
+    app.command("inspect")(inspect_cmd)
