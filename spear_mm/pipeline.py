@@ -85,7 +85,8 @@ def run(
     steps = Steps(run_dir)
     steps.event("run", "started", base=str(pair.base.path), adapted=str(pair.adapted.path))
 
-    scores, stage = _analyze(pair, run_dir, steps, fp_b, fp_a, device, score_config, progress)
+    scores, stage = _analyze(pair, run_dir, steps, fp_b, fp_a, device, score_config, progress, executor, ray_address,
+                             workers)  # fmt: skip
     stages.append(stage)
     prov = {"base": fp_b, "adapted": fp_a}
     candidates = policy_candidates(scores, policies) + _sweep(scores, grid)
@@ -142,7 +143,8 @@ def _load_tasks(suites, data_dir, limit, seed):
     return tuple(tasks), skipped
 
 
-def _analyze(pair: Pair, run_dir, steps, fp_b, fp_a, device, config, progress) -> tuple[ScoreTable, StageCost]:
+def _analyze(pair: Pair, run_dir, steps, fp_b, fp_a, device, config, progress, executor="local", ray_address=None,
+             workers=None) -> tuple[ScoreTable, StageCost]:  # fmt: skip
     from spear_mm.scoring import analyze
 
     config = (config or ScoreConfig()).model_copy(update={"device": device})
@@ -154,9 +156,10 @@ def _analyze(pair: Pair, run_dir, steps, fp_b, fp_a, device, config, progress) -
         return ScoreTable.load(out), StageCost(name="analyze", seconds=record.seconds, device=device, status="skipped")
     started = time.perf_counter()
     cb = (lambda _name, done, total: progress("analyze", done, total)) if progress else None
+    where = {} if executor == "local" else {"executor": executor, "ray_address": ray_address, "workers": workers}
     table = analyze(pair.base.path, pair.adapted.path, out, device=device, config=config, progress=cb,
-                    alpha=config.alpha, aggregate=config.aggregate)  # fmt: skip
-    seconds = time.perf_counter() - started
+                    alpha=config.alpha, aggregate=config.aggregate, **where)  # fmt: skip
+    seconds = round(time.perf_counter() - started, 4)  # as recorded, so a resumed run reports the same costs
     steps.record(out, "analyze", key, seconds, device, tensors=len(table.modules))
     return table, StageCost(name="analyze", seconds=seconds, device=device, detail=f"{len(table.modules)} tensors")
 
@@ -250,7 +253,7 @@ def _evaluate(jobs, run_dir, steps, fp_b, fp_a, tasks, skipped, device, executor
             progress("evaluate", len(results), total)
 
     if pending:
-        kind_gpus = 1 if device.startswith("cuda") and executor == "ray" else None
+        kind_gpus = (1 if device.startswith("cuda") else 0) if executor == "ray" else None
         try:
             with _make_executor(executor, workers, ray_address, kind_gpus) as ex:
                 ex.map(evaluate_candidate, pending, labels=[j.name for j in pending], on_result=on_result)
@@ -365,7 +368,7 @@ def _summarise(pair, candidates, results, scores, stages, run_dir, fp_b, fp_a, s
         adapted_path=str(pair.adapted.path),
         base_fingerprint=fp_b,
         adapted_fingerprint=fp_a,
-        suites=suites if isinstance(suites, str) else repr(suites),
+        suites=_suite_label(suites),
         limit=limit,
         seed=seed,
         tasks={n: tr.group for n, tr in base.tasks.items()},
@@ -384,6 +387,13 @@ def _summarise(pair, candidates, results, scores, stages, run_dir, fp_b, fp_a, s
         stages=stages,
         notes=notes,
     )
+
+
+def _suite_label(suites) -> str:
+    if isinstance(suites, (str, Path)):
+        return str(suites)
+    items = suites if isinstance(suites, (list, tuple)) else [suites]
+    return ",".join(str(getattr(s, "name", s.get("name", "?") if isinstance(s, dict) else s)) for s in items)
 
 
 def _write_models(pair, candidates, chosen, keep_all, run_dir, steps, device, threads, progress) -> StageCost:

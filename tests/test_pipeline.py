@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -27,6 +28,8 @@ FINANCE = [
 GENERAL = [
     "The quick brown fox jumps over the lazy dog. Water boils at 100 degrees Celsius.",
     "Question: What is two plus two? Answer: four. The dog sleeps in the sun.",
+    "The cat sat on the mat and looked at the birds in the garden.",
+    "Children play in the park after school while their parents talk.",
 ]
 BASELINES = {"uniform-t0.25", "uniform-t0.5", "uniform-t0.75", "task-arith-l0.5", "task-arith-l0.75", "ties-d0.2"}
 POLICIES = {"conservative", "balanced", "aggressive"}
@@ -34,17 +37,19 @@ POLICIES = {"conservative", "balanced", "aggressive"}
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory) -> tuple[Path, Path]:
-    """A 4-layer pico Llama and its CPT on a small finance corpus (a real Trainer run that writes cost.json)."""
+    """A 4-layer pico Llama pre-trained briefly on general text (the base), then CPT on a small finance corpus
+    (the adapted model): two real Trainer runs; the second writes the cost.json the run compares against."""
     root = tmp_path_factory.mktemp("pipeline")
     tok = make_tokenizer()
-    base = root / "base"
-    make_tiny_model("llama", vocab_size=len(tok), num_hidden_layers=4).save_pretrained(base)
-    tok.save_pretrained(base)
-    corpus = root / "finance.txt"
-    corpus.write_text("\n\n".join(FINANCE * 8) + "\n")
-    config = CptConfig(max_steps=16, lr=3e-3, seq_len=32, batch_size=4, logging_steps=4, progress=False, threads=1)
-    cpt(base, [corpus], root / "adapted", config)
-    return base, root / "adapted"
+    init = root / "init"
+    make_tiny_model("llama", vocab_size=len(tok), num_hidden_layers=4).save_pretrained(init)
+    tok.save_pretrained(init)
+    fast = dict(lr=3e-3, seq_len=32, batch_size=4, logging_steps=10, progress=False, threads=1)
+    (root / "general.txt").write_text("\n\n".join(GENERAL * 8) + "\n")
+    cpt(init, [root / "general.txt"], root / "base", CptConfig(max_steps=60, **fast))
+    (root / "finance.txt").write_text("\n\n".join(FINANCE * 8) + "\n")
+    cpt(root / "base", [root / "finance.txt"], root / "adapted", CptConfig(max_steps=30, **fast))
+    return root / "base", root / "adapted"
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +58,10 @@ def suite(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("suite")
     (root / "general.txt").write_text("\n\n".join(GENERAL) + "\n")
     (root / "finance.txt").write_text("\n\n".join(FINANCE[::-1]) + "\n")
-    mc = [{"question": f"Question {i}: what does the dog do?", "choices": ["sleeps", "bond", "rate"], "label": 0}
-          for i in range(6)]  # fmt: skip
+    mc = [{"question": "The dog", "choices": ["sleeps in the sun", "bond rating"], "label": 0},
+          {"question": "The cat sat on", "choices": ["the credit", "the mat"], "label": 1},
+          {"question": "Water boils at", "choices": ["100 degrees", "loan loss"], "label": 0},
+          {"question": "Children play in", "choices": ["net income", "the park"], "label": 1}]  # fmt: skip
     (root / "general_mc.jsonl").write_text("".join(json.dumps(r) + "\n" for r in mc))
     tasks = [
         {"name": "gen_ppl", "kind": "perplexity", "loader": "text", "path": "general.txt", "chunk_chars": 0},
@@ -97,6 +104,9 @@ def test_run_end_to_end(first, pair) -> None:
     assert data["reference"]["base"]["retention"] == pytest.approx(1.0)
     assert data["reference"]["base"]["gain_kept"] == pytest.approx(0.0)
     assert data["reference"]["adapted"]["gain_kept"] == pytest.approx(1.0)
+    # the CPT forgot (general perplexity rose) and moving back toward the base restores retention
+    r = {n: e["retention"] for n, e in [*data["candidates"].items(), *data["reference"].items()]}
+    assert r["adapted"] < 0.9 and r["adapted"] < r["uniform-t0.25"] < r["uniform-t0.5"] < r["uniform-t0.75"]
     # every candidate was evaluated on the same items as the base
     base_ids = {t: [i["id"] for i in r["items"]] for t, r in json.loads((out / "eval/base.json").read_text())["tasks"].items()}  # fmt: skip
     for name in POLICIES | BASELINES:
@@ -208,3 +218,17 @@ def test_cli_run_prints_table_and_report(first, pair, suite) -> None:
         assert data["candidates"][data["chosen"]]["gain_kept"] == max(e["gain_kept"] for e in meeting.values())
     bad = CliRunner().invoke(app, ["run", str(pair[0]), str(pair[1]), "-o", str(out), "--sweep", "x"])
     assert bad.exit_code != 0
+
+
+@pytest.mark.slow
+def test_process_executor_gives_the_same_results(first, pair, suite, tmp_path) -> None:
+    """Candidates evaluated in spawned worker processes (jobs pickled, models merged there) match in-process."""
+    _, local, _ = first
+    summary = _run(
+        pair, suite, tmp_path / "run", policies=("balanced",), baselines=False, executor="process", workers=2
+    )
+    got = summary.candidates["balanced"]
+    assert (got.retention, got.gain_kept) == pytest.approx((local.candidates["balanced"].retention,
+                                                            local.candidates["balanced"].gain_kept))  # fmt: skip
+    workers = {json.loads((tmp_path / "run/eval" / f"{n}.json").read_text())["worker"] for n in ("balanced",)}
+    assert all(not w.endswith(f":{os.getpid()}") for w in workers)
