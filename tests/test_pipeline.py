@@ -93,7 +93,7 @@ def first(pair, suite, tmp_path_factory) -> tuple[Path, RunSummary, float]:
     return out, summary, time.perf_counter() - started
 
 
-def test_run_end_to_end(first, pair) -> None:
+def test_run_end_to_end(first, pair, suite) -> None:
     out, summary, _ = first
     assert (out / "report.html").is_file() and (out / "report.md").is_file()
     data = json.loads((out / "summary.json").read_text())
@@ -117,6 +117,15 @@ def test_run_end_to_end(first, pair) -> None:
     if summary.chosen != "adapted":
         assert [p.name for p in (out / "models").iterdir() if p.is_dir()] == [summary.chosen]
         assert (out / "models" / summary.chosen / "model.safetensors").is_file()
+        # the model written to disk is the one evaluated in memory
+        from spear_mm.evaluation import evaluate, load_tasks
+
+        tasks = load_tasks(str(suite), suite.parent, skip_missing=True)
+        on_disk = evaluate(out / "models" / summary.chosen, tasks, threads=1)
+        in_memory = json.loads((out / "eval" / f"{summary.chosen}.json").read_text())["tasks"]
+        assert {t: r.score for t, r in on_disk.tasks.items()} == pytest.approx(
+            {t: r["score"] for t, r in in_memory.items()}, rel=1e-5
+        )
     assert summary.pareto_front and set(summary.pareto_front) <= POLICIES | BASELINES
     # cost accounting against the CPT run's cost.json
     cpt_seconds = json.loads((pair[1] / "cost.json").read_text())["wall_seconds"]

@@ -67,6 +67,7 @@ def run_cmd(
     from spear_mm.cli import console
     from spear_mm.pipeline import run
 
+    _quiet_per_model_logs()
     if executor not in ("local", "process", "ray"):
         raise SpearError(f"--executor {executor!r}: use local, process or ray.")
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -112,6 +113,17 @@ def run_cmd(
     if summary.chosen_model_path:
         out_console.print(f"chosen model: {summary.chosen_model_path}")
     out_console.print(f"report: {summary.report_html}")
+
+
+def _quiet_per_model_logs() -> None:
+    """One line per task and model, and transformers' loading bars, drown the run's bars: keep them for -v."""
+    import logging
+
+    if logging.getLogger().level > logging.DEBUG:
+        logging.getLogger("spear_mm.evaluation").setLevel(logging.WARNING)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
 
 def register(app: typer.Typer) -> None:
