@@ -38,6 +38,7 @@ class CandidateJob:
     batch_size: int = 16
     seed: int = 0
     limit: int | None = None
+    pair_key: str = ""  # the pair's fingerprints: a worker's cached open pair is reused only for the same files
 
 
 class CandidateResult(EvalResult):
@@ -67,7 +68,7 @@ def tasks_hash(tasks: tuple[LoadedTask, ...] | list[LoadedTask]) -> str:
 
 
 @lru_cache(maxsize=1)
-def _template(adapted: str, device: str):
+def _template(adapted: str, device: str, pair_key: str):
     """The adapted model and tokenizer, loaded once per worker; candidates overwrite its weights in place."""
     from spear_mm.evaluation import load_model
 
@@ -75,7 +76,7 @@ def _template(adapted: str, device: str):
 
 
 @lru_cache(maxsize=1)
-def _pair(base: str, adapted: str):
+def _pair(base: str, adapted: str, pair_key: str):
     from spear_mm.checkpoint import open_pair
 
     return open_pair(base, adapted)
@@ -89,22 +90,30 @@ def clear_caches() -> None:
 
 def evaluate_candidate(job: CandidateJob) -> CandidateResult:
     """Merge `job.plan_yaml` into an in-memory model (or load `job.model_path`) and evaluate it on `job.tasks`."""
+    threads_before = torch.get_num_threads()
+    if job.threads:
+        torch.set_num_threads(job.threads)
+    try:
+        return _evaluate(job)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _evaluate(job: CandidateJob) -> CandidateResult:
     import os
     import socket
 
     from spear_mm.evaluation import evaluate, load_model
     from spear_mm.merge import merge_into_model
 
-    if job.threads:
-        torch.set_num_threads(job.threads)
     merge_seconds, n_merged, n_fallback = 0.0, 0, 0
     if job.plan_yaml is None:
         model, tokenizer = load_model(Path(job.model_path or job.adapted), job.device)
     else:
-        model, tokenizer = _template(job.adapted, job.device)
+        model, tokenizer = _template(job.adapted, job.device, job.pair_key)
         plan = Plan.from_yaml(job.plan_yaml, source=f"plan of {job.name}")
         started = time.perf_counter()
-        stats = merge_into_model(_pair(job.base, job.adapted), plan, model, device=job.device)
+        stats = merge_into_model(_pair(job.base, job.adapted, job.pair_key), plan, model, device=job.device)
         merge_seconds = time.perf_counter() - started
         n_merged = sum(s.action == "merge" for s in stats)
         n_fallback = sum(s.lerp_fallback for s in stats)

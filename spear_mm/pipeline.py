@@ -94,7 +94,7 @@ def run(
     check_unique(candidates)
     candidates = _write_plans(candidates, run_dir, steps, scores)
 
-    jobs = _jobs(pair, candidates, tasks, device, threads, batch_size, seed, limit)
+    jobs = _jobs(pair, candidates, tasks, device, threads, batch_size, seed, limit, (fp_b, fp_a))
     results, stage = _evaluate(jobs, run_dir, steps, fp_b, fp_a, tasks, skipped, device, executor, workers,
                                ray_address, progress)  # fmt: skip
     stages.append(stage)
@@ -204,9 +204,9 @@ def _any_key(path: Path) -> str:
         return ""
 
 
-def _jobs(pair: Pair, candidates, tasks, device, threads, batch_size, seed, limit) -> list[CandidateJob]:
+def _jobs(pair: Pair, candidates, tasks, device, threads, batch_size, seed, limit, fps) -> list[CandidateJob]:
     common = dict(base=str(pair.base.path), adapted=str(pair.adapted.path), tasks=tasks, device=device,
-                  threads=threads, batch_size=batch_size, seed=seed, limit=limit)  # fmt: skip
+                  threads=threads, batch_size=batch_size, seed=seed, limit=limit, pair_key="-".join(fps))  # fmt: skip
     jobs = [
         CandidateJob(name="base", plan_yaml=None, model_path=str(pair.base.path), **common),
         CandidateJob(name="adapted", plan_yaml=None, model_path=str(pair.adapted.path), **common),
@@ -268,7 +268,14 @@ def _evaluate(jobs, run_dir, steps, fp_b, fp_a, tasks, skipped, device, executor
 
 
 def _retire_stale(eval_dir: Path, names: set[str]) -> None:
-    """Results of models this run no longer has move to eval/old/ (kept, but out of the report)."""
+    """Results of models this run no longer has move to eval/old/ (kept, out of the report); results in old/
+    of models this run has again come back (their keys then decide whether they are reused)."""
+    for path in sorted((eval_dir / "old").glob("*.json")):
+        if path.stem in names and not (eval_dir / path.name).exists():
+            path.replace(eval_dir / path.name)
+            car = path.with_name(path.name + ".step")
+            if car.exists():
+                car.replace(eval_dir / car.name)
     for path in sorted(eval_dir.glob("*.json")):
         if path.stem not in names:
             (eval_dir / "old").mkdir(exist_ok=True)
