@@ -20,12 +20,12 @@ from pathlib import Path
 from spear_mm.candidates import Candidate, baseline_candidates, check_unique, parse_sweep, policy_candidates
 from spear_mm.checkpoint import Pair, open_pair
 from spear_mm.errors import SpearError
+from spear_mm.executors import make_executor
 from spear_mm.jobs import CandidateJob, CandidateResult, clear_caches, evaluate_candidate, plan_hash, tasks_hash
-from spear_mm.metrics import EvalResult, pareto_front, tradeoff
+from spear_mm.metrics import EvalResult
 from spear_mm.plan import Plan
-from spear_mm.run_summary import ModelEntry, RunSummary, StageCost, cost_summary, cpt_cost, report_tables
+from spear_mm.run_summary import RunSummary, StageCost, cpt_cost, report_tables, summarise
 from spear_mm.score_table import ScoreConfig, ScoreTable
-from spear_mm.selection import choose, compare_to_baselines
 from spear_mm.steps import Steps, content_key
 from spear_mm.writer import check_free_space, check_output
 
@@ -99,10 +99,10 @@ def run(
                                ray_address, progress)  # fmt: skip
     stages.append(stage)
 
-    summary = _summarise(pair, candidates, results, scores, stages, run_dir, fp_b, fp_a, skipped,
-                         suites=suites, limit=limit, seed=seed, device=device, title=title,
-                         target_retention=target_retention, choose_from=choose_from,
-                         cpt=cpt_cost(pair.adapted.path, cpt_cost_seconds))  # fmt: skip
+    summary = summarise(pair, candidates, results, scores, stages, run_dir, fp_b, fp_a, skipped,
+                        suites=_suite_label(suites), limit=limit, seed=seed, device=device, title=title,
+                        target_retention=target_retention, choose_from=choose_from,
+                        cpt=cpt_cost(pair.adapted.path, cpt_cost_seconds))  # fmt: skip
     stage = _write_models(pair, candidates, summary.chosen, keep_all, run_dir, steps, device, threads, progress)
     summary.stages.append(stage)
     summary.chosen_model_path = (
@@ -255,7 +255,7 @@ def _evaluate(jobs, run_dir, steps, fp_b, fp_a, tasks, skipped, device, executor
     if pending:
         kind_gpus = (1 if device.startswith("cuda") else 0) if executor == "ray" else None
         try:
-            with _make_executor(executor, workers, ray_address, kind_gpus) as ex:
+            with make_executor(executor, workers=workers, ray_address=ray_address, num_gpus=kind_gpus) as ex:
                 ex.map(evaluate_candidate, pending, labels=[j.name for j in pending], on_result=on_result)
         finally:
             clear_caches()
@@ -283,117 +283,6 @@ def _retire_stale(eval_dir: Path, names: set[str]) -> None:
             car = path.with_name(path.name + ".step")
             if car.exists():
                 car.replace(eval_dir / "old" / car.name)
-
-
-class _InProcess:
-    """The `local` executor's contract, for checkouts without spear_mm.executors."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        return None
-
-    def map(self, fn, items, *, labels=None, on_result=None) -> list:
-        out = []
-        for i, item in enumerate(items):
-            out.append(fn(item))
-            if on_result:
-                on_result(i, out[-1])
-        return out
-
-
-def _make_executor(kind: str, workers: int | None, ray_address: str | None, num_gpus: int | None):
-    try:
-        from spear_mm.executors import make_executor
-    except ModuleNotFoundError as exc:
-        if exc.name != "spear_mm.executors":
-            raise
-        if kind != "local":
-            raise SpearError(f"--executor {kind} needs spear_mm.executors, which this install lacks.") from None
-        return _InProcess()
-    return make_executor(kind, workers=workers, ray_address=ray_address, num_gpus=num_gpus)
-
-
-def _summarise(pair, candidates, results, scores, stages, run_dir, fp_b, fp_a, skipped, *, suites, limit, seed,
-               device, title, target_retention, choose_from, cpt) -> RunSummary:  # fmt: skip
-    base, adapted = results["base"], results["adapted"]
-    by_name = {c.name: c for c in candidates}
-    entries: dict[str, ModelEntry] = {}
-    for name, r in results.items():
-        t = tradeoff(r, base, adapted)
-        c = by_name.get(name)
-        entries[name] = ModelEntry(
-            name=name,
-            kind=c.kind if c else name,
-            description=c.description if c else ("base model (B)" if name == "base" else "plain CPT (A)"),
-            method=c.plan.method if c else None,
-            plan=f"plans/{name}.yaml" if c else None,
-            retention=t.retention,
-            gain_kept=t.gain_kept,
-            retention_per_task=t.retention_per_task,
-            gain_kept_per_task=t.gain_kept_per_task,
-            eval_seconds=round(r.seconds, 3),
-            merge_seconds=getattr(r, "merge_seconds", 0.0),
-            n_merged=getattr(r, "n_merged", None) if c else None,
-            n_lerp_fallback=getattr(r, "n_lerp_fallback", None) if c else None,
-        )
-    score_seconds = next(s.seconds for s in stages if s.name == "analyze")
-    for e in entries.values():
-        if e.name in by_name:
-            e.cost_seconds = round(score_seconds + e.merge_seconds + e.eval_seconds, 3)
-    merged = [c.name for c in candidates]
-    front = pareto_front({n: (entries[n].retention, entries[n].gain_kept) for n in merged})
-    for n in front:
-        entries[n].on_front = True
-    pool = [c.name for c in candidates if c.kind != "baseline"] if choose_from == "plans" else [*merged, "adapted"]
-    choice = choose({n: (entries[n].retention, entries[n].gain_kept) for n in pool}, target_retention)
-    if choice.chosen is None:
-        log.warning("no model could be chosen: %s", choice.reason)
-    baseline_names = ["adapted", *(c.name for c in candidates if c.kind == "baseline")]
-    plans = [c.name for c in candidates if c.kind != "baseline"]
-    comparisons = compare_to_baselines(
-        {n: (entries[n].retention, entries[n].gain_kept) for n in [*plans, *baseline_names]},
-        {n: (entries[n].retention, entries[n].gain_kept) for n in baseline_names},
-        plans,
-    )
-    reference = {n: entries.pop(n) for n in ("base", "adapted")}
-    cost = cost_summary(entries, reference, score_seconds, device, cpt)
-    fallback = [(e.n_lerp_fallback or 0, e.n_merged or 0) for e in entries.values() if e.method == "slerp"]
-    notes = [f"Choice: {choice.rule} — {choice.reason}."]
-    if fallback and sum(m for _, m in fallback):
-        notes.append(
-            f"SLERP fell back to LERP (|cos| > 0.9995) on {sum(f for f, _ in fallback)} of "
-            f"{sum(m for _, m in fallback)} interpolated tensors over the SLERP candidates: for small CPT "
-            "deltas SLERP and LERP differ by < 1e-3."
-        )
-    notes += [f"Task {t} was skipped: {why}" for t, why in skipped.items()]
-    return RunSummary(
-        title=title or f"SPEAR-MM run: {pair.adapted.path.name} against {pair.base.path.name}",
-        run_dir=str(run_dir),
-        base_path=str(pair.base.path),
-        adapted_path=str(pair.adapted.path),
-        base_fingerprint=fp_b,
-        adapted_fingerprint=fp_a,
-        suites=_suite_label(suites),
-        limit=limit,
-        seed=seed,
-        tasks={n: tr.group for n, tr in base.tasks.items()},
-        skipped_tasks=skipped,
-        chosen=choice.chosen,
-        choice_rule=choice.rule,
-        choice_reason=choice.reason,
-        target_retention=target_retention,
-        baselines=baseline_names,
-        candidates=entries,
-        reference=reference,
-        pareto_front=front,
-        comparisons=comparisons,
-        costs={n: e.cost_seconds for n, e in entries.items() if e.cost_seconds is not None},
-        cost=cost,
-        stages=stages,
-        notes=notes,
-    )
 
 
 def _suite_label(suites) -> str:

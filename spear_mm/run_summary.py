@@ -11,7 +11,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from spear_mm import __version__
-from spear_mm.selection import Comparison
+from spear_mm.metrics import pareto_front, tradeoff
+from spear_mm.selection import Comparison, choose, compare_to_baselines
 
 log = logging.getLogger(__name__)
 Role = Literal["base", "adapted", "policy", "sweep", "baseline"]
@@ -154,6 +155,88 @@ def cost_summary(
         cpt_device=cpt_device,
         ratio=round(per_config / cpt_seconds, 4) if cpt_seconds else None,
         ratio_with_eval=round(per_config / (cpt_seconds + adapted_eval), 4) if cpt_seconds else None,
+    )
+
+
+def summarise(pair, candidates, results, scores, stages, run_dir, fp_b, fp_a, skipped, *, suites, limit, seed,
+               device, title, target_retention, choose_from, cpt) -> RunSummary:  # fmt: skip
+    """R, K, Pareto front, choice and comparisons of the evaluated models, as a RunSummary."""
+    base, adapted = results["base"], results["adapted"]
+    by_name = {c.name: c for c in candidates}
+    entries: dict[str, ModelEntry] = {}
+    for name, r in results.items():
+        t = tradeoff(r, base, adapted)
+        c = by_name.get(name)
+        entries[name] = ModelEntry(
+            name=name,
+            kind=c.kind if c else name,
+            description=c.description if c else ("base model (B)" if name == "base" else "plain CPT (A)"),
+            method=c.plan.method if c else None,
+            plan=f"plans/{name}.yaml" if c else None,
+            retention=t.retention,
+            gain_kept=t.gain_kept,
+            retention_per_task=t.retention_per_task,
+            gain_kept_per_task=t.gain_kept_per_task,
+            eval_seconds=round(r.seconds, 3),
+            merge_seconds=getattr(r, "merge_seconds", 0.0),
+            n_merged=getattr(r, "n_merged", None) if c else None,
+            n_lerp_fallback=getattr(r, "n_lerp_fallback", None) if c else None,
+        )
+    score_seconds = next(s.seconds for s in stages if s.name == "analyze")
+    for e in entries.values():
+        if e.name in by_name:
+            e.cost_seconds = round(score_seconds + e.merge_seconds + e.eval_seconds, 3)
+    merged = [c.name for c in candidates]
+    front = pareto_front({n: (entries[n].retention, entries[n].gain_kept) for n in merged})
+    for n in front:
+        entries[n].on_front = True
+    pool = [c.name for c in candidates if c.kind != "baseline"] if choose_from == "plans" else [*merged, "adapted"]
+    choice = choose({n: (entries[n].retention, entries[n].gain_kept) for n in pool}, target_retention)
+    if choice.chosen is None:
+        log.warning("no model could be chosen: %s", choice.reason)
+    baseline_names = ["adapted", *(c.name for c in candidates if c.kind == "baseline")]
+    plans = [c.name for c in candidates if c.kind != "baseline"]
+    comparisons = compare_to_baselines(
+        {n: (entries[n].retention, entries[n].gain_kept) for n in [*plans, *baseline_names]},
+        {n: (entries[n].retention, entries[n].gain_kept) for n in baseline_names},
+        plans,
+    )
+    reference = {n: entries.pop(n) for n in ("base", "adapted")}
+    cost = cost_summary(entries, reference, score_seconds, device, cpt)
+    fallback = [(e.n_lerp_fallback or 0, e.n_merged or 0) for e in entries.values() if e.method == "slerp"]
+    notes = [f"Choice: {choice.rule} — {choice.reason}."]
+    if fallback and sum(m for _, m in fallback):
+        notes.append(
+            f"SLERP fell back to LERP (|cos| > 0.9995) on {sum(f for f, _ in fallback)} of "
+            f"{sum(m for _, m in fallback)} interpolated tensors over the SLERP candidates: for small CPT "
+            "deltas SLERP and LERP differ by < 1e-3."
+        )
+    notes += [f"Task {t} was skipped: {why}" for t, why in skipped.items()]
+    return RunSummary(
+        title=title or f"SPEAR-MM run: {pair.adapted.path.name} against {pair.base.path.name}",
+        run_dir=str(run_dir),
+        base_path=str(pair.base.path),
+        adapted_path=str(pair.adapted.path),
+        base_fingerprint=fp_b,
+        adapted_fingerprint=fp_a,
+        suites=suites,
+        limit=limit,
+        seed=seed,
+        tasks={n: tr.group for n, tr in base.tasks.items()},
+        skipped_tasks=skipped,
+        chosen=choice.chosen,
+        choice_rule=choice.rule,
+        choice_reason=choice.reason,
+        target_retention=target_retention,
+        baselines=baseline_names,
+        candidates=entries,
+        reference=reference,
+        pareto_front=front,
+        comparisons=comparisons,
+        costs={n: e.cost_seconds for n, e in entries.items() if e.cost_seconds is not None},
+        cost=cost,
+        stages=stages,
+        notes=notes,
     )
 
 
