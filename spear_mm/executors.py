@@ -150,7 +150,8 @@ class ProcessExecutor(_Base):
                     broken.append(i)
                     continue
                 except Exception as exc:
-                    self.close()
+                    for other in pending:  # stop what has not started; the pool stays usable
+                        other.cancel()
                     raise _failed(names[i], exc) from exc
                 results[i] = result
                 if on_result is not None:

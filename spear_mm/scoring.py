@@ -203,12 +203,12 @@ def score_pair(
     rows: dict[str, ModuleScore] = dict(done)
 
     def arrived(new: list[ModuleScore]) -> None:
+        if on_rows:  # journal first: a row that arrived is never lost
+            on_rows(new)
         for row in new:
             rows[row.name] = row
             if progress:
                 progress(row.name, len(rows), len(pair.names))
-        if on_rows:
-            on_rows(new)
 
     from spear_mm.score_jobs import score_on_executor, score_on_threads
 
