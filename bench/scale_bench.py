@@ -112,15 +112,18 @@ def matrix_cost(shape: tuple[int, int], repeats: int) -> dict:
     base = (torch.randn(shape, generator=g) * 0.02).bfloat16()
     adapted = (base.float() + torch.randn(shape, generator=g) * 0.001).bfloat16()
     param = ParamInfo(name="model.layers.0.mlp.up_proj.weight", group="layer", layer=0, module="mlp.up")
-    times, precision = [], None
+    times, cpu, precision = [], [], None
     for _ in range(repeats):
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.process_time()
         row = score_tensor_pair(base, adapted, param)
         times.append(time.perf_counter() - started)
+        cpu.append(time.process_time() - started_cpu)
         precision = row.precision
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"shape": list(shape), "repeats": repeats, "min_s": min(times), "median_s": statistics.median(times)} | {
+        "min_cpu_s": min(cpu),  # CPU time of this process: less sensitive than wall time to a shared machine
         "times_s": times,
+        "cpu_s": cpu,
         "precision": precision,
         "peak_rss_mb": rss_mb,
     }
