@@ -14,6 +14,7 @@ thread, each shape in a fresh process so its peak RSS is the memory one worker n
     python bench/scale_bench.py --scale 0.25            # quick
     python bench/scale_bench.py --scale 1.0 --out scale_bench.json
     python bench/scale_bench.py --matrix-cost --repeats 3
+    python bench/scale_bench.py --matrix-cost --device cuda      # the same on a GPU
 """
 
 from __future__ import annotations
@@ -100,12 +101,12 @@ def run_scoring(scale: float, workers: int, noop_tasks: int) -> dict:
     return out
 
 
-def matrix_cost(shape: tuple[int, int], repeats: int) -> dict:
+def matrix_cost(shape: tuple[int, int], repeats: int, device: str = "cpu") -> dict:
     """Seconds to score one bf16 pair of `shape` (min and median of `repeats`), and this process's peak RSS."""
     import torch
 
     from spear_mm.architecture import ParamInfo
-    from spear_mm.scoring import score_tensor_pair
+    from spear_mm.scoring import ScoreConfig, score_tensor_pair
 
     torch.set_num_threads(1)
     g = torch.Generator().manual_seed(0)
@@ -115,7 +116,7 @@ def matrix_cost(shape: tuple[int, int], repeats: int) -> dict:
     times, cpu, precision = [], [], None
     for _ in range(repeats):
         started, started_cpu = time.perf_counter(), time.process_time()
-        row = score_tensor_pair(base, adapted, param)
+        row = score_tensor_pair(base, adapted, param, ScoreConfig(device=device))
         times.append(time.perf_counter() - started)
         cpu.append(time.process_time() - started_cpu)
         precision = row.precision
@@ -126,16 +127,18 @@ def matrix_cost(shape: tuple[int, int], repeats: int) -> dict:
         "cpu_s": cpu,
         "precision": precision,
         "peak_rss_mb": rss_mb,
+        "device": device,
     }
 
 
-def run_matrix_costs(repeats: int, models: list[str], big_repeats: int) -> dict:
+def run_matrix_costs(repeats: int, models: list[str], big_repeats: int, device: str) -> dict:
     out: dict = {"torch_threads": 1, "load_before": _load(), "models": {}}
     for model in models:
         rows = []
         for label, shape in LLAMA_SHAPES[model]:
             reps = big_repeats if shape[0] * shape[1] > 100_000_000 else repeats
             cmd = [sys.executable, __file__, "--one-matrix", f"{shape[0]}x{shape[1]}", "--repeats", str(reps)]
+            cmd += ["--device", device]
             res = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
             res["module"] = label
             rows.append(res)
@@ -154,15 +157,16 @@ def main() -> None:
     ap.add_argument("--models", default="8B,70B", help="with --matrix-cost: 8B, 70B or both")
     ap.add_argument("--repeats", type=int, default=3, help="with --matrix-cost: repeats per shape")
     ap.add_argument("--big-repeats", type=int, default=1, help="with --matrix-cost: repeats for > 1e8-element shapes")
+    ap.add_argument("--device", default="cpu", help="with --matrix-cost: cpu | cuda (spectra on the device)")
     ap.add_argument("--one-matrix", help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help="write the figures as JSON here")
     args = ap.parse_args()
     if args.one_matrix:
         m, n = (int(x) for x in args.one_matrix.split("x"))
-        print(json.dumps(matrix_cost((m, n), args.repeats)))
+        print(json.dumps(matrix_cost((m, n), args.repeats, args.device)))
         return
     if args.matrix_cost:
-        result = run_matrix_costs(args.repeats, args.models.split(","), args.big_repeats)
+        result = run_matrix_costs(args.repeats, args.models.split(","), args.big_repeats, args.device)
     else:
         result = run_scoring(args.scale, args.workers, args.noop_tasks)
     print(json.dumps(result, indent=1))
