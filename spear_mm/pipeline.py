@@ -20,7 +20,7 @@ from pathlib import Path
 from spear_mm.candidates import Candidate, baseline_candidates, check_unique, parse_sweep, policy_candidates
 from spear_mm.checkpoint import Pair, open_pair
 from spear_mm.errors import SpearError
-from spear_mm.executors import make_executor
+from spear_mm.executors import KINDS, make_executor
 from spear_mm.jobs import CandidateJob, CandidateResult, clear_caches, evaluate_candidate, plan_hash, tasks_hash
 from spear_mm.metrics import EvalResult
 from spear_mm.plan import Plan
@@ -68,6 +68,8 @@ def run(
     default grid. choose_from: 'all' (plans, sweep, baselines and plain CPT) or 'plans' (SPEAR-MM plans only).
     """
     started = time.perf_counter()
+    if executor not in KINDS:
+        raise SpearError(f"unknown executor {executor!r}: use one of {', '.join(KINDS)}.")
     if choose_from not in ("all", "plans"):
         raise SpearError(f"choose_from={choose_from!r}: use 'all' or 'plans'.")
     if target_retention is not None and not 0 < target_retention <= 2:
@@ -84,19 +86,17 @@ def run(
     stages.append(StageCost(name="open pair + load tasks", seconds=time.perf_counter() - clock, device="cpu"))
     steps = Steps(run_dir)
     steps.event("run", "started", base=str(pair.base.path), adapted=str(pair.adapted.path))
-
-    scores, stage = _analyze(pair, run_dir, steps, fp_b, fp_a, device, score_config, progress, executor, ray_address,
-                             workers)  # fmt: skip
-    stages.append(stage)
-    prov = {"base": fp_b, "adapted": fp_a}
-    candidates = policy_candidates(scores, policies) + _sweep(scores, grid)
-    candidates += baseline_candidates(pair.num_layers, prov) if baselines else []
-    check_unique(candidates)
-    candidates = _write_plans(candidates, run_dir, steps, scores)
-
-    jobs = _jobs(pair, candidates, tasks, device, threads, batch_size, seed, limit, (fp_b, fp_a))
-    results, stage = _evaluate(jobs, run_dir, steps, fp_b, fp_a, tasks, skipped, device, executor, workers,
-                               ray_address, progress)  # fmt: skip
+    gpus = (1 if device.startswith("cuda") else 0) if executor == "ray" else None
+    with _LazyExecutor(executor, workers, ray_address, gpus) as ex:
+        scores, stage = _analyze(pair, run_dir, steps, fp_b, fp_a, device, score_config, progress, ex)
+        stages.append(stage)
+        prov = {"base": fp_b, "adapted": fp_a}
+        candidates = policy_candidates(scores, policies) + _sweep(scores, grid)
+        candidates += baseline_candidates(pair.num_layers, prov) if baselines else []
+        check_unique(candidates)
+        candidates = _write_plans(candidates, run_dir, steps, scores)
+        jobs = _jobs(pair, candidates, tasks, device, threads, batch_size, seed, limit, (fp_b, fp_a))
+        results, stage = _evaluate(jobs, run_dir, steps, fp_b, fp_a, tasks, skipped, ex, progress)
     stages.append(stage)
 
     summary = summarise(pair, candidates, results, scores, stages, run_dir, fp_b, fp_a, skipped,
@@ -143,8 +143,7 @@ def _load_tasks(suites, data_dir, limit, seed):
     return tuple(tasks), skipped
 
 
-def _analyze(pair: Pair, run_dir, steps, fp_b, fp_a, device, config, progress, executor="local", ray_address=None,
-             workers=None) -> tuple[ScoreTable, StageCost]:  # fmt: skip
+def _analyze(pair: Pair, run_dir, steps, fp_b, fp_a, device, config, progress, ex) -> tuple[ScoreTable, StageCost]:
     from spear_mm.scoring import analyze
 
     config = (config or ScoreConfig()).model_copy(update={"device": device})
@@ -156,7 +155,9 @@ def _analyze(pair: Pair, run_dir, steps, fp_b, fp_a, device, config, progress, e
         return ScoreTable.load(out), StageCost(name="analyze", seconds=record.seconds, device=device, status="skipped")
     started = time.perf_counter()
     cb = (lambda _name, done, total: progress("analyze", done, total)) if progress else None
-    where = {} if executor == "local" else {"executor": executor, "ray_address": ray_address, "workers": workers}
+    if ex.kind == "ray":
+        ex.get()  # start Ray once: scoring attaches to it, evaluation reuses it
+    where = {} if ex.kind == "local" else {"executor": ex.kind, "ray_address": ex.ray_address, "workers": ex.workers}
     table = analyze(pair.base.path, pair.adapted.path, out, device=device, config=config, progress=cb,
                     alpha=config.alpha, aggregate=config.aggregate, **where)  # fmt: skip
     seconds = round(time.perf_counter() - started, 4)  # as recorded, so a resumed run reports the same costs
@@ -222,7 +223,7 @@ def _eval_key(job: CandidateJob, fp_b: str, fp_a: str, tasks_key: str) -> str:
     return content_key(model=model, tasks=tasks_key, device=job.device)
 
 
-def _evaluate(jobs, run_dir, steps, fp_b, fp_a, tasks, skipped, device, executor, workers, ray_address, progress):
+def _evaluate(jobs, run_dir, steps, fp_b, fp_a, tasks, skipped, ex, progress):
     """Evaluate every job not already finished through the executor; each result is saved as it arrives."""
     eval_dir, tkey = run_dir / "eval", tasks_hash(tasks)
     _retire_stale(eval_dir, {j.name for j in jobs})
@@ -253,18 +254,39 @@ def _evaluate(jobs, run_dir, steps, fp_b, fp_a, tasks, skipped, device, executor
             progress("evaluate", len(results), total)
 
     if pending:
-        kind_gpus = (1 if device.startswith("cuda") else 0) if executor == "ray" else None
         try:
-            with make_executor(executor, workers=workers, ray_address=ray_address, num_gpus=kind_gpus) as ex:
-                ex.map(evaluate_candidate, pending, labels=[j.name for j in pending], on_result=on_result)
+            ex.get().map(evaluate_candidate, pending, labels=[j.name for j in pending], on_result=on_result)
         finally:
             clear_caches()
     status = "ran" if not reused else "partly skipped" if pending else "skipped"
     detail = f"{len(pending)} evaluated, {total - len(pending)} reused; {sum(len(t.items) for t in tasks)} items"
     seconds = time.perf_counter() - started + reused
+    device = jobs[0].device
     return {j.name: results[j.name] for j in jobs}, StageCost(
         name="evaluate (+ in-memory merge)", seconds=seconds, device=device, status=status, detail=detail
     )
+
+
+class _LazyExecutor:
+    """The run's executor, made on first use (a resumed run with nothing left to do starts none) and kept for the
+    whole run, so a Ray instance started for scoring is reused by the evaluations."""
+
+    def __init__(self, kind: str, workers: int | None, ray_address: str | None, num_gpus: int | None):
+        self.kind, self.workers, self.ray_address, self.num_gpus = kind, workers, ray_address, num_gpus
+        self._ex = None
+
+    def get(self):
+        if self._ex is None:
+            self._ex = make_executor(self.kind, workers=self.workers, ray_address=self.ray_address,
+                                     num_gpus=self.num_gpus)  # fmt: skip
+        return self._ex
+
+    def __enter__(self) -> _LazyExecutor:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._ex is not None:
+            self._ex.close()
 
 
 def _retire_stale(eval_dir: Path, names: set[str]) -> None:
