@@ -57,6 +57,18 @@ def plan_hash(plan: Plan) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def plan_effect_hash(plan: Plan, params) -> str:
+    """Hash of what a plan does to this pair — method, density and every tensor's t — and nothing else, so two
+    candidates that merge to the same model (a sweep point equal to a preset, a re-worded edit) share one
+    evaluation. `params`: the pair's {name: ParamInfo}."""
+    effect = {
+        "method": plan.method,
+        "density": plan.density if plan.method == "ties" else None,
+        "t": [(name, plan.t_for(p)) for name, p in params.items()],
+    }
+    return hashlib.sha256(json.dumps(effect, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def tasks_hash(tasks: tuple[LoadedTask, ...] | list[LoadedTask]) -> str:
     """Hash of the task specs and the exact items sampled (so a changed data file or --limit changes it)."""
     h = hashlib.sha256()

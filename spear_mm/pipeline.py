@@ -21,7 +21,15 @@ from spear_mm.candidates import Candidate, baseline_candidates, check_unique, pa
 from spear_mm.checkpoint import Pair, open_pair
 from spear_mm.errors import SpearError
 from spear_mm.executors import KINDS, make_executor
-from spear_mm.jobs import CandidateJob, CandidateResult, clear_caches, evaluate_candidate, plan_hash, tasks_hash
+from spear_mm.jobs import (
+    CandidateJob,
+    CandidateResult,
+    clear_caches,
+    evaluate_candidate,
+    plan_effect_hash,
+    plan_hash,
+    tasks_hash,
+)
 from spear_mm.metrics import EvalResult
 from spear_mm.plan import Plan
 from spear_mm.run_summary import RunSummary, StageCost, cpt_cost, report_tables, summarise
@@ -96,7 +104,7 @@ def run(
         check_unique(candidates)
         candidates = _write_plans(candidates, run_dir, steps, scores)
         jobs = _jobs(pair, candidates, tasks, device, threads, batch_size, seed, limit, (fp_b, fp_a))
-        results, stage = _evaluate(jobs, run_dir, steps, fp_b, fp_a, tasks, skipped, ex, progress)
+        results, stage = _evaluate(jobs, pair, run_dir, steps, fp_b, fp_a, tasks, skipped, ex, progress)
     stages.append(stage)
 
     summary = summarise(pair, candidates, results, scores, stages, run_dir, fp_b, fp_a, skipped,
@@ -215,43 +223,56 @@ def _jobs(pair: Pair, candidates, tasks, device, threads, batch_size, seed, limi
     return jobs + [CandidateJob(name=c.name, plan_yaml=c.plan.to_yaml(), **common) for c in candidates]
 
 
-def _eval_key(job: CandidateJob, fp_b: str, fp_a: str, tasks_key: str) -> str:
+def _eval_key(job: CandidateJob, pair: Pair, fp_b: str, fp_a: str, tasks_key: str) -> str:
     if job.plan_yaml is None:
         model = ("folder", fp_b if job.name == "base" else fp_a)
     else:
-        model = ("merge", fp_b, fp_a, plan_hash(Plan.from_yaml(job.plan_yaml)))
+        model = ("merge", fp_b, fp_a, plan_effect_hash(Plan.from_yaml(job.plan_yaml), pair.params))
     return content_key(model=model, tasks=tasks_key, device=job.device)
 
 
-def _evaluate(jobs, run_dir, steps, fp_b, fp_a, tasks, skipped, ex, progress):
-    """Evaluate every job not already finished through the executor; each result is saved as it arrives."""
+def _evaluate(jobs, pair, run_dir, steps, fp_b, fp_a, tasks, skipped, ex, progress):
+    """Evaluate every job not already finished through the executor; each result is saved as it arrives.
+    Candidates that merge to the same model (same key) are evaluated once and the result saved for each."""
     eval_dir, tkey = run_dir / "eval", tasks_hash(tasks)
     _retire_stale(eval_dir, {j.name for j in jobs})
     results: dict[str, EvalResult] = {}
-    pending, keys, reused = [], {}, 0.0
+    keys, reused, done_by_key = {}, 0.0, {}
     for job in jobs:
-        keys[job.name] = key = _eval_key(job, fp_b, fp_a, tkey)
+        keys[job.name] = key = _eval_key(job, pair, fp_b, fp_a, tkey)
         path = eval_dir / f"{job.name}.json"
         record = steps.finished(path, key)
         if record is not None:
-            results[job.name] = CandidateResult.load(path)
+            results[job.name] = done_by_key[key] = CandidateResult.load(path)
             steps.skipped(f"evaluate {job.name}", record)
             reused += record.seconds
-        else:
-            pending.append(job)
     total, started = len(jobs), time.perf_counter()
+    twins: dict[str, list[CandidateJob]] = {}
+    for job in jobs:
+        if job.name not in results:
+            twins.setdefault(keys[job.name], []).append(job)
     if progress:
         progress("evaluate", len(results), total)
 
-    def on_result(i: int, r: CandidateResult) -> None:
-        job = pending[i]
-        r.skipped.update(skipped)
+    def save(job: CandidateJob, r: CandidateResult, same_as: str | None = None) -> None:
+        r = r.model_copy(update={"model": job.name, "skipped": {**r.skipped, **skipped}})
         path = r.save(eval_dir / f"{job.name}.json")
-        steps.record(path, f"evaluate {job.name}", keys[job.name], r.seconds + r.merge_seconds, job.device,
-                     eval_seconds=r.seconds, merge_seconds=r.merge_seconds, worker=r.worker)  # fmt: skip
+        extra = dict(eval_seconds=r.seconds, merge_seconds=r.merge_seconds, worker=r.worker, same_as=same_as)
+        steps.record(path, f"evaluate {job.name}", keys[job.name], r.seconds + r.merge_seconds, job.device, **extra)
         results[job.name] = r
         if progress:
             progress("evaluate", len(results), total)
+
+    for key in [k for k in twins if k in done_by_key]:  # a new name for a model already evaluated
+        for job in twins.pop(key):
+            save(job, done_by_key[key], same_as=done_by_key[key].model)
+    pending = [group[0] for group in twins.values()]
+
+    def on_result(i: int, r: CandidateResult) -> None:
+        first, *others = twins[keys[pending[i].name]]
+        save(first, r)
+        for job in others:
+            save(job, r, same_as=first.name)
 
     if pending:
         try:

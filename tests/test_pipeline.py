@@ -108,7 +108,8 @@ def test_run_end_to_end(first, pair, suite) -> None:
     r = {n: e["retention"] for n, e in [*data["candidates"].items(), *data["reference"].items()]}
     assert r["adapted"] < 0.9 and r["adapted"] < r["uniform-t0.25"] < r["uniform-t0.5"] < r["uniform-t0.75"]
     # every candidate was evaluated on the same items as the base
-    base_ids = {t: [i["id"] for i in r["items"]] for t, r in json.loads((out / "eval/base.json").read_text())["tasks"].items()}  # fmt: skip
+    base_tasks = json.loads((out / "eval/base.json").read_text())["tasks"]
+    base_ids = {t: [i["id"] for i in r["items"]] for t, r in base_tasks.items()}
     for name in POLICIES | BASELINES:
         got = json.loads((out / "eval" / f"{name}.json").read_text())["tasks"]
         assert {t: [i["id"] for i in r["items"]] for t, r in got.items()} == base_ids, name
@@ -168,6 +169,19 @@ def test_edited_plan_is_the_only_thing_re_evaluated(first, pair, suite) -> None:
     ran = [e["step"] for e in _events(out)[n_before:] if e["status"] == "ran"]
     assert "evaluate conservative" in ran
     assert not [s for s in ran if s.startswith(("evaluate", "analyze")) and s != "evaluate conservative"]
+
+
+def test_a_sweep_point_equal_to_a_policy_is_evaluated_once(first, pair, suite) -> None:
+    out, summary, _ = first
+    n_before = len(_events(out))
+    again = _run(pair, suite, out, sweep="f=0.25;t=0.7")  # 1 of 4 layers at t = 0.7: the balanced plan
+    new = [e for e in _events(out)[n_before:] if e["step"] == "evaluate sweep-f0.25-t0.7"]
+    assert [e["status"] for e in new] == ["ran"]
+    record = json.loads((out / "eval" / "sweep-f0.25-t0.7.json.step").read_text())
+    assert record["extra"]["same_as"] == "balanced"
+    twin, balanced = again.candidates["sweep-f0.25-t0.7"], again.candidates["balanced"]
+    assert (twin.retention, twin.gain_kept) == (balanced.retention, balanced.gain_kept)
+    assert json.loads((out / "eval" / "sweep-f0.25-t0.7.json").read_text())["model"] == "sweep-f0.25-t0.7"
 
 
 def test_interrupted_run_resumes(pair, suite, tmp_path) -> None:
