@@ -11,9 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -39,6 +41,30 @@ class CandidateJob:
     seed: int = 0
     limit: int | None = None
     pair_key: str = ""  # the pair's fingerprints: a worker's cached open pair is reused only for the same files
+    progress: Any = None  # in-process runs only (not picklable): an ItemProgress for per-item bars
+
+
+class ItemProgress:
+    """The calls `evaluate` makes on a rich Progress, forwarded to a `(stage, done, total)` callback as the
+    stage `items <model> · <task>` (so an in-process run shows progress inside each model too)."""
+
+    def __init__(self, callback: Callable[[str, int, int], None]):
+        self.callback = callback
+        self.bars: list[list] = []  # [description, done, total]
+
+    def add_task(self, description: str, total: float | None = None, **_: Any) -> int:
+        self.bars.append([description, 0, int(total or 0)])
+        self.callback(f"items {description}", 0, int(total or 0))
+        return len(self.bars) - 1
+
+    def advance(self, bar: int, advance: float = 1) -> None:
+        self.bars[bar][1] += int(advance)
+        self.callback(f"items {self.bars[bar][0]}", self.bars[bar][1], self.bars[bar][2])
+
+    def update(self, bar: int, completed: float | None = None, **_: Any) -> None:
+        if completed is not None:
+            self.bars[bar][1] = int(completed)
+            self.callback(f"items {self.bars[bar][0]}", self.bars[bar][1], self.bars[bar][2])
 
 
 class CandidateResult(EvalResult):
@@ -139,6 +165,7 @@ def _evaluate(job: CandidateJob) -> CandidateResult:
         seed=job.seed,
         limit=job.limit,
         name=job.name,
+        progress=job.progress,
     )
     if job.plan_yaml is None:
         result.model_path = str(Path(job.model_path or job.adapted).resolve())

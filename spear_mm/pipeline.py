@@ -11,6 +11,7 @@ finished (see spear_mm/steps.py and docs/pipeline.md). Candidate evaluations go 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import time
@@ -24,6 +25,7 @@ from spear_mm.executors import KINDS, make_executor
 from spear_mm.jobs import (
     CandidateJob,
     CandidateResult,
+    ItemProgress,
     clear_caches,
     evaluate_candidate,
     plan_effect_hash,
@@ -274,6 +276,8 @@ def _evaluate(jobs, pair, run_dir, steps, fp_b, fp_a, tasks, skipped, ex, progre
         for job in others:
             save(job, r, same_as=first.name)
 
+    if pending and progress and ex.kind == "local":  # per-item bars; other executors pickle the jobs
+        pending = [dataclasses.replace(j, progress=ItemProgress(progress)) for j in pending]
     if pending:
         try:
             ex.get().map(evaluate_candidate, pending, labels=[j.name for j in pending], on_result=on_result)

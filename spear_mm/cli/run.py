@@ -76,9 +76,10 @@ def run_cmd(
         ids: dict[str, int] = {}
 
         def progress(stage: str, done: int, total: int) -> None:
-            if stage not in ids:
-                ids[stage] = bars.add_task(_LABELS.get(stage, stage), total=total)
-            bars.update(ids[stage], completed=done, total=total)
+            key, label = ("items", "  " + stage.removeprefix("items ")) if stage.startswith("items ") else (stage, "")
+            if key not in ids:
+                ids[key] = bars.add_task(_LABELS.get(key, label or key), total=total)
+            bars.update(ids[key], completed=done, total=total, **({"description": label} if label else {}))
 
         summary = run(
             base,
