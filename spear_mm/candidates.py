@@ -26,6 +26,7 @@ Kind = Literal["policy", "sweep", "baseline"]
 UNIFORM_TS = (0.25, 0.5, 0.75)
 TASK_ARITHMETIC_LAMBDAS = (0.5, 0.75)
 TIES_DENSITY = 0.2
+N_BASELINES = len(UNIFORM_TS) + len(TASK_ARITHMETIC_LAMBDAS) + 1  # + TIES
 DEFAULT_SWEEP = {"fractions": (0.1, 0.25, 0.5), "t": (0.5, 0.7, 0.9)}
 
 

@@ -18,7 +18,14 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from spear_mm.candidates import Candidate, baseline_candidates, check_unique, parse_sweep, policy_candidates
+from spear_mm.candidates import (
+    N_BASELINES,
+    Candidate,
+    baseline_candidates,
+    check_unique,
+    parse_sweep,
+    policy_candidates,
+)
 from spear_mm.checkpoint import Pair, open_pair
 from spear_mm.errors import SpearError
 from spear_mm.executors import KINDS, make_executor
@@ -91,7 +98,7 @@ def run(
     fp_b, fp_a = pair.base.fingerprint(), pair.adapted.fingerprint()
     grid = parse_sweep(sweep)
     tasks, skipped = _load_tasks(suites, data_dir, limit, seed)
-    n_candidates = len(policies) + (len(grid["fractions"]) * len(grid["t"]) if grid else 0) + 6 * baselines
+    n_candidates = len(policies) + (len(grid["fractions"]) * len(grid["t"]) if grid else 0) + N_BASELINES * baselines
     check_free_space(run_dir, pair.adapted.nbytes * (n_candidates if keep_all else 1))
     stages.append(StageCost(name="open pair + load tasks", seconds=time.perf_counter() - clock, device="cpu"))
     steps = Steps(run_dir)

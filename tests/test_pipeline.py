@@ -255,3 +255,35 @@ def test_process_executor_gives_the_same_results(first, pair, suite, tmp_path) -
                                                             local.candidates["balanced"].gain_kept))  # fmt: skip
     workers = {json.loads((tmp_path / "run/eval" / f"{n}.json").read_text())["worker"] for n in ("balanced",)}
     assert all(not w.endswith(f":{os.getpid()}") for w in workers)
+
+
+def test_choice_rule() -> None:
+    from spear_mm.selection import balance, choose
+
+    points = {"a": (0.95, 0.40), "b": (0.91, 0.70), "c": (0.80, 0.95), "d": (1.30, 0.10), "e": (None, 0.9)}
+    assert choose(points, 0.9).chosen == "b"  # the most K among R ≥ 0.9
+    missed = choose(points, 1.5)
+    assert missed.chosen == "d" and missed.met_target is False and "no model reaches" in missed.reason
+    assert choose(points).chosen == "c"  # harmonic mean of clipped R and K: c 0.869 > b 0.791 > a 0.563
+    assert balance(1.3, 0.1) == balance(1.0, 0.1)  # R above 1 buys nothing
+    assert choose({"x": (None, None)}).chosen is None
+
+
+def test_comparison_with_baselines() -> None:
+    from spear_mm.selection import compare_to_baselines
+
+    base = {"uniform-t0.5": (0.9, 0.5), "adapted": (0.7, 1.0)}
+    (cmp,) = compare_to_baselines({"balanced": (0.85, 0.6), **base}, base, ["balanced"])
+    assert (cmp.equal_k_baseline, cmp.delta_r) == ("uniform-t0.5", pytest.approx(-0.05))
+    assert (cmp.equal_r_baseline, cmp.delta_k) == ("uniform-t0.5", pytest.approx(0.1))
+    assert cmp.dominated_by == []
+
+
+def test_sweep_grammar() -> None:
+    from spear_mm.candidates import parse_sweep
+
+    assert parse_sweep("f=0.1,0.5;t=0.7") == {"fractions": (0.1, 0.5), "t": (0.7,)}
+    assert parse_sweep(True)["t"] == (0.5, 0.7, 0.9) and parse_sweep(None) is None
+    for bad, match in (("0.1,0.5", "write it as"), ("f=0.1;x=2", "unknown key"), ("t=1.5", r"\(0, 1\]")):
+        with pytest.raises(SpearError, match=match):
+            parse_sweep(bad)
