@@ -36,9 +36,9 @@ SAMPLE_SEED = 0
 
 # Defaults per profile; each is overridable. Tuned on the 2-core machine (docs/demo.md has the measurements).
 PROFILES: dict[str, dict[str, Any]] = {
-    "full": {"steps": 20, "lr": 1e-3, "seq_len": 256, "batch_size": 1, "limit": 32, "sample_n": 8, "sample_tokens": 160},
-    "quick": {"steps": 8, "lr": 1e-3, "seq_len": 256, "batch_size": 1, "limit": 12, "sample_n": 4, "sample_tokens": 128},
-    "data": {"steps": 40, "lr": 1e-3, "seq_len": 256, "batch_size": 1, "limit": 50, "sample_n": 8, "sample_tokens": 160},
+    "full": {"steps": 20, "lr": 5e-4, "seq_len": 256, "batch_size": 1, "limit": 32, "sample_n": 8, "sample_tokens": 160, "baselines": True},
+    "quick": {"steps": 10, "lr": 5e-4, "seq_len": 256, "batch_size": 1, "limit": 12, "sample_n": 4, "sample_tokens": 128, "baselines": False},
+    "data": {"steps": 30, "lr": 5e-4, "seq_len": 256, "batch_size": 1, "limit": 20, "sample_n": 8, "sample_tokens": 160, "baselines": True},
 }  # fmt: skip
 
 
@@ -61,8 +61,9 @@ class DemoConfig(BaseModel):
     threads: int = Field(1, ge=1)
     device: str = "cpu"
     policies: tuple[str, ...] = ("conservative", "balanced", "aggressive")
-    baselines: bool = True
+    baselines: bool | None = None  # uniform SLERP, task arithmetic, TIES (default: not with --quick)
     target_retention: float | None = None
+    skip_tasks: tuple[str, ...] = ()  # task names left out of the suites (e.g. gsm8k: slow generation on CPU)
     extra_run_options: dict[str, Any] = Field(default_factory=dict)  # passed to pipeline.run as is
 
     @property
@@ -208,14 +209,23 @@ def cached_cpt(base: Path, corpus: list[Path], cache: Path, options: dict[str, A
 # -- the demo ---------------------------------------------------------------------------------------------------
 def demo_tasks(config: DemoConfig, base: Path) -> tuple[list[Any], Path | None]:
     """The suites to validate on, and the sample file when the base-sample task is part of them."""
-    from spear_mm.evaluation.suites import DEMO_SUITE
+    from spear_mm.evaluation.suites import DEMO_SUITE, resolve_tasks
 
+    unknown = set(config.skip_tasks)
     if config.data_dir is not None:
-        return ["general", "domain"], None
+        specs = [t for t in resolve_tasks("general,domain") if t.name not in unknown]
+        unknown -= {t.name for t in resolve_tasks("general,domain")}
+        if unknown:
+            raise SpearError(f"--skip-task {sorted(unknown)}: no such task in the general and domain suites.")
+        return specs, None
     sample = sample_base_text(base, config.value("sample_n"), config.value("sample_tokens"), config.threads)
     general = [t for t in DEMO_SUITE if t.get("group", "general") == "general"]
     domain = [t for t in DEMO_SUITE if t.get("group", "general") != "general"]
-    return [*general, base_sample_task(sample), *domain], sample
+    tasks = [t for t in [*general, base_sample_task(sample), *domain] if t["name"] not in unknown]
+    unknown -= {t["name"] for t in [*general, *domain]} | {"demo_base_sample_ppl"}
+    if unknown:
+        raise SpearError(f"--skip-task {sorted(unknown)}: no such task in the demo suite.")
+    return tasks, sample
 
 
 def cpt_options(config: DemoConfig) -> dict[str, Any]:
@@ -278,7 +288,7 @@ def run_demo(
         suites=tasks,
         data_dir=config.data_dir,
         policies=tuple(config.policies),
-        baselines=config.baselines,
+        baselines=config.value("baselines"),
         target_retention=config.target_retention,
         limit=config.value("limit"),
         device=config.device,

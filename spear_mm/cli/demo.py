@@ -25,9 +25,9 @@ def scores_table(run_dir: Path, summary) -> Table:
     order += sorted((n for n in results if n not in order), key=lambda n: (entries[n].kind if n in entries else "", n))
     tasks = list(summary.tasks) or list(dict.fromkeys(t for r in results.values() for t in r.tasks))
     table = Table(title="demo results (accuracy for MC; perplexity for ppl tasks — lower is better)")
-    table.add_column("model")
+    table.add_column("model", no_wrap=True)
     for t in tasks:
-        table.add_column(f"{t}\n({summary.tasks.get(t, '')})", justify="right")
+        table.add_column(f"{t.removeprefix('demo_')}\n({summary.tasks.get(t, '')})", justify="right")
     table.add_column("R", justify="right")
     table.add_column("K", justify="right")
     for name in order:
@@ -54,7 +54,7 @@ def demo_cmd(
         None, "--cache-dir", help="Model/CPT cache (default $SPEAR_MM_CACHE or ~/.cache/spear-mm)."
     ),
     base: Path | None = typer.Option(None, "--base", help="Another base model folder instead of SmolLM2-135M."),
-    steps: int | None = typer.Option(None, "--steps", help="CPT steps (default: 20; 8 with --quick)."),
+    steps: int | None = typer.Option(None, "--steps", help="CPT steps (default: 20; 10 with --quick)."),
     lr: float | None = typer.Option(None, "--lr", help="CPT peak learning rate."),
     seq_len: int | None = typer.Option(None, "--seq-len", help="CPT tokens per block."),
     batch_size: int | None = typer.Option(None, "--batch-size", help="CPT blocks per step."),
@@ -62,8 +62,11 @@ def demo_cmd(
     threads: int = typer.Option(1, "--threads", help="Torch CPU threads (1 measured fastest on 2 shared cores)."),
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
     policies: str = typer.Option("conservative,balanced,aggressive", "--policies", help="Comma-separated presets."),
-    no_baselines: bool = typer.Option(False, "--no-baselines", help="Skip uniform SLERP, task arithmetic, TIES."),
+    baselines: bool | None = typer.Option(
+        None, "--baselines/--no-baselines", help="Uniform SLERP, task arithmetic, TIES (default: on; off with --quick)."
+    ),
     target_retention: float | None = typer.Option(None, "--target-retention", help="Choose the most K with R ≥ this."),
+    skip_task: list[str] | None = typer.Option(None, "--skip-task", help="Leave a task out (repeatable), e.g. gsm8k."),
 ) -> None:
     """Run the whole SPEAR-MM story on a real small model: CPT (cached) → score → plan → merge → validate."""
     from spear_mm.cli import console
@@ -83,22 +86,28 @@ def demo_cmd(
             threads=threads,
             device=device,
             policies=tuple(p.strip() for p in policies.split(",") if p.strip()),
-            baselines=not no_baselines,
+            baselines=baselines,
             target_retention=target_retention,
+            skip_tasks=tuple(skip_task or ()),
         )
     except ValueError as exc:
         raise SpearError(f"demo: invalid option — {exc}") from exc
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn())  # fmt: skip
-    with Progress(*columns, console=console, transient=False) as bars:
-        ids: dict[str, int] = {}
+    bars = Progress(*columns, console=console, transient=False)  # started with the run: CPT has its own bar
+    ids: dict[str, int] = {}
 
-        def progress(stage: str, done: int, total: int) -> None:
-            if stage not in ids:
-                ids[stage] = bars.add_task(_LABELS.get(stage, stage), total=total)
-            bars.update(ids[stage], completed=done, total=total)
+    def progress(stage: str, done: int, total: int) -> None:
+        if not ids:
+            bars.start()
+        if stage not in ids:
+            ids[stage] = bars.add_task(_LABELS.get(stage, stage), total=total)
+        bars.update(ids[stage], completed=done, total=total)
 
-        result = run_demo(out, config, progress=progress, log=bars.console.print)
+    try:
+        result = run_demo(out, config, progress=progress, log=console.print)
+    finally:
+        bars.stop()
     from spear_mm.cli.run import results_table
 
     summary = result.summary
