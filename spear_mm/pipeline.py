@@ -91,6 +91,8 @@ def run(
         raise SpearError(f"choose_from={choose_from!r}: use 'all' or 'plans'.")
     if target_retention is not None and not 0 < target_retention <= 2:
         raise SpearError(f"target retention {target_retention} is not a ratio (write 0.9 for 90%).")
+    if isinstance(policies, str):
+        policies = [p.strip() for p in policies.split(",") if p.strip()]
     run_dir, stages = Path(out).expanduser().resolve(), []
     clock = time.perf_counter()
     pair = open_pair(base, adapted)  # different families or mismatched tensors fail here, before any work

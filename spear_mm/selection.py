@@ -4,8 +4,9 @@ Choice rule (documented in docs/pipeline.md):
 - with a retention target: among the models with R ≥ target, the one with the most K (ties: higher R);
   when none reaches the target, the one with the highest R (and the run says so);
 - without a target: the best balanced point, the maximum of the harmonic mean of clip(R, 0, 1) and
-  clip(K, 0, 1) (ties: higher R). Clipping keeps a model that over-shoots one axis (R > 1 happens) from
-  buying a low value on the other; the harmonic mean punishes a low value on either axis.
+  clip(K, 0, 1) (ties: higher R, then higher K — so the choice is always on the Pareto front). Clipping keeps
+  a model that over-shoots one axis (R > 1 happens) from buying a low value on the other; the harmonic mean
+  punishes a low value on either axis.
 Models with an undefined R or K (e.g. no domain gain to keep) cannot be chosen by either rule.
 """
 
@@ -50,7 +51,7 @@ def choose(points: Mapping[str, Point], target_retention: float | None = None) -
     rule = "best balanced point: max harmonic mean of clip(R,0,1) and clip(K,0,1)"
     if not valid:
         return Choice(chosen=None, rule=rule, reason="no model has both R and K defined")
-    name = max(valid, key=lambda n: (balance(*valid[n]), valid[n][0]))
+    name = max(valid, key=lambda n: (balance(*valid[n]), *valid[n]))
     r, k = valid[name]
     return Choice(chosen=name, rule=rule, reason=f"balance {balance(r, k):.3f} (R={r:.3f}, K={k:.3f})")
 

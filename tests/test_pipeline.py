@@ -267,6 +267,7 @@ def test_choice_rule() -> None:
     assert choose(points).chosen == "c"  # harmonic mean of clipped R and K: c 0.869 > b 0.791 > a 0.563
     assert balance(1.3, 0.1) == balance(1.0, 0.1)  # R above 1 buys nothing
     assert choose({"x": (None, None)}).chosen is None
+    assert choose({"u": (1.0, 1.39), "t": (1.0, 1.40)}).chosen == "t"  # clipped tie: the dominating one
 
 
 def test_comparison_with_baselines() -> None:
