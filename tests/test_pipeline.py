@@ -243,6 +243,15 @@ def test_cli_run_prints_table_and_report(first, pair, suite) -> None:
     assert bad.exit_code != 0
 
 
+def test_keep_all_writes_every_candidate_and_a_plain_rerun_keeps_only_the_chosen(first, pair, suite) -> None:
+    out, _, _ = first
+    summary = _run(pair, suite, out, keep_all=True)
+    folders = {p.name for p in (out / "models").iterdir() if p.is_dir()}
+    assert folders == set(summary.candidates)
+    summary = _run(pair, suite, out)
+    assert {p.name for p in (out / "models").iterdir() if p.is_dir()} == {summary.chosen} - {"adapted"}
+
+
 @pytest.mark.slow
 def test_process_executor_gives_the_same_results(first, pair, suite, tmp_path) -> None:
     """Candidates evaluated in spawned worker processes (jobs pickled, models merged there) match in-process."""
