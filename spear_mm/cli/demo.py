@@ -27,7 +27,7 @@ def scores_table(run_dir: Path, summary) -> Table:
     table = Table(title="demo results (accuracy for MC; perplexity for ppl tasks — lower is better)")
     table.add_column("model", no_wrap=True)
     for t in tasks:
-        table.add_column(f"{t.removeprefix('demo_')}\n({summary.tasks.get(t, '')})", justify="right")
+        table.add_column(f"{t.removeprefix('demo_')}\n({summary.tasks.get(t, '')})", justify="right", overflow="fold")
     table.add_column("R", justify="right")
     table.add_column("K", justify="right")
     for name in order:
