@@ -225,23 +225,47 @@ class Checkpoint:
 
     def read(self, name: str, out: torch.Tensor | None = None) -> torch.Tensor:
         """Read one tensor into fresh memory (or into `out`, a contiguous tensor of the same dtype/shape)."""
-        info = self.infos.get(name)
-        if info is None:
-            raise SpearError(f"{self.path}: no tensor named '{name}'.")
+        info = self._info(name)
         if info.offset < 0:
             t = self._bins[info.file][name]
             return t.clone() if out is None else out.copy_(t)
         t = torch.empty(info.shape, dtype=info.dtype) if out is None else out
-        buf = memoryview(t.view(-1).view(torch.uint8).numpy()) if info.nbytes else memoryview(b"")
+        self._pread(info, 0, t)
+        return t
+
+    def read_range(self, name: str, start: int, count: int, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Elements [start, start + count) of the flattened tensor (into `out`, 1-D, when given)."""
+        info = self._info(name)
+        if not 0 <= start <= start + count <= info.numel:
+            raise ValueError(f"range [{start}, {start + count}) outside tensor '{name}' of {info.numel} elements")
+        if info.offset < 0:
+            t = self._bins[info.file][name].reshape(-1)[start : start + count]
+            return t.clone() if out is None else out.copy_(t)
+        t = torch.empty(count, dtype=info.dtype) if out is None else out
+        self._pread(info, start * info.dtype.itemsize, t)
+        return t
+
+    def _info(self, name: str) -> TensorInfo:
+        info = self.infos.get(name)
+        if info is None:
+            raise SpearError(f"{self.path}: no tensor named '{name}'.")
+        return info
+
+    @staticmethod
+    def _pread(info: TensorInfo, skip: int, t: torch.Tensor) -> None:
+        """Fill `t` with the bytes at `skip` past the start of the tensor's data."""
+        nbytes = t.numel() * t.element_size()
+        if nbytes == 0:
+            return
+        buf = memoryview(t.view(-1).view(torch.uint8).numpy())
         with info.file.open("rb", buffering=0) as f:
-            f.seek(info.offset)
-            got = f.readinto(buf) if info.nbytes else 0
-        if got != info.nbytes:
+            f.seek(info.offset + skip)
+            got = f.readinto(buf)
+        if got != nbytes:
             raise SpearError(
-                f"{info.file}: short read of tensor '{name}' ({got} of {info.nbytes} bytes); "
+                f"{info.file}: short read of tensor '{info.name}' ({got} of {nbytes} bytes); "
                 "the file is truncated. Copy it again."
             )
-        return t
 
     def read_raw(self, name: str) -> memoryview:
         """The tensor's bytes exactly as stored (for bit-exact copies)."""

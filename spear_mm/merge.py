@@ -1,15 +1,16 @@
 """Step 4 of SPEAR-MM: stream the base/adapted pair tensor by tensor, merge where the plan says, write a
 normal Hugging Face model folder (atomically), and report per-tensor statistics.
 
-Memory is bounded by a few tensors in flight (one being computed, one prefetched, one being written), never
-two whole models. Reading, computing and writing overlap in three threads (file I/O and torch kernels
-release the GIL).
+Memory is bounded by a few tensors in flight (reused buffers; large tensors stream in chunks), never two
+whole models. Reading, computing and writing overlap in three threads (file I/O and torch kernels release
+the GIL); the loop itself is in streaming.py, the math in kernels.py.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+import math
 import shutil
 import sys
 import time
@@ -17,18 +18,17 @@ import types
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from pydantic import BaseModel
 
 from spear_mm import __version__
-from spear_mm.architecture import ParamInfo
+from spear_mm.buffers import Held
 from spear_mm.checkpoint import Checkpoint, Pair, open_pair
 from spear_mm.errors import SpearError
-from spear_mm.kernels import CHUNK, ZERO_STATS, pair_stats, slerp_coefficients, trim_threshold
 from spear_mm.plan import Plan
+from spear_mm.streaming import PREFETCH, TensorStat, TensorTask, produce, workspace_for
 from spear_mm.writer import AtomicDir, ShardedWriter, check_free_space, check_output, parse_size
 
 log = logging.getLogger(__name__)
@@ -49,34 +49,6 @@ _WEIGHT_PATTERNS = (
 )
 Progress = Callable[[str, int], None]
 DEFAULT_THREADS = 1  # torch intra-op threads during a merge; measured in bench/merge_bench.py (docs/performance.md)
-
-
-@dataclass(frozen=True)
-class TensorTask:
-    """What the merge does to one tensor."""
-
-    param: ParamInfo
-    action: str  # keep | base | merge
-    t: float
-    out_dtype: torch.dtype
-    shape: tuple[int, ...]
-    shared_rows: int | None = None  # vocabulary extension: rows [0, shared_rows) merged, the rest kept
-
-    @property
-    def name(self) -> str:
-        return self.param.name
-
-
-class TensorStat(BaseModel):
-    name: str
-    group: str
-    layer: int | None
-    module: str
-    action: str
-    t: float
-    cos: float | None = None
-    rel_change: float | None = None
-    lerp_fallback: bool = False
 
 
 class MergeReport(BaseModel):
@@ -124,102 +96,17 @@ def build_tasks(pair: Pair, plan: Plan) -> list[TensorTask]:
     return tasks
 
 
-def _load(pair: Pair, task: TensorTask) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    if task.action == "keep":
-        return pair.adapted.read(task.name), None
-    if task.action == "base":
-        return None, pair.base.read(task.name)
-    return pair.adapted.read(task.name), pair.base.read(task.name)
-
-
-def _check_finite(x: torch.Tensor, task: TensorTask, ckpt: Checkpoint) -> None:
-    if x.dtype.is_floating_point and not bool(torch.isfinite(x).all()):
-        info = ckpt.infos[task.name]
-        raise SpearError(
-            f"tensor '{task.name}' in {info.file} contains NaN or Inf values. The checkpoint is "
-            "damaged (or training diverged); fix or re-export it before merging."
-        )
-
-
-def _merge_one(
-    pair: Pair, plan: Plan, task: TensorTask, a: torch.Tensor, b: torch.Tensor, device: torch.device
-) -> tuple[torch.Tensor, TensorStat]:
-    """Merge one pair in float32 (chunked for large tensors); returns the output tensor and its stats.
-
-    SLERP needs the pair's global angle before combining, so large tensors take two passes over chunks
-    (statistics, then combination); tensors up to 3 chunks are converted once and kept for both passes.
-    """
-    shared = b.numel()  # < a.numel() only with a vocabulary extension: the extra rows are kept from `a`
-    af, bf = a.reshape(-1), b.reshape(-1)
-    out = torch.empty(a.numel(), dtype=task.out_dtype, device=device)
-    if shared < a.numel():
-        out[shared:] = af[shared:].to(device, task.out_dtype)
-    step = CHUNK if shared > 3 * CHUNK and plan.method != "ties" else max(shared, 1)
-
-    def chunks() -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
-        for s in range(0, shared, step):
-            yield s, af[s : s + step].to(device, torch.float32), bf[s : s + step].to(device, torch.float32)
-
-    stats = ZERO_STATS
-    work = list(chunks()) if step >= shared else None  # small tensor: convert once, reuse
-    for _, x, y in work if work is not None else chunks():
-        stats = stats + pair_stats(x, y)
-    if not stats.finite:
-        _check_finite(a, task, pair.adapted)
-        _check_finite(b, task, pair.base)
-    if plan.method == "slerp":
-        ca, cb, fallback = slerp_coefficients(stats, task.t)
-    else:
-        (ca, cb), fallback = (1.0 - task.t, task.t), False
-    for s, x, y in work if work is not None else chunks():
-        if plan.method == "ties":
-            x.sub_(y)  # Δ, trimmed to its largest entries, added back with weight 1 − t
-            if plan.density < 1.0:
-                x.masked_fill_(x.abs() < trim_threshold(x, plan.density), 0.0)
-            res = y.add_(x, alpha=1.0 - task.t)
-        else:
-            res = x.mul_(ca).add_(y, alpha=cb)
-        out[s : s + res.numel()] = res
-    p = task.param
-    stat = TensorStat(
-        name=p.name,
-        group=p.group,
-        layer=p.layer,
-        module=p.module,
-        action="merge",
-        t=task.t,
-        cos=stats.cos,
-        rel_change=stats.rel_change,
-        lerp_fallback=fallback,
-    )
-    return out.reshape(task.shape), stat
-
-
 def iter_merged(
     pair: Pair, plan: Plan, *, device: str = "cpu", prefetch: int = 2, tasks: list[TensorTask] | None = None
 ) -> Iterator[tuple[TensorTask, torch.Tensor, TensorStat]]:
-    """Yield (task, merged tensor on CPU, stats) for every tensor, reading ahead in a background thread."""
-    dev = resolve_device(device)
+    """Yield (task, merged tensor on CPU, stats) for every tensor, reading ahead in a background thread.
+
+    The tensors are the caller's to keep (fresh memory); `merge` streams through reused buffers instead.
+    """
     tasks = tasks if tasks is not None else build_tasks(pair, plan)
-    with ThreadPoolExecutor(1, thread_name_prefix="spear-read") as pool:
-        pending: deque[Future] = deque()
-        for task in tasks[:prefetch]:
-            pending.append(pool.submit(_load, pair, task))
-        for i, task in enumerate(tasks):
-            a, b = pending.popleft().result()
-            if i + prefetch < len(tasks):
-                pending.append(pool.submit(_load, pair, tasks[i + prefetch]))
-            p = task.param
-            if task.action in ("keep", "base"):
-                x = a if a is not None else b
-                _check_finite(x, task, pair.adapted if a is not None else pair.base)
-                stat = TensorStat(
-                    name=p.name, group=p.group, layer=p.layer, module=p.module, action=task.action, t=task.t
-                )
-                yield task, x, stat
-            else:
-                out, stat = _merge_one(pair, plan, task, a, b, dev)
-                yield task, out.cpu(), stat
+    ws = workspace_for(pair, plan, tasks, resolve_device(device), pooled=False)
+    for task, tensor, stat, _ in produce(pair, plan, tasks, ws, prefetch):
+        yield task, tensor, stat
 
 
 def resolve_device(device: str) -> torch.device:
@@ -331,19 +218,31 @@ def _stream(
 ) -> list[TensorStat]:
     """Merge in this thread while one thread reads ahead and another writes (at most 2 writes queued)."""
     stats: list[TensorStat] = []
+    ws = workspace_for(pair, plan, tasks, resolve_device(device), pooled=True)
     with ThreadPoolExecutor(1, thread_name_prefix="spear-write") as wpool:
-        writes: deque[tuple[str, Future]] = deque()
+        writes: deque[tuple[str, Future, Held]] = deque()
 
         def drain(keep: int) -> None:
             while len(writes) > keep or (writes and writes[0][1].done()):
-                name, fut = writes.popleft()
-                nbytes = fut.result()
+                name, fut, held = writes.popleft()
+                try:
+                    nbytes = fut.result()
+                finally:
+                    ws.release(held)
                 if progress:
                     progress(name, nbytes)
 
-        for task, tensor, stat in iter_merged(pair, plan, device=device, tasks=tasks):
-            writes.append((task.name, wpool.submit(writer.write, task.name, tensor)))
+        def sink(name: str, start: int, chunk: torch.Tensor) -> None:
+            writer.write_range(name, start, chunk)
+
+        for task, tensor, stat, held in produce(pair, plan, tasks, ws, PREFETCH, sink):
             stats.append(stat)
+            if tensor is None:  # streamed in chunks, already written
+                ws.release(held)
+                if progress:
+                    progress(task.name, math.prod(task.shape) * task.out_dtype.itemsize)
+                continue
+            writes.append((task.name, wpool.submit(writer.write, task.name, tensor), held))
             drain(2)
         drain(0)
     return stats

@@ -91,27 +91,34 @@ class ShardedWriter:
                 self.slots[name] = Slot(file, base + begin, nbytes)
             fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             os.write(fd, len(raw).to_bytes(8, "little") + raw)
-            os.ftruncate(fd, base + offset)
+            _reserve(fd, base + offset)
             self._fds[file] = fd
             self.files.append(file)
             self.total_size += offset
-        self._written: set[str] = set()
+        self._bytes: dict[str, int] = {}  # bytes written per tensor (chunks add up)
 
     def write(self, name: str, tensor: torch.Tensor) -> int:
-        """Write one tensor's bytes at its slot; returns the byte count. Thread-safe per distinct name."""
+        """Write one whole tensor at its slot; returns the byte count. Thread-safe per distinct name."""
+        if tensor.numel() * tensor.element_size() != self.slots[name].nbytes:
+            raise SpearError(f"internal: tensor '{name}' does not match the size of its slot.")
+        return self.write_range(name, 0, tensor)
+
+    def write_range(self, name: str, start: int, chunk: torch.Tensor) -> int:
+        """Write elements [start, start + chunk.numel()) of a tensor (chunks of large tensors stream through)."""
         slot = self.slots[name]
-        data = tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
-        if data.nbytes != slot.nbytes:
-            raise SpearError(f"internal: tensor '{name}' has {data.nbytes} bytes, its slot {slot.nbytes}.")
+        data = chunk.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
+        at = start * chunk.element_size()
+        if at + data.nbytes > slot.nbytes:
+            raise SpearError(f"internal: chunk of '{name}' at element {start} overruns its slot.")
         view, done, fd = memoryview(data), 0, self._fds[slot.file]
-        while done < slot.nbytes:
-            done += os.pwrite(fd, view[done:], slot.offset + done)
-        self._written.add(name)
-        return slot.nbytes
+        while done < data.nbytes:
+            done += os.pwrite(fd, view[done:], slot.offset + at + done)
+        self._bytes[name] = self._bytes.get(name, 0) + data.nbytes
+        return data.nbytes
 
     def close(self) -> None:
         """Check completeness, flush, close, and write the index when there are several shards."""
-        missing = set(self.slots) - self._written
+        missing = {n for n, slot in self.slots.items() if self._bytes.get(n, 0) != slot.nbytes}
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
@@ -128,6 +135,15 @@ class ShardedWriter:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+
+
+def _reserve(fd: int, size: int) -> None:
+    """Give the file its final size: allocated blocks where the file system supports it (measured faster to
+    fill than a sparse file), else a sparse file."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except (OSError, AttributeError):
+        os.ftruncate(fd, size)
 
 
 def _numel(shape: tuple[int, ...]) -> int:

@@ -14,7 +14,7 @@ from common import make_tiny_model, save_pair
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
-import spear_mm.merge as merge_module
+import spear_mm.streaming as streaming
 from spear_mm.checkpoint import Checkpoint, open_pair
 from spear_mm.errors import SpearError
 from spear_mm.merge import build_tasks, iter_merged, merge, merge_into_model
@@ -181,13 +181,52 @@ def test_chunked_path_equals_single_pass(tiny_pair, monkeypatch):
     pair = open_pair(*tiny_pair)
     plan = Plan.uniform(0.6, 6, include_non_layers=True)
     whole = {task.name: x for task, x, _ in iter_merged(pair, plan)}
-    monkeypatch.setattr(merge_module, "CHUNK", 1000)  # every matrix now takes the two-pass chunked path
+    monkeypatch.setattr(streaming, "CHUNK", 1000)  # every matrix now takes the two-pass chunked path
     for task, x, stat in iter_merged(pair, plan):
         torch.testing.assert_close(x, whole[task.name], rtol=1e-6, atol=1e-8)
         assert stat.action == "merge"
 
 
-def test_vocab_extension_merges_shared_rows_and_keeps_new_ones(tiny_pair, tmp_path):
+@pytest.fixture()
+def small_chunks(monkeypatch):
+    """Chunks of 1,000 elements: every matrix of the pico models takes the streamed (chunk by chunk) path."""
+    monkeypatch.setattr(streaming, "CHUNK", 1000)
+    monkeypatch.setattr(streaming, "STREAM_ABOVE", 2000)
+
+
+def test_large_tensors_stream_chunk_by_chunk_with_the_same_result(merged, tiny_pair, tmp_path, small_chunks):
+    report = merge(*tiny_pair, tmp_path / "out", PLAN)
+    got, ref = tensors(tmp_path / "out"), tensors(merged[1])
+    pair = open_pair(*tiny_pair)
+    assert set(got) == set(ref)
+    for name, p in pair.params.items():
+        if PLAN.t_for(p) in (0.0, 1.0):
+            assert same_bits(got[name], ref[name]), name
+        else:
+            torch.testing.assert_close(got[name], ref[name], rtol=1e-6, atol=1e-9, msg=name)
+    for s, r in zip(report.tensors, merged[0].tensors, strict=True):
+        assert (s.name, s.action, s.lerp_fallback) == (r.name, r.action, r.lerp_fallback)
+        assert (s.cos is None) == (r.cos is None)
+        assert s.cos is None or s.cos == pytest.approx(r.cos, abs=1e-6)  # float32 block dots: ~1e-7
+    AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+
+
+@pytest.mark.parametrize("t", [0.0, 0.5])
+def test_nan_in_a_streamed_tensor_is_named(tiny_pair, tmp_path, small_chunks, t):
+    base, adapted = tiny_pair
+    bad = shutil.copytree(adapted, tmp_path / "adapted")
+    sd = load_file(bad / "model.safetensors")
+    sd["model.layers.2.mlp.down_proj.weight"].view(-1)[5000] = float("nan")
+    save_file(sd, bad / "model.safetensors")
+    with pytest.raises(SpearError, match=r"'model\.layers\.2\.mlp\.down_proj\.weight' in .*adapted.* NaN or Inf"):
+        merge(base, bad, tmp_path / "out", Plan.uniform(t, 6))
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_vocab_extension_merges_shared_rows_and_keeps_new_ones(tiny_pair, tmp_path, request, streamed):
+    if streamed:
+        request.getfixturevalue("small_chunks")
     base = tiny_pair[0]
     rows = Checkpoint.open(base).config["vocab_size"]
     model = make_tiny_model("llama", vocab_size=rows)
