@@ -111,7 +111,8 @@ def demo_cmd(
     from spear_mm.cli.run import results_table
 
     summary = result.summary
-    out_console.print(scores_table(result.run_dir, summary))
+    wide = out_console if out_console.is_terminal else Console(width=160)  # logs and CI: not squeezed into 80
+    wide.print(scores_table(result.run_dir, summary))
     out_console.print(results_table(summary))
     if summary.choice_reason:
         out_console.print(f"choice: {summary.choice_reason}")
