@@ -47,6 +47,8 @@ class TensorTask:
 
 
 class TensorStat(BaseModel):
+    """What the merge did to one tensor (one row of merge_report.json)."""
+
     name: str
     group: str
     layer: int | None
