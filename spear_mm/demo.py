@@ -194,7 +194,7 @@ def cached_cpt(base: Path, corpus: list[Path], cache: Path, options: dict[str, A
     """CPT of `base` on `corpus`, reused when a result with the same input hash exists; (folder, reused)."""
     from spear_mm.training import CptConfig, cpt
 
-    key = _fingerprint(base, corpus, options)
+    key = _fingerprint(base, corpus, {k: v for k, v in options.items() if k not in ("threads", "logging_steps")})
     out = cache / "demo-cpt" / f"{base.name}-{key}"
     if (out / "config.json").is_file() and (out / "cost.json").is_file():
         _log.info("reusing the cached CPT result %s (same base, corpus and options)", out)
