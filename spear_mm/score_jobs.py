@@ -72,7 +72,13 @@ def score_on_threads(
     from spear_mm.scoring import score_names
 
     base, adapted = str(pair.base.path), str(pair.adapted.path)
-    with _thread_budget(workers) as threads, ThreadPoolExecutor(workers, thread_name_prefix="spear-score") as pool:
+    with (
+        _thread_budget(workers) as threads,
+        # each pool thread sets its own budget: a new thread would otherwise run MKL with the process default
+        ThreadPoolExecutor(
+            workers, thread_name_prefix="spear-score", initializer=torch.set_num_threads, initargs=(threads,)
+        ) as pool,
+    ):
         pending, queue = set(), iter(names)
         for _ in range(2 * workers):
             name = next(queue, None)
