@@ -67,6 +67,9 @@ def demo_cmd(
     ),
     target_retention: float | None = typer.Option(None, "--target-retention", help="Choose the most K with R ≥ this."),
     skip_task: list[str] | None = typer.Option(None, "--skip-task", help="Leave a task out (repeatable), e.g. gsm8k."),
+    workers: int = typer.Option(
+        1, "--workers", "-j", help="Evaluate N candidates at once in a process pool (for idle cores; default 1)."
+    ),
 ) -> None:
     """Run the whole SPEAR-MM story on a real small model: CPT (cached) → score → plan → merge → validate."""
     from spear_mm.cli import console
@@ -89,6 +92,7 @@ def demo_cmd(
             baselines=baselines,
             target_retention=target_retention,
             skip_tasks=tuple(skip_task or ()),
+            extra_run_options={"executor": "process", "workers": workers} if workers > 1 else {},
         )
     except ValueError as exc:
         raise SpearError(f"demo: invalid option — {exc}") from exc
