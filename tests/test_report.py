@@ -126,3 +126,18 @@ def test_layer_scores_from_a_real_analyze_folder(tiny_pair, tmp_path):
     assert records and {layer for layer, _, _ in records} == set(range(6))
     top = max(range(6), key=lambda k: sum(s for lay, _, s in records if lay == k))
     assert top in {3, 5}  # the layers the fixture drifts strongly
+
+
+def test_coincident_points_share_one_label():
+    from spear_mm.evaluation.figures import Point, coincident, tradeoff_png
+
+    pts = [
+        Point("uniform-t0.5", 0.881, 1.147, "baseline"),
+        Point("task-arith-l0.5", 0.881, 1.1470001, "baseline"),
+        Point("balanced", 0.755, 0.670, chosen=True),
+        Point("adapted", 0.659, 1.0, "adapted"),
+    ]
+    groups = [[p.name for p in g] for g in coincident(pts)]
+    assert groups[0] == ["balanced"]  # the chosen point leads
+    assert ["uniform-t0.5", "task-arith-l0.5"] in groups and ["adapted"] in groups and len(groups) == 3
+    assert tradeoff_png(pts).startswith(b"\x89PNG")

@@ -38,6 +38,23 @@ def _png(fig: plt.Figure) -> bytes:
     return buf.getvalue()
 
 
+def coincident(points: Sequence[Point], rel: float = 1e-3) -> list[list[Point]]:
+    """Points grouped by position (within `rel` of the plot's span), so models that score the same share one
+    label instead of printing their names on top of each other. The chosen point leads its group."""
+    span_x = max((p.retention for p in points), default=1.0) - min((p.retention for p in points), default=0.0)
+    span_y = max((p.gain_kept for p in points), default=1.0) - min((p.gain_kept for p in points), default=0.0)
+    tol_x, tol_y = rel * max(span_x, 1e-9), rel * max(span_y, 1e-9)
+    groups: list[list[Point]] = []
+    for p in sorted(points, key=lambda q: not q.chosen):
+        for g in groups:
+            if abs(g[0].retention - p.retention) <= tol_x and abs(g[0].gain_kept - p.gain_kept) <= tol_y:
+                g.append(p)
+                break
+        else:
+            groups.append([p])
+    return groups
+
+
 def tradeoff_png(points: Sequence[Point], front: Sequence[str] = (), title: str = "") -> bytes:
     """Scatter of general retention R (x) against domain gain kept K (y): candidates labelled, baselines
     with their own markers, the Pareto front dashed, the chosen point circled."""
@@ -69,12 +86,14 @@ def tradeoff_png(points: Sequence[Point], front: Sequence[str] = (), title: str 
             label="Pareto front",
             zorder=2,
         )
-    for p in points:
-        offset = (12, 9) if p.chosen else (6, 5)  # clear of the ring around the chosen point
+    for group in coincident(points):
+        p = group[0]
+        offset = (12, 9) if any(q.chosen for q in group) else (6, 5)  # clear of the ring around the chosen point
         ax.annotate(
-            p.name, (p.retention, p.gain_kept), xytext=offset, textcoords="offset points", fontsize=8.5, zorder=5,
-            bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.75},
+            " = ".join(q.name for q in group), (p.retention, p.gain_kept), xytext=offset, textcoords="offset points",
+            fontsize=8.5, zorder=5, bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.75},
         )  # fmt: skip
+    for p in points:
         if p.chosen:
             ax.scatter(
                 [p.retention],
