@@ -18,7 +18,7 @@ import torch
 
 LERP_THRESHOLD = 0.9995  # |cos| above this: SLERP is numerically LERP (mergekit's DOT_THRESHOLD)
 CHUNK = 1 << 23  # elements per float32 work chunk in streaming kernels (32 MiB)
-STATS_BLOCK = 1 << 16  # elements per float32 dot product in `pair_stats` (then summed in float64)
+STATS_BLOCK = 1 << 18  # elements per float32 dot product in `pair_stats` (then summed in float64)
 
 
 @dataclass(frozen=True)
