@@ -138,7 +138,7 @@ def cost_summary(
     n = max(len(merged), 1)
     mean_merge = sum(e.merge_seconds for e in merged) / n
     mean_eval = sum(e.eval_seconds for e in merged) / n
-    per_config = score_seconds + mean_merge + mean_eval
+    per_config = round(score_seconds + mean_merge + mean_eval, 3)  # the ratios below use the figure reported
     total = score_seconds + sum(e.merge_seconds + e.eval_seconds for e in [*merged, *reference.values()])
     cpt_seconds, source, cpt_device = cpt
     adapted_eval = reference["adapted"].eval_seconds if "adapted" in reference else 0.0
@@ -147,14 +147,14 @@ def cost_summary(
         score_seconds=round(score_seconds, 3),
         mean_merge_seconds=round(mean_merge, 3),
         mean_eval_seconds=round(mean_eval, 3),
-        per_configuration_seconds=round(per_config, 3),
+        per_configuration_seconds=per_config,
         configurations=len(merged),
         total_seconds=round(total, 3),
         cpt_seconds=cpt_seconds,
         cpt_source=source,
         cpt_device=cpt_device,
-        ratio=round(per_config / cpt_seconds, 4) if cpt_seconds else None,
-        ratio_with_eval=round(per_config / (cpt_seconds + adapted_eval), 4) if cpt_seconds else None,
+        ratio=_significant(per_config / cpt_seconds) if cpt_seconds else None,
+        ratio_with_eval=_significant(per_config / (cpt_seconds + adapted_eval)) if cpt_seconds else None,
     )
 
 
@@ -295,3 +295,8 @@ def report_tables(summary: RunSummary) -> list[dict[str, Any]]:
         }
     )
     return tables
+
+
+def _significant(x: float, digits: int = 4) -> float:
+    """x rounded to `digits` significant digits (a ratio of 0.0123 keeps its precision, unlike round(x, 4))."""
+    return float(f"{x:.{digits}g}")
