@@ -163,38 +163,53 @@ def to_mergekit_config(
     """A mergekit config that performs this plan's SLERP (or LERP) merge.
 
     mergekit's SLERP `t` weighs the model that is NOT `base_model`; with `base_model` = the adapted model
-    and the other source = the base, mergekit's t equals spear-mm's t. Per-layer t is a list of L values
-    (mergekit samples a list at layer i/(L−1), so entry i is exactly layer i's t). Non-layer tensors get
-    explicit values: mergekit would otherwise give pre-layer tensors the first and post-layer tensors the
-    last entry of the list. Filters are substrings of tensor names, the first match wins.
+    and the other source = the base, mergekit's t equals spear-mm's t. A uniform plan is one slice with scalar
+    values. Otherwise every layer gets its own one-layer slice with scalar values: mergekit samples a per-layer
+    *list* at the tensor's fractional position, which gave some matrices of a layer a t between two entries
+    (0.4716 instead of 0.4857 with mergekit 0.1.4), so lists are never used. Non-layer tensors get explicit
+    values in every rule set (mergekit takes them from the first/last slice). Filters are substrings of tensor
+    names, the first match wins.
     """
     if plan.method not in ("slerp", "lerp"):
         raise SpearError(f"mergekit export supports slerp and lerp plans, not '{plan.method}'.")
     params, model_type = _tensor_names(adapted_path)
     n = plan.num_layers
-    layer_list = [round(t, 6) for t in plan.layer_ts()]
-    rules: list[dict] = []
-    for p in params.values():
-        if p.group in ("embed", "head", "final_norm"):
-            rules.append({"filter": p.name, "value": plan.t_for(p)})
+    fixed: list[dict] = [
+        {"filter": p.name, "value": round(plan.t_for(p), 6)}
+        for p in params.values()
+        if p.group in ("embed", "head", "final_norm")
+    ]
     if not any(p.group == "head" for p in params.values()):  # tied head: mergekit may still list lm_head
-        rules.append({"filter": "lm_head", "value": plan.head})
+        fixed.append({"filter": "lm_head", "value": round(plan.head, 6)})
     overrides = {m for r in plan.layers for m in r.modules}
+    modules = sorted(overrides | ({"norm"} if plan.layer_norms != "follow" else set()))
     suffixes = _layer_suffixes(params, model_type)
-    for module in sorted(overrides | ({"norm"} if plan.layer_norms != "follow" else set())):
-        per_layer = [round(plan.t_for(ParamInfo(f"layers.{i}.x", "layer", i, module)), 6) for i in range(n)]
-        for suffix in sorted(suffixes.get(module, ())):
-            rules.append({"filter": suffix, "value": per_layer})
-    rules.append({"value": layer_list if n > 1 else layer_list[0]})
+
+    def layer_rules(i: int) -> list[dict]:
+        rules = [
+            {"filter": suffix, "value": round(plan.t_for(ParamInfo(f"layers.{i}.x", "layer", i, module)), 6)}
+            for module in modules
+            for suffix in sorted(suffixes.get(module, ()))
+        ]
+        return [*fixed, *rules, {"value": round(plan.layer_t(i), 6)}]
+
+    per_layer = [layer_rules(i) for i in range(n)]
+    ranges = [(0, n)] if all(r == per_layer[0] for r in per_layer) else [(i, i + 1) for i in range(n)]
     adapted, base = str(Path(adapted_path)), str(Path(base_path))
-    sources = [{"model": adapted, "layer_range": [0, n]}, {"model": base, "layer_range": [0, n]}]
-    config: dict = {"slices": [{"sources": sources}], "base_model": adapted}
+    slices = []
+    for lo, hi in ranges:
+        rules = per_layer[lo]
+        sources = [{"model": adapted, "layer_range": [lo, hi]}, {"model": base, "layer_range": [lo, hi]}]
+        if plan.method == "slerp":
+            slices.append({"sources": sources, "parameters": {"t": rules}})
+        else:  # linear: weight of the adapted = 1 − t, of the base = t
+            sources[0]["parameters"] = {"weight": [dict(r, value=_one_minus(r["value"])) for r in rules]}
+            sources[1]["parameters"] = {"weight": rules}
+            slices.append({"sources": sources})
+    config: dict = {"slices": slices, "base_model": adapted}
     if plan.method == "slerp":
-        config |= {"merge_method": "slerp", "parameters": {"t": rules}}
-    else:  # linear: weight of the adapted = 1 − t, of the base = t
-        inverse = [dict(r, value=_one_minus(r["value"])) for r in rules]
-        sources[0]["parameters"] = {"weight": inverse}
-        sources[1]["parameters"] = {"weight": rules}
+        config |= {"merge_method": "slerp", "parameters": {"t": [*fixed, {"value": round(plan.other, 6)}]}}
+    else:
         config |= {"merge_method": "linear", "parameters": {"normalize": True}}
     if dtype:
         config["dtype"] = dtype

@@ -111,11 +111,15 @@ def test_mergekit_config_semantics(tiny_pair):
     plan = make_plan(table, "top-k", k=2, t=0.75, head=0.5)
     cfg = to_mergekit_config(plan, base, adapted)
     assert cfg["merge_method"] == "slerp" and cfg["base_model"] == str(adapted)
-    assert [s["model"] for s in cfg["slices"][0]["sources"]] == [str(adapted), str(base)]
-    rules = cfg["parameters"]["t"]
-    assert rules[-1] == {"value": [0.0, 0.75, 0.0, 0.75, 0.0, 0.0]}
-    explicit = {r["filter"]: r["value"] for r in rules[:-1]}
+    # one single-layer slice per layer with scalar t (mergekit interpolates lists by tensor position)
+    assert [s["sources"][0]["layer_range"] for s in cfg["slices"]] == [[i, i + 1] for i in range(6)]
+    assert all([x["model"] for x in s["sources"]] == [str(adapted), str(base)] for s in cfg["slices"])
+    assert [s["parameters"]["t"][-1] for s in cfg["slices"]] == [{"value": v} for v in [0, 0.75, 0, 0.75, 0, 0]]
+    explicit = {r["filter"]: r["value"] for r in cfg["parameters"]["t"][:-1]}
     assert explicit == {"model.embed_tokens.weight": 0.0, "lm_head.weight": 0.5, "model.norm.weight": 0.0}
+    assert all(s["parameters"]["t"][:-1] == cfg["parameters"]["t"][:-1] for s in cfg["slices"])
+    uniform = to_mergekit_config(make_plan(table, "uniform", t=0.3), base, adapted)
+    assert len(uniform["slices"]) == 1 and uniform["slices"][0]["sources"][0]["layer_range"] == [0, 6]
 
 
 def _mergekit_or_skip() -> Path:
@@ -220,3 +224,32 @@ def test_cli_plan_with_exports_and_pair_check(tiny_pair, tmp_path):
     assert load_freeze_yaml(fr)
     swapped = CliRunner().invoke(app, [*args, "--base", str(tiny_pair[1]), "--adapted", str(tiny_pair[0])])
     assert swapped.exit_code != 0 and "another pair" in str(swapped.exception)
+
+
+@pytest.mark.slow
+def test_mergekit_run_matches_spear_merge_for_fractional_per_layer_t(tiny_pair, tmp_path):
+    """Every tensor gets its own layer's t in mergekit, not a value interpolated between list entries."""
+    py = _mergekit_or_skip()
+    base, adapted = tiny_pair
+    plan = make_plan(table_with([0.1, 3.0, 0.2, 2.0, 0.0, 1.0]), "custom", layer_ts=[0, 0.3, 0.55, 0.9, 0.2, 0.7])
+    (tmp_path / "mk.yaml").write_text(mergekit_yaml(plan, base, adapted))
+    res = subprocess.run(
+        [str(Path(py).parent / "mergekit-yaml"), str(tmp_path / "mk.yaml"), str(tmp_path / "mk")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    from safetensors.torch import load_file
+
+    from spear_mm.merge import merge
+
+    merge(base, adapted, tmp_path / "ours", plan)
+    ours = load_file(tmp_path / "ours" / "model.safetensors")
+    theirs = {}
+    for f in sorted((tmp_path / "mk").glob("*.safetensors")):
+        theirs |= load_file(f)
+    assert set(theirs) <= set(ours)
+    for name, w in theirs.items():
+        rel = float((w.double() - ours[name].double()).norm() / ours[name].double().norm().clamp_min(1e-12))
+        assert rel < 1e-5, (name, rel)
