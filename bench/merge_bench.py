@@ -67,9 +67,8 @@ def ensure_mergekit(version: str) -> Path:
 def bench_plan(num_layers: int, per_layer: bool) -> Plan:
     """Uniform t = 0.5 on every tensor (default), or t from 0.2 to 0.8 over the layers (`--per-layer`).
 
-    mergekit samples a per-layer t list by the tensor's position, and 0.1.4 gave some matrices of a layer a t
-    between two list entries (layer 10's mlp.up got 0.4716 instead of 0.4857 here), so only the uniform plan
-    makes the agreement check a check of the SLERP itself."""
+    Either way, tensors whose cosine sits just above the 0.9995 LERP threshold are where the tools disagree
+    (spear-mm LERPs them as method.md says, mergekit 0.1.4 SLERPs them); see docs/performance.md."""
     if not per_layer:
         return Plan.uniform(0.5, num_layers, include_non_layers=True, provenance=Provenance(policy="bench"))
     ts = [round(0.2 + 0.6 * i / max(1, num_layers - 1), 4) for i in range(num_layers)]

@@ -164,9 +164,8 @@ def to_mergekit_config(
 
     mergekit's SLERP `t` weighs the model that is NOT `base_model`; with `base_model` = the adapted model
     and the other source = the base, mergekit's t equals spear-mm's t. A uniform plan is one slice with scalar
-    values. Otherwise every layer gets its own one-layer slice with scalar values: mergekit samples a per-layer
-    *list* at the tensor's fractional position, which gave some matrices of a layer a t between two entries
-    (0.4716 instead of 0.4857 with mergekit 0.1.4), so lists are never used. Non-layer tensors get explicit
+    values. Otherwise every layer gets its own one-layer slice with scalar values, so nothing depends on how
+    mergekit samples a list (a "gradient") over a slice. Non-layer tensors get explicit
     values in every rule set (mergekit takes them from the first/last slice). Filters are substrings of tensor
     names, the first match wins.
     """
