@@ -6,7 +6,7 @@ PIP     := $(BIN)/python -m pip
 EXTRAS  ?= dev,lm-eval,ray,demo
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 
-.PHONY: install demo demo-quick test test-fast lint bench clean
+.PHONY: install demo demo-quick test test-fast lint bench clean mergekit-venv
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -23,6 +23,11 @@ demo: install  ## the embedded default: CPT SmolLM2-135M on the shipped finance 
 
 demo-quick: install  ## a reduced demo that fits next to the tests in CI
 	$(BIN)/spear-mm demo --quick -o runs/demo-quick
+
+MERGEKIT_VENV := bench/_work/mergekit-venv
+mergekit-venv:  ## mergekit in its own venv (torch pinned): the mergekit-export tests run against it, else they skip
+	$(PY) -m venv $(MERGEKIT_VENV)
+	$(MERGEKIT_VENV)/bin/python -m pip install -q torch==2.13.0 mergekit==0.1.5
 
 test:  ## the whole suite (fast + slow end-to-end tests)
 	$(BIN)/python -m pytest -q
