@@ -1,6 +1,6 @@
 """Scoring benchmark: spear-mm analysis vs a Spectrum-style baseline, in the same run, on the synthetic pair.
 
-- spear-mm: `spear_mm.scoring.analyze` (Gram + eigvalsh, auto float32/float64, a thread pool of `--workers`).
+- spear-mm: `spear_mm.scoring.layers.analyze` (Gram + eigvalsh, auto float32/float64, a thread pool of `--workers`).
 - baseline: the same metrics computed Spectrum's way — each matrix loaded in float32 and decomposed with
   `torch.linalg.svdvals`, one tensor after another, torch's default threads.
 
@@ -34,8 +34,8 @@ def _phase(kind: str, base: Path, adapted: Path, out: Path, workers: int) -> Non
     """Run one phase in this process and write its result JSON (rows, ranking, wall time, peak RSS)."""
     import torch
 
-    from spear_mm.checkpoint import open_pair
-    from spear_mm.scoring import ScoreConfig, analyze, layer_scores, normalize_rows, score_names
+    from spear_mm.io.checkpoint import open_pair
+    from spear_mm.scoring.layers import ScoreConfig, analyze, layer_scores, normalize_rows, score_names
 
     started = time.perf_counter()
     if kind == "spear":

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from spear_mm.evaluation import evaluate, load_model, load_tasks
-from spear_mm.metrics import EvalResult
+from spear_mm.evaluation.metrics import EvalResult
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -73,7 +73,7 @@ def main() -> int:
     args = parse()
     logging.basicConfig(level=logging.WARNING)
     if args.model is None:
-        from spear_mm.models_cache import smollm2_path
+        from spear_mm.demo.models import smollm2_path
 
         args.model = smollm2_path()
     torch.set_num_threads(args.threads)

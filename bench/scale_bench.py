@@ -1,6 +1,6 @@
 """Scale-out benchmark: scoring wall time with the local executor vs Ray, in the same run; per-task overhead.
 
-Baseline: `spear_mm.scoring.analyze(executor="local")` — the in-process thread pool, `--workers` threads of one
+Baseline: `spear_mm.scoring.layers.analyze(executor="local")` — the in-process thread pool, `--workers` threads of one
 torch thread each. Against it: `executor="ray"` on a local Ray instance with `--workers` CPUs (each task holds
 one CPU and reads its tensors from the checkpoint files itself). Both score the synthetic TinyLlama-shape pair
 (bench/synth_pair.py; `--scale 1.0` = 1.1B). Ray's overhead per task is the time of N no-op tasks over N, once
@@ -45,7 +45,7 @@ def noop(x: int) -> int:
 
 
 def import_scoring(x: int) -> int:
-    import spear_mm.scoring  # noqa: F401  (what a scoring worker imports first: torch, spear_mm)
+    import spear_mm.scoring.layers  # noqa: F401  (what a scoring worker imports first: torch, spear_mm)
 
     return os.getpid()
 
@@ -65,7 +65,7 @@ def run_scoring(scale: float, workers: int, noop_tasks: int) -> dict:
     import ray
 
     from spear_mm.executors import make_executor
-    from spear_mm.scoring import analyze
+    from spear_mm.scoring.layers import analyze
 
     base, adapted = make_synth_pair(scale=scale)
     out: dict = {"scale": scale, "workers": workers, "cpus": os.cpu_count(), "load_before": _load()}
@@ -105,8 +105,8 @@ def matrix_cost(shape: tuple[int, int], repeats: int, device: str = "cpu") -> di
     """Seconds to score one bf16 pair of `shape` (min and median of `repeats`), and this process's peak RSS."""
     import torch
 
-    from spear_mm.architecture import ParamInfo
-    from spear_mm.scoring import ScoreConfig, score_tensor_pair
+    from spear_mm.io.architecture import ParamInfo
+    from spear_mm.scoring.layers import ScoreConfig, score_tensor_pair
 
     torch.set_num_threads(1)
     g = torch.Generator().manual_seed(0)

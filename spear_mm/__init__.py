@@ -10,13 +10,13 @@ __version__ = "0.1.0"
 
 # The public API is imported lazily so `import spear_mm` stays fast (torch/transformers load on use).
 _API = {
-    "analyze": "spear_mm.scoring",
-    "make_plan": "spear_mm.policies",
-    "merge": "spear_mm.merge",
+    "analyze": "spear_mm.scoring.layers",
+    "make_plan": "spear_mm.planning.policies",
+    "merge": "spear_mm.merging.merge",
     "evaluate": "spear_mm.evaluation",
-    "run": "spear_mm.pipeline",
-    "Plan": "spear_mm.plan",
-    "Checkpoint": "spear_mm.checkpoint",
+    "run": "spear_mm.pipeline.run",
+    "Plan": "spear_mm.planning.plan",
+    "Checkpoint": "spear_mm.io.checkpoint",
 }
 
 

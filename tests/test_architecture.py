@@ -8,9 +8,9 @@ import logging
 import pytest
 from common import make_tiny_model
 
-from spear_mm.architecture import for_model_type, known_model_types, layer_map, num_layers_of
-from spear_mm.checkpoint import Checkpoint
 from spear_mm.errors import SpearError
+from spear_mm.io.architecture import for_model_type, known_model_types, layer_map, num_layers_of
+from spear_mm.io.checkpoint import Checkpoint
 
 LLAMA_LIKE = {"attn.q", "attn.k", "attn.v", "attn.o", "mlp.gate", "mlp.up", "mlp.down", "norm"}
 FUSED_QKV = {"attn.qkv", "attn.o", "mlp.up", "mlp.down", "norm"}

@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from spear_mm.buffers import BufferPool, PoolClosed, Workspace
+from spear_mm.merging.buffers import BufferPool, PoolClosed, Workspace
 
 
 def test_buffers_are_reused_and_typed():

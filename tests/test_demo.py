@@ -15,7 +15,7 @@ from common import make_tiny_model, make_tokenizer
 from typer.testing import CliRunner
 
 from spear_mm.cli import app
-from spear_mm.demo import (
+from spear_mm.demo.run import (
     DEMO_CORPUS,
     DemoConfig,
     _fingerprint,
@@ -118,7 +118,7 @@ def test_public_data_suites_and_skip_task(tmp_path) -> None:
 def test_smollm2_base_converts_to_a_plain_fp32_folder() -> None:
     from transformers import AutoConfig
 
-    from spear_mm.models_cache import smollm2_path
+    from spear_mm.demo.models import smollm2_path
 
     path = smollm2_path()
     config = AutoConfig.from_pretrained(path)

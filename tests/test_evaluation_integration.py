@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from spear_mm.cli import app
 from spear_mm.evaluation import get_suite
-from spear_mm.metrics import EvalResult
+from spear_mm.evaluation.metrics import EvalResult
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"shared data not found at {DATA} (see shared/README.md)")

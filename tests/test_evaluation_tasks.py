@@ -11,8 +11,8 @@ import pytest
 
 from spear_mm.errors import SpearError
 from spear_mm.evaluation import MCItem, MissingDataError, TaskSpec, get_suite, load_task, load_tasks, select_items
+from spear_mm.evaluation.aggregate import extract_answer, normalize_answer
 from spear_mm.evaluation.prompts import GSM8K_FIXED_SHOTS, gsm8k_cot
-from spear_mm.evaluation.scoring import extract_answer, normalize_answer
 from spear_mm.evaluation.suites import resolve_tasks
 from spear_mm.evaluation.tasks import DEFAULT_ANSWER_REGEX
 

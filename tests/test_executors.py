@@ -10,11 +10,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from spear_mm.checkpoint import open_pair
 from spear_mm.errors import SpearError
 from spear_mm.executors import _check_reachable, make_executor
-from spear_mm.score_jobs import PARTIAL, make_batches
-from spear_mm.scoring import ScoreConfig, analyze, layer_scores, normalize_rows, score_names
+from spear_mm.io.checkpoint import open_pair
+from spear_mm.scoring.jobs import PARTIAL, make_batches
+from spear_mm.scoring.layers import ScoreConfig, analyze, layer_scores, normalize_rows, score_names
 
 TESTS = str(Path(__file__).parent)
 
@@ -157,7 +157,7 @@ def test_ray_missing_gives_the_install_hint(monkeypatch):
 
 
 def test_importing_executors_and_scoring_does_not_import_ray():
-    code = "import sys, spear_mm.executors, spear_mm.scoring, spear_mm.score_jobs; print('ray' in sys.modules)"
+    code = "import sys, spear_mm.executors, spear_mm.scoring.layers, spear_mm.scoring.jobs; print('ray' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

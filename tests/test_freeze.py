@@ -10,7 +10,7 @@ import yaml
 from common import make_tiny_model
 
 from spear_mm.errors import SpearError
-from spear_mm.freeze import (
+from spear_mm.planning.freeze import (
     apply_freeze,
     freeze_patterns,
     layer_index,

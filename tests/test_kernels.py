@@ -9,16 +9,8 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from spear_mm.kernels import (
-    CHUNK,
-    LERP_THRESHOLD,
-    lerp,
-    pair_stats,
-    slerp,
-    slerp_coefficients,
-    task_arithmetic,
-    ties,
-)
+from spear_mm.merging.functional import lerp, slerp, slerp_coefficients, task_arithmetic, ties
+from spear_mm.merging.kernels import CHUNK, LERP_THRESHOLD, pair_stats
 
 settings.register_profile("spear", max_examples=40, deadline=None)
 settings.load_profile("spear")

@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from spear_mm.errors import SpearError
-from spear_mm.llama2c import convert_llama2c, read_llama2c, reference_logits
+from spear_mm.io.llama2c import convert_llama2c, read_llama2c, reference_logits
 
 MODELS = Path(__file__).resolve().parents[2] / "shared" / "models" / "stories260K"
 BIN, TOK = MODELS / "stories260K.bin", MODELS / "tok512.bin"

@@ -19,8 +19,8 @@ from safetensors.torch import load_file, save_file
 
 import spear_mm.cli
 import spear_mm.cli.merge
-from spear_mm.checkpoint import Checkpoint
 from spear_mm.cli import main
+from spear_mm.io.checkpoint import Checkpoint
 
 
 @pytest.fixture()

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from spear_mm.metrics import (
+from spear_mm.evaluation.metrics import (
     EvalResult,
     ItemRecord,
     TaskResult,

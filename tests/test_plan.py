@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from spear_mm.architecture import ParamInfo
 from spear_mm.errors import SpearError
-from spear_mm.plan import LayerRule, Plan, Provenance
+from spear_mm.io.architecture import ParamInfo
+from spear_mm.planning.plan import LayerRule, Plan, Provenance
 
 
 def _p(group: str, layer: int | None = None, module: str = "other") -> ParamInfo:

@@ -13,9 +13,9 @@ import torch
 import yaml
 
 from spear_mm.errors import SpearError
-from spear_mm.freeze import load_freeze_yaml
-from spear_mm.plan import Plan
-from spear_mm.policies import (
+from spear_mm.planning.freeze import load_freeze_yaml
+from spear_mm.planning.plan import Plan
+from spear_mm.planning.policies import (
     apply_freeze_plan,
     count_layers,
     describe,
@@ -25,7 +25,7 @@ from spear_mm.policies import (
     to_mergekit_config,
     write_freeze_plan,
 )
-from spear_mm.score_table import LayerScore, ScoreConfig, ScoreTable, Timing
+from spear_mm.scoring.table import LayerScore, ScoreConfig, ScoreTable, Timing
 
 MERGEKIT_PY = Path(
     os.environ.get("SPEAR_MM_MERGEKIT_PY", Path(__file__).parents[1] / "bench/_work/mergekit-venv/bin/python")
@@ -188,7 +188,7 @@ def test_freeze_yaml_and_apply_freeze_plan(tiny_pair, tmp_path):
 
 def test_scores_json_is_what_the_plan_hashes(tiny_pair, tmp_path):
     table = table_with([0.1, 3.0, 0.2, 2.0, 0.0, 1.0])
-    table.save(tmp_path, figures=False)
+    table.save(tmp_path)
     assert make_plan(ScoreTable.load(tmp_path)).provenance.scores_hash == table.content_hash()
     assert json.loads((tmp_path / "scores.json").read_text())["num_layers"] == 6
     assert sys.version_info >= (3, 10)
@@ -198,7 +198,7 @@ def test_cli_plan_with_exports_and_pair_check(tiny_pair, tmp_path):
     from typer.testing import CliRunner
 
     from spear_mm.cli import app
-    from spear_mm.scoring import analyze
+    from spear_mm.scoring.layers import analyze
 
     scores = tmp_path / "scores"
     analyze(*tiny_pair, scores, workers=1)
@@ -242,7 +242,7 @@ def test_mergekit_run_matches_spear_merge_for_fractional_per_layer_t(tiny_pair, 
     assert res.returncode == 0, res.stderr[-3000:]
     from safetensors.torch import load_file
 
-    from spear_mm.merge import merge
+    from spear_mm.merging.merge import merge
 
     merge(base, adapted, tmp_path / "ours", plan)
     ours = load_file(tmp_path / "ours" / "model.safetensors")

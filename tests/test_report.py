@@ -11,8 +11,9 @@ from typer.testing import CliRunner
 from spear_mm.cli import app
 from spear_mm.errors import SpearError
 from spear_mm.evaluation import LoadedTask, MCItem, TaskSpec, TextItem, evaluate
-from spear_mm.metrics import EvalResult, ItemRecord, TaskResult
-from spear_mm.report import read_layer_scores, read_results, write_report
+from spear_mm.evaluation.metrics import EvalResult, ItemRecord, TaskResult
+from spear_mm.report.build import read_layer_scores, read_results, write_report
+from spear_mm.scoring.layers import analyze
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -118,10 +119,7 @@ def test_report_cli_on_real_evaluations(tiny_pair, tmp_path):
 
 def test_layer_scores_from_a_real_analyze_folder(tiny_pair, tmp_path):
     """The scores folder written by `spear-mm analyze` (scores.json with per-module rows) is read as is."""
-    scoring = pytest.importorskip("spear_mm.scoring", reason="the scoring stage is not in this checkout")
-    if not hasattr(scoring, "analyze"):
-        pytest.skip("spear_mm.scoring has no analyze()")
-    scoring.analyze(*tiny_pair, out_dir=tmp_path / "scores", workers=1)
+    analyze(*tiny_pair, out_dir=tmp_path / "scores", workers=1)
     records = read_layer_scores(tmp_path)
     assert records and {layer for layer, _, _ in records} == set(range(6))
     top = max(range(6), key=lambda k: sum(s for lay, _, s in records if lay == k))
@@ -129,7 +127,7 @@ def test_layer_scores_from_a_real_analyze_folder(tiny_pair, tmp_path):
 
 
 def test_coincident_points_share_one_label():
-    from spear_mm.evaluation.figures import Point, coincident, tradeoff_png
+    from spear_mm.report.figures import Point, coincident, tradeoff_png
 
     pts = [
         Point("uniform-t0.5", 0.881, 1.147, "baseline"),

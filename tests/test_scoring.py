@@ -10,10 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from spear_mm.architecture import ParamInfo
 from spear_mm.errors import SpearError
-from spear_mm.score_table import ScoreTable, read_scores_csv
-from spear_mm.scoring import ScoreConfig, analyze, layer_scores, normalize_rows, score_names, score_tensor_pair
+from spear_mm.io.architecture import ParamInfo
+from spear_mm.scoring.layers import ScoreConfig, analyze, layer_scores, normalize_rows, score_names, score_tensor_pair
+from spear_mm.scoring.table import ScoreTable, read_scores_csv
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def test_strongly_drifted_layers_rank_first(scored):
 
 def test_rows_cover_every_tensor_and_non_layers_get_relative_change_only(scored, tiny_pair):
     table, _ = scored
-    from spear_mm.checkpoint import Checkpoint
+    from spear_mm.io.checkpoint import Checkpoint
 
     assert {m.name for m in table.modules} == set(Checkpoint.open(tiny_pair[1]).names)
     for m in table.non_layer():
@@ -162,7 +162,7 @@ PROBE_TEXT = (
 
 
 def test_probe_scores_and_ground_truth(tiny_pair, tmp_path):
-    from spear_mm.probes import linear_cka, spearman
+    from spear_mm.scoring.probes import linear_cka, spearman
 
     probe = tmp_path / "general.txt"
     probe.write_text(PROBE_TEXT)

@@ -9,7 +9,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from spear_mm.spectral import (
+from spear_mm.scoring.spectral import (
     SNR_FLOOR,
     analyze_matrix,
     effective_rank,

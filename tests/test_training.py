@@ -15,10 +15,11 @@ from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
 from spear_mm.cli import app
-from spear_mm.corpus import iter_documents, pack_corpus
 from spear_mm.errors import SpearError
-from spear_mm.freeze import freeze_patterns, layer_index, write_freeze_yaml
-from spear_mm.training import CptConfig, cpt
+from spear_mm.planning.freeze import freeze_patterns, layer_index, write_freeze_yaml
+from spear_mm.planning.plan import Plan
+from spear_mm.training.corpus import iter_documents, pack_corpus
+from spear_mm.training.cpt import CptConfig, cpt
 
 DOCS = [
     "Revenue rose 12 percent to 4.2 billion dollars, and operating margin improved.",
@@ -102,14 +103,13 @@ def test_frozen_layers_stay_bit_identical(tmp_path: Path, base: Path, corpus: Pa
 
 
 def test_freeze_from_a_plan(tmp_path: Path, base: Path, corpus: Path) -> None:
-    plan_mod = pytest.importorskip("spear_mm.plan", reason="the plan module is not built yet")
-    plan = plan_mod.Plan.from_layer_list([1.0, 0.5, 0.0, 1.0]).save(tmp_path / "plan.yaml")
+    plan = Plan.from_layer_list([1.0, 0.5, 0.0, 1.0]).save(tmp_path / "plan.yaml")
     result = cpt(base, [corpus], tmp_path / "out", CptConfig(max_steps=2, freeze=plan, **FAST))
     assert result.frozen_layers == [0, 3]  # t = 1 ("base") layers; t = 0.5 still trains
 
 
 def test_interrupted_run_resumes(tmp_path: Path, base: Path, corpus: Path, monkeypatch) -> None:
-    import spear_mm.training as training
+    import spear_mm.training.cpt as training
 
     out = tmp_path / "adapted"
 
@@ -158,7 +158,7 @@ def test_stories260k_cpt_forgets_stories(tmp_path: Path) -> None:
     """Real forgetting: CPT of the TinyStories model on finance text raises its loss on a children's story."""
     from test_llama2c import STORY
 
-    from spear_mm.llama2c import convert_llama2c
+    from spear_mm.io.llama2c import convert_llama2c
 
     base = convert_llama2c(STORIES / "stories260K.bin", STORIES / "tok512.bin", tmp_path / "base")
     cfg = CptConfig(max_steps=40, lr=2e-3, seq_len=128, batch_size=8, logging_steps=10, progress=False, device="cpu")

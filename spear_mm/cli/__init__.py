@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
 import sys
 
 import typer
-from rich.console import Console
 from rich.logging import RichHandler
 
 from spear_mm import __version__
+from spear_mm.cli import analyze, demo, evaluate, merge, run, train
+from spear_mm.cli.output import console
 from spear_mm.errors import SpearError
 
 app = typer.Typer(
@@ -20,10 +20,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console(stderr=True)
-
-# Stage modules that add commands to `app` (each defines `register(app)`); missing ones are skipped.
-_COMMAND_MODULES = ["merge", "analyze", "evaluate", "train", "run", "demo"]
 
 
 def _version(value: bool) -> None:
@@ -45,14 +41,8 @@ def _root(
     )
 
 
-for _name in _COMMAND_MODULES:
-    try:
-        _mod = importlib.import_module(f"spear_mm.cli.{_name}")
-    except ModuleNotFoundError as exc:  # a stage not built yet
-        if exc.name != f"spear_mm.cli.{_name}":
-            raise
-        continue
-    _mod.register(app)
+for _module in (merge, analyze, evaluate, train, run, demo):  # each stage's commands; an import error is loud
+    _module.register(app)
 
 
 def main() -> None:

@@ -11,6 +11,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from spear_mm.errors import SpearError
+from spear_mm.io.checkpoint import Checkpoint
+from spear_mm.planning.policies import describe, make_plan, mergekit_yaml, write_freeze_plan
+from spear_mm.scoring.layers import ScoreConfig, analyze
+from spear_mm.scoring.table import ScoreTable
 
 out_console = Console()
 
@@ -96,7 +100,6 @@ def analyze_cmd(
     probe_tokens: int = typer.Option(2048, help="Tokens of the probe text used."),
 ) -> None:
     """Score every layer of ADAPTED against BASE from the weights (and optionally probe text)."""
-    from spear_mm.scoring import ScoreConfig, analyze
 
     if ground_truth and probe is None:
         raise SpearError("--ground-truth needs --probe FILE (general text the NLL is measured on).")
@@ -193,9 +196,6 @@ def plan_cmd(
     ),
 ) -> None:
     """Turn a layer ranking into a restoration plan (reviewable YAML), optionally exported for mergekit/CPT."""
-    from spear_mm.checkpoint import Checkpoint
-    from spear_mm.policies import describe, make_plan, mergekit_yaml, write_freeze_plan
-    from spear_mm.score_table import ScoreTable
 
     table = ScoreTable.load(scores)
     if (base is None) != (adapted is None):

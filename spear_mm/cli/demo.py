@@ -6,19 +6,17 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from spear_mm.cli.output import console, out_console
+from spear_mm.cli.run import progress_bars, results_table
+from spear_mm.demo.run import DemoConfig, run_demo
 from spear_mm.errors import SpearError
-
-out_console = Console()
-_LABELS = {"analyze": "score tensors", "evaluate": "evaluate models", "merge": "write chosen model (bytes)"}
+from spear_mm.report.build import read_results
 
 
 def scores_table(run_dir: Path, summary) -> Table:
     """Every model's score on every task (base, adapted, candidates), beside R and K."""
-    from spear_mm.report import read_results
-
     results = read_results(run_dir)
     entries = {**summary.reference, **summary.candidates}
     order = [n for n in (summary.base, summary.adapted) if n in results]
@@ -72,9 +70,6 @@ def demo_cmd(
     ),
 ) -> None:
     """Run the whole SPEAR-MM story on a real small model: CPT (cached) → score → plan → merge → validate."""
-    from spear_mm.cli import console
-    from spear_mm.demo import DemoConfig, run_demo
-
     try:
         config = DemoConfig(
             quick=quick,
@@ -96,24 +91,8 @@ def demo_cmd(
         )
     except ValueError as exc:
         raise SpearError(f"demo: invalid option — {exc}") from exc
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TimeRemainingColumn())  # fmt: skip
-    bars = Progress(*columns, console=console, transient=False)  # started with the run: CPT has its own bar
-    ids: dict[str, int] = {}
-
-    def progress(stage: str, done: int, total: int) -> None:
-        if not ids:
-            bars.start()
-        if stage not in ids:
-            ids[stage] = bars.add_task(_LABELS.get(stage, stage), total=total)
-        bars.update(ids[stage], completed=done, total=total)
-
-    try:
+    with progress_bars() as progress:
         result = run_demo(out, config, progress=progress, log=console.print)
-    finally:
-        bars.stop()
-    from spear_mm.cli.run import results_table
-
     summary = result.summary
     wide = out_console if out_console.is_terminal else Console(width=160)  # logs and CI: not squeezed into 80
     wide.print(scores_table(result.run_dir, summary))

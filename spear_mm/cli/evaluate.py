@@ -9,7 +9,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from spear_mm.cli.output import console
 from spear_mm.errors import SpearError
+from spear_mm.evaluation import evaluate, load_tasks
+from spear_mm.evaluation.metrics import tradeoff
+from spear_mm.report.build import write_report
 
 out_console = Console()
 
@@ -27,7 +31,6 @@ def _names(models: list[Path]) -> list[str]:
 
 
 def _table(results: list, base: str | None, adapted: str | None) -> Table:
-    from spear_mm.metrics import tradeoff
 
     table = Table(title="evaluation (score ± stderr; majority-class baseline for multiple choice)")
     table.add_column("task")
@@ -73,8 +76,6 @@ def evaluate_cmd(
     skip_missing: bool = typer.Option(False, "--skip-missing", help="Skip tasks whose data file is absent."),
 ) -> None:
     """Evaluate MODELS on the general and domain suites (same items for every model) and save the results."""
-    from spear_mm.cli import console
-    from spear_mm.evaluation import evaluate, load_tasks
 
     if backend not in {"builtin", "lm-eval"}:
         raise SpearError(f"--backend {backend!r}: use builtin or lm-eval")
@@ -123,7 +124,6 @@ def report_cmd(
     chosen: str | None = typer.Option(None, help="Candidate to circle as chosen (default: summary.json)."),
 ) -> None:
     """Write report.md and a self-contained report.html (figures embedded) for a run folder."""
-    from spear_mm.report import write_report
 
     md, html = write_report(run_dir, out_dir=out, base=base, adapted=adapted, chosen=chosen)
     out_console.print(f"wrote {md} and {html}")

@@ -19,12 +19,15 @@ from rich.progress import (
 from rich.table import Table
 
 from spear_mm.errors import SpearError
+from spear_mm.io.architecture import for_model_type, num_layers_of
+from spear_mm.io.checkpoint import Checkpoint, open_pair
+from spear_mm.merging.merge import build_tasks, merge, resolve_device
+from spear_mm.planning.plan import Plan
 
 out_console = Console()
 
 
 def _resolve_plan(plan_file: Path | None, t: float | None, num_layers: int, all_tensors: bool):
-    from spear_mm.plan import Plan
 
     if (plan_file is None) == (t is None):
         raise SpearError("give exactly one of --plan plan.yaml or --t T (the weight of the base, 0..1).")
@@ -50,8 +53,6 @@ def merge_cmd(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the action and t of every tensor; write nothing."),
 ) -> None:
     """Merge ADAPTED back toward BASE where the plan says (SLERP per tensor) and write an HF model folder."""
-    from spear_mm.checkpoint import open_pair
-    from spear_mm.merge import build_tasks, merge, resolve_device
 
     resolve_device(device)
     pair = open_pair(base, adapted, allow_vocab_extension=allow_vocab_extension)
@@ -117,8 +118,6 @@ def merge_cmd(
 
 def inspect_cmd(model: Path = typer.Argument(..., help="A Hugging Face model folder.")) -> None:
     """Print layers, module types, dtypes and sizes of a checkpoint (reads headers only)."""
-    from spear_mm.architecture import for_model_type, num_layers_of
-    from spear_mm.checkpoint import Checkpoint
 
     ckpt = Checkpoint.open(model)
     arch = for_model_type(ckpt.model_type)

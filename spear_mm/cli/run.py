@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from spear_mm.errors import SpearError
+from spear_mm.cli.output import console, out_console
+from spear_mm.pipeline.config import RunConfig
+from spear_mm.pipeline.run import run
+from spear_mm.pipeline.summary import RunSummary
+from spear_mm.progress import ProgressEvent
 
-out_console = Console()
 _LABELS = {"analyze": "score tensors", "evaluate": "evaluate models", "merge": "write chosen model (bytes)"}
 
 
@@ -33,30 +36,35 @@ def results_table(summary) -> Table:
 
 
 def run_cmd(
-    base: Path = typer.Argument(..., help="Base model folder (before CPT)."),
-    adapted: Path = typer.Argument(..., help="Adapted model folder (after CPT)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Run folder (created; a re-run resumes it)."),
+    base: str | None = typer.Argument(None, help="Base model folder (before CPT); or base: in --config."),
+    adapted: str | None = typer.Argument(None, help="Adapted model folder (after CPT); or adapted: in --config."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Run folder (created; a re-run resumes it)."),
+    config: Path | None = typer.Option(
+        None, "--config", "-c", help="A run.yaml (every option below; RUN/run.yaml of a run re-runs it). Flags win."
+    ),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="Folder with the suites' data files."),
-    suite: str = typer.Option("general,domain", "--suite", "-s", help="general,domain | demo | a suite .yaml."),
-    policies: str = typer.Option(
-        "conservative,balanced,aggressive", "--policies", help="Comma-separated presets and/or plan .yaml files."
+    suite: str | None = typer.Option(None, "--suite", "-s", help="general,domain (default) | demo | a suite .yaml."),
+    policies: str | None = typer.Option(
+        None, "--policies", help="Comma-separated presets and/or plan .yaml files [conservative,balanced,aggressive]."
     ),
     sweep: str | None = typer.Option(
         None, "--sweep", help="Fractions × t grid, e.g. 'f=0.1,0.25,0.5;t=0.5,0.7,0.9' ('default' for that grid)."
     ),
-    no_baselines: bool = typer.Option(False, "--no-baselines", help="Skip uniform SLERP, task arithmetic, TIES."),
+    baselines: bool | None = typer.Option(
+        None, "--baselines/--no-baselines", help="Uniform SLERP, task arithmetic, TIES [on]."
+    ),
     target_retention: float | None = typer.Option(
         None, "--target-retention", help="Choose the most K among models with R ≥ this (e.g. 0.9)."
     ),
-    choose_from: str = typer.Option("all", "--choose-from", help="all (plans, sweep, baselines, CPT) | plans."),
+    choose_from: str | None = typer.Option(None, "--choose-from", help="all (plans, sweep, baselines, CPT) | plans."),
     limit: int | None = typer.Option(None, "--limit", help="Items per task (seeded, stratified by label)."),
-    seed: int = typer.Option(0, help="Seed of the --limit sample."),
-    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
+    seed: int | None = typer.Option(None, help="Seed of the --limit sample [0]."),
+    device: str | None = typer.Option(None, help="cpu (default), cuda or cuda:N."),
     threads: int | None = typer.Option(None, help="Torch CPU threads per evaluation (default: torch's choice)."),
     workers: int | None = typer.Option(None, "--workers", "-j", help="Executor workers (process / ray)."),
-    batch_size: int = typer.Option(16, "--batch-size", help="Items per evaluation batch."),
-    keep_all: bool = typer.Option(False, "--keep-all", help="Write every candidate to RUN/models/ (disk!)."),
-    executor: str = typer.Option("local", "--executor", help="local | process | ray."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Items per evaluation batch [16]."),
+    keep_all: bool | None = typer.Option(None, "--keep-all", help="Write every candidate to RUN/models/ (disk!)."),
+    executor: str | None = typer.Option(None, "--executor", help="local (default) | process | ray."),
     ray_address: str | None = typer.Option(None, "--ray-address", help="Ray cluster address (with --executor ray)."),
     cpt_cost_seconds: float | None = typer.Option(
         None, "--cpt-cost-seconds", help="Cost of one CPT run (default: ADAPTED/cost.json from spear-mm cpt)."
@@ -64,47 +72,50 @@ def run_cmd(
     title: str | None = typer.Option(None, help="Report title."),
 ) -> None:
     """Score, plan, merge, validate and choose for one base/adapted pair; writes RUN/report.html."""
-    from spear_mm.cli import console
-    from spear_mm.pipeline import run
-
+    options = dict(base=base, adapted=adapted, out=out, data_dir=data_dir, suites=suite, policies=policies,
+                   sweep=sweep, baselines=baselines, target_retention=target_retention, choose_from=choose_from,
+                   limit=limit, seed=seed, device=device, threads=threads, workers=workers, batch_size=batch_size,
+                   keep_all=keep_all, executor=executor, ray_address=ray_address, cpt_cost_seconds=cpt_cost_seconds,
+                   title=title)  # fmt: skip
+    run_config = RunConfig.build(config, **options)
     _quiet_per_model_logs()
-    if executor not in ("local", "process", "ray"):
-        raise SpearError(f"--executor {executor!r}: use local, process or ray.")
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TimeRemainingColumn())  # fmt: skip
-    with Progress(*columns, console=console, transient=False) as bars:
-        ids: dict[str, int] = {}
+    with progress_bars() as progress:
+        summary = run(config=run_config, progress=progress)
+    print_summary(summary)
 
-        def progress(stage: str, done: int, total: int) -> None:
-            key, label = ("items", "  " + stage.removeprefix("items ")) if stage.startswith("items ") else (stage, "")
-            if key not in ids:
-                ids[key] = bars.add_task(_LABELS.get(key, label or key), total=total)
-            bars.update(ids[key], completed=done, total=total, **({"description": label} if label else {}))
 
-        summary = run(
-            base,
-            adapted,
-            out,
-            suites=suite,
-            data_dir=data_dir,
-            policies=tuple(p.strip() for p in policies.split(",") if p.strip()),
-            sweep=sweep,
-            baselines=not no_baselines,
-            target_retention=target_retention,
-            choose_from=choose_from,
-            limit=limit,
-            seed=seed,
-            device=device,
-            threads=threads,
-            workers=workers,
-            batch_size=batch_size,
-            keep_all=keep_all,
-            executor=executor,
-            ray_address=ray_address,
-            cpt_cost_seconds=cpt_cost_seconds,
-            title=title,
-            progress=progress,
-        )
+def progress_bars():
+    """A context manager yielding a `ProgressCallback` that draws the run's stages as rich bars."""
+    return _Bars()
+
+
+class _Bars:
+    """Rich bars, started at the first event (so a CPT or conversion before it keeps its own output)."""
+
+    def __enter__(self):
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TimeRemainingColumn())  # fmt: skip
+        self.bars = Progress(*columns, console=console, transient=False)
+        self.ids: dict[str, int] = {}
+        return self.update
+
+    def update(self, event: ProgressEvent) -> None:
+        label = "  " + event.label if event.stage == "items" else ""
+        if not self.ids:
+            self.bars.start()
+        if event.stage not in self.ids:
+            self.ids[event.stage] = self.bars.add_task(
+                label or _LABELS.get(event.stage, event.stage), total=event.total
+            )
+        extra = {"description": label} if label else {}
+        self.bars.update(self.ids[event.stage], completed=event.done, total=event.total, **extra)
+
+    def __exit__(self, *exc) -> None:
+        self.bars.stop()
+
+
+def print_summary(summary: RunSummary) -> None:
+    """The results table, cost line, skipped tasks, chosen model and report path of a finished run."""
     out_console.print(results_table(summary))
     c = summary.cost
     ratio = f"; ratio to one CPT run {c.ratio:.3f}" if c.ratio is not None else " (no CPT cost known)"
@@ -118,8 +129,6 @@ def run_cmd(
 
 def _quiet_per_model_logs() -> None:
     """One line per task and model, and transformers' loading bars, drown the run's bars: keep them for -v."""
-    import logging
-
     if logging.getLogger().level > logging.DEBUG:
         logging.getLogger("spear_mm.evaluation").setLevel(logging.WARNING)
         from transformers.utils import logging as hf_logging

@@ -9,6 +9,8 @@ from rich.console import Console
 from rich.table import Table
 
 from spear_mm.errors import SpearError
+from spear_mm.io.llama2c import convert_llama2c
+from spear_mm.training.cpt import CptConfig, cpt
 
 out_console = Console()
 
@@ -46,7 +48,6 @@ def cpt_cmd(
     force: bool = typer.Option(False, "--force", "--overwrite", help="Replace an existing OUT when done."),
 ) -> None:
     """Continually pre-train BASE on the corpus with the Hugging Face Trainer; writes OUT with cost.json."""
-    from spear_mm.training import CptConfig, cpt
 
     files = [*(corpus or []), *(more_corpus or [])]
     if not files:
@@ -99,7 +100,6 @@ def convert_llama2c_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Output Hugging Face folder (must not exist)."),
 ) -> None:
     """Convert a llama2.c checkpoint and tokenizer into a Hugging Face Llama folder."""
-    from spear_mm.llama2c import convert_llama2c
 
     out_console.print(f"wrote {convert_llama2c(checkpoint, tokenizer, out)}")
 

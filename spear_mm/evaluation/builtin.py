@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import inspect
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,10 +20,9 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from spear_mm.evaluation import generation
+from spear_mm.evaluation.generation import Advance
 
 log = logging.getLogger(__name__)
-
-Advance = Callable[[int], None]
 
 
 def _noop(_: int) -> None:

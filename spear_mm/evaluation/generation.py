@@ -9,16 +9,32 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import torch
 from transformers import GenerationConfig
 
-if TYPE_CHECKING:
-    from spear_mm.evaluation.builtin import Advance, Engine
-
 log = logging.getLogger(__name__)
+Advance = Callable[[int], None]  # called with the number of items just finished
+
+
+class Engine(Protocol):
+    """What generation needs of the built-in back end's `Engine` (spear_mm.evaluation.builtin)."""
+
+    model: Any
+    tokenizer: Any
+    device: torch.device
+    batch_size: int
+    max_length: int
+    pad_id: int
+    forward_tokens: int
+    mc_strategy: str
+
+    _cache_arg: str | None  # the model's keyword for a KV cache, if it takes one
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]: ...
+
 
 MIN_SHARED_PREFIX = 32  # tokens: below this, sharing is not worth a cache copy per batch
 

@@ -22,10 +22,10 @@ import yaml
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from spear_mm.errors import SpearError
-from spear_mm.evaluation import scoring
+from spear_mm.evaluation import aggregate
 from spear_mm.evaluation.builtin import Engine, model_max_length
+from spear_mm.evaluation.metrics import TaskResult
 from spear_mm.evaluation.tasks import GenItem, LoadedTask, MCItem, TextItem
-from spear_mm.metrics import TaskResult
 
 log = logging.getLogger(__name__)
 
@@ -173,15 +173,15 @@ def _to_result(task: LoadedTask, samples: list[dict[str, Any]], seconds: float, 
         items = [i for i in task.items if isinstance(i, MCItem)]
         ctx, conts = counter.encode_pairs([i.context for i in items], [i.choices for i in items])
         tokens = sum(len(c) * len(cs) + sum(map(len, cs)) for c, cs in zip(ctx, conts, strict=True))
-        return scoring.mc_result(task, lls, seconds, tokens)
+        return aggregate.mc_result(task, lls, seconds, tokens)
     if kind == "perplexity":
         nll = [-float(_scalar(s["filtered_resps"])) for s in samples]
         n_tokens = [len(t) for t in counter.encode([i.text for i in task.items if isinstance(i, TextItem)])]
-        return scoring.ppl_result(task, nll, n_tokens, seconds)
+        return aggregate.ppl_result(task, nll, n_tokens, seconds)
     outputs = [str(_scalar(s["filtered_resps"])) for s in samples]
     prompts = [i.prompt for i in task.items if isinstance(i, GenItem)]
     generated = sum(map(len, counter.encode(outputs, special=False)))
-    return scoring.gen_result(task, outputs, seconds, sum(map(len, counter.encode(prompts))) + generated)
+    return aggregate.gen_result(task, outputs, seconds, sum(map(len, counter.encode(prompts))) + generated)
 
 
 def _scalar(value: Any) -> Any:

@@ -15,11 +15,12 @@ import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from spear_mm.errors import SpearError
-from spear_mm.evaluation import scoring
+from spear_mm.evaluation import aggregate
 from spear_mm.evaluation.builtin import Advance, Engine
+from spear_mm.evaluation.lm_eval_backend import run_lm_eval
+from spear_mm.evaluation.metrics import EvalResult, TaskResult
 from spear_mm.evaluation.suites import load_tasks
 from spear_mm.evaluation.tasks import GenItem, LoadedTask, MCItem, TextItem
-from spear_mm.metrics import EvalResult, TaskResult
 
 log = logging.getLogger(__name__)
 
@@ -89,10 +90,10 @@ def run_builtin(engine: Engine, task: LoadedTask, advance: Advance) -> TaskResul
         tokens = sum(map(len, engine.encode(prompts))) + generated
     seconds, fwd = time.perf_counter() - start, engine.forward_tokens - fwd0
     if spec.kind == "multiple_choice":
-        return scoring.mc_result(task, lls, seconds, tokens, forward_tokens=fwd)
+        return aggregate.mc_result(task, lls, seconds, tokens, forward_tokens=fwd)
     if spec.kind == "perplexity":
-        return scoring.ppl_result(task, nll, [len(d) for d in docs], seconds, forward_tokens=fwd)
-    return scoring.gen_result(task, outputs, seconds, tokens, forward_tokens=fwd)
+        return aggregate.ppl_result(task, nll, [len(d) for d in docs], seconds, forward_tokens=fwd)
+    return aggregate.gen_result(task, outputs, seconds, tokens, forward_tokens=fwd)
 
 
 def evaluate(
@@ -149,8 +150,6 @@ def evaluate(
     with prepared(model, device, dtype, threads):
         result.dtype = str(model.dtype).removeprefix("torch.")
         if backend == "lm-eval":
-            from spear_mm.evaluation.lm_eval_backend import run_lm_eval
-
             result.tasks = run_lm_eval(
                 model, tokenizer, loaded, device=device, batch_size=batch_size, max_length=max_length, progress=progress
             )

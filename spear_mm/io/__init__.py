@@ -1,0 +1,1 @@
+"""Reading and writing checkpoints: lazy tensor access, pair validation, the architecture map, atomic output folders."""

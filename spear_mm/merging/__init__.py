@@ -1,0 +1,1 @@
+"""Step 4, merge: merge methods, the streaming per-tensor loop, buffers and the model card."""

@@ -1,0 +1,1 @@
+"""`spear-mm run`: the whole loop as resumable steps (candidates, jobs, selection, summary)."""

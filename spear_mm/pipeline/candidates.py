@@ -1,0 +1,161 @@
+"""The configurations a run compares: SPEAR-MM policy plans, an optional fraction × t sweep, and the baselines.
+
+Every candidate is a named `Plan`; names are stable so a re-run finds its earlier results:
+    conservative | balanced | aggressive      policy presets (spear_mm.planning.policies)
+    <file stem>                               a plan YAML passed as a policy
+    sweep-f<fraction>-t<t>                    top-`fraction` layers restored with SLERP factor t
+    uniform-t<t>                              every tensor SLERPed with the same t (WiSE-FT style)
+    task-arith-l<λ>                           base + λ·(adapted − base) on every tensor
+    ties-d<density>                           base + the top-`density` |ΔW| entries of every tensor (TIES trim)
+The plain-CPT baseline is the adapted model itself (evaluated as `adapted`).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from spear_mm.errors import SpearError
+from spear_mm.planning.plan import Plan, Provenance
+from spear_mm.planning.policies import PRESETS, make_plan
+from spear_mm.scoring.table import ScoreTable
+
+Kind = Literal["policy", "sweep", "baseline"]
+UNIFORM_TS = (0.25, 0.5, 0.75)
+TASK_ARITHMETIC_LAMBDAS = (0.5, 0.75)
+TIES_DENSITY = 0.2
+N_BASELINES = len(UNIFORM_TS) + len(TASK_ARITHMETIC_LAMBDAS) + 1  # + TIES
+DEFAULT_SWEEP = {"fractions": (0.1, 0.25, 0.5), "t": (0.5, 0.7, 0.9)}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One configuration to merge and evaluate."""
+
+    name: str
+    kind: Kind
+    plan: Plan
+    description: str
+
+
+def _num(x: float) -> str:
+    return f"{x:g}"
+
+
+def policy_candidates(scores: ScoreTable, policies: Sequence[str]) -> list[Candidate]:
+    """Plans of the named policies (presets), or plan YAML files given by path (named by their stem)."""
+
+    out = []
+    for policy in policies:
+        path = Path(policy).expanduser()
+        if policy.endswith((".yaml", ".yml")):
+            plan = Plan.load(path)
+            if plan.num_layers != scores.num_layers:
+                raise SpearError(
+                    f"{path}: the plan is for {plan.num_layers} layers, the model has {scores.num_layers}. "
+                    "Make it from this pair's scores (spear-mm plan)."
+                )
+            out.append(Candidate(path.stem, "policy", plan, f"plan file {path.name}: {plan.summary()}"))
+            continue
+        if policy not in PRESETS:
+            raise SpearError(
+                f"unknown policy '{policy}': use {', '.join(PRESETS)} or the path of a plan YAML file "
+                "(spear-mm plan writes one)."
+            )
+        plan = make_plan(scores, policy)
+        fraction, t = PRESETS[policy]
+        how = f"t={_num(t)}" if policy != "aggressive" else "t=0.9 for the top quarter, 0.6 for the rest"
+        out.append(Candidate(policy, "policy", plan, f"SPEAR-MM {policy}: top {fraction:.0%} of layers, {how}"))
+    return out
+
+
+def parse_sweep(sweep: str | Mapping[str, Sequence[float]] | bool | None) -> dict[str, tuple[float, ...]] | None:
+    """`"f=0.1,0.25;t=0.5,0.9"`, a mapping {fractions, t}, True (the default grid) or None (no sweep)."""
+    if sweep is None or sweep is False:
+        return None
+    if sweep is True or sweep == "default":
+        return {k: tuple(v) for k, v in DEFAULT_SWEEP.items()}
+    if isinstance(sweep, str):
+        parts: dict[str, list[str]] = {}
+        for chunk in sweep.replace(" ", "").split(";"):
+            key, sep, values = chunk.partition("=")
+            if not sep or not values:
+                raise SpearError(f"--sweep '{sweep}': write it as 'f=0.1,0.25,0.5;t=0.5,0.7,0.9'.")
+            parts[{"f": "fractions", "fraction": "fractions"}.get(key, key)] = values.split(",")
+        sweep = parts
+    unknown = set(sweep) - {"fractions", "t"}
+    if unknown:
+        raise SpearError(f"--sweep: unknown key(s) {sorted(unknown)}; use f (fractions of layers) and t.")
+    try:
+        grid = {k: tuple(float(v) for v in sweep.get(k, DEFAULT_SWEEP[k])) for k in ("fractions", "t")}
+    except ValueError as exc:
+        raise SpearError(f"--sweep: not a number ({exc}).") from None
+    for k, values in grid.items():
+        if not values or any(not 0.0 < v <= 1.0 for v in values):
+            raise SpearError(f"--sweep {k}: values must lie in (0, 1], got {list(values)}.")
+    return grid
+
+
+def sweep_candidates(scores: ScoreTable, grid: Mapping[str, Sequence[float]] | None) -> list[Candidate]:
+    """One plan per (fraction, t): the top `fraction` of layers by impact restored with SLERP factor t."""
+
+    if not grid:
+        return []
+    out = []
+    for fraction, t in itertools.product(grid["fractions"], grid["t"]):
+        plan = make_plan(scores, "fraction", fraction=fraction, t=t)
+        name = f"sweep-f{_num(fraction)}-t{_num(t)}"
+        out.append(Candidate(name, "sweep", plan, f"top {fraction:.0%} of layers, SLERP t={_num(t)}"))
+    return out
+
+
+def baseline_candidates(num_layers: int, provenance: Mapping[str, str | None] | None = None) -> list[Candidate]:
+    """Uniform SLERP, task arithmetic and a TIES-trimmed delta, applied to every tensor (embeddings included)."""
+    prov = dict(provenance or {})
+
+    def uniform(t: float, policy: str, params: dict, **kw) -> Plan:
+        return Plan.uniform(
+            t, num_layers, include_non_layers=True, provenance=Provenance(policy=policy, params=params, **prov), **kw
+        )
+
+    out = [
+        Candidate(
+            f"uniform-t{_num(t)}",
+            "baseline",
+            uniform(t, "uniform", {"t": t}),
+            f"uniform SLERP of every tensor, t={_num(t)} (WiSE-FT style)",
+        )
+        for t in UNIFORM_TS
+    ]
+    out += [
+        Candidate(
+            f"task-arith-l{_num(lam)}",
+            "baseline",
+            uniform(1.0 - lam, "task_arithmetic", {"lambda": lam}, method="task_arithmetic"),
+            f"task arithmetic: base + {_num(lam)}·(adapted − base)",
+        )
+        for lam in TASK_ARITHMETIC_LAMBDAS
+    ]
+    out.append(
+        Candidate(
+            f"ties-d{_num(TIES_DENSITY)}",
+            "baseline",
+            uniform(0.0, "ties", {"density": TIES_DENSITY}, method="ties", density=TIES_DENSITY),
+            f"TIES-style trimmed delta: base + the top {TIES_DENSITY:.0%} |ΔW| entries of every tensor",
+        )
+    )
+    return out
+
+
+def check_unique(candidates: Sequence[Candidate]) -> None:
+    seen: set[str] = {"base", "adapted"}
+    for c in candidates:
+        if c.name in seen:
+            raise SpearError(
+                f"two candidates are named '{c.name}' (or a plan file is named like a reserved model); "
+                "rename the plan file."
+            )
+        seen.add(c.name)

@@ -1,0 +1,99 @@
+"""`RunConfig`: every choice of one `spear-mm run`, as one strict, reproducible value.
+
+The CLI (`spear-mm run --config run.yaml`, flags override the file), the Python API (`run(..., config=...)` or
+keyword arguments) and the pipeline all share it; the run folder keeps the resolved copy as `RUN/run.yaml`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from spear_mm.errors import SpearError
+from spear_mm.executors import KINDS
+from spear_mm.io.files import atomic_write_text, read_text
+from spear_mm.scoring.table import ScoreConfig
+
+ExecutorKind = Literal["local", "process", "ray"]
+assert set(KINDS) == {"local", "process", "ray"}
+
+
+class RunConfig(BaseModel):
+    """What to compare and how to choose. Paths are kept as written (relative to the working folder)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base: str = Field(description="base model folder (before CPT)")
+    adapted: str = Field(description="adapted model folder (after CPT)")
+    out: str | None = Field(None, description="run folder (created; a re-run resumes it)")
+    suites: str | list[Any] = Field("general,domain", description="'general,domain', 'demo', a suite YAML, or tasks")
+    data_dir: str | None = Field(None, description="folder with the suites' data files")
+    policies: list[str] = Field(["conservative", "balanced", "aggressive"], description="presets or plan YAML files")
+    sweep: str | bool | None = Field(None, description="fractions × t grid, e.g. 'f=0.1,0.25;t=0.5,0.9', or true")
+    baselines: bool = Field(True, description="uniform SLERP, task arithmetic and TIES baselines")
+    target_retention: float | None = Field(None, gt=0, le=2, description="choose the most K among R ≥ this")
+    choose_from: Literal["all", "plans"] = "all"
+    limit: int | None = Field(None, ge=1, description="items per task (seeded, stratified by label)")
+    seed: int = 0
+    device: str = "cpu"
+    threads: int | None = Field(None, ge=1, description="torch CPU threads per evaluation")
+    workers: int | None = Field(None, ge=1, description="executor workers (process / ray)")
+    batch_size: int = Field(16, ge=1)
+    keep_all: bool = Field(False, description="write every candidate to RUN/models/")
+    executor: ExecutorKind = "local"
+    ray_address: str | None = None
+    cpt_cost_seconds: float | None = Field(None, gt=0, description="cost of one CPT run (default: cost.json)")
+    scoring: ScoreConfig = Field(default_factory=ScoreConfig)
+    title: str | None = None
+    report: bool = True
+
+    @field_validator("policies", mode="before")
+    @classmethod
+    def _split_policies(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return [p.strip() for p in v.split(",") if p.strip()]
+        return list(v) if isinstance(v, tuple) else v
+
+    @field_validator("base", "adapted", "out", "data_dir", mode="before")
+    @classmethod
+    def _path_str(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, Path) else v
+
+    @classmethod
+    def build(cls, source: str | Path | None = None, /, **overrides: Any) -> RunConfig:
+        """A config from an optional YAML file, then `overrides` (None values leave the file's value).
+
+        Args:
+            source: a run.yaml written by hand or kept by an earlier run (RUN/run.yaml).
+            overrides: field values, e.g. from CLI flags.
+        Returns:
+            The validated config. Raises SpearError naming the file and field on any mistake.
+        """
+        data: dict[str, Any] = {}
+        if source is not None:
+            text = read_text(Path(source), what="run config")
+            try:
+                loaded = yaml.safe_load(text)
+            except yaml.YAMLError as exc:
+                raise SpearError(f"{source}: not valid YAML ({exc}).") from exc
+            if not isinstance(loaded, dict):
+                raise SpearError(f"{source}: a run config is a mapping of fields (base:, adapted:, suites:, …).")
+            data = loaded
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            where = f"{source}" if source is not None else "run options"
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(top)'}: {e['msg']}" for e in exc.errors())
+            raise SpearError(f"{where}: {problems}. Fields: {', '.join(cls.model_fields)}.") from exc
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+    def save(self, path: Path) -> Path:
+        atomic_write_text(path, "# the resolved configuration of this run: `spear-mm run --config` re-runs it\n"
+                          + self.to_yaml())  # fmt: skip
+        return path

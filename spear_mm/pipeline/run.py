@@ -1,0 +1,367 @@
+"""`spear-mm run`: the whole SPEAR-MM loop in one resumable call.
+
+    open pair → analyze (scores/) → plans (plans/) → evaluate base, adapted and every candidate, merged in
+    memory, on the same items (eval/) → R, K, Pareto front → choose → write the chosen model (models/)
+    → summary.json → report.md / report.html
+
+Every step's output has a `.step` sidecar with the content hash of its inputs; a re-run skips what is
+finished (see spear_mm/pipeline/steps.py and docs/pipeline.md). Candidate evaluations go through an executor
+(in process, a process pool or Ray) and each result is saved the moment it arrives.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from spear_mm.errors import SpearError
+from spear_mm.evaluation import load_tasks
+from spear_mm.evaluation.metrics import EvalResult
+from spear_mm.executors import make_executor
+from spear_mm.io.checkpoint import open_pair
+from spear_mm.io.writer import check_free_space, check_output
+from spear_mm.merging.merge import merge
+from spear_mm.pipeline.candidates import (
+    N_BASELINES,
+    Candidate,
+    baseline_candidates,
+    check_unique,
+    parse_sweep,
+    policy_candidates,
+    sweep_candidates,
+)
+from spear_mm.pipeline.config import RunConfig
+from spear_mm.pipeline.context import RunContext
+from spear_mm.pipeline.jobs import (
+    CandidateJob,
+    CandidateResult,
+    ItemProgress,
+    clear_caches,
+    evaluate_candidate,
+    plan_effect_hash,
+    plan_hash,
+    tasks_hash,
+)
+from spear_mm.pipeline.steps import StepRecord, Steps, content_key, sidecar
+from spear_mm.pipeline.summary import RunSummary, StageCost, cpt_cost, report_tables, summarise
+from spear_mm.planning.plan import Plan
+from spear_mm.progress import ProgressCallback
+from spear_mm.report.build import write_report
+from spear_mm.scoring.layers import analyze
+from spear_mm.scoring.table import ScoreTable
+
+log = logging.getLogger(__name__)
+__all__ = ["RunConfig", "RunSummary", "run"]
+
+
+def run(
+    base: str | Path | None = None,
+    adapted: str | Path | None = None,
+    out: str | Path | None = None,
+    *,
+    config: RunConfig | str | Path | None = None,
+    progress: ProgressCallback | None = None,
+    **options: Any,
+) -> RunSummary:
+    """Score, plan, merge, validate and choose for one base/adapted pair; everything lands in `out` (resumable).
+
+    Args:
+        base, adapted, out: the pair and the run folder (override the config's values when given).
+        config: a `RunConfig`, or the path of a run.yaml; `options` override its fields (see `RunConfig`:
+            suites, policies, sweep, baselines, target_retention, limit, device, executor, …).
+        progress: called with a `ProgressEvent` for the stages analyze, evaluate, items and merge.
+    Returns:
+        The `RunSummary` (also RUN/summary.json); RUN/run.yaml keeps the resolved config.
+
+    Example:
+        >>> run("base/", "adapted/", "run/", data_dir="data/", target_retention=0.9)  # doctest: +SKIP
+    """
+    given = {k: v for k, v in dict(base=base, adapted=adapted, out=out, **options).items() if v is not None}
+    if isinstance(config, RunConfig):
+        config = RunConfig.model_validate({**config.model_dump(), **given})
+    else:
+        config = RunConfig.build(config, **given)
+    if config.out is None:
+        raise SpearError("no run folder: pass -o/--out (or out: in the run config).")
+    started = time.perf_counter()
+    run_dir, stages = Path(config.out).expanduser().resolve(), []
+    clock = time.perf_counter()
+    pair = open_pair(config.base, config.adapted)  # different families or mismatched tensors fail here
+    check_output(run_dir, [pair.base.path, pair.adapted.path], force=True)
+    ctx = RunContext(config, pair, run_dir, Steps(run_dir), pair.base.fingerprint(), pair.adapted.fingerprint(),
+                     progress)  # fmt: skip
+    grid = parse_sweep(config.sweep)
+    tasks, skipped = _load_tasks(config)
+    n_candidates = len(config.policies) + (len(grid["fractions"]) * len(grid["t"]) if grid else 0)
+    n_candidates += N_BASELINES * config.baselines
+    check_free_space(run_dir, pair.adapted.nbytes * (n_candidates if config.keep_all else 1))
+    config.save(run_dir / "run.yaml")
+    stages.append(StageCost(name="open pair + load tasks", seconds=time.perf_counter() - clock, device="cpu"))
+    ctx.steps.event("run", "started", base=str(pair.base.path), adapted=str(pair.adapted.path))
+    gpus = (1 if config.device.startswith("cuda") else 0) if config.executor == "ray" else None
+    with _LazyExecutor(config.executor, config.workers, config.ray_address, gpus) as ex:
+        scores, stage = _analyze(ctx, ex)
+        stages.append(stage)
+        prov = {"base": ctx.fp_b, "adapted": ctx.fp_a}
+        candidates = policy_candidates(scores, config.policies) + sweep_candidates(scores, grid)
+        candidates += baseline_candidates(pair.num_layers, prov) if config.baselines else []
+        check_unique(candidates)
+        candidates = _write_plans(ctx, candidates, scores)
+        results, stage = _evaluate(ctx, _jobs(ctx, candidates, tasks), tasks, skipped, ex)
+    stages.append(stage)
+
+    summary = summarise(ctx, candidates, results, stages, skipped, suites=_suite_label(config.suites),
+                        cpt=cpt_cost(pair.adapted.path, config.cpt_cost_seconds))  # fmt: skip
+    summary.stages.append(_write_models(ctx, candidates, summary.chosen))
+    summary.chosen_model_path = (
+        str(run_dir / "models" / summary.chosen)
+        if summary.chosen in {c.name for c in candidates}
+        else str(pair.adapted.path)
+        if summary.chosen == "adapted"
+        else None
+    )
+    summary.tables = report_tables(summary)
+    if config.report:
+        summary.report_html, summary.report_md = str(run_dir / "report.html"), str(run_dir / "report.md")
+    summary.seconds = round(time.perf_counter() - started, 3)
+    summary.save(run_dir / "summary.json")
+    if config.report:
+        write_report(run_dir)
+    ctx.steps.event("run", "finished", time.perf_counter() - started, chosen=summary.chosen)
+    return summary
+
+
+# -- stages ----------------------------------------------------------------------------------------------------
+def _load_tasks(config: RunConfig):
+    suites = config.suites
+    skipped: dict[str, str] = {}
+    tasks = load_tasks(suites, config.data_dir, config.limit, config.seed, skip_missing=True, skipped=skipped)
+    if not tasks:
+        raise SpearError(
+            f"no task to evaluate: the data of every task of '{suites}' is missing "
+            f"({'; '.join(skipped.values())}). Pass --data-dir with the suite files, or another --suite."
+        )
+    groups = {t.spec.group for t in tasks}
+    for group, what in (("general", "general retention R"), ("domain", "domain gain kept K")):
+        if group not in groups:
+            log.warning("no %s task left to evaluate: %s is undefined and no model can be chosen", group, what)
+    return tuple(tasks), skipped
+
+
+def _analyze(ctx: RunContext, ex: _LazyExecutor) -> tuple[ScoreTable, StageCost]:
+    device, steps, pair = ctx.config.device, ctx.steps, ctx.pair
+    config = ctx.config.scoring.model_copy(update={"device": device})
+    out = ctx.run_dir / "scores"
+    key = content_key(base=ctx.fp_b, adapted=ctx.fp_a, config=config.model_dump(mode="json"))
+    record = steps.finished(out, key, out / "scores.json")
+    if record is not None:
+        steps.skipped("analyze", record)
+        return ScoreTable.load(out), StageCost(name="analyze", seconds=record.seconds, device=device, status="skipped")
+    started = time.perf_counter()
+    cb = (lambda _name, done, total: ctx.report("analyze", done, total)) if ctx.progress else None
+    if ex.kind == "ray":
+        ex.get()  # start Ray once: scoring attaches to it, evaluation reuses it
+    where = {} if ex.kind == "local" else {"executor": ex.kind, "ray_address": ex.ray_address, "workers": ex.workers}
+    table = analyze(pair.base.path, pair.adapted.path, out, device=device, config=config, progress=cb, **where)
+    seconds = round(time.perf_counter() - started, 4)  # as recorded, so a resumed run reports the same costs
+    steps.record(out, "analyze", key, seconds, device, tensors=len(table.modules))
+    return table, StageCost(name="analyze", seconds=seconds, device=device, detail=f"{len(table.modules)} tensors")
+
+
+def _write_plans(ctx: RunContext, candidates: list[Candidate], scores: ScoreTable) -> list[Candidate]:
+    """plans/<name>.yaml. A plan file whose generating inputs are unchanged is kept as it is — including a
+    user's edits, which then change the candidate's evaluation key; a stale edited file is backed up first."""
+    out, steps = [], ctx.steps
+    for c in candidates:
+        path = ctx.run_dir / "plans" / f"{c.name}.yaml"
+        key = content_key(plan=plan_hash(c.plan))
+        record = steps.finished(path, key)
+        if record is not None:
+            plan = Plan.load(path)
+            if plan_hash(plan) != record.extra.get("plan_hash"):
+                log.info("plans/%s.yaml was edited by hand: evaluating the edited plan", c.name)
+            out.append(Candidate(c.name, c.kind, plan, c.description))
+            continue
+        old = steps.finished(path, _any_key(path)) if path.exists() else None
+        if old is not None and plan_hash(Plan.load(path)) != old.extra.get("plan_hash"):
+            backup = path.with_name(f"{c.name}.edited-{int(time.time())}.yaml")
+            shutil.copy2(path, backup)
+            log.warning("plans/%s.yaml had hand edits for other scores; kept a copy as %s", c.name, backup.name)
+        c.plan.save(path)
+        steps.record(path, "plan", key, 0.0, plan_hash=plan_hash(c.plan), kind=c.kind, scores=scores.content_hash())
+        out.append(c)
+    return out
+
+
+def _any_key(path: Path) -> str:
+    try:
+        return StepRecord.model_validate_json(sidecar(path).read_text()).key
+    except (OSError, ValueError):
+        return ""
+
+
+def _jobs(ctx: RunContext, candidates: list[Candidate], tasks) -> list[CandidateJob]:
+    c, pair = ctx.config, ctx.pair
+    common = dict(base=str(pair.base.path), adapted=str(pair.adapted.path), tasks=tasks, device=c.device,
+                  threads=c.threads, batch_size=c.batch_size, seed=c.seed, limit=c.limit,
+                  pair_key=f"{ctx.fp_b}-{ctx.fp_a}")  # fmt: skip
+    jobs = [
+        CandidateJob(name="base", plan_yaml=None, model_path=str(pair.base.path), **common),
+        CandidateJob(name="adapted", plan_yaml=None, model_path=str(pair.adapted.path), **common),
+    ]
+    return jobs + [CandidateJob(name=x.name, plan_yaml=x.plan.to_yaml(), **common) for x in candidates]
+
+
+def _eval_key(ctx: RunContext, job: CandidateJob, tasks_key: str) -> str:
+    if job.plan_yaml is None:
+        model = ("folder", ctx.fp_b if job.name == "base" else ctx.fp_a)
+    else:
+        model = ("merge", ctx.fp_b, ctx.fp_a, plan_effect_hash(Plan.from_yaml(job.plan_yaml), ctx.pair.params))
+    return content_key(model=model, tasks=tasks_key, device=job.device)
+
+
+def _evaluate(ctx: RunContext, jobs: list[CandidateJob], tasks, skipped: dict[str, str], ex: _LazyExecutor):
+    """Evaluate every job not already finished through the executor; each result is saved as it arrives.
+    Candidates that merge to the same model (same key) are evaluated once and the result saved for each."""
+    steps, eval_dir, tkey = ctx.steps, ctx.run_dir / "eval", tasks_hash(tasks)
+    _retire_stale(eval_dir, {j.name for j in jobs})
+    results: dict[str, EvalResult] = {}
+    keys, reused, done_by_key = {}, 0.0, {}
+    for job in jobs:
+        keys[job.name] = key = _eval_key(ctx, job, tkey)
+        path = eval_dir / f"{job.name}.json"
+        record = steps.finished(path, key)
+        if record is not None:
+            results[job.name] = done_by_key[key] = CandidateResult.load(path)
+            steps.skipped(f"evaluate {job.name}", record)
+            reused += record.seconds
+    total, started = len(jobs), time.perf_counter()
+    twins: dict[str, list[CandidateJob]] = {}
+    for job in jobs:
+        if job.name not in results:
+            twins.setdefault(keys[job.name], []).append(job)
+    ctx.report("evaluate", len(results), total)
+
+    def save(job: CandidateJob, r: CandidateResult, same_as: str | None = None) -> None:
+        r = r.model_copy(update={"model": job.name, "skipped": {**r.skipped, **skipped}})
+        path = r.save(eval_dir / f"{job.name}.json")
+        extra = dict(eval_seconds=r.seconds, merge_seconds=r.merge_seconds, worker=r.worker, same_as=same_as)
+        steps.record(path, f"evaluate {job.name}", keys[job.name], r.seconds + r.merge_seconds, job.device, **extra)
+        results[job.name] = r
+        ctx.report("evaluate", len(results), total)
+
+    for key in [k for k in twins if k in done_by_key]:  # a new name for a model already evaluated
+        for job in twins.pop(key):
+            save(job, done_by_key[key], same_as=done_by_key[key].model)
+    pending = [group[0] for group in twins.values()]
+
+    def on_result(i: int, r: CandidateResult) -> None:
+        first, *others = twins[keys[pending[i].name]]
+        save(first, r)
+        for job in others:
+            save(job, r, same_as=first.name)
+
+    if pending and ctx.progress and ex.kind == "local":  # per-item bars; other executors pickle the jobs
+        pending = [dataclasses.replace(j, progress=ItemProgress(ctx.progress)) for j in pending]
+    if pending:
+        try:
+            ex.get().map(evaluate_candidate, pending, labels=[j.name for j in pending], on_result=on_result)
+        finally:
+            clear_caches()
+    status = "ran" if not reused else "partly skipped" if pending else "skipped"
+    detail = f"{len(pending)} evaluated, {total - len(pending)} reused; {sum(len(t.items) for t in tasks)} items"
+    seconds = time.perf_counter() - started + reused
+    device = jobs[0].device
+    return {j.name: results[j.name] for j in jobs}, StageCost(
+        name="evaluate (+ in-memory merge)", seconds=seconds, device=device, status=status, detail=detail
+    )
+
+
+class _LazyExecutor:
+    """The run's executor, made on first use (a resumed run with nothing left to do starts none) and kept for the
+    whole run, so a Ray instance started for scoring is reused by the evaluations."""
+
+    def __init__(self, kind: str, workers: int | None, ray_address: str | None, num_gpus: int | None):
+        self.kind, self.workers, self.ray_address, self.num_gpus = kind, workers, ray_address, num_gpus
+        self._ex = None
+
+    def get(self):
+        if self._ex is None:
+            self._ex = make_executor(self.kind, workers=self.workers, ray_address=self.ray_address,
+                                     num_gpus=self.num_gpus)  # fmt: skip
+        return self._ex
+
+    def __enter__(self) -> _LazyExecutor:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._ex is not None:
+            self._ex.close()
+
+
+def _retire_stale(eval_dir: Path, names: set[str]) -> None:
+    """Results of models this run no longer has move to eval/old/ (kept, out of the report); results in old/
+    of models this run has again come back (their keys then decide whether they are reused)."""
+    for path in sorted((eval_dir / "old").glob("*.json")):
+        if path.stem in names and not (eval_dir / path.name).exists():
+            path.replace(eval_dir / path.name)
+            car = path.with_name(path.name + ".step")
+            if car.exists():
+                car.replace(eval_dir / car.name)
+    for path in sorted(eval_dir.glob("*.json")):
+        if path.stem not in names:
+            (eval_dir / "old").mkdir(exist_ok=True)
+            path.replace(eval_dir / "old" / path.name)
+            car = path.with_name(path.name + ".step")
+            if car.exists():
+                car.replace(eval_dir / "old" / car.name)
+
+
+def _suite_label(suites) -> str:
+    if isinstance(suites, (str, Path)):
+        return str(suites)
+    items = suites if isinstance(suites, (list, tuple)) else [suites]
+    return ",".join(str(getattr(s, "name", s.get("name", "?") if isinstance(s, dict) else s)) for s in items)
+
+
+def _write_models(ctx: RunContext, candidates: list[Candidate], chosen: str | None) -> StageCost:
+    """models/<name>: the chosen candidate (every candidate with keep_all); other folders this run wrote go."""
+    pair, steps, device, keep_all = ctx.pair, ctx.steps, ctx.config.device, ctx.config.keep_all
+    keep = {c.name for c in candidates} if keep_all else {chosen} & {c.name for c in candidates}
+    models = ctx.run_dir / "models"
+    for folder in sorted(models.glob("*")) if models.is_dir() else []:
+        if folder.is_dir() and folder.name not in keep and folder.with_name(folder.name + ".step").exists():
+            shutil.rmtree(folder)
+            folder.with_name(folder.name + ".step").unlink()
+    seconds, written, reused = 0.0, 0, 0
+    for c in (c for c in candidates if c.name in keep):
+        out = models / c.name
+        key = content_key(base=ctx.fp_b, adapted=ctx.fp_a, plan=plan_hash(c.plan))
+        record = steps.finished(out, key, out / "config.json")
+        if record is not None:
+            steps.skipped(f"merge {c.name}", record)
+            seconds, reused = seconds + record.seconds, reused + 1
+            continue
+        cb = _bytes_progress(ctx, pair.adapted.nbytes) if ctx.progress else None
+        report = merge(pair.base.path, pair.adapted.path, out, c.plan, device=device, force=True,
+                       threads=ctx.config.threads, progress=cb)  # fmt: skip
+        steps.record(out, f"merge {c.name}", key, report.seconds, device, bytes=report.bytes_written)
+        seconds, written = seconds + report.seconds, written + 1
+    status = "skipped" if reused and not written else "ran"
+    return StageCost(name="write chosen model" + ("s" if keep_all else ""), seconds=seconds, device=device,
+                     status=status, detail=f"{written} written, {reused} reused")  # fmt: skip
+
+
+def _bytes_progress(ctx: RunContext, total: int) -> Callable[[str, int], None]:
+    done = [0]
+
+    def cb(_name: str, nbytes: int) -> None:
+        done[0] += nbytes
+        ctx.report("merge", done[0], total)
+
+    return cb

@@ -1,0 +1,83 @@
+"""Resumable steps: each step's output has a sidecar `<output name>.step` (JSON) holding the content hash of the
+step's inputs, its wall time and device. A re-run skips a step whose sidecar key matches and whose outputs
+exist; every event (ran / skipped) is appended to `RUN/run_log.jsonl`.
+
+Outputs are written atomically (temporary file, then rename) and the sidecar is written after the output, so
+an interrupted step is simply run again.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from spear_mm.io.files import atomic_write_text
+
+
+def content_key(**inputs: Any) -> str:
+    """sha256 (16 hex) of the canonical JSON of the inputs."""
+    raw = json.dumps(inputs, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+class StepRecord(BaseModel):
+    """What the sidecar of one finished step says."""
+
+    step: str
+    key: str
+    seconds: float
+    device: str = "cpu"
+    finished: str = Field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+def sidecar(output: Path) -> Path:
+    """`scores/` -> `scores.step`, `eval/base.json` -> `eval/base.json.step` (never matched by `*.json`)."""
+    return output.with_name(output.name + ".step")
+
+
+class Steps:
+    """The step bookkeeping of one run folder."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+        self.log_path = run_dir / "run_log.jsonl"
+        self.events: list[dict[str, Any]] = []
+
+    def finished(self, output: Path, key: str, *also: Path) -> StepRecord | None:
+        """The record of `output` when it was produced from inputs with this `key` and it (and `also`) exist."""
+        car = sidecar(output)
+        if not (car.is_file() and output.exists() and all(p.exists() for p in also)):
+            return None
+        try:
+            record = StepRecord.model_validate_json(car.read_text(encoding="utf-8"))
+        except ValueError:
+            return None
+        return record if record.key == key else None
+
+    def record(self, output: Path, step: str, key: str, seconds: float, device: str = "cpu", **extra: Any) -> None:
+        rec = StepRecord(step=step, key=key, seconds=round(seconds, 4), device=device, extra=extra)
+        atomic_write_text(sidecar(output), rec.model_dump_json(indent=1))
+        self.event(step, "ran", seconds, key=key)
+
+    def event(self, step: str, status: str, seconds: float = 0.0, **extra: Any) -> None:
+        """Append one line to run_log.jsonl (flushed at once, so a killed run leaves a truthful log)."""
+        entry = {
+            "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "step": step,
+            "status": status,
+            "seconds": round(seconds, 4),
+            **extra,
+        }
+        self.events.append(entry)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(entry) + "\n")
+
+    def skipped(self, step: str, record: StepRecord) -> None:
+        self.event(step, "skipped", record.seconds, key=record.key)

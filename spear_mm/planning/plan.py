@@ -1,0 +1,223 @@
+"""The restoration plan: for every tensor, how far the merge moves the adapted weights back toward the base.
+
+`t` is the **weight of the base model** everywhere in spear-mm: t = 0 keeps the adapted tensor, t = 1 is the
+base tensor exactly (the layer behaves as if it had been frozen during CPT). Plans are plain YAML files that
+users review and edit; unknown keys and out-of-range values are errors that name the line.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from spear_mm import __version__
+from spear_mm.errors import SpearError
+from spear_mm.io.architecture import ParamInfo
+from spear_mm.io.files import atomic_write_text
+
+T = Annotated[float, Field(ge=0.0, le=1.0)]
+Method = Literal["slerp", "lerp", "task_arithmetic", "ties"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class LayerRule(_Strict):
+    """Restoration of one transformer layer; `modules` overrides t per module type (e.g. `attn.q: 1.0`)."""
+
+    layer: Annotated[int, Field(ge=0)]
+    t: T = 0.0
+    modules: dict[str, T] = Field(default_factory=dict)
+    score: float | None = None  # impact score the plan came from (informational)
+    rank: int | None = None  # 1 = most damaging drift (informational)
+
+    @property
+    def action(self) -> str:
+        return "keep" if self.t == 0 and not self.modules else "base" if self.t == 1 else "restore"
+
+
+class Provenance(_Strict):
+    """Where a plan came from, so a merge can be traced back to its scores and policy."""
+
+    policy: str = "manual"
+    params: dict[str, float | int | str | bool | None] = Field(default_factory=dict)
+    scores_hash: str | None = None
+    base: str | None = None
+    adapted: str | None = None
+    created: str = Field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    spear_mm_version: str = __version__
+
+
+class Plan(_Strict):
+    """What the merge does to every tensor. Layers not listed keep the adapted weights (t = `default_t`)."""
+
+    spear_mm_plan: Literal[1] = 1
+    method: Method = "slerp"
+    density: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0  # `ties`: fraction of |ΔW| entries kept per tensor
+    num_layers: Annotated[int, Field(ge=1)]
+    default_t: T = 0.0
+    layers: list[LayerRule] = Field(default_factory=list)
+    embed: T = 0.0
+    head: T = 0.0
+    final_norm: T = 0.0
+    other: T = 0.0
+    layer_norms: Literal["follow", "keep", "base"] = "follow"
+    provenance: Provenance = Field(default_factory=Provenance)
+
+    @model_validator(mode="after")
+    def _check_layers(self) -> Plan:
+        seen: set[int] = set()
+        for rule in self.layers:
+            if rule.layer >= self.num_layers:
+                raise ValueError(f"layer {rule.layer} is out of range: the model has {self.num_layers} layers")
+            if rule.layer in seen:
+                raise ValueError(f"layer {rule.layer} is listed twice")
+            seen.add(rule.layer)
+        return self
+
+    # -- per-tensor resolution ---------------------------------------------------------------------------------
+    def layer_t(self, layer: int) -> float:
+        rule = self._rules().get(layer)
+        return self.default_t if rule is None else rule.t
+
+    def t_for(self, p: ParamInfo) -> float:
+        """The SLERP factor (weight of the base) this plan gives one tensor."""
+        if p.group == "layer" and p.layer is not None:
+            rule = self._rules().get(p.layer)
+            if rule is not None and p.module in rule.modules:
+                return rule.modules[p.module]
+            if p.module == "norm" and self.layer_norms != "follow":
+                return 0.0 if self.layer_norms == "keep" else 1.0
+            return self.layer_t(p.layer)
+        return {"embed": self.embed, "head": self.head, "final_norm": self.final_norm}.get(p.group, self.other)
+
+    def _rules(self) -> dict[int, LayerRule]:
+        return {r.layer: r for r in self.layers}
+
+    def layer_ts(self) -> list[float]:
+        return [self.layer_t(i) for i in range(self.num_layers)]
+
+    def restored_layers(self) -> list[int]:
+        """Layers whose weights move toward the base at all (t > 0 or any module override > 0)."""
+        rules = self._rules()
+        return [
+            i
+            for i in range(self.num_layers)
+            if self.layer_t(i) > 0 or any(v > 0 for v in getattr(rules.get(i), "modules", {}).values())
+        ]
+
+    def frozen_layers(self) -> list[int]:
+        """Layers restored fully (t = 1): the equivalent of freezing them during CPT."""
+        return [
+            i
+            for i in range(self.num_layers)
+            if self.layer_t(i) == 1.0 and not self._rules().get(i, LayerRule(layer=i)).modules
+        ]
+
+    def summary(self) -> str:
+        restored = self.restored_layers()
+        parts = [f"{self.method}", f"{len(restored)}/{self.num_layers} layers restored"]
+        if restored:
+            parts.append(
+                ", ".join(f"L{i}:t={self.layer_t(i):g}" for i in restored[:12]) + (" …" if len(restored) > 12 else "")
+            )
+        parts.append(f"embed t={self.embed:g}, head t={self.head:g}, final_norm t={self.final_norm:g}")
+        return "; ".join(parts)
+
+    # -- constructors ------------------------------------------------------------------------------------------
+    @classmethod
+    def uniform(
+        cls, t: float, num_layers: int, *, include_non_layers: bool = False, method: Method = "slerp", **kw
+    ) -> Plan:
+        """Same t for every layer (WiSE-FT-style); embeddings/head/final norm too if `include_non_layers`."""
+        extra = dict(embed=t, head=t, final_norm=t, other=t) if include_non_layers else {}
+        return cls(
+            num_layers=num_layers,
+            method=method,
+            default_t=t,
+            provenance=kw.pop("provenance", Provenance(policy="uniform", params={"t": t})),
+            **extra,
+            **kw,
+        )
+
+    @classmethod
+    def from_layer_list(cls, ts: list[float], **kw) -> Plan:
+        """One t per layer, in order."""
+        layers = [LayerRule(layer=i, t=t) for i, t in enumerate(ts)]
+        return cls(
+            num_layers=len(ts),
+            layers=layers,
+            provenance=kw.pop("provenance", Provenance(policy="custom")),
+            **kw,
+        )
+
+    # -- YAML --------------------------------------------------------------------------------------------------
+    def to_yaml(self) -> str:
+        data = self.model_dump(mode="json", exclude_none=True)
+        data["layers"] = [{k: v for k, v in r.items() if not (k == "modules" and not v)} for r in data["layers"]]
+        header = (
+            "# spear-mm restoration plan. t = weight of the BASE model: 0 keeps the adapted weights,\n"
+            "# 1 restores the base exactly (as if the layer had been frozen during CPT).\n"
+        )
+        return header + yaml.safe_dump(data, sort_keys=False, width=110)
+
+    def save(self, path: str | Path) -> Path:
+        return atomic_write_text(path, self.to_yaml())
+
+    @classmethod
+    def from_yaml(cls, text: str, source: str = "<plan>") -> Plan:
+        try:
+            node = yaml.compose(text)
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise SpearError(f"{source}: not valid YAML ({exc}).") from exc
+        if not isinstance(data, dict):
+            raise SpearError(f"{source}: a plan is a YAML mapping with at least `num_layers`.")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            lines = []
+            for err in exc.errors():
+                loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+                line = _line_of(node, err["loc"])
+                where = f"line {line}, " if line else ""
+                lines.append(f"{where}field '{loc}': {err['msg']}")
+            raise SpearError(
+                f"{source}: invalid plan — "
+                + "; ".join(lines)
+                + ". Fix the field (t must be in [0, 1]; the allowed keys are listed in docs/merge.md)."
+            ) from exc
+
+    @classmethod
+    def load(cls, path: str | Path) -> Plan:
+        path = Path(path)
+        if not path.exists():
+            raise SpearError(f"{path}: plan file not found.")
+        return cls.from_yaml(path.read_text(), source=str(path))
+
+
+def _line_of(node: yaml.Node | None, loc: tuple) -> int | None:
+    """1-based line of the YAML node at a pydantic error location (best effort)."""
+    line = None
+    for key in loc:
+        if node is None:
+            break
+        line = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            nxt = None
+            for k, v in node.value:
+                if k.value == str(key):
+                    line, nxt = k.start_mark.line + 1, v
+            node = nxt
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+        else:
+            node = None
+    if node is not None:
+        line = node.start_mark.line + 1
+    return line

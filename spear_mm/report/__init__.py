@@ -1,0 +1,1 @@
+"""report.md and a self-contained report.html for a run or evaluation folder, with figures."""

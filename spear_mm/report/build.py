@@ -1,0 +1,388 @@
+"""`spear-mm report`: report.md and a self-contained report.html for a run folder.
+
+Run-folder layout read here (written by `spear-mm evaluate -o RUN/eval` or the pipeline):
+    RUN/eval/<model>.json   one `EvalResult` per model (or RUN/<model>.json when there is no eval/ folder)
+    RUN/summary.json        optional: base, adapted, chosen, baselines, candidates{name: {kind, description,
+                            cost_seconds}}, costs{name: seconds}, title, notes, tables[{title, text, columns,
+                            rows}] (extra tables, e.g. the pipeline's baseline comparison and cost accounting)
+    RUN/scores/scores.csv   optional: columns layer, module, score  (or scores/scores.json, read leniently)
+Without summary.json the models named 'base' and 'adapted' play those roles.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from spear_mm.errors import SpearError
+from spear_mm.evaluation.metrics import EvalResult, TaskResult, compare, pareto_front, tradeoff
+from spear_mm.report.figures import Point, layer_scores_png, tradeoff_png
+from spear_mm.report.render import Block, to_html, to_markdown
+
+log = logging.getLogger(__name__)
+LayerRecords = list[tuple[int, str | None, float]]
+
+
+@dataclass
+class RunInfo:
+    """What summary.json says about the run (every field optional)."""
+
+    base: str = "base"
+    adapted: str = "adapted"
+    chosen: str | None = None
+    baselines: set[str] = field(default_factory=set)
+    descriptions: dict[str, str] = field(default_factory=dict)
+    costs: dict[str, float] = field(default_factory=dict)
+    title: str = "SPEAR-MM validation report"
+    notes: list[str] = field(default_factory=list)
+    tables: list[tuple[str, str, list[str], list[list[str]]]] = field(default_factory=list)  # title, text, head, rows
+
+
+@dataclass
+class ReportRow:
+    """One model in the report: its role, task results, R and K."""
+
+    name: str
+    role: str  # base | adapted | baseline | candidate
+    tasks: dict[str, TaskResult]
+    retention: float | None = None
+    gain_kept: float | None = None
+    retention_per_task: dict[str, float | None] = field(default_factory=dict)
+    gain_kept_per_task: dict[str, float | None] = field(default_factory=dict)
+    eval_seconds: float = 0.0
+    cost_seconds: float | None = None
+    description: str = ""
+    chosen: bool = False
+    on_front: bool = False
+
+
+def read_summary(run_dir: Path) -> RunInfo:
+    """summary.json, leniently: unknown keys are ignored; candidates may be a dict or a list of dicts."""
+    path = run_dir / "summary.json"
+    info = RunInfo()
+    if not path.is_file():
+        return info
+    data = json.loads(path.read_text(encoding="utf-8"))
+    info.base, info.adapted = str(data.get("base", info.base)), str(data.get("adapted", info.adapted))
+    info.chosen = data.get("chosen") or data.get("selected")
+    info.baselines = set(data.get("baselines", []))
+    cands = data.get("candidates", {})
+    if isinstance(cands, list):
+        cands = {str(c.get("name")): c for c in cands if isinstance(c, dict)}
+    for name, c in cands.items():
+        if not isinstance(c, dict):
+            continue
+        if str(c.get("kind", c.get("role", ""))).lower() == "baseline":
+            info.baselines.add(name)
+        if c.get("description"):
+            info.descriptions[name] = str(c["description"])
+        cost = c.get("cost_seconds", c.get("seconds"))
+        if isinstance(cost, (int, float)):
+            info.costs[name] = float(cost)
+    info.costs.update({k: float(v) for k, v in data.get("costs", {}).items() if isinstance(v, (int, float))})
+    info.title = str(data.get("title", info.title))
+    notes = data.get("notes", [])
+    info.notes = [notes] if isinstance(notes, str) else [str(n) for n in notes]
+    for t in data.get("tables", []):
+        if isinstance(t, dict) and isinstance(t.get("columns"), list) and isinstance(t.get("rows"), list):
+            rows = [[str(c) for c in r] for r in t["rows"] if isinstance(r, list)]
+            info.tables.append((str(t.get("title", "")), str(t.get("text", "")), [str(c) for c in t["columns"]], rows))
+    return info
+
+
+def read_results(run_dir: Path) -> dict[str, EvalResult]:
+    """Every EvalResult JSON of the run (eval/*.json, else *.json), by model name."""
+    folder = run_dir / "eval" if (run_dir / "eval").is_dir() else run_dir
+    results: dict[str, EvalResult] = {}
+    for path in sorted(folder.glob("*.json")):
+        if path.name == "summary.json":
+            continue
+        try:
+            result = EvalResult.load(path)
+        except ValueError as exc:
+            log.warning("skipping %s: not an evaluation result (%s)", path, str(exc).splitlines()[0])
+            continue
+        results[result.model or path.stem] = result
+    return results
+
+
+def read_layer_scores(run_dir: Path) -> LayerRecords | None:
+    """Layer/module scores from scores/scores.csv (layer, module, score) or scores/scores.json; None if absent."""
+    csv_path, json_path = run_dir / "scores" / "scores.csv", run_dir / "scores" / "scores.json"
+    rows: list[dict[str, Any]] = []
+    if csv_path.is_file():
+        with csv_path.open(encoding="utf-8") as f:
+            rows = [{k.strip().lower(): v for k, v in r.items() if k} for r in csv.DictReader(f)]
+    elif json_path.is_file():
+        data = json.loads(json_path.read_text(encoding="utf-8"))
+        for key in ("modules", "module_scores", "records", "layers", "layer_scores", "scores"):
+            if isinstance(data, dict) and key in data:
+                data = data[key]
+                break
+        if isinstance(data, dict):  # {layer: score}
+            data = [{"layer": k, "score": v} for k, v in data.items()]
+        rows = [r for r in data if isinstance(r, dict)] if isinstance(data, list) else []
+    records: LayerRecords = []
+    for r in rows:
+        score = r.get("score", r.get("impact", r.get("combined")))
+        try:
+            layer, value = int(r["layer"]), float(score)  # type: ignore[arg-type]
+        except (KeyError, TypeError, ValueError):
+            continue
+        module = r.get("module", r.get("module_type")) or None
+        records.append((layer, str(module) if module else None, value))
+    return records or None
+
+
+def build_rows(results: dict[str, EvalResult], info: RunInfo) -> list[ReportRow]:
+    """Rows in display order (base, adapted, baselines, candidates) with R, K and the Pareto front."""
+    if info.base not in results:
+        raise SpearError(f"no result for the base model {info.base!r} among {sorted(results)} (set --base)")
+    base, adapted = results[info.base], results.get(info.adapted)
+    rows = []
+    for name, r in results.items():
+        role = {info.base: "base", info.adapted: "adapted"}.get(
+            name, "baseline" if name in info.baselines else "candidate"
+        )
+        row = ReportRow(
+            name,
+            role,
+            r.tasks,
+            eval_seconds=r.seconds,
+            cost_seconds=info.costs.get(name),
+            description=info.descriptions.get(name, ""),
+            chosen=name == info.chosen,
+        )
+        if adapted is not None:
+            t = tradeoff(r, base, adapted)
+            row.retention, row.gain_kept = t.retention, t.gain_kept
+            row.retention_per_task, row.gain_kept_per_task = t.retention_per_task, t.gain_kept_per_task
+        rows.append(row)
+    front = set(pareto_front({r.name: (r.retention, r.gain_kept) for r in rows if r.role in ("candidate", "baseline")}))
+    for row in rows:
+        row.on_front = row.name in front
+    order = {"base": 0, "adapted": 1, "baseline": 2, "candidate": 3}
+    return sorted(rows, key=lambda r: (order[r.role], -(r.retention or 0)))
+
+
+# ---- rendering ----------------------------------------------------------------------------------------
+def _f(x: float | None, digits: int = 3) -> str:
+    return "undefined" if x is None else f"{x:.{digits}f}"
+
+
+def _cell(tr: TaskResult | None) -> str:
+    if tr is None:
+        return "—"
+    se = f" ± {tr.stderr:.3f}" if tr.stderr is not None else ""
+    ppl = f" (ppl {tr.metrics['ppl']:.2f})" if "ppl" in tr.metrics else ""
+    return f"{tr.score:.3f}{se}{ppl}"
+
+
+def _tables(rows: list[ReportRow], base: ReportRow) -> list[tuple[str, list[str], list[list[str]]]]:
+    tasks = list(dict.fromkeys(t for r in rows for t in r.tasks))
+    head = [
+        "model",
+        "role",
+        *[f"{t} ({base.tasks[t].metric})" if t in base.tasks else t for t in tasks],
+        "R",
+        "K",
+        "eval s",
+        "cost s",
+    ]
+    main = [
+        [
+            ("**" + r.name + "** ✓" if r.chosen else r.name),
+            r.role + (" · front" if r.on_front else ""),
+            *[_cell(r.tasks.get(t)) for t in tasks],
+            _f(r.retention),
+            _f(r.gain_kept),
+            f"{r.eval_seconds:.0f}",
+            "" if r.cost_seconds is None else f"{r.cost_seconds:.0f}",
+        ]
+        for r in rows
+    ]
+    per_head = [
+        "model",
+        *[f"R {t}" for t in base.tasks if base.tasks[t].group == "general"],
+        *[f"K {t}" for t in base.tasks if base.tasks[t].group == "domain"],
+    ]
+    per = [
+        [
+            r.name,
+            *[_f(r.retention_per_task.get(t)) for t in base.tasks if base.tasks[t].group == "general"],
+            *[_f(r.gain_kept_per_task.get(t)) for t in base.tasks if base.tasks[t].group == "domain"],
+        ]
+        for r in rows
+    ]
+    mc = [
+        [
+            t,
+            r.name,
+            f"{tr.score:.3f}",
+            "—" if tr.majority_baseline is None else f"{tr.majority_baseline:.3f}",
+            ", ".join(f"{k} {v}" for k, v in sorted((tr.pred_distribution or {}).items(), key=lambda kv: -kv[1])[:4]),
+        ]
+        for t in tasks
+        for r in rows
+        if (tr := r.tasks.get(t)) is not None and tr.kind == "multiple_choice"
+    ]
+    return [
+        ("Results", head, main),
+        ("Retention and gain kept per task", per_head, per),
+        (
+            "Multiple choice: accuracy beside the majority-class baseline and the predictions",
+            ["task", "model", "acc", "majority", "predictions (top 4)"],
+            mc,
+        ),
+    ]
+
+
+def _significance(rows: list[ReportRow], results: dict[str, EvalResult], info: RunInfo) -> list[list[str]]:
+    """General tasks against the base (what was lost), domain tasks against the adapted model (what was kept)."""
+    out = []
+    for r in rows:
+        if r.role == "base":
+            continue
+        for t, tr in r.tasks.items():
+            ref = info.adapted if tr.group == "domain" and info.adapted in results else info.base
+            if r.name == ref or t not in results[ref].tasks:
+                continue
+            try:
+                test = compare(results[r.name], results[ref], t, n_resamples=2000)
+            except ValueError:
+                continue
+            p = "<0.001" if test.p_value < 0.001 else f"{test.p_value:.3f}"
+            out.append([r.name, t, ref, test.test, f"{test.diff:+.4f}", p, str(test.n)])
+    return out
+
+
+def render_report(
+    rows: Sequence[ReportRow],
+    figures: dict[str, bytes],
+    *,
+    title: str = "SPEAR-MM validation report",
+    notes: Sequence[str] = (),
+    warnings: Sequence[str] = (),
+    significance: Sequence[Sequence[str]] = (),
+    figure_dir: str = "report_files",
+    tables: Sequence[tuple[str, str, list[str], list[list[str]]]] = (),
+) -> tuple[str, str]:
+    """Markdown (figures as files under `figure_dir`) and self-contained HTML (figures inlined as base64)."""
+    rows = list(rows)
+    base = next((r for r in rows if r.role == "base"), rows[0])
+    chosen = next((r for r in rows if r.chosen), None)
+    intro = [
+        "R (general retention) = score_G(M) / score_G(B) per general task, then the mean. K (domain gain kept) = "
+        "(D(M) − D(B)) / (D(A) − D(B)) per domain task, then the mean over tasks where it is defined; K is "
+        "*undefined* when the adapted model gained nothing on a task (D(A) − D(B) ≤ 0.001).",
+        "Perplexity tasks enter as exp(−NLL/token) = 1/perplexity (higher is better), so R on such a task is "
+        "ppl(B)/ppl(M). Accuracies: acc (argmax log-likelihood); stderr = sqrt(p(1−p)/(n−1)).",
+    ]
+    if chosen is not None:
+        intro.insert(0, f"Chosen: {chosen.name} — R = {_f(chosen.retention)}, K = {_f(chosen.gain_kept)}.")
+    blocks: list[Block] = [("h1", title), *[("p", s) for s in intro]]
+    blocks += [("warn", w) for w in warnings]
+    for caption, head, body in _tables(rows, base):
+        if body:
+            blocks += [("h2", caption), ("table", (head, body))]
+    for caption, text, head, body in tables:
+        blocks += [("h2", caption), *([("p", text)] if text else []), ("table", (head, body))]
+    if significance:
+        blocks += [
+            ("h2", "Paired tests on the same items"),
+            (
+                "p",
+                "General tasks against the base, domain tasks against the adapted model. McNemar (exact) for "
+                "accuracy (diff = accuracy difference); paired bootstrap of NLL/token for perplexity (diff < 0: "
+                "the model predicts the text better). With n = 200 an accuracy's stderr is about 3.5 points.",
+            ),
+            ("table", (["model", "task", "against", "test", "diff", "p", "n"], [list(s) for s in significance])),
+        ]
+    for name, caption in (("tradeoff", "Retention–domain trade-off"), ("layer_scores", "Layer scores")):
+        if name in figures:
+            blocks += [("h2", caption), ("img", name)]
+    if notes:
+        blocks += [("h2", "Notes"), *[("p", n) for n in notes]]
+    return to_markdown(blocks, figure_dir), to_html(blocks, figures, title)
+
+
+def _warnings(results: dict[str, EvalResult]) -> list[str]:
+    out = []
+    if len({r.tokenizer for r in results.values()}) > 1:
+        out.append(
+            "the models use different tokenizers: per-token perplexities are not comparable "
+            "(compare bits_per_byte in the JSON results)."
+        )
+    for task in {t for r in results.values() for t in r.tasks}:
+        ids = {tuple(i.id for i in r.tasks[task].items) for r in results.values() if task in r.tasks}
+        if len(ids) > 1:
+            out.append(f"{task}: the models were evaluated on different items; paired tests use the shared ones.")
+    skipped: dict[tuple[str, str], list[str]] = {}
+    for m, r in results.items():
+        for t, why in r.skipped.items():
+            skipped.setdefault((t, why.split(". ")[0]), []).append(m)
+    for (t, why), models in skipped.items():
+        who = "every model" if len(models) == len(results) and len(results) > 1 else ", ".join(models)
+        out.append(f"task {t} skipped for {who} ({why})")
+    return out
+
+
+def write_report(
+    run_dir: str | Path,
+    out_dir: str | Path | None = None,
+    *,
+    base: str | None = None,
+    adapted: str | None = None,
+    chosen: str | None = None,
+    layer_figure: Callable[[Path], bytes | None] | None = None,
+) -> tuple[Path, Path]:
+    """Read the run folder, write report.md (+ report_files/*.png) and report.html; returns both paths.
+
+    `layer_figure(run_dir) -> PNG bytes` replaces the built-in layer-score figure (read from scores/)."""
+
+    run_dir = Path(run_dir)
+    out = Path(out_dir) if out_dir is not None else run_dir
+    results = read_results(run_dir)
+    if not results:
+        raise SpearError(f"{run_dir}: no evaluation results (expected eval/<model>.json, see docs/evaluation.md)")
+    info = read_summary(run_dir)
+    info.base, info.adapted = base or info.base, adapted or info.adapted
+    info.chosen = chosen or info.chosen
+    rows = build_rows(results, info)
+    figures: dict[str, bytes] = {}
+    points = [
+        Point(r.name, r.retention, r.gain_kept, r.role, r.chosen)
+        for r in rows
+        if r.retention is not None and r.gain_kept is not None
+    ]
+    if points:
+        figures["tradeoff"] = tradeoff_png(points, [r.name for r in rows if r.on_front])
+    layer_png = layer_figure(run_dir) if layer_figure else None
+    if layer_png is None and (records := read_layer_scores(run_dir)):
+        layer_png = layer_scores_png(records)
+    if layer_png:
+        figures["layer_scores"] = layer_png
+    warnings = _warnings(results)
+    if info.adapted not in results:
+        warnings.append(f"no result for the adapted model {info.adapted!r}: K and the trade-off plot are omitted")
+    md, page = render_report(
+        rows,
+        figures,
+        title=info.title,
+        notes=info.notes,
+        warnings=warnings,
+        significance=_significance(rows, results, info),
+        tables=info.tables,
+    )
+    (out / "report_files").mkdir(parents=True, exist_ok=True)
+    for name, png in figures.items():
+        (out / "report_files" / f"{name}.png").write_bytes(png)
+    md_path, html_path = out / "report.md", out / "report.html"
+    md_path.write_text(md, encoding="utf-8")
+    html_path.write_text(page, encoding="utf-8")
+    return md_path, html_path

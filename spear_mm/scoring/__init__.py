@@ -1,0 +1,1 @@
+"""Step 2, score: per-tensor weight metrics, normalised into unit scores; jobs, the ScoreTable, plots, probes."""

@@ -1,0 +1,88 @@
+"""Figures of a ScoreTable: a layers × module-type heatmap of the combined score, and ranked layer scores."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+from spear_mm.scoring.table import ScoreTable
+
+_MODULE_ORDER = ["attn.q", "attn.k", "attn.v", "attn.qkv", "attn.o", "mlp.gate", "mlp.up", "mlp.gate_up", "mlp.down"]
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _score_label(table: ScoreTable) -> str:
+    unit = "robust z per module type" if table.config.normalize == "robust_z" else "percentile rank per type"
+    return f"combined score ({unit}, α={table.config.alpha:g})"
+
+
+def plot_heatmap(table: ScoreTable, path: str | Path) -> Path:
+    """Rows = layers, columns = module types; cell = combined score (mean over tensors of that type)."""
+    plt = _plt()
+    cells: dict[tuple[int, str], list[float]] = defaultdict(list)
+    for m in table.modules:
+        if m.score is not None and m.layer is not None:
+            cells[(m.layer, m.module)].append(m.score)
+    present = {mod for _, mod in cells}
+    modules = [m for m in _MODULE_ORDER if m in present] + sorted(present - set(_MODULE_ORDER))
+    grid = [[float("nan")] * len(modules) for _ in range(table.num_layers)]
+    for (layer, mod), vals in cells.items():
+        grid[layer][modules.index(mod)] = sum(vals) / len(vals)
+    height = min(14.0, 2.0 + 0.32 * table.num_layers)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.0 + 0.9 * len(modules)), height), dpi=110)
+    im = ax.imshow(grid, aspect="auto", cmap="magma", interpolation="nearest")
+    ax.set_xticks(range(len(modules)), modules, rotation=30, ha="right")
+    step = max(1, table.num_layers // 32)
+    ax.set_yticks(range(0, table.num_layers, step))
+    ax.set_xlabel("module type")
+    ax.set_ylabel("layer")
+    ax.set_title(
+        f"Impact score α·SWC + (1−α)·|drop| per module\n{Path(table.adapted).name} vs {Path(table.base).name}",
+        fontsize=10,
+    )
+    bar = fig.colorbar(im, ax=ax, fraction=0.05, pad=0.03)
+    bar.set_label(_score_label(table), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_layer_scores(table: ScoreTable, path: str | Path, highlight: int | None = None) -> Path:
+    """Bar per layer (score), the rank above each bar; the top quarter (or `highlight`) in a strong colour."""
+    plt = _plt()
+    n = table.num_layers
+    top = highlight if highlight is not None else max(1, round(0.25 * n))
+    layers = sorted(table.layers, key=lambda s: s.layer)
+    colours = ["#c0392b" if s.rank <= top else "#7f8c8d" for s in layers]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.38 * n + 2), 4.2), dpi=110)
+    ax.bar([s.layer for s in layers], [s.score for s in layers], color=colours)
+    lo, hi = min(0.0, *(s.score for s in layers)), max(0.0, *(s.score for s in layers))
+    pad = 0.03 * ((hi - lo) or 1.0)
+    for s in layers:
+        y = s.score + pad if s.score >= 0 else s.score - pad
+        ax.text(s.layer, y, f"#{s.rank}", ha="center", va="bottom" if s.score >= 0 else "top", fontsize=7)
+    ax.set_ylim(lo - 4 * pad, hi + 5 * pad)
+    ax.axhline(0, color="black", linewidth=0.6)
+    ax.set_xticks([s.layer for s in layers][:: max(1, n // 32)])
+    ax.set_xlabel("layer")
+    ax.set_ylabel(f"layer score ({table.config.aggregate} of module scores)")
+    ax.set_title(f"Layer impact scores, rank above each bar (red: top {top} of {n})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def save_figures(table: ScoreTable, out_dir: str | Path) -> None:
+    """heatmap.png and layer_scores.png of `table` in `out_dir`."""
+    plot_heatmap(table, Path(out_dir) / "heatmap.png")
+    plot_layer_scores(table, Path(out_dir) / "layer_scores.png")

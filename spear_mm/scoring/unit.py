@@ -1,0 +1,147 @@
+"""The unit of scoring work: the metrics of one base/adapted tensor pair (`score_tensor_pair`), and
+`score_names`, which reads named tensors from both checkpoints and scores them — pure and picklable, so it runs
+the same on a thread, in a process pool or on a Ray worker.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from spear_mm.errors import SpearError
+from spear_mm.io.architecture import ParamInfo, layer_map
+from spear_mm.io.checkpoint import Checkpoint
+from spear_mm.scoring.spectral import analyze_matrix
+from spear_mm.scoring.table import ModuleScore, ScoreConfig
+
+
+# -- 1. one tensor pair ------------------------------------------------------------------------------------------
+def _check_finite(name: str, t: torch.Tensor, where: str) -> None:
+    if t.dtype.is_floating_point and not bool(torch.isfinite(t).all()):
+        raise SpearError(
+            f"tensor '{name}' in {where} contains NaN or Inf values. The checkpoint is damaged (or training "
+            "diverged); fix or re-export it before scoring."
+        )
+
+
+def _rel_and_cos(b: torch.Tensor, a: torch.Tensor, d: torch.Tensor) -> tuple[float, float, float, float]:
+    """(‖W_B‖, ‖ΔW‖, rc, cos). rc = 0 for two zero tensors and 1 when only the base is zero."""
+    nb, na, nd = (float(torch.linalg.vector_norm(x)) for x in (b, a, d))
+    rc = nd / nb if nb > 0 else (0.0 if nd == 0 else 1.0)
+    if nb > 0 and na > 0:
+        cos = max(-1.0, min(1.0, float(torch.dot(a.reshape(-1), b.reshape(-1))) / (na * nb)))
+    else:
+        cos = 1.0 if nb == na == 0 else 0.0
+    return nb, nd, rc, cos
+
+
+def _chunked_rel_and_cos(base: torch.Tensor, adapted: torch.Tensor) -> tuple[float, float, float, float]:
+    sums = torch.zeros(4, dtype=torch.float64)  # ‖B‖², ‖A‖², ‖Δ‖², ⟨A,B⟩
+    flat_b, flat_a = base.reshape(-1), adapted.reshape(-1)
+    step = 1 << 22
+    for i in range(0, flat_b.numel(), step):
+        b, a = flat_b[i : i + step].double(), flat_a[i : i + step].double()
+        sums += torch.stack([b @ b, a @ a, (a - b) @ (a - b), a @ b])
+    nb, na, nd = (float(x.sqrt()) for x in sums[:3])
+    rc = nd / nb if nb > 0 else (0.0 if nd == 0 else 1.0)
+    cos = max(-1.0, min(1.0, float(sums[3]) / (na * nb))) if nb > 0 and na > 0 else (1.0 if nb == na == 0 else 0.0)
+    return nb, nd, rc, cos
+
+
+def score_tensor_pair(
+    base: torch.Tensor,
+    adapted: torch.Tensor,
+    param: ParamInfo,
+    config: ScoreConfig | None = None,
+    *,
+    where: str = "the checkpoint",
+) -> ModuleScore:
+    """All weight-only metrics of one tensor pair. Non-layer and 1-D tensors get relative change only."""
+    config = config or ScoreConfig()
+    started = time.perf_counter()
+    _check_finite(param.name, base, f"{where} (base)")
+    _check_finite(param.name, adapted, f"{where} (adapted)")
+    if base.shape != adapted.shape:
+        raise SpearError(f"tensor '{param.name}': base {list(base.shape)} vs adapted {list(adapted.shape)}.")
+    spectral = param.group == "layer" and base.ndim >= 2 and base.numel() > 0
+    if spectral:
+        b, a = base.to(torch.float32), adapted.to(torch.float32)
+        d = a - b
+        nb, nd, rc, cos = _rel_and_cos(b, a, d)
+    else:  # embeddings/head can be large: reduce in row chunks so memory stays at the bf16 inputs
+        nb, nd, rc, cos = _chunked_rel_and_cos(base, adapted)
+    row = dict(
+        name=param.name,
+        group=param.group,
+        layer=param.layer,
+        module=param.module,
+        shape=list(base.shape),
+        base_norm=nb,
+        delta_norm=nd,
+        rel_change=rc,
+        cos=cos,
+    )
+    if spectral:
+        row.update(_spectral_metrics(b, a, d, rc, config))
+    row["seconds"] = time.perf_counter() - started
+    return ModuleScore(**row)
+
+
+def _spectral_metrics(b: torch.Tensor, a: torch.Tensor, d: torch.Tensor, rc: float, config: ScoreConfig) -> dict:
+    opts = dict(method=config.method, precision=config.precision, device=config.device, edge=config.edge)
+    sb, stb = analyze_matrix(b, snr_normalize=config.snr_normalize, **opts)
+    sa, sta = analyze_matrix(a, snr_normalize=config.snr_normalize, **opts)
+    k = max(1, stb.signal_count)
+    top_b = float(sb[:k].sum())
+    drop = (top_b - float(sa[:k].sum())) / top_b if top_b > 0 else 0.0
+    out = dict(
+        snr_base=stb.snr,
+        snr_adapted=sta.snr,
+        swc=stb.snr * rc,
+        drop=drop,
+        signal_base=stb.signal_count,
+        signal_adapted=sta.signal_count,
+        d_signal=sta.signal_count - stb.signal_count,
+        erank_base=stb.effective_rank,
+        erank_adapted=sta.effective_rank,
+        d_erank=sta.effective_rank - stb.effective_rank,
+        top_mass_base=stb.top_mass,
+        precision=",".join(sorted({stb.precision, sta.precision})),
+    )
+    if config.delta_spectrum:  # diagnostic only: under `auto`, ΔW's spectrum stays in float32 (see docs/scoring.md)
+        delta_opts = opts | ({"precision": "float32"} if config.precision == "auto" else {})
+        _, std = analyze_matrix(d, snr_normalize=config.snr_normalize, **delta_opts)
+        out.update(snr_delta=std.snr, erank_delta=std.effective_rank)
+    return out
+
+
+# -- the picklable unit of work ------------------------------------------------------------------------------------
+@lru_cache(maxsize=8)
+def _open(path: str) -> Checkpoint:
+    return Checkpoint.open(path)
+
+
+@lru_cache(maxsize=8)
+def _params(path: str) -> dict[str, ParamInfo]:
+    ckpt = _open(path)
+    return layer_map(ckpt.names, ckpt.model_type)
+
+
+def score_names(
+    base_path: str | Path, adapted_path: str | Path, names: Iterable[str], config: ScoreConfig | None = None
+) -> list[ModuleScore]:
+    """Score the named tensors of a pair, reading each from the checkpoint files (one pair in memory at a time).
+
+    Pure and picklable: a remote worker needs only the two paths, the names and the config.
+    """
+    base, adapted = _open(str(Path(base_path).resolve())), _open(str(Path(adapted_path).resolve()))
+    params = _params(str(adapted.path))
+    out = []
+    for name in names:
+        where = str(adapted.infos[name].file) if name in adapted.infos else str(adapted.path)
+        out.append(score_tensor_pair(base.read(name), adapted.read(name), params[name], config, where=where))
+    return out

@@ -1,0 +1,352 @@
+"""Continual pre-training (CPT) on the Hugging Face Trainer: step 1 of SPEAR-MM, and the "re-train with
+frozen layers" baseline whose cost post-hoc restoration is compared against.
+
+Corpora are tokenised, joined with EOS between documents and packed into `seq_len` blocks. The run works
+in `<out>.work/` (checkpoints, log); the final folder appears atomically at `<out>` with `train_log.jsonl`
+and `cost.json`, so an interrupted run never leaves a folder that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Literal
+
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from spear_mm import __version__
+from spear_mm.errors import SpearError
+from spear_mm.planning.freeze import FreezeSummary, apply_freeze, is_freeze_yaml, load_freeze_yaml
+from spear_mm.planning.freeze import summarize_freeze as _summarize
+from spear_mm.planning.plan import Plan
+from spear_mm.planning.policies import apply_freeze_plan
+from spear_mm.training.corpus import PackedDataset, pack_corpus
+
+log = logging.getLogger(__name__)
+
+Scheduler = Literal["cosine", "linear", "constant", "constant_with_warmup", "inverse_sqrt", "polynomial"]
+DEFAULT_THREADS = 1
+
+
+class CptConfig(BaseModel):
+    """Options of one CPT run (a typo in a key is an error, not a silent default)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    text_field: str = "text"
+    seq_len: int = Field(256, ge=2)
+    max_steps: int = Field(100, ge=1)
+    lr: float = Field(5e-5, gt=0)
+    scheduler: Scheduler = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    batch_size: int = Field(4, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    freeze: Path | None = None  # freeze YAML (`unfrozen_parameters:`) or a spear-mm plan
+    threads: int | None = Field(DEFAULT_THREADS, ge=1)  # None: leave torch's setting alone
+    save_steps: int = Field(0, ge=0)  # 0: no intermediate checkpoints
+    save_total_limit: int = Field(2, ge=1)
+    resume_from_checkpoint: bool | Path = False  # True: the latest checkpoint in `<out>.work/`
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    logging_steps: int = Field(10, ge=1)
+    max_corpus_tokens: int | None = Field(None, ge=1)  # None: exactly what max_steps consumes (one pass)
+    save_dtype: Literal["auto", "float32", "base"] = "auto"  # auto: float32 on CPU, the base's dtype on CUDA
+    overwrite: bool = False
+    progress: bool = True
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.seq_len * self.batch_size * self.grad_accum
+
+
+class CptResult(BaseModel):
+    """What a CPT run produced and cost."""
+
+    out: Path
+    steps: int
+    train_tokens: int
+    wall_seconds: float
+    train_seconds: float
+    tokens_per_second: float
+    final_loss: float | None
+    trainable_parameters: int
+    total_parameters: int
+    frozen_layers: list[int]
+    device: str
+    threads: int
+
+
+# -- freezing ----------------------------------------------------------------------------------------------------
+def apply_freeze_file(model, path: Path) -> FreezeSummary:
+    """Freeze from a freeze YAML (`unfrozen_parameters:`) or a spear-mm plan (t = 1 layers are frozen)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise SpearError(f"{path}: cannot read the freeze/plan file ({exc}).") from exc
+    if is_freeze_yaml(data):
+        return apply_freeze(model, load_freeze_yaml(path))
+    if not (isinstance(data, dict) and "spear_mm_plan" in data):
+        raise SpearError(f"{path}: neither a freeze file (`unfrozen_parameters:`) nor a spear-mm plan.")
+    plan = Plan.load(path)
+    layers = getattr(model.config, "num_hidden_layers", None)
+    if layers is not None and plan.num_layers != layers:
+        raise SpearError(f"{path}: the plan is for {plan.num_layers} layers, the model has {layers}.")
+    return apply_freeze_plan(model, plan)
+
+
+# -- the run -----------------------------------------------------------------------------------------------------
+def _device(choice: str) -> str:
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise SpearError("--device cuda: no CUDA device is visible to torch; use --device cpu.")
+    return choice
+
+
+def _load(base: Path):
+    """Model in float32 (weights train in fp32; CUDA uses bf16 autocast), tokenizer, and the base's dtype."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    if not (base / "config.json").is_file():
+        raise SpearError(f"{base}: not a Hugging Face model folder (no config.json).")
+    try:
+        base_dtype = getattr(AutoConfig.from_pretrained(base, trust_remote_code=False), "dtype", None)
+        tokenizer = AutoTokenizer.from_pretrained(base, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, trust_remote_code=False)
+    except (OSError, ValueError) as exc:
+        raise SpearError(f"{base}: cannot load the model or tokenizer ({exc}).") from exc
+    if isinstance(base_dtype, str):
+        base_dtype = getattr(torch, base_dtype, None)
+    return model, tokenizer, base_dtype if isinstance(base_dtype, torch.dtype) else torch.float32
+
+
+def _work_dir(out: Path, config: CptConfig) -> Path:
+    """`<out>.work/`: reused when resuming, refused when it holds checkpoints of another run."""
+    work = out.with_name(out.name + ".work")
+    ckpts = sorted((work / "checkpoints").glob("checkpoint-*"))
+    if ckpts and config.resume_from_checkpoint is False:
+        raise SpearError(
+            f"{work}: checkpoints of an interrupted run exist; pass --resume-from-checkpoint latest "
+            "to continue it, or delete the folder to start over."
+        )
+    if config.resume_from_checkpoint is False:
+        shutil.rmtree(work, ignore_errors=True)
+    (work / "checkpoints").mkdir(parents=True, exist_ok=True)
+    return work
+
+
+def _resume_arg(config: CptConfig, work: Path) -> str | None:
+    if config.resume_from_checkpoint is False:
+        return None
+    if config.resume_from_checkpoint is True:
+        ckpts = sorted((work / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+        if not ckpts:
+            log.warning("no checkpoint in %s: starting from the base model", work / "checkpoints")
+            return None
+        return str(ckpts[-1])
+    path = Path(config.resume_from_checkpoint)
+    if not path.is_dir():
+        raise SpearError(f"{path}: checkpoint folder not found.")
+    return str(path)
+
+
+class _LogCallback:
+    """Appends every Trainer log (loss, lr, grad norm) with tokens seen and tokens/s to `train_log.jsonl`."""
+
+    def __init__(self, path: Path, tokens_per_step: int) -> None:
+        self.path, self.tokens_per_step = path, tokens_per_step
+        self.t0 = self.t_last = 0.0
+        self.step0 = self.step_last = 0
+
+    def on_train_begin(self, args, state, control, **kw) -> None:
+        self.t0 = self.t_last = time.perf_counter()
+        self.step0 = self.step_last = state.global_step
+        if self.path.exists():  # resumed: drop entries logged after the checkpoint we restart from
+            kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= self.step0]
+            self.path.write_text("".join(line + "\n" for line in kept))
+
+    def on_log(self, args, state, control, logs=None, **kw) -> None:
+        now, step = time.perf_counter(), state.global_step
+        interval = max(now - self.t_last, 1e-9)
+        entry = {"step": step, **(logs or {}), "tokens": step * self.tokens_per_step}
+        if step > self.step_last:
+            entry["tokens_per_s"] = round((step - self.step_last) * self.tokens_per_step / interval, 1)
+        entry["elapsed_s"] = round(now - self.t0, 3)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+        self.t_last, self.step_last = now, step
+
+    def throughput(self, state) -> tuple[int, float, float]:
+        """Steps run in this session, their wall seconds, and tokens/s."""
+        seconds = time.perf_counter() - self.t0
+        steps = state.global_step - self.step0
+        return steps, seconds, steps * self.tokens_per_step / max(seconds, 1e-9)
+
+
+def run_trainer(model, tokenizer, dataset, work: Path, config: CptConfig, device: str, resume: str | None) -> dict:
+    """Train with the Hugging Face Trainer; returns steps, seconds, tokens/s and the last logged loss."""
+    import importlib.util
+
+    from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
+
+    if importlib.util.find_spec("accelerate") is None:
+        raise SpearError("cpt: the Hugging Face Trainer needs `accelerate`; run `pip install accelerate`.")
+
+    callback = type("SpearLogCallback", (_LogCallback, TrainerCallback), {})(
+        work / "train_log.jsonl", config.tokens_per_step
+    )
+    use_bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
+    args = TrainingArguments(
+        output_dir=str(work / "checkpoints"),
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        learning_rate=config.lr,
+        lr_scheduler_type=config.scheduler,
+        warmup_steps=config.warmup_steps,
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        logging_steps=config.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps" if config.save_steps else "no",
+        save_steps=config.save_steps or 500,
+        save_total_limit=config.save_total_limit,
+        seed=config.seed,
+        use_cpu=device == "cpu",
+        bf16=use_bf16,
+        report_to="none",
+        dataloader_num_workers=0,
+        dataloader_pin_memory=device == "cuda",
+        remove_unused_columns=False,
+        disable_tqdm=not config.progress,
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=default_data_collator,
+        processing_class=tokenizer,
+        callbacks=[callback],
+    )
+    if not config.progress:
+        from transformers import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)  # the log goes to train_log.jsonl
+    trainer.train(resume_from_checkpoint=resume)
+    steps, seconds, tps = callback.throughput(trainer.state)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return {
+        "steps": trainer.state.global_step,
+        "session_steps": steps,
+        "train_seconds": round(seconds, 3),
+        "tokens_per_second": round(tps, 1),
+        "final_loss": losses[-1] if losses else None,
+    }
+
+
+def cpt(base: str | Path, corpus: list[Path], out: Path, config: CptConfig | None = None) -> CptResult:
+    """Continually pre-train `base` on `corpus` files; write the trained HF folder to `out`."""
+    config = config or CptConfig()
+    base, out, corpus = Path(base), Path(out), [Path(p) for p in corpus]
+    if not corpus:
+        raise SpearError("cpt: no corpus files given; pass --corpus FILE.")
+    if out.exists() and not config.overwrite:
+        raise SpearError(f"{out}: already exists; choose another output folder or pass --overwrite.")
+    device = _device(config.device)
+    old_threads = torch.get_num_threads()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    started = time.time()
+    try:
+        model, tokenizer, base_dtype = _load(base)
+        max_tokens = config.max_corpus_tokens or config.max_steps * config.tokens_per_step
+        blocks = pack_corpus(tokenizer, corpus, config.seq_len, config.text_field, max_tokens)
+        log.info("corpus: %d blocks of %d tokens from %d file(s)", len(blocks), config.seq_len, len(corpus))
+        summary = apply_freeze_file(model, config.freeze) if config.freeze else _summarize(model)
+        if summary.trainable_params == 0:
+            raise SpearError(f"{config.freeze}: freezes every parameter; nothing would train.")
+        log.info("parameters: %s", summary)
+        work = _work_dir(out, config)
+        stats = run_trainer(model, tokenizer, PackedDataset(blocks), work, config, device, _resume_arg(config, work))
+        save_dtype = _save_dtype(config.save_dtype, device, base_dtype)
+        result = CptResult(
+            out=out,
+            steps=stats["steps"],
+            train_tokens=stats["steps"] * config.tokens_per_step,
+            wall_seconds=round(time.time() - started, 3),
+            train_seconds=stats["train_seconds"],
+            tokens_per_second=stats["tokens_per_second"],
+            final_loss=stats["final_loss"],
+            trainable_parameters=summary.trainable_params,
+            total_parameters=summary.total_params,
+            frozen_layers=summary.frozen_layers,
+            device=device,
+            threads=torch.get_num_threads(),
+        )
+        cost = _cost(result, config, base, corpus, len(blocks), save_dtype)
+        _publish(model.to(save_dtype), tokenizer, work, out, cost, started, config.overwrite)
+        return result.model_copy(update={"wall_seconds": cost["wall_seconds"]})
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _save_dtype(choice: str, device: str, base_dtype: torch.dtype) -> torch.dtype:
+    if choice == "float32" or (choice == "auto" and device == "cpu"):
+        return torch.float32
+    return base_dtype
+
+
+def _cost(result: CptResult, config: CptConfig, base: Path, corpus: list[Path], blocks: int, dtype) -> dict:
+    import transformers
+
+    device_name = torch.cuda.get_device_name() if result.device == "cuda" else _cpu_name()
+    return {
+        **result.model_dump(mode="json", exclude={"out"}),
+        "device_name": device_name,
+        "torch_version": torch.__version__,
+        "transformers_version": transformers.__version__,
+        "spear_mm_version": __version__,
+        "base": str(base.resolve()),
+        "corpus": [str(p.resolve()) for p in corpus],
+        "corpus_blocks": blocks,
+        "saved_dtype": str(dtype).removeprefix("torch."),
+        "config": config.model_dump(mode="json"),
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine() or "cpu"
+
+
+def _publish(model, tokenizer, work: Path, out: Path, cost: dict, started: float, overwrite: bool) -> None:
+    """Write model, tokenizer, log and cost to a temporary sibling, then rename it to `out`."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if (work / "train_log.jsonl").exists():
+            shutil.copy2(work / "train_log.jsonl", tmp / "train_log.jsonl")
+        cost["wall_seconds"] = round(time.time() - started, 3)  # load + tokenise + train + save
+        (tmp / "cost.json").write_text(json.dumps(cost, indent=2) + "\n")
+        if out.exists() and overwrite:
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(work, ignore_errors=True)
