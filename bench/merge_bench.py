@@ -4,7 +4,7 @@ On the synthetic TinyLlama-shape bf16 pair of bench/synth_pair.py (1.1 B paramet
 contender merges the same SLERP plan (uniform t = 0.5 on every tensor; `--per-layer`: t from 0.2 to 0.8 over
 the layers, embeddings/head/final norm at 0.5 set explicitly) into a fresh folder. mergekit is installed from PyPI into its own venv per
 version (bench/_work/mergekit-<version>-venv, torch pinned to the local CPU wheel) and runs the config
-spear-mm exports for the same plan (`spear_mm.planning.policies.to_mergekit_config`: base_model = adapted, so
+spear-mm exports for the same plan (`spear_mm.planning.exports.to_mergekit_config`: base_model = adapted, so
 mergekit's t = spear-mm's t). mergekit 0.1.4 SLERPs whole tensors like spear-mm; 0.1.5 uses one angle per
 output row, so its output is timed and reported but not held to the agreement check.
 `cp -r adapted/` is the I/O floor. Wall time and peak RSS come from `/usr/bin/time` (psutil polling where it
@@ -36,8 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 from synth_pair import WORK, make_synth_pair  # noqa: E402
 
+from spear_mm.planning.exports import to_mergekit_config  # noqa: E402
 from spear_mm.planning.plan import Plan, Provenance  # noqa: E402
-from spear_mm.planning.policies import to_mergekit_config  # noqa: E402
 
 SPEAR = Path(sys.executable).with_name("spear-mm")
 # mergekit 0.1.4 SLERPs whole tensors (the formulation spear-mm follows); 0.1.5 switched to one angle per output

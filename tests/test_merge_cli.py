@@ -21,6 +21,7 @@ import spear_mm.cli
 import spear_mm.cli.merge
 from spear_mm.cli import main
 from spear_mm.io.checkpoint import Checkpoint
+from spear_mm.planning.plan import Plan, Provenance
 
 
 @pytest.fixture()
@@ -272,3 +273,31 @@ def test_console_script_exits_2_with_a_one_paragraph_error(tmp_path):
     assert proc.returncode == 2
     err = _fold(proc.stderr)
     assert err.startswith("error:") and "no such folder" in err and "Traceback" not in err
+
+
+def test_plan_of_another_pair_is_refused_unless_forced(pair, tmp_path, cli):
+    base, adapted = pair
+    right = Checkpoint.open(base).fingerprint()
+    plan = Plan.uniform(0.5, 6, provenance=Provenance(policy="balanced", base="0123456789abcdef", adapted=None))
+    plan_file = plan.save(tmp_path / "plan.yaml")
+    code, text = cli("merge", base, adapted, "-o", tmp_path / "m", "--plan", plan_file)
+    assert code == 2 and "another pair" in text and "0123456789abcdef" in text and right in text, text
+    assert not (tmp_path / "m").exists()
+    code, text = cli("merge", base, adapted, "-o", tmp_path / "m", "--plan", plan_file, "--force")
+    assert code == 0, text
+    good = Plan.uniform(0.5, 6, provenance=Provenance(policy="balanced", base=right)).save(tmp_path / "ok.yaml")
+    code, text = cli("merge", base, adapted, "-o", tmp_path / "m2", "--plan", good)
+    assert code == 0, text
+
+
+def test_fingerprint_sees_a_changed_tensor_of_the_same_size(tmp_path):
+    """One tensor's values change, the file's size does not: the resume keys and provenance must change."""
+    model = tmp_path / "m"
+    model.mkdir()
+    tensors = {f"t{i}": torch.zeros(5000) for i in range(40)}
+    save_file(tensors, model / "model.safetensors")
+    (model / "config.json").write_text('{"model_type": "llama", "num_hidden_layers": 1}')
+    before = Checkpoint.open(model).fingerprint()
+    tensors["t17"][2500] = 1.0
+    save_file(tensors, model / "model.safetensors")
+    assert Checkpoint.open(model).fingerprint() != before

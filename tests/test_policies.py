@@ -13,18 +13,16 @@ import torch
 import yaml
 
 from spear_mm.errors import SpearError
-from spear_mm.planning.freeze import load_freeze_yaml
-from spear_mm.planning.plan import Plan
-from spear_mm.planning.policies import (
+from spear_mm.planning.exports import (
     apply_freeze_plan,
-    count_layers,
-    describe,
-    make_plan,
     mergekit_yaml,
     to_freeze_yaml,
     to_mergekit_config,
     write_freeze_plan,
 )
+from spear_mm.planning.freeze import load_freeze_yaml
+from spear_mm.planning.plan import Plan
+from spear_mm.planning.policies import count_layers, describe, make_plan
 from spear_mm.scoring.table import LayerScore, ScoreConfig, ScoreTable, Timing
 
 MERGEKIT_PY = Path(
@@ -253,3 +251,10 @@ def test_mergekit_run_matches_spear_merge_for_fractional_per_layer_t(tiny_pair, 
     for name, w in theirs.items():
         rel = float((w.double() - ours[name].double()).norm() / ours[name].double().norm().clamp_min(1e-12))
         assert rel < 1e-5, (name, rel)
+
+
+def test_mergekit_export_needs_the_adapted_model_names(tmp_path):
+    """No silent Llama-name fallback: an unreadable adapted folder is a clear error naming it."""
+    plan = Plan.uniform(0.5, 4)
+    with pytest.raises(SpearError, match="reads them from .*nowhere"):
+        to_mergekit_config(plan, tmp_path / "base", tmp_path / "nowhere")

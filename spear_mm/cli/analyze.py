@@ -12,7 +12,8 @@ from rich.table import Table
 
 from spear_mm.errors import SpearError
 from spear_mm.io.checkpoint import Checkpoint
-from spear_mm.planning.policies import describe, make_plan, mergekit_yaml, write_freeze_plan
+from spear_mm.planning.exports import mergekit_yaml, write_freeze_plan
+from spear_mm.planning.policies import describe, make_plan
 from spear_mm.scoring.layers import ScoreConfig, analyze
 from spear_mm.scoring.table import ScoreTable
 

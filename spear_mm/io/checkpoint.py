@@ -278,10 +278,13 @@ class Checkpoint:
             yield name, self.read(name)
 
     def fingerprint(self) -> str:
-        """A fast content hash: config, every tensor's name/shape/dtype, and sampled bytes of each file.
+        """A fast content hash: config, every tensor's name/shape/dtype, each file's size, 16 samples of 64 KiB
+        per file, and 256 bytes at the start, middle and end of every tensor's data.
 
-        Hashing hundreds of GB in full would cost minutes; this changes whenever weights are re-saved
-        differently in practice (headers, sizes, and 64 KiB samples at 16 places of every file).
+        Hashing hundreds of GB in full would cost minutes. A tensor re-saved with other values changes its own
+        samples even when the file's size and most of its bytes stay the same (a fine-tune of one layer).
+        Modification times are left out on purpose: a copied model (plain `cp`) is the same model, and its
+        resume keys and plan provenance must still match.
         """
         h = hashlib.sha256(json.dumps(self.config, sort_keys=True).encode())
         for name in sorted(self.infos):
@@ -294,6 +297,12 @@ class Checkpoint:
                 for k in range(16):
                     f.seek(size * k // 16)
                     h.update(f.read(65536))
+                for name in sorted(n for n, i in self.infos.items() if i.file == file and i.offset >= 0):
+                    i = self.infos[name]
+                    nbytes = i.numel * i.dtype.itemsize
+                    for at in sorted({0, max(0, nbytes // 2 - 128), max(0, nbytes - 256)}):
+                        f.seek(i.offset + at)
+                        h.update(f.read(min(256, nbytes)))
         return h.hexdigest()[:16]
 
 

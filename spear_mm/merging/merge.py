@@ -168,6 +168,7 @@ def _merge(
 ) -> MergeReport:
     pair = open_pair(base, adapted, allow_vocab_extension=allow_vocab_extension)
     plan = plan if isinstance(plan, Plan) else Plan.uniform(float(plan), pair.num_layers)
+    check_provenance(plan, pair, force=force)
     final = check_output(Path(out), [pair.base.path, pair.adapted.path], force)
     tasks = build_tasks(pair, plan)
     check_free_space(final.parent, sum(t.out_dtype.itemsize * _numel(t.shape) for t in tasks))
@@ -208,6 +209,27 @@ def _merge(
         report.seconds,
     )
     return report
+
+
+def check_provenance(plan: Plan, pair: Pair, *, force: bool = False) -> None:
+    """Refuse a plan made for another pair: its provenance fingerprints must match this pair's.
+
+    Args:
+        plan: the plan; one without recorded fingerprints (written by hand) passes.
+        pair: the open base/adapted pair.
+        force: merge anyway, with a warning.
+    """
+    recorded = {"base": (plan.provenance.base, pair.base), "adapted": (plan.provenance.adapted, pair.adapted)}
+    wrong = [f"{k} {want} ≠ {ckpt.path} {got}" for k, (want, ckpt) in recorded.items()
+             if want and (got := ckpt.fingerprint()) != want]  # fmt: skip
+    if not wrong:
+        return
+    msg = (f"the plan was made for another pair (its provenance fingerprints: {'; '.join(wrong)}): its scores "
+           "and layer choices describe other weights")  # fmt: skip
+    if force:
+        log.warning("%s; merging anyway (--force).", msg)
+        return
+    raise SpearError(f"{msg}. Re-make it from this pair (spear-mm analyze, then spear-mm plan), or pass --force.")
 
 
 def _stream(

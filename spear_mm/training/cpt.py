@@ -23,10 +23,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from spear_mm import __version__
 from spear_mm.errors import SpearError
+from spear_mm.planning.exports import apply_freeze_plan
 from spear_mm.planning.freeze import FreezeSummary, apply_freeze, is_freeze_yaml, load_freeze_yaml
 from spear_mm.planning.freeze import summarize_freeze as _summarize
 from spear_mm.planning.plan import Plan
-from spear_mm.planning.policies import apply_freeze_plan
 from spear_mm.training.corpus import PackedDataset, pack_corpus
 
 log = logging.getLogger(__name__)
