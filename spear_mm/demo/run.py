@@ -31,7 +31,7 @@ from spear_mm.training.cpt import CptConfig, cpt
 
 _log = logging.getLogger(__name__)
 
-DEMO_DATA = Path(__file__).resolve().parent / "_data" / "demo"
+DEMO_DATA = Path(__file__).resolve().parents[1] / "_data" / "demo"
 DEMO_CORPUS = DEMO_DATA / "finance_train.txt"
 REUTERS = "reuters21578/reuters21578.jsonl.gz"
 SAMPLE_SEED = 0
