@@ -55,6 +55,17 @@ def rolling_windows(tokens: Sequence[int], prefix: int, window: int, stride: int
     return out
 
 
+def _group_sums(logp: torch.Tensor, targets: Sequence[int], lengths: Sequence[int]) -> list[float]:
+    """Log-probabilities of `targets` (one per row of `logp`, in order), summed over consecutive groups of
+    `lengths` rows — the log-likelihood of each continuation or window (summed in float64, as Python floats)."""
+    picked = logp.gather(1, torch.tensor(targets, device=logp.device)[:, None])[:, 0].tolist()
+    out, pos = [], 0
+    for n in lengths:
+        out.append(sum(picked[pos : pos + n]))
+        pos += n
+    return out
+
+
 def _pad_right(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
@@ -230,14 +241,8 @@ class Engine:
         full_mask = torch.cat([mask[owner], c_mask], dim=1)
         kwargs = {self._cache_arg: cache, "position_ids": positions.to(self.device), "use_cache": True}
         logp, _ = self._logits(c_ids, full_mask, c_mask.bool(), **kwargs)
-        targets = torch.cat([torch.tensor(conts[i][j][1:]) for i, j in rows]).to(logp.device)
-        picked = logp.gather(1, targets[:, None])[:, 0].tolist()
-        out, pos = [], 0
-        for i, j in rows:
-            n = len(conts[i][j]) - 1
-            out.append(sum(picked[pos : pos + n]))
-            pos += n
-        return out
+        targets = [tok for i, j in rows for tok in conts[i][j][1:]]
+        return _group_sums(logp, targets, [len(conts[i][j]) - 1 for i, j in rows])
 
     @torch.inference_mode()
     def _mc_flat(self, ctxs: list[list[int]], conts: list[list[list[int]]]) -> list[list[float]]:
@@ -256,13 +261,9 @@ class Engine:
                 keep[k, length - n : length] = True
                 targets.extend(conts[i][j])
             logp, _ = self._logits(ids, mask, keep)
-            picked = logp.gather(1, torch.tensor(targets, device=logp.device)[:, None])[:, 0].tolist()
-            pos = 0
-            for r in part:
-                i, j = rows[r]
-                n = len(conts[i][j])
-                lls[i][j] = sum(picked[pos : pos + n])
-                pos += n
+            sums = _group_sums(logp, targets, [len(conts[rows[r][0]][rows[r][1]]) for r in part])
+            for r, value in zip(part, sums, strict=True):
+                lls[rows[r][0]][rows[r][1]] = value
         return lls
 
     # ---- perplexity ----------------------------------------------------------------------------------
@@ -299,12 +300,10 @@ class Engine:
                 keep[k, len(seq) - 1 - n : len(seq) - 1] = True
                 targets.extend(seq[-n:])
             logp, _ = self._logits(ids, mask, keep)
-            picked = logp.gather(1, torch.tensor(targets, device=logp.device)[:, None])[:, 0].tolist()
-            pos, done = 0, 0
-            for w in batch:
-                doc, _, n = wins[w]
-                nll[doc] -= sum(picked[pos : pos + n])
-                pos += n
+            done = 0
+            for w, value in zip(batch, _group_sums(logp, targets, [wins[w][2] for w in batch]), strict=True):
+                doc = wins[w][0]
+                nll[doc] -= value
                 left[doc] -= 1
                 done += left[doc] == 0
             advance(done)

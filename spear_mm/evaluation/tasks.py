@@ -42,7 +42,9 @@ class TaskSpec(BaseModel):
     hub: dict[str, Any] | None = Field(None, description="datasets.load_dataset kwargs for source=hub")
     args: dict[str, Any] = Field(default_factory=dict, description="loader-specific options")
     # perplexity
-    window: int | None = Field(None, description="tokens per forward window; default the model's context length, capped at 2048")
+    window: int | None = Field(
+        None, description="tokens per forward window; default the model's context length, capped at 2048"
+    )
     stride: int | None = Field(None, description="new tokens scored per window; default = window (lm-eval)")
     chunk_chars: int = Field(2000, description="long texts are cut at paragraph ends into items of ~this size")
     # generation

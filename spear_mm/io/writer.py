@@ -8,6 +8,7 @@ memory, tensors may arrive in any order, and memory stays bounded by the tensors
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -61,7 +62,7 @@ class ShardedWriter:
         shards: list[list[tuple[str, torch.dtype, tuple[int, ...], int]]] = [[]]
         size = 0
         for name, dtype, shape in layout:
-            nbytes = dtype.itemsize * _numel(shape)
+            nbytes = dtype.itemsize * math.prod(shape)
             if shards[-1] and size + nbytes > max_shard_size:
                 shards.append([])
                 size = 0
@@ -144,13 +145,6 @@ def _reserve(fd: int, size: int) -> None:
         os.posix_fallocate(fd, 0, size)
     except (OSError, AttributeError):
         os.ftruncate(fd, size)
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 # -- atomic output folders ----------------------------------------------------------------------------------------

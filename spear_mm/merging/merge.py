@@ -171,7 +171,7 @@ def _merge(
     check_provenance(plan, pair, force=force)
     final = check_output(Path(out), [pair.base.path, pair.adapted.path], force)
     tasks = build_tasks(pair, plan)
-    check_free_space(final.parent, sum(t.out_dtype.itemsize * _numel(t.shape) for t in tasks))
+    check_free_space(final.parent, sum(t.out_dtype.itemsize * math.prod(t.shape) for t in tasks))
     with AtomicDir(final) as staging:
         writer = ShardedWriter(staging.tmp, [(t.name, t.out_dtype, t.shape) for t in tasks], parse_size(max_shard_size))
         try:
@@ -336,10 +336,3 @@ on {fallback} interpolated tensors.
 | --- | --- |
 {rows}
 """
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n

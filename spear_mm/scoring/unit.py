@@ -14,18 +14,14 @@ import torch
 
 from spear_mm.errors import SpearError
 from spear_mm.io.architecture import ParamInfo, layer_map
-from spear_mm.io.checkpoint import Checkpoint
+from spear_mm.io.checkpoint import Checkpoint, require_finite
 from spear_mm.scoring.spectral import analyze_matrix
 from spear_mm.scoring.table import ModuleScore, ScoreConfig
 
 
 # -- 1. one tensor pair ------------------------------------------------------------------------------------------
 def _check_finite(name: str, t: torch.Tensor, where: str) -> None:
-    if t.dtype.is_floating_point and not bool(torch.isfinite(t).all()):
-        raise SpearError(
-            f"tensor '{name}' in {where} contains NaN or Inf values. The checkpoint is damaged (or training "
-            "diverged); fix or re-export it before scoring."
-        )
+    require_finite(t, name, where, "scoring")
 
 
 def _rel_and_cos(b: torch.Tensor, a: torch.Tensor, d: torch.Tensor) -> tuple[float, float, float, float]:
