@@ -314,6 +314,7 @@ class Pair:
     num_layers: int
     vocab_extension: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (base rows, adapted rows)
     dtype_mismatch: dict[str, tuple[torch.dtype, torch.dtype]] = field(default_factory=dict)
+    config_differences: list[str] = field(default_factory=list)  # e.g. "rope_theta: base 10000.0 vs adapted …"
 
     @property
     def names(self) -> list[str]:
@@ -386,4 +387,25 @@ def open_pair(
     num_layers = num_layers_of(a.config) or 1 + max(
         (p.layer for p in params.values() if p.layer is not None), default=0
     )
-    return Pair(b, a, params, num_layers, vocab_ext, mismatch)
+    differences = config_differences(b.config, a.config)
+    if differences:
+        log.warning(
+            "%s and %s: the configs differ in what the weights mean (%s); the merged model uses the adapted "
+            "config. Check that this is intended (e.g. a context extension changed rope_theta during CPT).",
+            b.path,
+            a.path,
+            "; ".join(differences),
+        )
+    return Pair(b, a, params, num_layers, vocab_ext, mismatch, differences)
+
+
+# Config fields that change what the same weights compute: a difference is warned about (and noted by merges).
+_SEMANTIC_KEYS = ("rope_theta", "rope_scaling", "rope_parameters", "max_position_embeddings", "rms_norm_eps",
+                  "layer_norm_eps", "layer_norm_epsilon", "num_attention_heads", "num_key_value_heads", "head_dim",
+                  "hidden_act", "sliding_window", "partial_rotary_factor", "tie_word_embeddings")  # fmt: skip
+
+
+def config_differences(base: dict, adapted: dict) -> list[str]:
+    """`key: base X vs adapted Y` for every semantic config field that differs (text_config too)."""
+    cb, ca = base.get("text_config", base), adapted.get("text_config", adapted)
+    return [f"{k}: base {cb.get(k)!r} vs adapted {ca.get(k)!r}" for k in _SEMANTIC_KEYS if cb.get(k) != ca.get(k)]

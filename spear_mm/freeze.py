@@ -108,11 +108,9 @@ def write_freeze_yaml(path: Path | str, unfrozen_patterns: list[str], comment: s
     if comment:
         header += "".join(f"# {line}\n" for line in comment.splitlines())
     text = header + yaml.safe_dump({YAML_KEY: list(unfrozen_patterns)}, sort_keys=False, width=1000)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-    return path
+    from spear_mm.outputs import atomic_write_text
+
+    return atomic_write_text(path, text)
 
 
 def is_freeze_yaml(data: object) -> bool:
@@ -124,7 +122,9 @@ def load_freeze_yaml(path: Path | str) -> list[str]:
     """Read the `unfrozen_parameters` regexes of a freeze YAML (ours or Spectrum's); validates them."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        from spear_mm.errors import read_text
+
+        data = yaml.safe_load(read_text(path, "freeze file"))
     except OSError as exc:
         raise SpearError(f"{path}: cannot read the freeze file ({exc.strerror}).") from exc
     except yaml.YAMLError as exc:

@@ -117,7 +117,7 @@ def _template(adapted: str, device: str, pair_key: str):
 def _pair(base: str, adapted: str, pair_key: str):
     from spear_mm.checkpoint import open_pair
 
-    return open_pair(base, adapted)
+    return open_pair(base, adapted, allow_vocab_extension=True)  # the driver validated the pair and its flag
 
 
 def clear_caches() -> None:

@@ -91,12 +91,9 @@ class EvalResult(BaseModel):
 
     def save(self, path: str | Path) -> Path:
         """Write JSON atomically (a temporary file renamed into place)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(self.model_dump_json(indent=1), encoding="utf-8")
-        tmp.replace(path)
-        return path
+        from spear_mm.outputs import atomic_write_text
+
+        return atomic_write_text(Path(path), self.model_dump_json(indent=1))
 
     @classmethod
     def load(cls, path: str | Path) -> EvalResult:

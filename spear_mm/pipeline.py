@@ -40,11 +40,11 @@ from spear_mm.jobs import (
     tasks_hash,
 )
 from spear_mm.metrics import EvalResult
+from spear_mm.outputs import WorkDir, check_free_space
 from spear_mm.plan import Plan
 from spear_mm.run_summary import RunSummary, StageCost, cpt_cost, report_tables, summarise
 from spear_mm.score_table import ScoreConfig, ScoreTable
 from spear_mm.steps import Steps, content_key
-from spear_mm.writer import check_free_space, check_output
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]  # (stage, done, total); stages: analyze, evaluate, merge
@@ -77,6 +77,7 @@ def run(
     title: str | None = None,
     report: bool = True,
     progress: Progress | None = None,
+    allow_vocab_extension: bool = False,
 ) -> RunSummary:
     """Score, plan, merge, validate and choose for one base/adapted pair; everything lands in `out` (resumable).
 
@@ -95,53 +96,60 @@ def run(
         policies = [p.strip() for p in policies.split(",") if p.strip()]
     run_dir, stages = Path(out).expanduser().resolve(), []
     clock = time.perf_counter()
-    pair = open_pair(base, adapted)  # different families or mismatched tensors fail here, before any work
-    check_output(run_dir, [pair.base.path, pair.adapted.path], force=True)
-    fp_b, fp_a = pair.base.fingerprint(), pair.adapted.fingerprint()
-    grid = parse_sweep(sweep)
-    tasks, skipped = _load_tasks(suites, data_dir, limit, seed)
-    n_candidates = len(policies) + (len(grid["fractions"]) * len(grid["t"]) if grid else 0) + N_BASELINES * baselines
-    check_free_space(run_dir, pair.adapted.nbytes * (n_candidates if keep_all else 1))
-    stages.append(StageCost(name="open pair + load tasks", seconds=time.perf_counter() - clock, device="cpu"))
-    steps = Steps(run_dir)
-    steps.event("run", "started", base=str(pair.base.path), adapted=str(pair.adapted.path))
-    gpus = (1 if device.startswith("cuda") else 0) if executor == "ray" else None
-    with _LazyExecutor(executor, workers, ray_address, gpus) as ex:
-        scores, stage = _analyze(pair, run_dir, steps, fp_b, fp_a, device, score_config, progress, ex)
+    pair = open_pair(
+        base, adapted, allow_vocab_extension=allow_vocab_extension
+    )  # different families or mismatched tensors fail here, before any work
+    from spear_mm.merge import resolve_device
+
+    resolve_device(device)  # a CUDA request on a CPU-only torch fails here, before any folder is made
+    with WorkDir(run_dir, [pair.base.path, pair.adapted.path]):  # not an input; one writer; dead temps cleaned
+        fp_b, fp_a = pair.base.fingerprint(), pair.adapted.fingerprint()
+        grid = parse_sweep(sweep)
+        tasks, skipped = _load_tasks(suites, data_dir, limit, seed)
+        n_candidates = (
+            len(policies) + (len(grid["fractions"]) * len(grid["t"]) if grid else 0) + N_BASELINES * baselines
+        )
+        check_free_space(run_dir, pair.adapted.nbytes * (n_candidates if keep_all else 1))
+        stages.append(StageCost(name="open pair + load tasks", seconds=time.perf_counter() - clock, device="cpu"))
+        steps = Steps(run_dir)
+        steps.event("run", "started", base=str(pair.base.path), adapted=str(pair.adapted.path))
+        gpus = (1 if device.startswith("cuda") else 0) if executor == "ray" else None
+        with _LazyExecutor(executor, workers, ray_address, gpus) as ex:
+            scores, stage = _analyze(pair, run_dir, steps, fp_b, fp_a, device, score_config, progress, ex)
+            stages.append(stage)
+            prov = {"base": fp_b, "adapted": fp_a}
+            candidates = policy_candidates(scores, policies) + _sweep(scores, grid)
+            candidates += baseline_candidates(pair.num_layers, prov) if baselines else []
+            check_unique(candidates)
+            candidates = _write_plans(candidates, run_dir, steps, scores)
+            jobs = _jobs(pair, candidates, tasks, device, threads, batch_size, seed, limit, (fp_b, fp_a))
+            results, stage = _evaluate(jobs, pair, run_dir, steps, fp_b, fp_a, tasks, skipped, ex, progress)
         stages.append(stage)
-        prov = {"base": fp_b, "adapted": fp_a}
-        candidates = policy_candidates(scores, policies) + _sweep(scores, grid)
-        candidates += baseline_candidates(pair.num_layers, prov) if baselines else []
-        check_unique(candidates)
-        candidates = _write_plans(candidates, run_dir, steps, scores)
-        jobs = _jobs(pair, candidates, tasks, device, threads, batch_size, seed, limit, (fp_b, fp_a))
-        results, stage = _evaluate(jobs, pair, run_dir, steps, fp_b, fp_a, tasks, skipped, ex, progress)
-    stages.append(stage)
 
-    summary = summarise(pair, candidates, results, scores, stages, run_dir, fp_b, fp_a, skipped,
-                        suites=_suite_label(suites), limit=limit, seed=seed, device=device, title=title,
-                        target_retention=target_retention, choose_from=choose_from,
-                        cpt=cpt_cost(pair.adapted.path, cpt_cost_seconds))  # fmt: skip
-    stage = _write_models(pair, candidates, summary.chosen, keep_all, run_dir, steps, device, threads, progress)
-    summary.stages.append(stage)
-    summary.chosen_model_path = (
-        str(run_dir / "models" / summary.chosen)
-        if summary.chosen in {c.name for c in candidates}
-        else str(pair.adapted.path)
-        if summary.chosen == "adapted"
-        else None
-    )
-    summary.tables = report_tables(summary)
-    if report:
-        summary.report_html, summary.report_md = str(run_dir / "report.html"), str(run_dir / "report.md")
-    summary.seconds = round(time.perf_counter() - started, 3)
-    summary.save(run_dir / "summary.json")
-    if report:
-        from spear_mm.report import write_report
+        summary = summarise(pair, candidates, results, scores, stages, run_dir, fp_b, fp_a, skipped,
+                            suites=_suite_label(suites), limit=limit, seed=seed, device=device, title=title,
+                            target_retention=target_retention, choose_from=choose_from,
+                            cpt=cpt_cost(pair.adapted.path, cpt_cost_seconds))  # fmt: skip
+        stage = _write_models(pair, candidates, summary.chosen, keep_all, run_dir, steps, device, threads, progress)
+        summary.stages.append(stage)
+        summary.chosen_model_path = (
+            str(run_dir / "models" / summary.chosen)
+            if summary.chosen in {c.name for c in candidates}
+            else str(pair.adapted.path)
+            if summary.chosen == "adapted"
+            else None
+        )
+        summary.tables = report_tables(summary)
+        if report:
+            summary.report_html, summary.report_md = str(run_dir / "report.html"), str(run_dir / "report.md")
+        summary.seconds = round(time.perf_counter() - started, 3)
+        summary.save(run_dir / "summary.json")
+        if report:
+            from spear_mm.report import write_report
 
-        write_report(run_dir)
-    steps.event("run", "finished", time.perf_counter() - started, chosen=summary.chosen)
-    return summary
+            write_report(run_dir)
+        steps.event("run", "finished", time.perf_counter() - started, chosen=summary.chosen)
+        return summary
 
 
 # -- stages ----------------------------------------------------------------------------------------------------
@@ -178,7 +186,8 @@ def _analyze(pair: Pair, run_dir, steps, fp_b, fp_a, device, config, progress, e
         ex.get()  # start Ray once: scoring attaches to it, evaluation reuses it
     where = {} if ex.kind == "local" else {"executor": ex.kind, "ray_address": ex.ray_address, "workers": ex.workers}
     table = analyze(pair.base.path, pair.adapted.path, out, device=device, config=config, progress=cb,
-                    alpha=config.alpha, aggregate=config.aggregate, **where)  # fmt: skip
+                    alpha=config.alpha, aggregate=config.aggregate,
+                    allow_vocab_extension=bool(pair.vocab_extension), **where)  # fmt: skip
     seconds = round(time.perf_counter() - started, 4)  # as recorded, so a resumed run reports the same costs
     steps.record(out, "analyze", key, seconds, device, tensors=len(table.modules))
     return table, StageCost(name="analyze", seconds=seconds, device=device, detail=f"{len(table.modules)} tensors")
@@ -320,7 +329,7 @@ class _LazyExecutor:
 
     def __exit__(self, *exc) -> None:
         if self._ex is not None:
-            self._ex.close()
+            self._ex.__exit__(*exc)  # on an exception a process pool kills its workers instead of waiting
 
 
 def _retire_stale(eval_dir: Path, names: set[str]) -> None:
@@ -369,7 +378,7 @@ def _write_models(pair, candidates, chosen, keep_all, run_dir, steps, device, th
             continue
         cb = _bytes_progress(progress, pair.adapted.nbytes) if progress else None
         report = merge(pair.base.path, pair.adapted.path, out, c.plan, device=device, force=True, threads=threads,
-                       progress=cb)  # fmt: skip
+                       progress=cb, allow_vocab_extension=bool(pair.vocab_extension))  # fmt: skip
         steps.record(out, f"merge {c.name}", key, report.seconds, device, bytes=report.bytes_written)
         seconds, written = seconds + report.seconds, written + 1
     status = "skipped" if reused and not written else "ran"

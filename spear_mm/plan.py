@@ -166,12 +166,9 @@ class Plan(_Strict):
         return header + yaml.safe_dump(data, sort_keys=False, width=110)
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(self.to_yaml())
-        tmp.replace(path)
-        return path
+        from spear_mm.outputs import atomic_write_text
+
+        return atomic_write_text(Path(path), self.to_yaml())
 
     @classmethod
     def from_yaml(cls, text: str, source: str = "<plan>") -> Plan:
@@ -199,10 +196,12 @@ class Plan(_Strict):
 
     @classmethod
     def load(cls, path: str | Path) -> Plan:
+        from spear_mm.errors import read_text
+
         path = Path(path)
         if not path.exists():
             raise SpearError(f"{path}: plan file not found.")
-        return cls.from_yaml(path.read_text(), source=str(path))
+        return cls.from_yaml(read_text(path, "plan"), source=str(path))
 
 
 def _line_of(node: yaml.Node | None, loc: tuple) -> int | None:

@@ -88,11 +88,12 @@ def score_tensor_pair(
     config: ScoreConfig | None = None,
     *,
     where: str = "the checkpoint",
+    where_base: str | None = None,
 ) -> ModuleScore:
     """All weight-only metrics of one tensor pair. Non-layer and 1-D tensors get relative change only."""
     config = config or ScoreConfig()
     started = time.perf_counter()
-    _check_finite(param.name, base, f"{where} (base)")
+    _check_finite(param.name, base, f"{where_base or where} (base)")
     _check_finite(param.name, adapted, f"{where} (adapted)")
     if base.shape != adapted.shape:
         raise SpearError(f"tensor '{param.name}': base {list(base.shape)} vs adapted {list(adapted.shape)}.")
@@ -172,8 +173,22 @@ def score_names(
     out = []
     for name in names:
         where = str(adapted.infos[name].file) if name in adapted.infos else str(adapted.path)
-        out.append(score_tensor_pair(base.read(name), adapted.read(name), params[name], config, where=where))
+        where_b = str(base.infos[name].file) if name in base.infos else str(base.path)
+        b, a = base.read(name), adapted.read(name)
+        if _extends_vocab(params[name], b, a):  # validated by open_pair(allow_vocab_extension=True) in the driver
+            a = a[: b.shape[0]]
+        out.append(score_tensor_pair(b, a, params[name], config, where=where, where_base=where_b))
     return out
+
+
+def _extends_vocab(param: ParamInfo, b: torch.Tensor, a: torch.Tensor) -> bool:
+    """An embedding/head whose adapted version has extra rows (a vocabulary extension): only shared rows compare."""
+    return (
+        param.group in ("embed", "head")
+        and a.ndim == b.ndim == 2
+        and a.shape[1] == b.shape[1] > 0
+        and (a.shape[0] > b.shape[0])
+    )
 
 
 def default_workers() -> int:
@@ -311,6 +326,7 @@ def analyze(
     progress: Progress | None = None,
     config: ScoreConfig | None = None,
     probe_tokens: int = 2048,
+    allow_vocab_extension: bool = False,
 ) -> ScoreTable:
     """Score every layer of `adapted` against `base` from the weights (plus optional probe-data scores).
 
@@ -318,11 +334,24 @@ def analyze(
     `device` override it. `executor` (local | process | ray, with `ray_address`) says where tensors are scored.
     With `out_dir`, writes scores.json, scores.csv, layer_scores.csv and the figures; rows are journalled there
     as they arrive, so a run interrupted and restarted with the same pair and config resumes.
+    `allow_vocab_extension`: an adapted embedding/head with extra rows is scored on the rows it shares with the base.
     """
     config = (config or ScoreConfig()).model_copy(update=dict(alpha=alpha, aggregate=aggregate, device=device))
     config = ScoreConfig.model_validate(config.model_dump())
     started = time.perf_counter()
-    pair = open_pair(base, adapted)
+    pair = open_pair(base, adapted, allow_vocab_extension=allow_vocab_extension)
+    if out_dir is None:
+        return _analyze(pair, None, config, started, workers, progress, executor, ray_address, probe, ground_truth,
+                        probe_tokens)  # fmt: skip
+    from spear_mm.outputs import WorkDir
+
+    with WorkDir(out_dir, [pair.base.path, pair.adapted.path]):  # not an input; one writer; dead temps cleaned
+        return _analyze(pair, out_dir, config, started, workers, progress, executor, ray_address, probe, ground_truth,
+                        probe_tokens)  # fmt: skip
+
+
+def _analyze(pair, out_dir, config, started, workers, progress, executor, ray_address, probe, ground_truth,
+             probe_tokens) -> ScoreTable:  # fmt: skip
     fingerprints = pair.base.fingerprint(), pair.adapted.fingerprint()
     journal = None
     if out_dir is not None:
@@ -361,7 +390,7 @@ def analyze(
             weights_seconds=time.perf_counter() - started,
             workers=workers,
             torch_threads=threads,
-            device=device,
+            device=config.device,
             precision_counts=dict(precisions),
         ),
     )

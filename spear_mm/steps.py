@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +23,7 @@ def content_key(**inputs: Any) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
-def atomic_write_text(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-    return path
+from spear_mm.outputs import atomic_write_text  # noqa: E402, F401  (re-exported: callers import it from here)
 
 
 class StepRecord(BaseModel):

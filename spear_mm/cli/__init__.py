@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import importlib
 import logging
+import signal
 import sys
+import threading
 
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
 from spear_mm import __version__
-from spear_mm.errors import SpearError
+from spear_mm.errors import SpearError, describe_os_error
 
 app = typer.Typer(
     name="spear-mm",
@@ -55,12 +57,23 @@ for _name in _COMMAND_MODULES:
     _mod.register(app)
 
 
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM unwinds like Ctrl-C: temporary folders are removed, locks released, pool workers killed."""
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
-    """Entry point: run the app, turning SpearError into a one-paragraph message and exit code 2."""
+    """Entry point: run the app, turning SpearError (and OS errors such as a full or read-only disk) into a
+    one-paragraph message and exit code 2."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         app()
     except SpearError as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(2)
+    except OSError as exc:
+        console.print(f"[bold red]error:[/] {describe_os_error(exc)}", highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/] — outputs are written atomically; re-run to resume.")

@@ -73,9 +73,15 @@ def evaluate_cmd(
     skip_missing: bool = typer.Option(False, "--skip-missing", help="Skip tasks whose data file is absent."),
 ) -> None:
     """Evaluate MODELS on the general and domain suites (same items for every model) and save the results."""
-    from spear_mm.cli import console
+    from spear_mm.cli import checks, console
     from spear_mm.evaluation import evaluate, load_tasks
+    from spear_mm.outputs import WorkDir
 
+    checks.device(device)
+    checks.positive("--limit", limit)
+    checks.positive("--threads", threads)
+    checks.positive("--batch-size", batch_size)
+    checks.positive("--max-length", max_length)
     if backend not in {"builtin", "lm-eval"}:
         raise SpearError(f"--backend {backend!r}: use builtin or lm-eval")
     skipped: dict[str, str] = {}
@@ -90,7 +96,7 @@ def evaluate_cmd(
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=console, transient=False) as progress:
+    with WorkDir(out, models), Progress(*columns, console=console, transient=False) as progress:
         for path, name in zip(models, _names(models), strict=True):
             result = evaluate(
                 path,

@@ -51,8 +51,11 @@ def merge_cmd(
 ) -> None:
     """Merge ADAPTED back toward BASE where the plan says (SLERP per tensor) and write an HF model folder."""
     from spear_mm.checkpoint import open_pair
+    from spear_mm.cli import checks
     from spear_mm.merge import build_tasks, merge, resolve_device
 
+    checks.positive("--threads", threads)
+    checks.file_option("--plan", plan)
     resolve_device(device)
     pair = open_pair(base, adapted, allow_vocab_extension=allow_vocab_extension)
     the_plan = _resolve_plan(plan, t, pair.num_layers, all_tensors)

@@ -62,10 +62,18 @@ def run_cmd(
         None, "--cpt-cost-seconds", help="Cost of one CPT run (default: ADAPTED/cost.json from spear-mm cpt)."
     ),
     title: str | None = typer.Option(None, help="Report title."),
+    allow_vocab_extension: bool = typer.Option(
+        False, help="The adapted model added vocabulary rows: shared rows are scored and merged, new rows kept."
+    ),
 ) -> None:
     """Score, plan, merge, validate and choose for one base/adapted pair; writes RUN/report.html."""
-    from spear_mm.cli import console
+    from spear_mm.cli import checks, console
     from spear_mm.pipeline import run
+
+    checks.device(device)
+    for option, value in (("--limit", limit), ("--threads", threads), ("--workers", workers),
+                          ("--batch-size", batch_size)):  # fmt: skip
+        checks.positive(option, value)
 
     _quiet_per_model_logs()
     if executor not in ("local", "process", "ray"):
@@ -104,6 +112,7 @@ def run_cmd(
             cpt_cost_seconds=cpt_cost_seconds,
             title=title,
             progress=progress,
+            allow_vocab_extension=allow_vocab_extension,
         )
     out_console.print(results_table(summary))
     c = summary.cost

@@ -46,8 +46,10 @@ def cpt_cmd(
     force: bool = typer.Option(False, "--force", "--overwrite", help="Replace an existing OUT when done."),
 ) -> None:
     """Continually pre-train BASE on the corpus with the Hugging Face Trainer; writes OUT with cost.json."""
+    from spear_mm.cli import checks
     from spear_mm.training import CptConfig, cpt
 
+    checks.positive("--threads", threads)
     files = [*(corpus or []), *(more_corpus or [])]
     if not files:
         raise SpearError("cpt: no corpus given; pass --corpus FILE [FILE ...].")
