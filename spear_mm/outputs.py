@@ -51,8 +51,15 @@ def check_not_input(out: str | Path, inputs: list[str | Path], what: str = "outp
 
 
 def check_output(out: str | Path, inputs: list[str | Path], force: bool) -> Path:
-    """Refuse outputs that overlap an input, and non-empty outputs without --force; returns the resolved path."""
+    """Refuse outputs that overlap an input, and non-empty outputs without --force; returns the resolved path.
+    What a killed spear-mm process left for this output is recovered first (see `recover`)."""
     final = check_not_input(out, inputs)
+    if any(not pid_alive(pid) for _, pid, _ in owned_siblings(final)):
+        try:
+            with OutputLock(final):
+                recover(final)
+        except SpearError:  # another live process holds the output: it will be refused later with that message
+            pass
     if final.exists() and not _empty_dir(final) and not force:
         raise SpearError(
             f"output {final} exists and is not empty. Choose a new folder, or pass --force to "

@@ -19,7 +19,7 @@ import pytest
 import spear_mm.cli
 from spear_mm.cli import main
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(spear_mm.cli.__file__).resolve().parents[2]  # the spear_mm under test (children import the same)
 RECORD: list[dict] = []  # one entry per CLI run / check, written at the end when SPEAR_HOSTILE_REPORT is set
 
 
