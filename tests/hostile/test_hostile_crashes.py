@@ -3,6 +3,7 @@ with a process pool. Real processes, real signals (a hook in the child kills it 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -133,3 +134,36 @@ def test_sigterm_on_run_takes_its_pool_workers_down(tiny_pair, tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+_SLOW_HOOK = """
+import time
+import spear_mm.merge
+_finish = spear_mm.merge._finish_folder
+def slow(*args):
+    _finish(*args)
+    time.sleep(6)
+spear_mm.merge._finish_folder = slow
+"""
+
+
+def test_two_merges_to_one_output_at_once_the_second_is_refused(tiny_pair, tmp_path, cli, note):
+    base, adapted = tiny_pair
+    out = tmp_path / "merged"
+    first = spear_subprocess(["merge", str(base), str(adapted), "--t", "0.25", "-o", str(out)], pre=_SLOW_HOOK,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and not any("tmp" in n for n in hidden_siblings(out)):
+            time.sleep(0.1)
+        assert first.poll() is None, "the first merge should still be writing"
+        code, text = cli("merge", base, adapted, "--t", "0.75", "-o", out)
+        assert code == 2 and "another spear-mm process is writing" in text, text
+        assert first.wait(timeout=120) == 0
+    finally:
+        if first.poll() is None:
+            first.kill()
+    report = json.loads((out / "merge_report.json").read_text())
+    note("outputs", changed="t=0.25" not in report["plan_summary"])
+    assert "t=0.25" in report["plan_summary"]  # the first result is the one that stays
+    assert hidden_siblings(out) == []

@@ -25,13 +25,15 @@ def clone(tmp_path) -> Path:
 
 def _plan(folder: Path, target: str) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAKE")}
-    return subprocess.run(["make", "-n", target], cwd=folder, env=env, capture_output=True, text=True, check=True).stdout
+    return subprocess.run(
+        ["make", "-n", target], cwd=folder, env=env, capture_output=True, text=True, check=True
+    ).stdout
 
 
 @pytest.mark.parametrize("target", ["test", "demo", "test-fast", "lint"])
 def test_a_fresh_clone_installs_before_running(clone, target):
     steps = _plan(clone, target)
-    assert "-m venv .venv" in steps and "pip install -q torch==2.13.0" in steps and "-e \".[" in steps, steps
+    assert "-m venv .venv" in steps and "pip install -q torch==2.13.0" in steps and '-e ".[' in steps, steps
     assert steps.index("pip install") < steps.rindex(".venv/bin/"), steps
 
 
