@@ -42,9 +42,9 @@ def check_not_input(out: str | Path, inputs: list[str | Path], what: str = "outp
     for raw in inputs:
         inp = resolved(raw)
         if final == inp or inp in final.parents or final in inp.parents:
-            relation = "is" if final == inp else ("lies inside" if inp in final.parents else "contains")
+            relation = "the same path" if final == inp else ("inside it" if inp in final.parents else "it contains it")
             raise SpearError(
-                f"{what} {final} {relation} the input {inp}; spear-mm never writes into or over an input "
+                f"{what} {final} overlaps the input {inp} ({relation}); spear-mm never writes into or over an input "
                 "(it may be the only copy of a model). Choose an output folder outside every input."
             )
     return final
