@@ -4,6 +4,7 @@ errors, tracebacks, inputs modified, outputs replaced unasked. The counts come f
 
     python bench/hostile_counts.py            # all hostile cases (~3 min on 2 busy cores)
     python bench/hostile_counts.py -k merge   # extra pytest arguments are passed on
+    PYTHONPATH=/path/to/other/checkout python bench/hostile_counts.py   # the same cases against other code
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ def main(extra: list[str]) -> int:
         record, junit = Path(tmp) / "record.json", Path(tmp) / "junit.xml"
         env = dict(os.environ, SPEAR_HOSTILE_REPORT=str(record), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
         cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}",
-               str(ROOT / "tests" / "hostile"), *extra]  # fmt: skip
-        subprocess.run(cmd, cwd=ROOT, env=env, check=False)
+               f"--rootdir={ROOT}", "-c", str(ROOT / "pyproject.toml"), str(ROOT / "tests" / "hostile"), *extra]  # fmt: skip
+        # run outside the checkout, so the spear_mm under test is the one on PYTHONPATH / installed, not the cwd
+        subprocess.run(cmd, cwd=tmp, env=env, check=False)
         entries = json.loads(record.read_text()) if record.exists() else []
         outcome = Counter()
         for case in ET.parse(junit).getroot().iter("testcase"):

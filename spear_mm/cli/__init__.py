@@ -65,8 +65,17 @@ def _terminate(signum: int, frame: object) -> None:
 def main() -> None:
     """Entry point: run the app, turning SpearError (and OS errors such as a full or read-only disk) into a
     one-paragraph message and exit code 2."""
+    previous = None
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _terminate)
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        _run()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run() -> None:
     try:
         app()
     except SpearError as exc:

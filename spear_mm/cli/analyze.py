@@ -228,7 +228,8 @@ def plan_cmd(
     )
     from spear_mm.outputs import write_file
 
-    inputs = [scores / "scores.json" if scores.is_dir() else scores, *(p for p in (base, adapted) if p is not None)]
+    inputs = [scores / "scores.json" if scores.is_dir() else scores, table.base, table.adapted]  # the scored pair
+    inputs += [p for p in (base, adapted) if p is not None]
     if export_mergekit is not None:
         export_mergekit = check_not_input(export_mergekit, inputs, "--export-mergekit file")
     if export_freeze is not None:
