@@ -27,7 +27,7 @@ from spear_mm.errors import SpearError
 log = logging.getLogger(__name__)
 
 _TAG = "spear-mm"
-_OWNED = re.compile(rf"^\.(?P<name>.+)\.{_TAG}-(?P<kind>tmp|new|old)-(?P<pid>\d+)-[0-9a-f]+$")
+_OWNED = re.compile(rf"^\.(?P<name>.+)\.{_TAG}-(?P<kind>tmp|new|old)-(?P<pid>\d+)-[0-9a-f]+(?:i(?P<ino>\d+))?$")
 
 
 # -- inputs vs outputs --------------------------------------------------------------------------------------------
@@ -190,12 +190,19 @@ def recover(final: Path) -> list[str]:
     olds = [p for k, p in dead if k == "old"]
     if news:
         newest = news[-1]
-        if final.exists() or final.is_symlink():
-            trash = _sibling(final, "old")
-            final.rename(trash)
-            olds.append(trash)
-        newest.rename(final)
-        done.append(f"finished an interrupted replacement of {final} (the new output was complete)")
+        replaces = _OWNED.match(newest.name).group("ino")  # the inode of the output it was allowed to replace
+        current = _identity(final)
+        if current is not None and (replaces is None or current[1] != int(replaces)):
+            aside = final.with_name(f"{final.name}.spear-mm-new-{_OWNED.match(newest.name).group('pid')}")
+            newest.rename(aside)  # the output changed since: never replace it; keep the finished result visible
+            done.append(f"{final} changed after a spear-mm run was killed; its complete output is kept at {aside}")
+        else:
+            if current is not None:
+                trash = _sibling(final, "old")
+                final.rename(trash)
+                olds.append(trash)
+            newest.rename(final)
+            done.append(f"finished an interrupted replacement of {final} (the new output was complete)")
         for p in news[:-1]:
             _remove(p)
     elif olds and not (final.exists() or final.is_symlink()):
@@ -213,8 +220,10 @@ def recover(final: Path) -> list[str]:
     return done
 
 
-def _sibling(final: Path, kind: str) -> Path:
-    return final.parent / f".{final.name}.{_TAG}-{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+def _sibling(final: Path, kind: str, replaces: int | None = None) -> Path:
+    """`.NAME.spear-mm-KIND-PID-XXXXXXXX`; a `new` folder also names the inode of the output it may replace."""
+    tail = "" if replaces is None else f"i{replaces}"
+    return final.parent / f".{final.name}.{_TAG}-{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}{tail}"
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
@@ -261,7 +270,7 @@ class AtomicDir:
         if now is None:
             self.tmp.rename(self.final)
         else:
-            new = _sibling(self.final, "new")
+            new = _sibling(self.final, "new", replaces=now[1])
             self.tmp.rename(new)  # complete: from here a killed run is finished by the next one
             old = _sibling(self.final, "old")
             self.final.rename(old)

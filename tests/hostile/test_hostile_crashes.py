@@ -167,3 +167,21 @@ def test_two_merges_to_one_output_at_once_the_second_is_refused(tiny_pair, tmp_p
     note("outputs", changed="t=0.25" not in report["plan_summary"])
     assert "t=0.25" in report["plan_summary"]  # the first result is the one that stays
     assert hidden_siblings(out) == []
+
+
+def test_recovery_never_replaces_an_output_changed_after_the_kill(tiny_pair, tmp_path, cli, note):
+    base, adapted = tiny_pair
+    out = tmp_path / "merged"
+    assert cli("merge", base, adapted, "--t", "0.5", "-o", out)[0] == 0
+    rc = _killed(["merge", str(base), str(adapted), "--t", "0.25", "-o", str(out), "--force"], _RENAME_HOOK,
+                 HOOK_FINAL=str(out), HOOK_MODE="before_moving_old")  # fmt: skip
+    assert rc == -signal.SIGKILL
+    os.rename(out, tmp_path / "elsewhere")  # the user moves the old model away and puts their own folder there
+    out.mkdir()
+    (out / "mine.txt").write_text("the user's")
+    code, text = cli("merge", base, adapted, "--t", "0.5", "-o", out)
+    note("outputs", changed=not (out / "mine.txt").is_file())
+    assert code == 2 and "exists and is not empty" in text, text
+    assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]
+    kept = [p for p in tmp_path.iterdir() if p.name.startswith("merged.spear-mm-new-")]
+    assert len(kept) == 1 and (kept[0] / "model.safetensors").is_file()  # the killed run's output, kept aside
