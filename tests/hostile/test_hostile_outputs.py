@@ -24,14 +24,14 @@ def corpus(tmp_path_factory) -> Path:
 
 # -- 1. inputs written --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("where", ["same", "inside"])
-def test_cpt_never_writes_its_base(tiny_pair, corpus, cli, untouched, where):
-    base = tiny_pair[0]
+def test_cpt_never_writes_its_base(tiny_pair, corpus, tmp_path, cli, untouched, where):
+    base = copy_pair(tiny_pair, tmp_path)[0]  # a copy: on code that writes it, the shared pair stays intact
     check = untouched(base)
     out = base if where == "same" else base / "sub"
     code, text = cli("cpt", base, "--corpus", corpus, "-o", out, "--force", "--max-steps", "1", "--seq-len", "16")
+    check()
     assert code == 2, text
     assert "never writes into or over an input" in text and str(base) in text
-    check()
     assert not (base / "sub").exists()
 
 
@@ -43,38 +43,38 @@ def test_cpt_refusal_names_the_real_option(tiny_pair, corpus, tmp_path, cli):
 
 
 @pytest.mark.parametrize("where", ["adapted", "adapted/scores", "base", "parent"])
-def test_analyze_never_writes_into_an_input(tiny_pair, cli, untouched, where):
-    base, adapted = tiny_pair
+def test_analyze_never_writes_into_an_input(tiny_pair, tmp_path, cli, untouched, where):
+    base, adapted = copy_pair(tiny_pair, tmp_path / "pair")
     check = untouched(base, adapted)
     out = {"adapted": adapted, "adapted/scores": adapted / "scores", "base": base, "parent": base.parent}[where]
     code, text = cli("analyze", base, adapted, "-o", out)
-    assert code == 2 and "never writes into or over an input" in text, text
     check()
+    assert code == 2 and "never writes into or over an input" in text, text
     assert not (adapted / "scores").exists()
 
 
 @pytest.mark.parametrize("where", ["same", "inside"])
-def test_evaluate_never_writes_into_the_model(tiny_pair, cli, untouched, where):
-    model = tiny_pair[1]
+def test_evaluate_never_writes_into_the_model(tiny_pair, tmp_path, cli, untouched, where):
+    model = copy_pair(tiny_pair, tmp_path)[1]
     check = untouched(model)
     out = model if where == "same" else model / "eval"
     code, text = cli("evaluate", model, "--suite", "demo", "--limit", "2", "-o", out)
-    assert code == 2 and "never writes into or over an input" in text, text
     check()
+    assert code == 2 and "never writes into or over an input" in text, text
 
 
 def test_an_output_that_links_to_an_input_is_refused(tiny_pair, tmp_path, cli, untouched):
-    base, adapted = tiny_pair
+    base, adapted = copy_pair(tiny_pair, tmp_path / "pair")
     check = untouched(base, adapted)
     link = tmp_path / "merged"
     link.symlink_to(adapted, target_is_directory=True)
     code, text = cli("merge", base, adapted, "--t", "0.5", "-o", link, "--force")
-    assert code == 2 and "never writes into or over an input" in text, text
     check()
+    assert code == 2 and "never writes into or over an input" in text, text
 
 
 def test_plan_files_never_land_in_a_model_folder(tiny_pair, tmp_path, cli, untouched):
-    base, adapted = tiny_pair
+    base, adapted = copy_pair(tiny_pair, tmp_path / "pair")
     scores = tmp_path / "scores"
     assert cli("analyze", base, adapted, "-o", scores)[0] == 0
     check = untouched(base, adapted, scores)
