@@ -62,7 +62,7 @@ def check_output(out: str | Path, inputs: list[str | Path], force: bool) -> Path
             pass
     if final.exists() and not _empty_dir(final) and not force:
         raise SpearError(
-            f"output {final} exists and is not empty. Choose a new folder, or pass --force to "
+            f"output {final} already exists and is not empty. Choose a new folder, or pass --force to "
             "replace it (it is only replaced once the new output is complete)."
         )
     return final
