@@ -272,6 +272,8 @@ def cpt(base: str | Path, corpus: list[Path], out: Path, config: CptConfig | Non
         raise SpearError("cpt: no corpus files given; pass --corpus FILE.")
     from spear_mm.outputs import AtomicDir, check_not_input
 
+    if not (base / "config.json").is_file():
+        raise SpearError(f"{base}: not a Hugging Face model folder (no config.json).")
     inputs = [base, *corpus, *([config.freeze] if config.freeze else [])]
     check_not_input(out.with_name(out.name + ".work"), inputs, "work folder")
     device = _device(config.device)
