@@ -111,7 +111,8 @@ def _init_process(threads: int, parent: int | None = None) -> None:
 
 def die_with_parent(parent: int) -> None:
     """Linux: the kernel sends SIGKILL to this process when its parent dies (even by kill -9), so no worker
-    outlives a terminated run; elsewhere a no-op. Exits at once if the parent is already gone."""
+    outlives a terminated run; elsewhere a no-op. Exits at once if the parent is already gone. (The kernel ties
+    this to the thread that started the worker: pools are started from the driver's main thread here.)"""
     try:
         import ctypes
 
