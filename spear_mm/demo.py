@@ -13,9 +13,7 @@ import gzip
 import hashlib
 import json
 import logging
-import os
 import random
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -143,16 +141,9 @@ def base_sample_task(path: Path) -> dict[str, Any]:
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from spear_mm.outputs import atomic_write_text
+
+    atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
 
 
 # -- corpus and cached CPT --------------------------------------------------------------------------------------
