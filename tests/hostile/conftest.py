@@ -4,10 +4,8 @@ outputs replaced unasked) from the checks the tests really made."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -15,28 +13,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from common import digest, fold
 
 import spear_mm.cli
 from spear_mm.cli import main
 
 ROOT = Path(spear_mm.cli.__file__).resolve().parents[2]  # the spear_mm under test (children import the same)
 RECORD: list[dict] = []  # one entry per CLI run / check, written at the end when SPEAR_HOSTILE_REPORT is set
-
-
-def fold(text: str) -> str:
-    """Table borders and line breaks folded to single spaces, so assertions read like the cells."""
-    return " ".join(re.sub(r"[\u2500-\u257f]", " ", text).split())
-
-
-def digest(*folders: Path) -> dict[str, str]:
-    """sha256 of every file under the folders (links followed), by path."""
-    return {
-        str(p): hashlib.sha256(p.read_bytes()).hexdigest()
-        for folder in folders
-        if folder.exists()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
 
 
 def _record(request, kind: str, **data) -> None:
