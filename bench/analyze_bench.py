@@ -34,7 +34,7 @@ def _phase(kind: str, base: Path, adapted: Path, out: Path, workers: int) -> Non
     """Run one phase in this process and write its result JSON (rows, ranking, wall time, peak RSS)."""
     import torch
 
-    from spear_mm.io.checkpoint import open_pair
+    from spear_mm.io.pair import open_pair
     from spear_mm.scoring.layers import ScoreConfig, analyze, layer_scores, normalize_rows, score_names
 
     started = time.perf_counter()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import signal
 import socket
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -98,12 +99,29 @@ class LocalExecutor(_Base):
         return out
 
 
-def _init_process(threads: int) -> None:
-    """Each pool process gets an equal share of the cores as torch intra-op threads."""
+def _init_process(threads: int, parent: int | None = None) -> None:
+    """Each pool process gets an equal share of the cores as torch intra-op threads, and dies with its parent."""
+    if parent is not None:
+        die_with_parent(parent)
     os.environ["OMP_NUM_THREADS"] = str(threads)
     import torch
 
     torch.set_num_threads(threads)
+
+
+def die_with_parent(parent: int) -> None:
+    """Linux: the kernel sends SIGKILL to this process when its parent dies (even by kill -9), so no worker
+    outlives a terminated run; elsewhere a no-op. Exits at once if the parent is already gone. (The kernel ties
+    this to the thread that started the worker: pools are started from the driver's main thread here.)"""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def default_workers() -> int:
@@ -124,7 +142,10 @@ class ProcessExecutor(_Base):
     def _get_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:
             self._pool = ProcessPoolExecutor(
-                self.workers, mp_context=mp.get_context("spawn"), initializer=_init_process, initargs=(self.threads,)
+                self.workers,
+                mp_context=mp.get_context("spawn"),
+                initializer=_init_process,
+                initargs=(self.threads, os.getpid()),
             )
         return self._pool
 
@@ -170,6 +191,21 @@ class ProcessExecutor(_Base):
                 )
                 todo.extend(reversed(lost))
         return [results[i] for i in range(len(items))]
+
+    def __exit__(self, exc_type, *exc: object) -> None:
+        if exc_type is not None:  # interrupted or failed: stop the workers now instead of waiting for them
+            self.terminate()
+        self.close()
+
+    def terminate(self) -> None:
+        """Kill the worker processes (their items are lost; a re-run resumes from the journal)."""
+        if self._pool is None:
+            return
+        for proc in list((getattr(self._pool, "_processes", None) or {}).values()):
+            if proc.is_alive():
+                proc.kill()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool = None
 
     def close(self) -> None:
         if self._pool is not None:

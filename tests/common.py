@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
 from pathlib import Path
 
 import torch
@@ -77,3 +79,19 @@ def save_pair(
     base.save_pretrained(adapted_dir, **save_kwargs)
     tok.save_pretrained(adapted_dir)
     return base_dir, adapted_dir
+
+
+def fold(text: str) -> str:
+    """CLI output with table borders and line breaks folded to single spaces, so assertions read like the cells."""
+    return " ".join(re.sub(r"[\u2500-\u257f]", " ", text).split())
+
+
+def digest(*folders: Path) -> dict[str, str]:
+    """sha256 of every file under the folders (links followed), by path: compare before/after to prove no write."""
+    return {
+        str(p): hashlib.sha256(p.read_bytes()).hexdigest()
+        for folder in folders
+        if folder.exists()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }

@@ -12,7 +12,8 @@ from common import make_tiny_model
 from safetensors.torch import load_file, save_file
 
 from spear_mm.errors import SpearError
-from spear_mm.io.checkpoint import Checkpoint, open_pair, read_safetensors_header
+from spear_mm.io.checkpoint import Checkpoint, read_safetensors_header
+from spear_mm.io.pair import open_pair
 
 
 def _save(model, folder: Path, **kw) -> Path:

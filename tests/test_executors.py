@@ -12,7 +12,7 @@ import pytest
 
 from spear_mm.errors import SpearError
 from spear_mm.executors import _check_reachable, make_executor
-from spear_mm.io.checkpoint import open_pair
+from spear_mm.io.pair import open_pair
 from spear_mm.scoring.jobs import PARTIAL, make_batches
 from spear_mm.scoring.layers import ScoreConfig, analyze, layer_scores, normalize_rows, score_names
 

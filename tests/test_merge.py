@@ -16,7 +16,8 @@ from transformers import AutoModelForCausalLM
 
 import spear_mm.merging.streaming as streaming
 from spear_mm.errors import SpearError
-from spear_mm.io.checkpoint import Checkpoint, open_pair
+from spear_mm.io.checkpoint import Checkpoint
+from spear_mm.io.pair import open_pair
 from spear_mm.merging.merge import build_tasks, iter_merged, merge, merge_into_model
 from spear_mm.merging.methods import METHODS
 from spear_mm.planning.plan import LayerRule, Plan
@@ -329,7 +330,7 @@ def test_python_api_exports():
     from spear_mm import merge as m
 
     assert C is Checkpoint and P is Plan
-    assert m is merge and spear_mm.merge is merge  # the function, not a module of the same name
+    assert m is merge and spear_mm.merging.merge is merge  # the function, not a module of the same name
     assert "plan" in str(__import__("inspect").signature(m))
 
 

@@ -3,9 +3,7 @@ each gets a clear error naming the file or tensor, exit code 2, untouched inputs
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -14,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from common import save_pair
+from common import digest, fold, save_pair
 from safetensors.torch import load_file, save_file
 
 import spear_mm.cli
@@ -40,19 +38,7 @@ def cli(monkeypatch, capsys) -> Callable[..., tuple[int, str]]:
     return run
 
 
-def _fold(text: str) -> str:
-    """Table borders and line breaks folded to single spaces, so assertions read like the cells."""
-    return " ".join(re.sub(r"[\u2500-\u257f]", " ", text).split())
-
-
-def digest(*folders: Path) -> dict[str, str]:
-    return {
-        str(p): hashlib.sha256(p.read_bytes()).hexdigest()
-        for folder in folders
-        if folder.exists()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file()
-    }
+_fold = fold
 
 
 @pytest.fixture(scope="module")

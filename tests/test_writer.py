@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from spear_mm.errors import SpearError
-from spear_mm.io.writer import check_free_space
+from spear_mm.io.outputs import check_free_space
 
 
 def test_free_space_check_refuses_what_the_disk_cannot_hold(tmp_path):

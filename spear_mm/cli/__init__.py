@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+import threading
 
 import typer
 from rich.logging import RichHandler
@@ -11,7 +13,7 @@ from rich.logging import RichHandler
 from spear_mm import __version__
 from spear_mm.cli import analyze, demo, evaluate, merge, run, train
 from spear_mm.cli.output import console
-from spear_mm.errors import SpearError
+from spear_mm.errors import SpearError, describe_os_error
 
 app = typer.Typer(
     name="spear-mm",
@@ -45,12 +47,32 @@ for _module in (merge, analyze, evaluate, train, run, demo):  # each stage's com
     _module.register(app)
 
 
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM unwinds like Ctrl-C: temporary folders are removed, locks released, pool workers killed."""
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
-    """Entry point: run the app, turning SpearError into a one-paragraph message and exit code 2."""
+    """Entry point: run the app, turning SpearError (and OS errors such as a full or read-only disk) into a
+    one-paragraph message and exit code 2."""
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        _run()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run() -> None:
     try:
         app()
     except SpearError as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(2)
+    except OSError as exc:
+        console.print(f"[bold red]error:[/] {describe_os_error(exc)}", highlight=False)
         sys.exit(2)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/] — outputs are written atomically; re-run to resume.")

@@ -10,8 +10,10 @@ from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from spear_mm.cli import checks
 from spear_mm.errors import SpearError
 from spear_mm.io.checkpoint import Checkpoint
+from spear_mm.io.outputs import check_not_input, write_file
 from spear_mm.planning.exports import mergekit_yaml, write_freeze_plan
 from spear_mm.planning.policies import describe, make_plan
 from spear_mm.scoring.layers import ScoreConfig, analyze
@@ -99,9 +101,16 @@ def analyze_cmd(
     probe: Path | None = typer.Option(None, "--probe", help="General text file: per-layer activation drift (1−CKA)."),
     ground_truth: bool = typer.Option(False, "--ground-truth", help="Restore each layer alone, measure probe NLL."),
     probe_tokens: int = typer.Option(2048, help="Tokens of the probe text used."),
+    allow_vocab_extension: bool = typer.Option(
+        False, help="The adapted model added vocabulary rows: score the rows shared with the base."
+    ),
 ) -> None:
     """Score every layer of ADAPTED against BASE from the weights (and optionally probe text)."""
 
+    checks.device(device)
+    checks.positive("--workers", workers)
+    checks.positive("--probe-tokens", probe_tokens)
+    checks.file_option("--probe", probe)
     if ground_truth and probe is None:
         raise SpearError("--ground-truth needs --probe FILE (general text the NLL is measured on).")
     try:
@@ -148,6 +157,7 @@ def analyze_cmd(
             progress=progress,
             config=config,
             probe_tokens=probe_tokens,
+            allow_vocab_extension=allow_vocab_extension,
         )
     out_console.print(_top_table(table))
     extra = _non_layer_table(table)
@@ -217,7 +227,14 @@ def plan_cmd(
         final_norm=final_norm,
         method=method,
     )
-    plan.save(out)
+
+    inputs = [scores / "scores.json" if scores.is_dir() else scores, table.base, table.adapted]  # the scored pair
+    inputs += [p for p in (base, adapted) if p is not None]
+    if export_mergekit is not None:
+        export_mergekit = check_not_input(export_mergekit, inputs, "--export-mergekit file")
+    if export_freeze is not None:
+        export_freeze = check_not_input(export_freeze, inputs, "--export-freeze file")
+    write_file(out, plan.to_yaml(), inputs, "plan file")
     rows = describe(plan)
     view = Table(title=f"Plan '{policy}': {len(rows)} of {plan.num_layers} layers move toward the base ({method})")
     for col in ("rank", "layer", "t (base weight)", "action", "score"):
@@ -230,8 +247,7 @@ def plan_cmd(
     )
     out_console.print(f"wrote {out}")
     if export_mergekit is not None:
-        export_mergekit.parent.mkdir(parents=True, exist_ok=True)
-        export_mergekit.write_text(mergekit_yaml(plan, table.base, table.adapted))
+        write_file(export_mergekit, mergekit_yaml(plan, table.base, table.adapted), inputs, "--export-mergekit file")
         out_console.print(f"wrote {export_mergekit} (mergekit-yaml {export_mergekit} OUT)")
     if export_freeze is not None:
         write_freeze_plan(plan, export_freeze)

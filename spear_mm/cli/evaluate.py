@@ -9,10 +9,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from spear_mm.cli import checks
 from spear_mm.cli.output import console
 from spear_mm.errors import SpearError
 from spear_mm.evaluation import evaluate, load_tasks
 from spear_mm.evaluation.metrics import tradeoff
+from spear_mm.io.outputs import WorkDir
 from spear_mm.report.build import write_report
 
 out_console = Console()
@@ -77,6 +79,11 @@ def evaluate_cmd(
 ) -> None:
     """Evaluate MODELS on the general and domain suites (same items for every model) and save the results."""
 
+    checks.device(device)
+    checks.positive("--limit", limit)
+    checks.positive("--threads", threads)
+    checks.positive("--batch-size", batch_size)
+    checks.positive("--max-length", max_length)
     if backend not in {"builtin", "lm-eval"}:
         raise SpearError(f"--backend {backend!r}: use builtin or lm-eval")
     skipped: dict[str, str] = {}
@@ -91,7 +98,7 @@ def evaluate_cmd(
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=console, transient=False) as progress:
+    with WorkDir(out, models), Progress(*columns, console=console, transient=False) as progress:
         for path, name in zip(models, _names(models), strict=True):
             result = evaluate(
                 path,

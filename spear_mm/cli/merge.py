@@ -18,9 +18,11 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from spear_mm.cli import checks
 from spear_mm.errors import SpearError
 from spear_mm.io.architecture import for_model_type, num_layers_of
-from spear_mm.io.checkpoint import Checkpoint, open_pair
+from spear_mm.io.checkpoint import Checkpoint
+from spear_mm.io.pair import open_pair
 from spear_mm.merging.merge import build_tasks, merge, resolve_device
 from spear_mm.planning.plan import Plan
 
@@ -54,6 +56,8 @@ def merge_cmd(
 ) -> None:
     """Merge ADAPTED back toward BASE where the plan says (SLERP per tensor) and write an HF model folder."""
 
+    checks.positive("--threads", threads)
+    checks.file_option("--plan", plan)
     resolve_device(device)
     pair = open_pair(base, adapted, allow_vocab_extension=allow_vocab_extension)
     the_plan = _resolve_plan(plan, t, pair.num_layers, all_tensors)

@@ -9,6 +9,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from spear_mm.cli import checks
 from spear_mm.cli.output import console, out_console
 from spear_mm.pipeline.config import RunConfig
 from spear_mm.pipeline.run import run
@@ -70,14 +71,22 @@ def run_cmd(
         None, "--cpt-cost-seconds", help="Cost of one CPT run (default: ADAPTED/cost.json from spear-mm cpt)."
     ),
     title: str | None = typer.Option(None, help="Report title."),
+    allow_vocab_extension: bool | None = typer.Option(
+        None, help="The adapted model added vocabulary rows: shared rows are scored and merged, new rows kept."
+    ),
 ) -> None:
     """Score, plan, merge, validate and choose for one base/adapted pair; writes RUN/report.html."""
     options = dict(base=base, adapted=adapted, out=out, data_dir=data_dir, suites=suite, policies=policies,
                    sweep=sweep, baselines=baselines, target_retention=target_retention, choose_from=choose_from,
                    limit=limit, seed=seed, device=device, threads=threads, workers=workers, batch_size=batch_size,
                    keep_all=keep_all, executor=executor, ray_address=ray_address, cpt_cost_seconds=cpt_cost_seconds,
-                   title=title)  # fmt: skip
+                   title=title, allow_vocab_extension=allow_vocab_extension)  # fmt: skip
+    checks.file_option("--config", config)
+    for option, value in (("--limit", limit), ("--threads", threads), ("--workers", workers),
+                          ("--batch-size", batch_size)):  # fmt: skip
+        checks.positive(option, value)
     run_config = RunConfig.build(config, **options)
+    checks.device(run_config.device)
     _quiet_per_model_logs()
     with progress_bars() as progress:
         summary = run(config=run_config, progress=progress)

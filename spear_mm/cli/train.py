@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from spear_mm.cli import checks
 from spear_mm.errors import SpearError
 from spear_mm.io.llama2c import convert_llama2c
 from spear_mm.training.cpt import CptConfig, cpt
@@ -49,6 +50,7 @@ def cpt_cmd(
 ) -> None:
     """Continually pre-train BASE on the corpus with the Hugging Face Trainer; writes OUT with cost.json."""
 
+    checks.positive("--threads", threads)
     files = [*(corpus or []), *(more_corpus or [])]
     if not files:
         raise SpearError("cpt: no corpus given; pass --corpus FILE [FILE ...].")

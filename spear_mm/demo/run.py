@@ -145,6 +145,7 @@ def base_sample_task(path: Path) -> dict[str, Any]:
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+
     atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
 
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from spear_mm.errors import SpearError
+from spear_mm.errors import SpearError, describe_unicode_error, read_text
 from spear_mm.evaluation import prompts
 from spear_mm.evaluation.tasks import GenItem, Item, MCItem, TaskSpec, TextItem
 
@@ -72,16 +72,23 @@ def read_jsonl(path: Path, task: str) -> Iterator[tuple[int, dict[str, Any]]]:
     """JSON lines (optionally .gz) as (line number, row); a malformed line is a SpearError with its number."""
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise SpearError(f"task {task!r}: {path}:{lineno}: malformed JSON line ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise SpearError(f"task {task!r}: {path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            yield lineno, row
+        try:
+            yield from _jsonl_rows(f, path, task)
+        except UnicodeDecodeError as exc:
+            raise describe_unicode_error(exc, f"task {task!r}: data file {path}") from None
+
+
+def _jsonl_rows(f, path: Path, task: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    for lineno, line in enumerate(f, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise SpearError(f"task {task!r}: {path}:{lineno}: malformed JSON line ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise SpearError(f"task {task!r}: {path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+        yield lineno, row
 
 
 def hub_rows(spec: TaskSpec, defaults: dict[str, Any] | None) -> tuple[Rows, str]:
@@ -149,7 +156,7 @@ def load_fpb(spec: TaskSpec, data_dir: Path | None) -> tuple[list[Item], str]:
     path = resolve_path(spec, data_dir)
     encoding = spec.args.get("encoding") or ("utf-8" if "50Agree" in path.name else "latin-1")
     items: list[Item] = []
-    for lineno, line in enumerate(path.read_text(encoding=encoding).splitlines(), 1):
+    for lineno, line in enumerate(read_text(path, f"task {spec.name!r}: data file", encoding).splitlines(), 1):
         if not line.strip():
             continue
         sentence, sep, label = line.rpartition("@")
@@ -220,7 +227,7 @@ def load_wikitext(spec: TaskSpec, data_dir: Path | None) -> tuple[list[Item], st
         text = "".join(str(row["text"]) for _, row in rows)
     else:
         path = resolve_path(spec, data_dir)
-        text, source = path.read_text(encoding="utf-8"), str(path)
+        text, source = read_text(path, f"task {spec.name!r}: data file"), str(path)
     lines = [line for line in text.replace("\r\n", "\n").split("\n") if line.strip()]
     articles: list[list[str]] = []
     for line in lines:
@@ -240,7 +247,7 @@ def load_text(spec: TaskSpec, data_dir: Path | None) -> tuple[list[Item], str]:
     if path.suffix in {".jsonl", ".gz"}:
         docs = [str(_field(row, "text", spec, n)) for n, row in read_jsonl(path, spec.name)]
         return [TextItem(f"doc-{i}", d) for i, d in enumerate(docs) if d.strip()], str(path)
-    text = path.read_text(encoding=spec.args.get("encoding", "utf-8")).replace("\r\n", "\n")
+    text = read_text(path, f"task {spec.name!r}: data file", spec.args.get("encoding", "utf-8")).replace("\r\n", "\n")
     blocks = [b.strip() for b in re.split(r"\n\s*\n", text)]
     pars = [b for b in blocks if b] if len(blocks) > 1 else [ln for ln in text.split("\n") if ln.strip()]
     return [TextItem(f"chunk-{i}", c) for i, c in enumerate(chunk_paragraphs(pars, spec.chunk_chars))], str(path)

@@ -35,7 +35,15 @@ def load_model(path: str | Path, device: str = "cpu", dtype: torch.dtype | None 
         raise SpearError(f"model folder {path} has no config.json: expected a Hugging Face model folder")
     dtype = dtype or (torch.float32 if device == "cpu" else "auto")
     key = "dtype" if _TRANSFORMERS >= (4, 56) else "torch_dtype"  # renamed in transformers 4.56
-    model = AutoModelForCausalLM.from_pretrained(path, **{key: dtype}).to(device).eval()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False, **{key: dtype})
+    except (OSError, ValueError, KeyError) as exc:
+        raise SpearError(
+            f"model folder {path}: transformers cannot build this model without running code from the folder "
+            f"or hub ({type(exc).__name__}: {str(exc).splitlines()[0][:300]}). spear-mm never runs remote code "
+            "(auto_map); convert the model to an architecture transformers ships, or evaluate it with your own tool."
+        ) from None
+    model = model.to(device).eval()
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as exc:

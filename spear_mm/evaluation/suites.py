@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from spear_mm.errors import SpearError
+from spear_mm.errors import SpearError, read_text
 from spear_mm.evaluation.loaders import LOADERS, MissingDataError
 from spear_mm.evaluation.tasks import LoadedTask, TaskSpec, select_items
 
@@ -97,11 +97,32 @@ class Suite(BaseModel):
     tasks: tuple[TaskSpec, ...]
 
 
-def _specs(name: str, raw: Iterable[dict[str, Any]], group: str | None = None) -> tuple[TaskSpec, ...]:
-    try:
-        return tuple(TaskSpec(**({"group": group} if group else {}) | dict(t)) for t in raw)
-    except ValidationError as exc:
-        raise SpearError(f"suite {name!r}: invalid task definition:\n{exc}") from None
+def _specs(
+    name: str, raw: Iterable[dict[str, Any]], group: str | None = None, source: Path | None = None
+) -> tuple[TaskSpec, ...]:
+    specs = []
+    for i, t in enumerate(raw, 1):
+        if not isinstance(t, dict):
+            raise SpearError(f"{_where(name, source)}: task {i} is {type(t).__name__}, not a mapping of fields.")
+        try:
+            specs.append(TaskSpec(**({"group": group} if group else {}) | dict(t)))
+        except ValidationError as exc:
+            raise SpearError(f"{_where(name, source)}: task {i} ({t.get('name', '?')!r}): {_problems(exc)}") from None
+    return tuple(specs)
+
+
+def _where(name: str, source: Path | None) -> str:
+    return f"suite file {source}" if source is not None else f"suite {name!r}"
+
+
+def _problems(exc: ValidationError) -> str:
+    """Pydantic errors as one line each: `field: what is wrong (allowed values)`."""
+    parts = []
+    for e in exc.errors():
+        field = ".".join(str(x) for x in e["loc"]) or "task"
+        msg = "unknown field (check its spelling)" if e["type"] == "extra_forbidden" else e["msg"]
+        parts.append(f"{field}: {msg}")
+    return "; ".join(parts) + ". Fix the suite file (fields and values in docs/evaluation.md)."
 
 
 def get_suite(name: str) -> Suite:
@@ -116,16 +137,28 @@ def get_suite(name: str) -> Suite:
 
 def load_suite_file(path: Path) -> Suite:
     """A user suite from YAML: a list of task dicts, or a mapping with `name`, optional `group` and `tasks`."""
+
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(read_text(path, "suite file"))
     except yaml.YAMLError as exc:
         raise SpearError(f"suite file {path}: not valid YAML ({exc})") from None
     if isinstance(data, list):
         data = {"tasks": data}
     if not isinstance(data, dict) or not isinstance(data.get("tasks"), list):
         raise SpearError(f"suite file {path}: expected a list of tasks or a mapping with a 'tasks' list")
+    unknown = sorted(set(data) - _SUITE_KEYS)
+    if unknown:
+        raise SpearError(
+            f"suite file {path}: unknown top-level key(s) {unknown}; a suite has only {sorted(_SUITE_KEYS)}. "
+            "Check the spelling (or move the field into each task)."
+        )
+    if data.get("group") not in (None, "general", "domain"):
+        raise SpearError(f"suite file {path}: group {data['group']!r}: use 'general' (enters R) or 'domain' (K).")
     name = str(data.get("name", path.stem))
-    return Suite(name=name, tasks=_specs(name, data["tasks"], data.get("group")))
+    return Suite(name=name, tasks=_specs(name, data["tasks"], data.get("group"), path))
+
+
+_SUITE_KEYS = {"name", "group", "tasks"}
 
 
 def resolve_tasks(tasks: str | Suite | TaskSpec | dict[str, Any] | Sequence[Any]) -> list[TaskSpec]:

@@ -35,7 +35,9 @@ class TaskSpec(BaseModel):
     loader: str = Field(
         description="loader name: arc, fpb, reuters_topic, reuters_text, gsm8k, wikitext, jsonl_mc, jsonl_gen, text"
     )
-    group: str = Field("general", description="'general' tasks enter R, 'domain' tasks enter K")
+    group: Literal["general", "domain"] = Field(
+        "general", description="'general' tasks enter R, 'domain' tasks enter K"
+    )
     path: str | None = Field(None, description="file, relative to --data-dir or absolute")
     metric: str | None = Field(None, description="primary metric; default per kind (acc, inv_ppl, exact_match)")
     source: Literal["local", "hub"] = "local"

@@ -1,4 +1,4 @@
-"""Small file helpers every stage shares: one atomic write, and text reads that fail with a clear message."""
+"""The one atomic file write every stage shares (user files are read with `spear_mm.errors.read_text`)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
-
-from spear_mm.errors import SpearError
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[str]], None], *, newline: str | None = None) -> Path:
@@ -26,7 +24,8 @@ def atomic_write(path: str | Path, write: Callable[[IO[str]], None], *, newline:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # `.NAME.PID.tmp`-style names (unique per call): the next run removes those of dead processes
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline=newline) as f:
             write(f)
@@ -42,25 +41,3 @@ def atomic_write(path: str | Path, write: Callable[[IO[str]], None], *, newline:
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """`atomic_write` of a whole string. Returns `path`."""
     return atomic_write(path, lambda f: f.write(text))
-
-
-def read_text(path: str | Path, *, what: str = "file") -> str:
-    """A UTF-8 text file's content, or a SpearError that names the file, the problem and the fix.
-
-    Args:
-        path: the file to read.
-        what: what the file is, for the message (e.g. "plan", "suite").
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise SpearError(f"{path}: is a folder, not a {what} file; pass the file itself.")
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError as exc:
-        raise SpearError(f"{path}: no such {what} file.") from exc
-    except UnicodeDecodeError as exc:
-        raise SpearError(
-            f"{path}: the {what} is not UTF-8 text (byte {exc.start}: {exc.reason}); re-save it as UTF-8."
-        ) from exc
-    except OSError as exc:
-        raise SpearError(f"{path}: cannot read the {what} ({exc.strerror or exc}).") from exc

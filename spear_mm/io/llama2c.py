@@ -11,9 +11,7 @@ merges are derived from it ordered by piece score, which reproduces llama2.c's g
 from __future__ import annotations
 
 import math
-import shutil
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import numpy as np
 import torch
 
 from spear_mm.errors import SpearError
+from spear_mm.io.outputs import AtomicDir, check_not_input
 
 _MAGIC = 0x616B3432  # "ak42": llama2.c export versions >= 1 start with it
 _HEADER = struct.Struct("<7i")
@@ -249,6 +248,7 @@ def convert_llama2c(bin_path: Path | str, tokenizer_path: Path | str, out_dir: P
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise SpearError(f"{out_dir}: already exists; remove it or choose another output folder.")
+    check_not_input(out_dir, [bin_path, tokenizer_path])
     header, tensors = read_llama2c(Path(bin_path))
     tokenizer = build_tokenizer(read_tokenizer(Path(tokenizer_path), header.vocab_size), header.seq_len)
     model = LlamaForCausalLM(hf_config(header))
@@ -256,15 +256,10 @@ def convert_llama2c(bin_path: Path | str, tokenizer_path: Path | str, out_dir: P
     model.tie_weights()
     # llama2.c delimits stories with BOS only, so generation also stops at a new BOS (as run.c does).
     model.generation_config = GenerationConfig(bos_token_id=1, eos_token_id=[2, 1], pad_token_id=0)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with AtomicDir(out_dir, [bin_path, tokenizer_path]) as staging:  # lock, temp folder, commit
+        model.save_pretrained(staging.tmp)
+        tokenizer.save_pretrained(staging.tmp)
+        staging.commit()
     return out_dir
 
 

@@ -11,8 +11,6 @@ import json
 import math
 import os
 import re
-import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,66 +145,8 @@ def _reserve(fd: int, size: int) -> None:
         os.ftruncate(fd, size)
 
 
-# -- atomic output folders ----------------------------------------------------------------------------------------
-def check_output(out: Path, inputs: list[Path], force: bool) -> Path:
-    """Refuse outputs that would overwrite or sit inside an input, and non-empty outputs without --force."""
-    out = Path(out).expanduser().resolve()
-    for inp in inputs:
-        inp = Path(inp).expanduser().resolve()
-        if out == inp or inp in out.parents or out in inp.parents:
-            raise SpearError(
-                f"output {out} overlaps the input {inp}; spear-mm never writes into or over an "
-                "input. Choose another output folder."
-            )
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise SpearError(
-            f"output {out} exists and is not empty. Choose a new folder, or pass --force to "
-            "replace it (it is only replaced once the new output is complete)."
-        )
-    return out
-
-
-def check_free_space(folder: Path, needed: int) -> None:
-    """Fail before writing when the disk holding `folder` has less than `needed` bytes (+2% margin) free."""
-    probe = folder
-    while not probe.exists():
-        probe = probe.parent
-    free = shutil.disk_usage(probe).free
-    if free < needed * 1.02:
-        raise SpearError(
-            f"not enough disk space for {folder}: need {needed / 1e9:.2f} GB, "
-            f"{free / 1e9:.2f} GB free on that disk. Free space or write elsewhere."
-        )
-
-
-class AtomicDir:
-    """A temporary sibling folder that replaces `final` only on `commit()`; removed on failure."""
-
-    def __init__(self, final: Path):
-        self.final = Path(final)
-        self.final.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.final.parent / f".{self.final.name}.spear-mm-tmp-{uuid.uuid4().hex[:8]}"
-        self.tmp.mkdir()
-
-    def commit(self) -> Path:
-        if self.final.exists():
-            trash = self.final.parent / f".{self.final.name}.spear-mm-old-{uuid.uuid4().hex[:8]}"
-            self.final.rename(trash)
-            self.tmp.rename(self.final)
-            if trash.is_dir():
-                shutil.rmtree(trash, ignore_errors=True)
-            else:
-                trash.unlink()
-        else:
-            self.tmp.rename(self.final)
-        return self.final
-
-    def discard(self) -> None:
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-    def __enter__(self) -> AtomicDir:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            self.discard()
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n

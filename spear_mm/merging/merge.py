@@ -22,8 +22,10 @@ from pydantic import BaseModel
 
 from spear_mm import __version__
 from spear_mm.errors import SpearError
-from spear_mm.io.checkpoint import Checkpoint, Pair, open_pair
-from spear_mm.io.writer import AtomicDir, ShardedWriter, check_free_space, check_output, parse_size
+from spear_mm.io.checkpoint import Checkpoint
+from spear_mm.io.outputs import AtomicDir, check_free_space, check_output
+from spear_mm.io.pair import Pair, open_pair
+from spear_mm.io.writer import ShardedWriter, parse_size
 from spear_mm.merging.buffers import Held
 from spear_mm.merging.streaming import PREFETCH, TensorStat, TensorTask, produce, workspace_for
 from spear_mm.planning.plan import Plan
@@ -75,14 +77,15 @@ def build_tasks(pair: Pair, plan: Plan) -> list[TensorTask]:
             f"the plan is for {plan.num_layers} layers but the model has {pair.num_layers}; "
             "make the plan from this pair's scores (spear-mm plan)."
         )
+    check_module_names(plan, {p.module for p in pair.params.values() if p.group == "layer"})
     tasks = []
     for name, p in pair.params.items():
         a, b = pair.adapted.infos[name], pair.base.infos[name]
         t = plan.t_for(p)
         ext = pair.vocab_extension.get(name)
         trimmed = plan.method == "ties" and plan.density < 1
-        if not a.dtype.is_floating_point:
-            action, t = "keep", 0.0  # integer buffers are copied from the adapted model
+        if not a.dtype.is_floating_point:  # integers cannot be interpolated: t = 1 copies the base, else adapted
+            action, t = ("base", 1.0) if t == 1.0 and a.dtype == b.dtype and a.shape == b.shape else ("keep", 0.0)
         elif t == 0.0 and not trimmed:
             action = "keep"
         elif t == 1.0 and a.dtype == b.dtype and ext is None:
@@ -91,6 +94,17 @@ def build_tasks(pair: Pair, plan: Plan) -> list[TensorTask]:
             action = "merge"
         tasks.append(TensorTask(p, action, t, a.dtype, a.shape, ext[0] if ext else None))
     return tasks
+
+
+def check_module_names(plan: Plan, valid: set[str]) -> None:
+    """Refuse per-module overrides that match no module of this model (they would silently restore nothing)."""
+    for rule in plan.layers:
+        unknown = sorted(set(rule.modules) - valid)
+        if unknown:
+            raise SpearError(
+                f"the plan overrides module(s) {unknown} in layer {rule.layer}, but this model has no such module; "
+                f"valid module names: {', '.join(sorted(valid))}. Fix the plan's `modules:` keys."
+            )
 
 
 def iter_merged(
@@ -169,10 +183,12 @@ def _merge(
     pair = open_pair(base, adapted, allow_vocab_extension=allow_vocab_extension)
     plan = plan if isinstance(plan, Plan) else Plan.uniform(float(plan), pair.num_layers)
     check_provenance(plan, pair, force=force)
-    final = check_output(Path(out), [pair.base.path, pair.adapted.path], force)
+    inputs = [pair.base.path, pair.adapted.path]
+    final = check_output(Path(out), inputs, force)
     tasks = build_tasks(pair, plan)
-    check_free_space(final.parent, sum(t.out_dtype.itemsize * math.prod(t.shape) for t in tasks))
-    with AtomicDir(final) as staging:
+    sides, skipped_links = side_files(pair.adapted.path)
+    check_free_space(final.parent, _bytes_to_write(tasks, sides))
+    with AtomicDir(final, inputs, force) as staging:
         writer = ShardedWriter(staging.tmp, [(t.name, t.out_dtype, t.shape) for t in tasks], parse_size(max_shard_size))
         try:
             stats = _stream(pair, plan, tasks, writer, device, progress)
@@ -195,10 +211,10 @@ def _merge(
             n_tensors=len(stats),
             n_merged=sum(s.action == "merge" for s in stats),
             n_lerp_fallback=sum(s.lerp_fallback for s in stats),
-            notes=_notes(pair),
+            notes=_notes(pair, plan, tasks) + skipped_links,
             tensors=stats,
         )
-        _finish_folder(staging.tmp, pair, plan, report)
+        _finish_folder(staging.tmp, sides, pair, plan, report)
         staging.commit()
     log.info(
         "merged %d tensors (%d interpolated, %d LERP fallbacks) into %s in %.1f s",
@@ -267,9 +283,15 @@ def _stream(
     return stats
 
 
-def _notes(pair: Pair) -> list[str]:
+def _notes(pair: Pair, plan: Plan, tasks: list[TensorTask]) -> list[str]:
     """What the user should know about how this pair was merged (also shown in the model card)."""
     notes = []
+    ints = [x.name for x in tasks if not x.out_dtype.is_floating_point and x.action == "keep" and plan.t_for(x.param)]
+    if ints:
+        notes.append(
+            f"{len(ints)} integer tensor(s) cannot be interpolated and were kept from the adapted model although "
+            f"the plan moves them toward the base (e.g. '{ints[0]}'); only t = 1 restores an integer tensor."
+        )
     if pair.dtype_mismatch:
         name, (db, da) = next(iter(pair.dtype_mismatch.items()))
         notes.append(
@@ -277,6 +299,8 @@ def _notes(pair: Pair) -> list[str]:
             f"{str(db).removeprefix('torch.')} vs {str(da).removeprefix('torch.')}); they were merged in float32 "
             "and written in the adapted model's dtype."
         )
+    if pair.config_differences:
+        notes.append(f"the configs differ ({'; '.join(pair.config_differences)}); the adapted config was used.")
     for name, (rb, ra) in pair.vocab_extension.items():
         notes.append(f"'{name}': vocabulary extension {rb} -> {ra} rows; rows {rb}.. kept from the adapted model.")
     return notes
@@ -297,11 +321,31 @@ def merge_into_model(pair: Pair, plan: Plan, model: torch.nn.Module, *, device: 
     return stats
 
 
-def _finish_folder(folder: Path, pair: Pair, plan: Plan, report: MergeReport) -> None:
+def side_files(folder: Path) -> tuple[list[Path], list[str]]:
+    """Config/tokenizer/generation files of the adapted model to copy, and notes on links that leave the folder
+    (skipped: a link to e.g. /etc/hostname must not be copied into a model folder that may be published)."""
+    files, notes = [], []
+    root = folder.resolve()
+    for src in sorted(folder.iterdir()):
+        if any(src.match(p) for p in _WEIGHT_PATTERNS) or not src.is_file():
+            continue
+        if src.is_symlink() and root not in src.resolve().parents:
+            notes.append(f"'{src.name}' in the adapted folder links outside it ({src.resolve()}); not copied.")
+            continue
+        files.append(src)
+    return files, notes
+
+
+def _bytes_to_write(tasks: list[TensorTask], sides: list[Path]) -> int:
+    """Everything the merge writes: tensors, headers, side files, and the report (~400 bytes per tensor)."""
+    tensors = sum(t.out_dtype.itemsize * math.prod(t.shape) for t in tasks)
+    return tensors + sum(p.stat().st_size for p in sides) + 400 * len(tasks) + 64 * 1024
+
+
+def _finish_folder(folder: Path, sides: list[Path], pair: Pair, plan: Plan, report: MergeReport) -> None:
     """Copy config/tokenizer/generation files from the adapted model; write plan, report and model card."""
-    for src in sorted(pair.adapted.path.iterdir()):
-        if src.is_file() and not any(src.match(p) for p in _WEIGHT_PATTERNS):
-            shutil.copy2(src, folder / src.name)
+    for src in sides:
+        shutil.copyfile(src, folder / src.name)
     plan.save(folder / "plan.yaml")
     (folder / "merge_report.json").write_text(report.model_dump_json(indent=1))
     (folder / "README.md").write_text(model_card(pair, plan, report))

@@ -17,7 +17,8 @@ import torch
 from pydantic import BaseModel
 
 from spear_mm.io.architecture import ParamInfo
-from spear_mm.io.checkpoint import Checkpoint, Pair, require_finite
+from spear_mm.io.checkpoint import Checkpoint, require_finite
+from spear_mm.io.pair import Pair
 from spear_mm.merging.buffers import BufferPool, Held, Workspace
 from spear_mm.merging.kernels import CHUNK, ZERO_STATS, PairStats, pair_stats
 from spear_mm.merging.methods import METHODS, MergeMethod

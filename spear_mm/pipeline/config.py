@@ -12,9 +12,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from spear_mm.errors import SpearError
+from spear_mm.errors import SpearError, read_text
 from spear_mm.executors import KINDS
-from spear_mm.io.files import atomic_write_text, read_text
+from spear_mm.io.files import atomic_write_text
 from spear_mm.scoring.table import ScoreConfig
 
 ExecutorKind = Literal["local", "process", "ray"]
@@ -47,6 +47,7 @@ class RunConfig(BaseModel):
     ray_address: str | None = None
     cpt_cost_seconds: float | None = Field(None, gt=0, description="cost of one CPT run (default: cost.json)")
     scoring: ScoreConfig = Field(default_factory=ScoreConfig)
+    allow_vocab_extension: bool = Field(False, description="the adapted model may add tokens (new rows are kept)")
     title: str | None = None
     report: bool = True
 

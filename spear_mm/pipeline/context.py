@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from spear_mm.io.checkpoint import Pair
+from spear_mm.io.pair import Pair
 from spear_mm.pipeline.config import RunConfig
 from spear_mm.pipeline.steps import Steps
 from spear_mm.progress import ProgressCallback, ProgressEvent

@@ -21,7 +21,7 @@ import torch
 from spear_mm.evaluation import evaluate, load_model
 from spear_mm.evaluation.metrics import EvalResult
 from spear_mm.evaluation.tasks import LoadedTask
-from spear_mm.io.checkpoint import open_pair
+from spear_mm.io.pair import open_pair
 from spear_mm.merging.merge import merge_into_model
 from spear_mm.planning.plan import Plan
 from spear_mm.progress import ProgressCallback, ProgressEvent
@@ -122,7 +122,7 @@ def _template(adapted: str, device: str, pair_key: str):
 @lru_cache(maxsize=1)
 def _pair(base: str, adapted: str, pair_key: str):
 
-    return open_pair(base, adapted)
+    return open_pair(base, adapted, allow_vocab_extension=True)  # the driver validated the pair and its flag
 
 
 def clear_caches() -> None:

@@ -23,9 +23,9 @@ from spear_mm.errors import SpearError
 from spear_mm.evaluation import load_tasks
 from spear_mm.evaluation.metrics import EvalResult
 from spear_mm.executors import make_executor
-from spear_mm.io.checkpoint import open_pair
-from spear_mm.io.writer import check_free_space, check_output
-from spear_mm.merging.merge import merge
+from spear_mm.io.outputs import WorkDir, check_free_space
+from spear_mm.io.pair import Pair, open_pair
+from spear_mm.merging.merge import merge, resolve_device
 from spear_mm.pipeline.candidates import (
     N_BASELINES,
     Candidate,
@@ -89,10 +89,16 @@ def run(
     if config.out is None:
         raise SpearError("no run folder: pass -o/--out (or out: in the run config).")
     started = time.perf_counter()
-    run_dir, stages = Path(config.out).expanduser().resolve(), []
-    clock = time.perf_counter()
-    pair = open_pair(config.base, config.adapted)  # different families or mismatched tensors fail here
-    check_output(run_dir, [pair.base.path, pair.adapted.path], force=True)
+    run_dir = Path(config.out).expanduser().resolve()
+    # different families or mismatched tensors fail here, and a CUDA request on a CPU-only torch, before any work
+    pair = open_pair(config.base, config.adapted, allow_vocab_extension=config.allow_vocab_extension)
+    resolve_device(config.device)
+    with WorkDir(run_dir, [pair.base.path, pair.adapted.path]):  # not an input; one writer; dead temps cleaned
+        return _run(config, pair, run_dir, progress, started)
+
+
+def _run(config: RunConfig, pair: Pair, run_dir: Path, progress: ProgressCallback | None, started: float) -> RunSummary:
+    stages, clock = [], time.perf_counter()
     ctx = RunContext(config, pair, run_dir, Steps(run_dir), pair.base.fingerprint(), pair.adapted.fingerprint(),
                      progress)  # fmt: skip
     grid = parse_sweep(config.sweep)
@@ -167,7 +173,8 @@ def _analyze(ctx: RunContext, ex: _LazyExecutor) -> tuple[ScoreTable, StageCost]
     if ex.kind == "ray":
         ex.get()  # start Ray once: scoring attaches to it, evaluation reuses it
     where = {} if ex.kind == "local" else {"executor": ex.kind, "ray_address": ex.ray_address, "workers": ex.workers}
-    table = analyze(pair.base.path, pair.adapted.path, out, device=device, config=config, progress=cb, **where)
+    table = analyze(pair.base.path, pair.adapted.path, out, device=device, config=config, progress=cb,
+                    allow_vocab_extension=bool(pair.vocab_extension), **where)  # fmt: skip
     seconds = round(time.perf_counter() - started, 4)  # as recorded, so a resumed run reports the same costs
     steps.record(out, "analyze", key, seconds, device, tensors=len(table.modules))
     return table, StageCost(name="analyze", seconds=seconds, device=device, detail=f"{len(table.modules)} tensors")
@@ -301,7 +308,7 @@ class _LazyExecutor:
 
     def __exit__(self, *exc) -> None:
         if self._ex is not None:
-            self._ex.close()
+            self._ex.__exit__(*exc)  # on an exception a process pool kills its workers instead of waiting
 
 
 def _retire_stale(eval_dir: Path, names: set[str]) -> None:
@@ -349,7 +356,8 @@ def _write_models(ctx: RunContext, candidates: list[Candidate], chosen: str | No
             continue
         cb = _bytes_progress(ctx, pair.adapted.nbytes) if ctx.progress else None
         report = merge(pair.base.path, pair.adapted.path, out, c.plan, device=device, force=True,
-                       threads=ctx.config.threads, progress=cb)  # fmt: skip
+                       threads=ctx.config.threads, progress=cb,
+                       allow_vocab_extension=bool(pair.vocab_extension))  # fmt: skip
         steps.record(out, f"merge {c.name}", key, report.seconds, device, bytes=report.bytes_written)
         seconds, written = seconds + report.seconds, written + 1
     status = "skipped" if reused and not written else "ran"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from spear_mm.errors import SpearError
+from spear_mm.errors import SpearError, read_text
 from spear_mm.io.files import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,7 @@ def write_freeze_yaml(path: Path | str, unfrozen_patterns: list[str], comment: s
     if comment:
         header += "".join(f"# {line}\n" for line in comment.splitlines())
     text = header + yaml.safe_dump({YAML_KEY: list(unfrozen_patterns)}, sort_keys=False, width=1000)
+
     return atomic_write_text(path, text)
 
 
@@ -121,7 +122,7 @@ def load_freeze_yaml(path: Path | str) -> list[str]:
     """Read the `unfrozen_parameters` regexes of a freeze YAML (ours or Spectrum's); validates them."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(read_text(path, "freeze file"))
     except OSError as exc:
         raise SpearError(f"{path}: cannot read the freeze file ({exc.strerror}).") from exc
     except yaml.YAMLError as exc:

@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from spear_mm import __version__
-from spear_mm.errors import SpearError
+from spear_mm.errors import SpearError, read_text
 from spear_mm.io.architecture import ParamInfo
 from spear_mm.io.files import atomic_write_text
 
@@ -195,10 +195,11 @@ class Plan(_Strict):
 
     @classmethod
     def load(cls, path: str | Path) -> Plan:
+
         path = Path(path)
         if not path.exists():
             raise SpearError(f"{path}: plan file not found.")
-        return cls.from_yaml(path.read_text(), source=str(path))
+        return cls.from_yaml(read_text(path, "plan"), source=str(path))
 
 
 def _line_of(node: yaml.Node | None, loc: tuple) -> int | None:

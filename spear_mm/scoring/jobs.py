@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from spear_mm.executors import make_executor
-from spear_mm.io.checkpoint import Pair
+from spear_mm.io.pair import Pair
 from spear_mm.scoring.table import ModuleScore, ScoreConfig
 from spear_mm.scoring.unit import score_names
 

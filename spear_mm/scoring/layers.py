@@ -23,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-from spear_mm.io.checkpoint import Pair, open_pair
+from spear_mm.io.outputs import WorkDir
+from spear_mm.io.pair import Pair, open_pair
 from spear_mm.scoring.jobs import ScoreJournal, score_on_executor, score_on_threads
 from spear_mm.scoring.plots import save_figures
 from spear_mm.scoring.probes import add_probe_scores
@@ -181,6 +182,7 @@ def analyze(
     progress: Progress | None = None,
     config: ScoreConfig | None = None,
     probe_tokens: int = 2048,
+    allow_vocab_extension: bool = False,
 ) -> ScoreTable:
     """Score every layer of `adapted` against `base` from the weights (plus optional probe-data scores).
 
@@ -188,13 +190,25 @@ def analyze(
     `device`, when given, override it (when not, the config's values hold: 0.5, mean, cpu by default). `executor` (local | process | ray, with `ray_address`) says where tensors are scored.
     With `out_dir`, writes scores.json, scores.csv, layer_scores.csv and the figures; rows are journalled there
     as they arrive, so a run interrupted and restarted with the same pair and config resumes.
+    `allow_vocab_extension`: an adapted embedding/head with extra rows is scored on the rows it shares with the base.
     """
     given = dict(alpha=alpha, aggregate=aggregate, device=device)
     config = (config or ScoreConfig()).model_copy(update={k: v for k, v in given.items() if v is not None})
     device = config.device
     config = ScoreConfig.model_validate(config.model_dump())
     started = time.perf_counter()
-    pair = open_pair(base, adapted)
+    pair = open_pair(base, adapted, allow_vocab_extension=allow_vocab_extension)
+    if out_dir is None:
+        return _analyze(pair, None, config, started, workers, progress, executor, ray_address, probe, ground_truth,
+                        probe_tokens)  # fmt: skip
+
+    with WorkDir(out_dir, [pair.base.path, pair.adapted.path]):  # not an input; one writer; dead temps cleaned
+        return _analyze(pair, out_dir, config, started, workers, progress, executor, ray_address, probe, ground_truth,
+                        probe_tokens)  # fmt: skip
+
+
+def _analyze(pair, out_dir, config, started, workers, progress, executor, ray_address, probe, ground_truth,
+             probe_tokens) -> ScoreTable:  # fmt: skip
     fingerprints = pair.base.fingerprint(), pair.adapted.fingerprint()
     journal = None
     if out_dir is not None:
@@ -231,7 +245,7 @@ def analyze(
             weights_seconds=time.perf_counter() - started,
             workers=workers,
             torch_threads=threads,
-            device=device,
+            device=config.device,
             precision_counts=dict(precisions),
         ),
     )

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from spear_mm.errors import SpearError
-from spear_mm.io.checkpoint import Pair
+from spear_mm.io.pair import Pair
 from spear_mm.scoring.table import ProbeReport, ScoreTable
 
 log = logging.getLogger(__name__)

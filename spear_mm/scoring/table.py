@@ -13,10 +13,10 @@ import logging
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from spear_mm import __version__
-from spear_mm.errors import SpearError
+from spear_mm.errors import SpearError, read_text
 from spear_mm.io.files import atomic_write, atomic_write_text
 from spear_mm.scoring.spectral import Edge, Precision, SpectrumMethod
 
@@ -134,6 +134,19 @@ class ScoreTable(BaseModel):
     created: str = Field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     spear_mm_version: str = __version__
 
+    @model_validator(mode="after")
+    def _complete(self) -> ScoreTable:
+        """One score per layer 0..num_layers-1 (a file cut short or edited by hand is refused, not half-used)."""
+        got = sorted(s.layer for s in self.layers)
+        if got != list(range(self.num_layers)):
+            missing = sorted(set(range(self.num_layers)) - set(got))
+            extra = sorted({x for x in got if not 0 <= x < self.num_layers} | {x for x in got if got.count(x) > 1})
+            raise ValueError(
+                f"the scores cover layers {got[:3]}…{got[-3:] if got else []} but num_layers is {self.num_layers} "
+                f"(missing {missing[:10]}, unexpected or repeated {extra[:10]})"
+            )
+        return self
+
     @property
     def alpha(self) -> float:
         return self.config.alpha
@@ -185,9 +198,11 @@ class ScoreTable(BaseModel):
         if not file.exists():
             raise SpearError(f"{path}: no {SCORES_JSON}. Run `spear-mm analyze BASE ADAPTED -o {path}` first.")
         try:
-            return cls.model_validate_json(file.read_text())
+            return cls.model_validate_json(read_text(file, "scores file"))
         except ValidationError as exc:
-            raise SpearError(f"{file}: not a spear-mm scores file ({exc.errors()[0]['msg']}).") from exc
+            raise SpearError(
+                f"{file}: not a complete spear-mm scores file ({exc.errors()[0]['msg']}). Re-run `spear-mm analyze`."
+            ) from exc
 
 
 CSV_FIRST = ["layer", "module", "name", "score"]

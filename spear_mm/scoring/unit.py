@@ -55,11 +55,12 @@ def score_tensor_pair(
     config: ScoreConfig | None = None,
     *,
     where: str = "the checkpoint",
+    where_base: str | None = None,
 ) -> ModuleScore:
     """All weight-only metrics of one tensor pair. Non-layer and 1-D tensors get relative change only."""
     config = config or ScoreConfig()
     started = time.perf_counter()
-    _check_finite(param.name, base, f"{where} (base)")
+    _check_finite(param.name, base, f"{where_base or where} (base)")
     _check_finite(param.name, adapted, f"{where} (adapted)")
     if base.shape != adapted.shape:
         raise SpearError(f"tensor '{param.name}': base {list(base.shape)} vs adapted {list(adapted.shape)}.")
@@ -139,5 +140,19 @@ def score_names(
     out = []
     for name in names:
         where = str(adapted.infos[name].file) if name in adapted.infos else str(adapted.path)
-        out.append(score_tensor_pair(base.read(name), adapted.read(name), params[name], config, where=where))
+        where_b = str(base.infos[name].file) if name in base.infos else str(base.path)
+        b, a = base.read(name), adapted.read(name)
+        if _extends_vocab(params[name], b, a):  # validated by open_pair(allow_vocab_extension=True) in the driver
+            a = a[: b.shape[0]]
+        out.append(score_tensor_pair(b, a, params[name], config, where=where, where_base=where_b))
     return out
+
+
+def _extends_vocab(param: ParamInfo, b: torch.Tensor, a: torch.Tensor) -> bool:
+    """An embedding/head whose adapted version has extra rows (a vocabulary extension): only shared rows compare."""
+    return (
+        param.group in ("embed", "head")
+        and a.ndim == b.ndim == 2
+        and a.shape[1] == b.shape[1] > 0
+        and (a.shape[0] > b.shape[0])
+    )

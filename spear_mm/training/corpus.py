@@ -78,6 +78,8 @@ def pack_corpus(
     batch: list[str] = []
 
     def flush() -> None:
+        if not batch:
+            return
         for doc in tokenizer(batch, add_special_tokens=True, verbose=False)["input_ids"]:
             ids.extend(doc)
             if eos is not None and (not doc or doc[-1] != eos):

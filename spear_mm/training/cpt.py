@@ -12,7 +12,6 @@ import json
 import logging
 import platform
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Literal
@@ -23,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from spear_mm import __version__
 from spear_mm.errors import SpearError
+from spear_mm.io.outputs import AtomicDir, check_not_input
 from spear_mm.planning.exports import apply_freeze_plan
 from spear_mm.planning.freeze import FreezeSummary, apply_freeze, is_freeze_yaml, load_freeze_yaml
 from spear_mm.planning.freeze import summarize_freeze as _summarize
@@ -260,9 +260,17 @@ def cpt(base: str | Path, corpus: list[Path], out: Path, config: CptConfig | Non
     base, out, corpus = Path(base), Path(out), [Path(p) for p in corpus]
     if not corpus:
         raise SpearError("cpt: no corpus files given; pass --corpus FILE.")
-    if out.exists() and not config.overwrite:
-        raise SpearError(f"{out}: already exists; choose another output folder or pass --overwrite.")
+
+    if not (base / "config.json").is_file():
+        raise SpearError(f"{base}: not a Hugging Face model folder (no config.json).")
+    inputs = [base, *corpus, *([config.freeze] if config.freeze else [])]
+    check_not_input(out.with_name(out.name + ".work"), inputs, "work folder")
     device = _device(config.device)
+    with AtomicDir(out, inputs, config.overwrite) as staging:  # checks, lock, cleanup of dead runs' temps
+        return _cpt(base, corpus, out, config, device, staging)
+
+
+def _cpt(base: Path, corpus: list[Path], out: Path, config: CptConfig, device: str, staging) -> CptResult:
     old_threads = torch.get_num_threads()
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -294,7 +302,7 @@ def cpt(base: str | Path, corpus: list[Path], out: Path, config: CptConfig | Non
             threads=torch.get_num_threads(),
         )
         cost = _cost(result, config, base, corpus, len(blocks), save_dtype)
-        _publish(model.to(save_dtype), tokenizer, work, out, cost, started, config.overwrite)
+        _publish(model.to(save_dtype), tokenizer, work, staging, cost, started)
         return result.model_copy(update={"wall_seconds": cost["wall_seconds"]})
     finally:
         torch.set_num_threads(old_threads)
@@ -332,21 +340,14 @@ def _cpu_name() -> str:
         return platform.processor() or platform.machine() or "cpu"
 
 
-def _publish(model, tokenizer, work: Path, out: Path, cost: dict, started: float, overwrite: bool) -> None:
-    """Write model, tokenizer, log and cost to a temporary sibling, then rename it to `out`."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        if (work / "train_log.jsonl").exists():
-            shutil.copy2(work / "train_log.jsonl", tmp / "train_log.jsonl")
-        cost["wall_seconds"] = round(time.time() - started, 3)  # load + tokenise + train + save
-        (tmp / "cost.json").write_text(json.dumps(cost, indent=2) + "\n")
-        if out.exists() and overwrite:
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+def _publish(model, tokenizer, work: Path, staging, cost: dict, started: float) -> None:
+    """Write model, tokenizer, log and cost to the staging folder, then publish it (spear_mm.io.outputs.AtomicDir)."""
+    tmp = staging.tmp
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if (work / "train_log.jsonl").exists():
+        shutil.copy2(work / "train_log.jsonl", tmp / "train_log.jsonl")
+    cost["wall_seconds"] = round(time.time() - started, 3)  # load + tokenise + train + save
+    (tmp / "cost.json").write_text(json.dumps(cost, indent=2) + "\n")
+    staging.commit()
     shutil.rmtree(work, ignore_errors=True)
