@@ -134,7 +134,9 @@ class Checkpoint:
 
     @classmethod
     def open(cls, path: str | Path) -> Checkpoint:
-        path = Path(path).expanduser().resolve()
+        from spear_mm.hub import resolve_model
+
+        path = resolve_model(path).resolve()  # a local folder, or a hub id's cached snapshot
         if not path.exists():
             raise SpearError(f"{path}: no such folder. Pass the path of a Hugging Face model folder.")
         if not path.is_dir():

@@ -40,6 +40,8 @@ class CandidateJob:
     batch_size: int = 16
     seed: int = 0
     limit: int | None = None
+    backend: str = "builtin"
+    lm_eval_tasks: Any = None  # an LmEvalTasks: lm-eval registered tasks run by lm-eval itself
     pair_key: str = ""  # the pair's fingerprints: a worker's cached open pair is reused only for the same files
     progress: Any = None  # in-process runs only (not picklable): an ItemProgress for per-item bars
 
@@ -166,6 +168,8 @@ def _evaluate(job: CandidateJob) -> CandidateResult:
         limit=job.limit,
         name=job.name,
         progress=job.progress,
+        backend=job.backend,
+        lm_eval_tasks=job.lm_eval_tasks,
     )
     if job.plan_yaml is None:
         result.model_path = str(Path(job.model_path or job.adapted).resolve())

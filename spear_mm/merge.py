@@ -9,6 +9,7 @@ the GIL); the loop itself is in streaming.py, the math in kernels.py.
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import math
 import shutil
@@ -26,7 +27,9 @@ from pydantic import BaseModel
 from spear_mm import __version__
 from spear_mm.buffers import Held
 from spear_mm.checkpoint import Checkpoint, Pair, open_pair
+from spear_mm.dtypes import dtype_label, parse_dtype
 from spear_mm.errors import SpearError
+from spear_mm.hub import hub_label
 from spear_mm.plan import Plan
 from spear_mm.streaming import PREFETCH, TensorStat, TensorTask, produce, workspace_for
 from spear_mm.writer import AtomicDir, ShardedWriter, check_free_space, check_output, parse_size
@@ -47,6 +50,8 @@ _WEIGHT_PATTERNS = (
     "merge_report.json",
     "plan.yaml",
 )
+# Files that describe the adapted model's training run (spear-mm cpt, HF Trainer): the merge never had it.
+_TRAINING_FILES = ("cost.json", "train_log.jsonl", "trainer_state.json", "training_args.bin", "all_results.json")
 Progress = Callable[[str, int], None]
 DEFAULT_THREADS = 1  # torch intra-op threads during a merge; measured in bench/merge_bench.py (docs/performance.md)
 
@@ -67,12 +72,16 @@ class MergeReport(BaseModel):
     n_merged: int
     n_lerp_fallback: int
     notes: list[str] = []
+    out_dtype: str | None = None  # --out-dtype; None: each tensor in the adapted model's dtype
+    base_hub: str | None = None  # 'org/name@<commit>' when the model came from the Hugging Face hub cache
+    adapted_hub: str | None = None
     tensors: list[TensorStat]
     spear_mm_version: str = __version__
 
 
-def build_tasks(pair: Pair, plan: Plan) -> list[TensorTask]:
-    """Resolve the plan to one action per tensor (the `--dry-run` view)."""
+def build_tasks(pair: Pair, plan: Plan, out_dtype: torch.dtype | None = None) -> list[TensorTask]:
+    """Resolve the plan to one action per tensor (the `--dry-run` view). `out_dtype` (default: each tensor's
+    dtype in the adapted model) is the dtype floating-point tensors are written in."""
     if plan.num_layers != pair.num_layers:
         raise SpearError(
             f"the plan is for {plan.num_layers} layers but the model has {pair.num_layers}; "
@@ -92,7 +101,8 @@ def build_tasks(pair: Pair, plan: Plan) -> list[TensorTask]:
             action = "base"
         else:
             action = "merge"
-        tasks.append(TensorTask(p, action, t, a.dtype, a.shape, ext[0] if ext else None))
+        dtype = out_dtype if out_dtype is not None and a.dtype.is_floating_point else a.dtype
+        tasks.append(TensorTask(p, action, t, dtype, a.shape, ext[0] if ext else None))
     return tasks
 
 
@@ -140,19 +150,25 @@ def merge(
     allow_vocab_extension: bool = False,
     threads: int | None = None,
     progress: Progress | None = None,
+    out_dtype: str | torch.dtype | None = None,
 ) -> MergeReport:
     """Merge `adapted` toward `base` following `plan` (or a uniform t for every layer) into an HF folder at `out`.
 
     `base`/`adapted` are model folders or opened `Checkpoint`s; `threads` sets torch's intra-op threads for
     the call (default `DEFAULT_THREADS`, see docs/performance.md); `progress(name, nbytes)` is called per
-    tensor written. Returns the `MergeReport` that is also written as `merge_report.json`.
+    tensor written; `out_dtype` ('bf16', 'fp16', 'fp32' or a torch dtype; default: the adapted model's dtype)
+    is the dtype the floating-point tensors are written in. Returns the `MergeReport` that is also written as
+    `merge_report.json`.
     """
     started = time.perf_counter()
     resolve_device(device)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads or DEFAULT_THREADS)
     try:
-        return _merge(base, adapted, out, plan, device, max_shard_size, force, allow_vocab_extension, progress, started)
+        dtype = parse_dtype(out_dtype)
+        return _merge(
+            base, adapted, out, plan, device, max_shard_size, force, allow_vocab_extension, progress, started, dtype
+        )
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -168,11 +184,12 @@ def _merge(
     allow_vocab_extension: bool,
     progress: Progress | None,
     started: float,
+    out_dtype: torch.dtype | None = None,
 ) -> MergeReport:
     pair = open_pair(base, adapted, allow_vocab_extension=allow_vocab_extension)
     plan = plan if isinstance(plan, Plan) else Plan.uniform(float(plan), pair.num_layers)
     final = check_output(Path(out), [pair.base.path, pair.adapted.path], force)
-    tasks = build_tasks(pair, plan)
+    tasks = build_tasks(pair, plan, out_dtype)
     check_free_space(final.parent, sum(t.out_dtype.itemsize * _numel(t.shape) for t in tasks))
     with AtomicDir(final) as staging:
         writer = ShardedWriter(staging.tmp, [(t.name, t.out_dtype, t.shape) for t in tasks], parse_size(max_shard_size))
@@ -199,6 +216,9 @@ def _merge(
             n_lerp_fallback=sum(s.lerp_fallback for s in stats),
             notes=_notes(pair),
             tensors=stats,
+            out_dtype=None if out_dtype is None else dtype_label(out_dtype),
+            base_hub=hub_label(pair.base.path),
+            adapted_hub=hub_label(pair.adapted.path),
         )
         _finish_folder(staging.tmp, pair, plan, report)
         staging.commit()
@@ -281,11 +301,24 @@ def merge_into_model(pair: Pair, plan: Plan, model: torch.nn.Module, *, device: 
 def _finish_folder(folder: Path, pair: Pair, plan: Plan, report: MergeReport) -> None:
     """Copy config/tokenizer/generation files from the adapted model; write plan, report and model card."""
     for src in sorted(pair.adapted.path.iterdir()):
-        if src.is_file() and not any(src.match(p) for p in _WEIGHT_PATTERNS):
+        if src.is_file() and src.name not in _TRAINING_FILES and not any(src.match(p) for p in _WEIGHT_PATTERNS):
             shutil.copy2(src, folder / src.name)
+    if report.out_dtype is not None:
+        _set_config_dtype(folder / "config.json", report.out_dtype)
     plan.save(folder / "plan.yaml")
     (folder / "merge_report.json").write_text(report.model_dump_json(indent=1))
     (folder / "README.md").write_text(model_card(pair, plan, report))
+
+
+def _set_config_dtype(config: Path, dtype: str) -> None:
+    """Record the written dtype in config.json (`torch_dtype`, and `dtype` where transformers ≥ 4.56 wrote it)."""
+    if not config.is_file():
+        return
+    data = json.loads(config.read_text())
+    data["torch_dtype"] = dtype
+    if "dtype" in data:
+        data["dtype"] = dtype
+    config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def model_card(pair: Pair, plan: Plan, report: MergeReport) -> str:
@@ -295,7 +328,7 @@ def model_card(pair: Pair, plan: Plan, report: MergeReport) -> str:
     notes = "".join(f"\nNote: {n}\n" for n in report.notes)
     return f"""---
 tags: [spear-mm, merge, slerp]
-base_model: {pair.base.path.name}
+base_model: {(hub_label(pair.base.path) or "").split("@")[0] or pair.base.path.name}
 ---
 # {Path(report.output or "merged").name}
 
@@ -305,8 +338,11 @@ merging). Layers of the adapted model were moved back toward the base model by
 
 | input | path | content hash (sampled) |
 | --- | --- | --- |
-| base | `{pair.base.path}` | `{report.base_fingerprint}` |
-| adapted | `{pair.adapted.path}` | `{report.adapted_fingerprint}` |
+| base | {_where(pair.base.path, report.base_hub)} | `{report.base_fingerprint}` |
+| adapted | {_where(pair.adapted.path, report.adapted_hub)} | `{report.adapted_fingerprint}` |
+
+Written in {report.out_dtype or "the adapted model's dtype"}. The adapted model's training records (`cost.json`,
+`train_log.jsonl`) are left out: this folder's provenance is `plan.yaml`, `merge_report.json` and this card.
 
 Plan: {plan.summary()} (policy `{plan.provenance.policy}`, scores `{plan.provenance.scores_hash or "–"}`).
 Full plan in `plan.yaml`, per-tensor statistics in `merge_report.json`. SLERP fell back to LERP (|cos| > 0.9995)
@@ -317,6 +353,10 @@ on {fallback} interpolated tensors.
 | --- | --- |
 {rows}
 """
+
+
+def _where(path: Path, hub: str | None) -> str:
+    return f"hub `{hub}` (`{path}`)" if hub else f"`{path}`"
 
 
 def _numel(shape: tuple[int, ...]) -> int:

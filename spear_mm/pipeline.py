@@ -17,6 +17,7 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from spear_mm.candidates import (
     N_BASELINES,
@@ -45,6 +46,9 @@ from spear_mm.run_summary import RunSummary, StageCost, cpt_cost, report_tables,
 from spear_mm.score_table import ScoreConfig, ScoreTable
 from spear_mm.steps import Steps, content_key
 from spear_mm.writer import check_free_space, check_output
+
+if TYPE_CHECKING:
+    from spear_mm.evaluation.lm_eval_tasks import LmEvalTasks
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]  # (stage, done, total); stages: analyze, evaluate, merge
@@ -77,12 +81,18 @@ def run(
     title: str | None = None,
     report: bool = True,
     progress: Progress | None = None,
+    out_dtype: str | None = None,
+    backend: str = "builtin",
+    lm_eval_tasks: LmEvalTasks | None = None,
 ) -> RunSummary:
     """Score, plan, merge, validate and choose for one base/adapted pair; everything lands in `out` (resumable).
 
     suites: 'general,domain', 'demo', a suite YAML, or task specs (tasks whose data file is missing are skipped
     with a warning). policies: preset names or plan YAML paths. sweep: 'f=0.1,0.25;t=0.5,0.9' or True for the
     default grid. choose_from: 'all' (plans, sweep, baselines and plain CPT) or 'plans' (SPEAR-MM plans only).
+    out_dtype: bf16 | fp16 | fp32 for the written model(s) (default: the adapted model's dtype).
+    backend: 'builtin' or 'lm-eval' for the suites' items; lm_eval_tasks: lm-eval registered tasks (suites may
+    then be empty), their datasets checked before any model work.
     """
     started = time.perf_counter()
     if executor not in KINDS:
@@ -99,7 +109,11 @@ def run(
     check_output(run_dir, [pair.base.path, pair.adapted.path], force=True)
     fp_b, fp_a = pair.base.fingerprint(), pair.adapted.fingerprint()
     grid = parse_sweep(sweep)
-    tasks, skipped = _load_tasks(suites, data_dir, limit, seed)
+    if lm_eval_tasks is not None:
+        from spear_mm.evaluation.lm_eval_tasks import preflight
+
+        preflight(lm_eval_tasks)
+    tasks, skipped = _load_tasks(suites, data_dir, limit, seed, lm_eval_tasks is not None)
     n_candidates = len(policies) + (len(grid["fractions"]) * len(grid["t"]) if grid else 0) + N_BASELINES * baselines
     check_free_space(run_dir, pair.adapted.nbytes * (n_candidates if keep_all else 1))
     stages.append(StageCost(name="open pair + load tasks", seconds=time.perf_counter() - clock, device="cpu"))
@@ -114,7 +128,8 @@ def run(
         candidates += baseline_candidates(pair.num_layers, prov) if baselines else []
         check_unique(candidates)
         candidates = _write_plans(candidates, run_dir, steps, scores)
-        jobs = _jobs(pair, candidates, tasks, device, threads, batch_size, seed, limit, (fp_b, fp_a))
+        jobs = _jobs(pair, candidates, tasks, device, threads, batch_size, seed, limit, (fp_b, fp_a),
+                     backend, lm_eval_tasks)  # fmt: skip
         results, stage = _evaluate(jobs, pair, run_dir, steps, fp_b, fp_a, tasks, skipped, ex, progress)
     stages.append(stage)
 
@@ -122,7 +137,8 @@ def run(
                         suites=_suite_label(suites), limit=limit, seed=seed, device=device, title=title,
                         target_retention=target_retention, choose_from=choose_from,
                         cpt=cpt_cost(pair.adapted.path, cpt_cost_seconds))  # fmt: skip
-    stage = _write_models(pair, candidates, summary.chosen, keep_all, run_dir, steps, device, threads, progress)
+    stage = _write_models(pair, candidates, summary.chosen, keep_all, run_dir, steps, device, threads, progress,
+                          out_dtype)  # fmt: skip
     summary.stages.append(stage)
     summary.chosen_model_path = (
         str(run_dir / "models" / summary.chosen)
@@ -145,19 +161,21 @@ def run(
 
 
 # -- stages ----------------------------------------------------------------------------------------------------
-def _load_tasks(suites, data_dir, limit, seed):
+def _load_tasks(suites, data_dir, limit, seed, registered: bool = False):
     from spear_mm.evaluation import load_tasks
 
     skipped: dict[str, str] = {}
+    if registered and not suites:
+        return (), skipped
     tasks = load_tasks(suites, data_dir, limit, seed, skip_missing=True, skipped=skipped)
-    if not tasks:
+    if not tasks and not registered:
         raise SpearError(
             f"no task to evaluate: the data of every task of '{suites}' is missing "
             f"({'; '.join(skipped.values())}). Pass --data-dir with the suite files, or another --suite."
         )
     groups = {t.spec.group for t in tasks}
     for group, what in (("general", "general retention R"), ("domain", "domain gain kept K")):
-        if group not in groups:
+        if group not in groups and not registered:
             log.warning("no %s task left to evaluate: %s is undefined and no model can be chosen", group, what)
     return tuple(tasks), skipped
 
@@ -224,9 +242,11 @@ def _any_key(path: Path) -> str:
         return ""
 
 
-def _jobs(pair: Pair, candidates, tasks, device, threads, batch_size, seed, limit, fps) -> list[CandidateJob]:
+def _jobs(pair: Pair, candidates, tasks, device, threads, batch_size, seed, limit, fps, backend="builtin",
+          lm_eval_tasks=None) -> list[CandidateJob]:  # fmt: skip
     common = dict(base=str(pair.base.path), adapted=str(pair.adapted.path), tasks=tasks, device=device,
-                  threads=threads, batch_size=batch_size, seed=seed, limit=limit, pair_key="-".join(fps))  # fmt: skip
+                  threads=threads, batch_size=batch_size, seed=seed, limit=limit, pair_key="-".join(fps),
+                  backend=backend, lm_eval_tasks=lm_eval_tasks)  # fmt: skip
     jobs = [
         CandidateJob(name="base", plan_yaml=None, model_path=str(pair.base.path), **common),
         CandidateJob(name="adapted", plan_yaml=None, model_path=str(pair.adapted.path), **common),
@@ -246,6 +266,10 @@ def _evaluate(jobs, pair, run_dir, steps, fp_b, fp_a, tasks, skipped, ex, progre
     """Evaluate every job not already finished through the executor; each result is saved as it arrives.
     Candidates that merge to the same model (same key) are evaluated once and the result saved for each."""
     eval_dir, tkey = run_dir / "eval", tasks_hash(tasks)
+    if jobs and (jobs[0].backend != "builtin" or jobs[0].lm_eval_tasks is not None):
+        tkey = content_key(
+            tasks=tkey, backend=jobs[0].backend, lm_eval=jobs[0].lm_eval_tasks and jobs[0].lm_eval_tasks.key()
+        )
     _retire_stale(eval_dir, {j.name for j in jobs})
     results: dict[str, EvalResult] = {}
     keys, reused, done_by_key = {}, 0.0, {}
@@ -348,7 +372,9 @@ def _suite_label(suites) -> str:
     return ",".join(str(getattr(s, "name", s.get("name", "?") if isinstance(s, dict) else s)) for s in items)
 
 
-def _write_models(pair, candidates, chosen, keep_all, run_dir, steps, device, threads, progress) -> StageCost:
+def _write_models(
+    pair, candidates, chosen, keep_all, run_dir, steps, device, threads, progress, out_dtype=None
+) -> StageCost:
     """models/<name>: the chosen candidate (every candidate with keep_all); other folders this run wrote go."""
     from spear_mm.merge import merge
 
@@ -361,7 +387,8 @@ def _write_models(pair, candidates, chosen, keep_all, run_dir, steps, device, th
     seconds, written, reused = 0.0, 0, 0
     for c in (c for c in candidates if c.name in keep):
         out = models / c.name
-        key = content_key(base=pair.base.fingerprint(), adapted=pair.adapted.fingerprint(), plan=plan_hash(c.plan))
+        key = content_key(base=pair.base.fingerprint(), adapted=pair.adapted.fingerprint(), plan=plan_hash(c.plan),
+                          **({"out_dtype": str(out_dtype)} if out_dtype else {}))  # fmt: skip
         record = steps.finished(out, key, out / "config.json")
         if record is not None:
             steps.skipped(f"merge {c.name}", record)
@@ -369,7 +396,7 @@ def _write_models(pair, candidates, chosen, keep_all, run_dir, steps, device, th
             continue
         cb = _bytes_progress(progress, pair.adapted.nbytes) if progress else None
         report = merge(pair.base.path, pair.adapted.path, out, c.plan, device=device, force=True, threads=threads,
-                       progress=cb)  # fmt: skip
+                       progress=cb, out_dtype=out_dtype)  # fmt: skip
         steps.record(out, f"merge {c.name}", key, report.seconds, device, bytes=report.bytes_written)
         seconds, written = seconds + report.seconds, written + 1
     status = "skipped" if reused and not written else "ran"

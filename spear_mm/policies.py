@@ -16,6 +16,7 @@ import yaml
 from spear_mm.architecture import ParamInfo, for_model_type, layer_map
 from spear_mm.errors import SpearError
 from spear_mm.freeze import YAML_KEY, FreezeSummary, apply_freeze, freeze_patterns, write_freeze_yaml
+from spear_mm.hub import hub_label
 from spear_mm.plan import LayerRule, Method, Plan, Provenance
 from spear_mm.score_table import ScoreTable
 
@@ -121,6 +122,8 @@ def make_plan(
             scores_hash=scores.content_hash(),
             base=scores.base_fingerprint,
             adapted=scores.adapted_fingerprint,
+            base_hub=hub_label(scores.base),
+            adapted_hub=hub_label(scores.adapted),
         ),
     )
 

@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from spear_mm import __version__
+from spear_mm.hub import hub_label
 from spear_mm.metrics import pareto_front, tradeoff
 from spear_mm.selection import Comparison, choose, compare_to_baselines
 
@@ -75,6 +76,8 @@ class RunSummary(BaseModel):
     adapted: str = "adapted"
     base_path: str
     adapted_path: str
+    base_hub: str | None = None  # 'org/name@<commit>' when the model came from the hub cache
+    adapted_hub: str | None = None
     base_fingerprint: str
     adapted_fingerprint: str
     suites: str
@@ -217,6 +220,8 @@ def summarise(pair, candidates, results, scores, stages, run_dir, fp_b, fp_a, sk
         run_dir=str(run_dir),
         base_path=str(pair.base.path),
         adapted_path=str(pair.adapted.path),
+        base_hub=hub_label(pair.base.path),
+        adapted_hub=hub_label(pair.adapted.path),
         base_fingerprint=fp_b,
         adapted_fingerprint=fp_a,
         suites=suites,

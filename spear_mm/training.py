@@ -268,7 +268,9 @@ def run_trainer(model, tokenizer, dataset, work: Path, config: CptConfig, device
 def cpt(base: str | Path, corpus: list[Path], out: Path, config: CptConfig | None = None) -> CptResult:
     """Continually pre-train `base` on `corpus` files; write the trained HF folder to `out`."""
     config = config or CptConfig()
-    base, out, corpus = Path(base), Path(out), [Path(p) for p in corpus]
+    from spear_mm.hub import resolve_model
+
+    base, out, corpus = resolve_model(base), Path(out), [Path(p) for p in corpus]
     if not corpus:
         raise SpearError("cpt: no corpus files given; pass --corpus FILE.")
     if out.exists() and not config.overwrite:

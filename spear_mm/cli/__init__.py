@@ -23,7 +23,7 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 # Stage modules that add commands to `app` (each defines `register(app)`); missing ones are skipped.
-_COMMAND_MODULES = ["merge", "analyze", "evaluate", "train", "run", "demo"]
+_COMMAND_MODULES = ["merge", "analyze", "evaluate", "train", "run", "demo", "discover"]
 
 
 def _version(value: bool) -> None:
@@ -34,7 +34,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging (also accepted after the command)."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
     logging.basicConfig(
@@ -55,8 +55,23 @@ for _name in _COMMAND_MODULES:
     _mod.register(app)
 
 
+_VERBOSE = ("-v", "--verbose")
+
+
+def normalise_argv(argv: list[str]) -> list[str]:
+    """`-v/--verbose` anywhere (also after the subcommand) becomes the root option; `plan validate` is the
+    `plan-validate` command (`plan SCORES` keeps its meaning)."""
+    args = list(argv)
+    verbose = [a for a in args if a in _VERBOSE]
+    args = [a for a in args if a not in _VERBOSE]
+    if args[:2] == ["plan", "validate"]:
+        args = ["plan-validate", *args[2:]]
+    return verbose[:1] + args
+
+
 def main() -> None:
     """Entry point: run the app, turning SpearError into a one-paragraph message and exit code 2."""
+    sys.argv[1:] = normalise_argv(sys.argv[1:])
     try:
         app()
     except SpearError as exc:

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from spear_mm.cli.choices import DEVICE_METAVAR
 from spear_mm.errors import SpearError
 
 out_console = Console()
@@ -60,7 +61,7 @@ def demo_cmd(
     batch_size: int | None = typer.Option(None, "--batch-size", help="CPT blocks per step."),
     limit: int | None = typer.Option(None, "--limit", help="Items per task in validation."),
     threads: int = typer.Option(1, "--threads", help="Torch CPU threads (1 measured fastest on 2 shared cores)."),
-    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
+    device: str = typer.Option("cpu", metavar=DEVICE_METAVAR, help="Where CPT, merges and evaluation run."),
     policies: str = typer.Option("conservative,balanced,aggressive", "--policies", help="Comma-separated presets."),
     baselines: bool | None = typer.Option(
         None, "--baselines/--no-baselines", help="Uniform SLERP, task arithmetic, TIES (default: on; off with --quick)."

@@ -9,6 +9,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from spear_mm.cli.choices import DEVICE_METAVAR, Backend, value
+from spear_mm.dtypes import DtypeName
 from spear_mm.errors import SpearError
 
 out_console = Console()
@@ -57,13 +59,21 @@ def _fmt(x: float | None) -> str:
 
 
 def evaluate_cmd(
-    models: list[Path] = typer.Argument(..., help="Model folders (Hugging Face format)."),
-    suite: str = typer.Option("general,domain", "--suite", "-s", help="Suites/tasks: general, domain, or a .yaml."),
+    models: list[Path] = typer.Argument(..., help="Model folders (Hugging Face format) or hub ids org/name[@rev]."),
+    suite: str | None = typer.Option(
+        None,
+        "--suite",
+        "-s",
+        help="Suites/tasks: general, domain, or a .yaml (default general,domain; none with --tasks).",
+    ),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="Folder in the shared/data layout."),
     out: Path = typer.Option(Path("results"), "--out", "-o", help="Writes <out>/<model>.json per model."),
     limit: int | None = typer.Option(None, "--limit", help="Items per task (seeded, stratified by label)."),
-    backend: str = typer.Option("builtin", "--backend", help="builtin or lm-eval."),
-    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
+    backend: Backend = typer.Option(Backend.builtin, "--backend", help="Who scores the suites' items."),
+    device: str = typer.Option("cpu", metavar=DEVICE_METAVAR, help="Where the models run."),
+    dtype: DtypeName | None = typer.Option(
+        None, "--dtype", help="Compute dtype (default: fp32 on CPU, else the model's)."
+    ),
     threads: int | None = typer.Option(None, help="Torch CPU threads (default: torch's choice)."),
     batch_size: int = typer.Option(16, "--batch-size", help="Items per batch."),
     max_length: int | None = typer.Option(None, "--max-length", help="Context length cap (default: model's, ≤2048)."),
@@ -71,16 +81,31 @@ def evaluate_cmd(
     base: str | None = typer.Option(None, help="Name of the base model's result: adds R to the table."),
     adapted: str | None = typer.Option(None, help="Name of the adapted model's result: adds K to the table."),
     skip_missing: bool = typer.Option(False, "--skip-missing", help="Skip tasks whose data file is absent."),
+    tasks: str | None = typer.Option(
+        None, "--tasks", help="lm-eval registered tasks, e.g. arc_easy,hellaswag (general)."
+    ),
+    general_tasks: str | None = typer.Option(None, "--general-tasks", help="lm-eval tasks that count in R."),
+    domain_tasks: str | None = typer.Option(None, "--domain-tasks", help="lm-eval tasks that count in K."),
+    lm_eval_include: Path | None = typer.Option(
+        None, "--lm-eval-include", help="Folder of extra lm-eval task YAMLs (lm-eval's --include_path)."
+    ),
 ) -> None:
     """Evaluate MODELS on the general and domain suites (same items for every model) and save the results."""
     from spear_mm.cli import console
+    from spear_mm.dtypes import parse_dtype
     from spear_mm.evaluation import evaluate, load_tasks
+    from spear_mm.evaluation.lm_eval_tasks import LmEvalTasks, preflight
 
-    if backend not in {"builtin", "lm-eval"}:
-        raise SpearError(f"--backend {backend!r}: use builtin or lm-eval")
+    registered = LmEvalTasks.from_options(tasks, general_tasks, domain_tasks, lm_eval_include)
+    if registered is not None:
+        backend = Backend.lm_eval  # lm-eval's own tasks run on lm-eval; --suite items too, then
+        preflight(registered)  # datasets loaded (or a clear error) before any model work
+    elif lm_eval_include is not None:
+        raise SpearError("--lm-eval-include needs --tasks, --general-tasks or --domain-tasks (the task names).")
+    suite = suite if suite is not None else ("" if registered is not None else "general,domain")
     skipped: dict[str, str] = {}
-    tasks = load_tasks(suite, data_dir, limit, seed, skip_missing=skip_missing, skipped=skipped)
-    if not tasks:
+    loaded = load_tasks(suite, data_dir, limit, seed, skip_missing=skip_missing, skipped=skipped) if suite else []
+    if not loaded and registered is None:
         raise SpearError("no task to run: every task's data is missing (see the warnings above)")
     results = []
     columns = (
@@ -94,16 +119,18 @@ def evaluate_cmd(
         for path, name in zip(models, _names(models), strict=True):
             result = evaluate(
                 path,
-                tasks,
+                loaded,
                 device=device,
                 limit=limit,
                 batch_size=batch_size,
                 threads=threads,
                 seed=seed,
-                backend=backend,
+                backend=value(backend),
+                dtype=parse_dtype(dtype),
                 max_length=max_length,
                 name=name,
                 progress=progress,
+                lm_eval_tasks=registered,
             )
             result.skipped.update(skipped)
             result.save(out / f"{name}.json")

@@ -9,7 +9,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from spear_mm.errors import SpearError
+from spear_mm.cli.choices import DEVICE_METAVAR, Backend, ChooseFrom, Executor, value
+from spear_mm.dtypes import DtypeName
 
 out_console = Console()
 _LABELS = {"analyze": "score tensors", "evaluate": "evaluate models", "merge": "write chosen model (bytes)"}
@@ -33,11 +34,13 @@ def results_table(summary) -> Table:
 
 
 def run_cmd(
-    base: Path = typer.Argument(..., help="Base model folder (before CPT)."),
-    adapted: Path = typer.Argument(..., help="Adapted model folder (after CPT)."),
+    base: Path = typer.Argument(..., help="Base model folder (before CPT) or hub id org/name[@rev]."),
+    adapted: Path = typer.Argument(..., help="Adapted model folder (after CPT) or hub id org/name[@rev]."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder (created; a re-run resumes it)."),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="Folder with the suites' data files."),
-    suite: str = typer.Option("general,domain", "--suite", "-s", help="general,domain | demo | a suite .yaml."),
+    suite: str | None = typer.Option(
+        None, "--suite", "-s", help="general,domain | demo | a suite .yaml (default general,domain; none with --tasks)."
+    ),
     policies: str = typer.Option(
         "conservative,balanced,aggressive", "--policies", help="Comma-separated presets and/or plan .yaml files."
     ),
@@ -48,28 +51,44 @@ def run_cmd(
     target_retention: float | None = typer.Option(
         None, "--target-retention", help="Choose the most K among models with R ≥ this (e.g. 0.9)."
     ),
-    choose_from: str = typer.Option("all", "--choose-from", help="all (plans, sweep, baselines, CPT) | plans."),
+    choose_from: ChooseFrom = typer.Option(
+        ChooseFrom.all, "--choose-from", help="all: plans, sweep, baselines, CPT; plans: SPEAR-MM plans only."
+    ),
     limit: int | None = typer.Option(None, "--limit", help="Items per task (seeded, stratified by label)."),
     seed: int = typer.Option(0, help="Seed of the --limit sample."),
-    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
+    device: str = typer.Option("cpu", metavar=DEVICE_METAVAR, help="Where merges and evaluation run."),
     threads: int | None = typer.Option(None, help="Torch CPU threads per evaluation (default: torch's choice)."),
     workers: int | None = typer.Option(None, "--workers", "-j", help="Executor workers (process / ray)."),
     batch_size: int = typer.Option(16, "--batch-size", help="Items per evaluation batch."),
     keep_all: bool = typer.Option(False, "--keep-all", help="Write every candidate to RUN/models/ (disk!)."),
-    executor: str = typer.Option("local", "--executor", help="local | process | ray."),
+    executor: Executor = typer.Option(Executor.local, "--executor", help="Where candidate evaluations run."),
     ray_address: str | None = typer.Option(None, "--ray-address", help="Ray cluster address (with --executor ray)."),
     cpt_cost_seconds: float | None = typer.Option(
         None, "--cpt-cost-seconds", help="Cost of one CPT run (default: ADAPTED/cost.json from spear-mm cpt)."
     ),
     title: str | None = typer.Option(None, help="Report title."),
+    out_dtype: DtypeName | None = typer.Option(
+        None, "--out-dtype", help="dtype of the written model(s) (default: the adapted model's)."
+    ),
+    backend: Backend = typer.Option(Backend.builtin, "--backend", help="Who scores the suites' items."),
+    tasks: str | None = typer.Option(
+        None, "--tasks", help="lm-eval registered tasks, e.g. arc_easy,hellaswag (general)."
+    ),
+    general_tasks: str | None = typer.Option(None, "--general-tasks", help="lm-eval tasks that count in R."),
+    domain_tasks: str | None = typer.Option(None, "--domain-tasks", help="lm-eval tasks that count in K."),
+    lm_eval_include: Path | None = typer.Option(
+        None, "--lm-eval-include", help="Folder of extra lm-eval task YAMLs (lm-eval's --include_path)."
+    ),
 ) -> None:
     """Score, plan, merge, validate and choose for one base/adapted pair; writes RUN/report.html."""
     from spear_mm.cli import console
+    from spear_mm.evaluation.lm_eval_tasks import LmEvalTasks
     from spear_mm.pipeline import run
 
     _quiet_per_model_logs()
-    if executor not in ("local", "process", "ray"):
-        raise SpearError(f"--executor {executor!r}: use local, process or ray.")
+    registered = LmEvalTasks.from_options(tasks, general_tasks, domain_tasks, lm_eval_include)
+    backend = Backend.lm_eval if registered is not None else backend
+    suite = suite if suite is not None else ("" if registered is not None else "general,domain")
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn())  # fmt: skip
     with Progress(*columns, console=console, transient=False) as bars:
@@ -91,7 +110,7 @@ def run_cmd(
             sweep=sweep,
             baselines=not no_baselines,
             target_retention=target_retention,
-            choose_from=choose_from,
+            choose_from=value(choose_from),
             limit=limit,
             seed=seed,
             device=device,
@@ -99,11 +118,14 @@ def run_cmd(
             workers=workers,
             batch_size=batch_size,
             keep_all=keep_all,
-            executor=executor,
+            executor=value(executor),
             ray_address=ray_address,
             cpt_cost_seconds=cpt_cost_seconds,
             title=title,
             progress=progress,
+            out_dtype=value(out_dtype),
+            backend=value(backend),
+            lm_eval_tasks=registered,
         )
     out_console.print(results_table(summary))
     c = summary.cost
