@@ -95,12 +95,10 @@ def preflight(spec: LmEvalTasks) -> dict[str, tuple[str, int]]:
             f"lm-eval has no task or group named {', '.join(map(repr, unknown))}{hint}; "
             "`lm_eval ls tasks` lists the registered ones."
         )
-    from lm_eval.tasks import get_task_dict
-
     sizes: dict[str, tuple[str, int]] = {}
     for name in spec.names:
         try:
-            leaves = _leaves(get_task_dict([name], manager))
+            leaves = _load(name, manager)
         except Exception as exc:  # noqa: BLE001 - datasets raises many types for a missing or unreachable dataset
             raise SpearError(_dataset_error(name, manager, exc)) from exc
         for leaf, (top, task) in leaves.items():
@@ -108,11 +106,20 @@ def preflight(spec: LmEvalTasks) -> dict[str, tuple[str, int]]:
     return sizes
 
 
+def _load(name: str, manager: Any) -> dict[str, tuple[str, Any]]:
+    """{leaf task: (name, Task)} for a task, group or tag name (datasets are loaded here)."""
+    if hasattr(manager, "load"):  # lm-eval >= 0.4.10: flat dicts of leaf tasks
+        return {leaf: (name, task) for leaf, task in manager.load([name])["tasks"].items()}
+    from lm_eval.tasks import get_task_dict
+
+    return _leaves(get_task_dict([name], manager))
+
+
 def _dataset_error(name: str, manager: Any, exc: Exception) -> str:
     import datasets
 
-    config = manager.all_tasks.get(name, {}) if hasattr(manager, "all_tasks") else {}
-    path = config.get("yaml_path", "") if isinstance(config, dict) else ""
+    entry = getattr(manager, "task_index", {}).get(name)
+    path = getattr(entry, "yaml_path", None) or (entry.get("yaml_path") if isinstance(entry, dict) else None)
     offline = os.environ.get("HF_DATASETS_OFFLINE", "") not in ("", "0") or datasets.config.HF_DATASETS_OFFLINE
     where = f"the datasets cache {datasets.config.HF_DATASETS_CACHE}"
     fix = (
