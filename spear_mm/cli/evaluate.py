@@ -95,6 +95,7 @@ def evaluate_cmd(
     from spear_mm.dtypes import parse_dtype
     from spear_mm.evaluation import evaluate, load_tasks
     from spear_mm.evaluation.lm_eval_tasks import LmEvalTasks, preflight
+    from spear_mm.hub import resolve_model
 
     registered = LmEvalTasks.from_options(tasks, general_tasks, domain_tasks, lm_eval_include)
     if registered is not None:
@@ -103,6 +104,8 @@ def evaluate_cmd(
     elif lm_eval_include is not None:
         raise SpearError("--lm-eval-include needs --tasks, --general-tasks or --domain-tasks (the task names).")
     suite = suite if suite is not None else ("" if registered is not None else "general,domain")
+    names = _names(models)
+    models = [resolve_model(m) for m in models]  # every hub id fetched (or found offline) before any evaluation
     skipped: dict[str, str] = {}
     loaded = load_tasks(suite, data_dir, limit, seed, skip_missing=skip_missing, skipped=skipped) if suite else []
     if not loaded and registered is None:
@@ -116,7 +119,7 @@ def evaluate_cmd(
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=console, transient=False) as progress:
-        for path, name in zip(models, _names(models), strict=True):
+        for path, name in zip(models, names, strict=True):
             result = evaluate(
                 path,
                 loaded,
