@@ -177,9 +177,19 @@ class Checkpoint:
             found = sorted(self.path.glob(pattern))
             if found:
                 return found, None
+        from spear_mm.hub import hub_ref
+
+        ref = hub_ref(self.path)
+        hint = (
+            f" This is the hub snapshot of {ref.repo_id}: spear-mm fetches safetensors weights only, and this "
+            "repository has none at that revision; convert it (save_pretrained(..., safe_serialization=True)) "
+            "or pass a local folder."
+            if ref
+            else " Save the model with save_pretrained()."
+        )
         raise SpearError(
             f"{self.path}: no weights found (looked for model.safetensors, *.safetensors with an index, "
-            "pytorch_model*.bin). Save the model with save_pretrained()."
+            f"pytorch_model*.bin).{hint}"
         )
 
     def _scan(self) -> dict[str, TensorInfo]:

@@ -26,6 +26,7 @@ from spear_mm.corpus import PackedDataset, pack_corpus
 from spear_mm.errors import SpearError
 from spear_mm.freeze import FreezeSummary, apply_freeze, freeze_patterns, is_freeze_yaml, load_freeze_yaml
 from spear_mm.freeze import summarize_freeze as _summarize
+from spear_mm.hub import hub_label, resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -268,8 +269,6 @@ def run_trainer(model, tokenizer, dataset, work: Path, config: CptConfig, device
 def cpt(base: str | Path, corpus: list[Path], out: Path, config: CptConfig | None = None) -> CptResult:
     """Continually pre-train `base` on `corpus` files; write the trained HF folder to `out`."""
     config = config or CptConfig()
-    from spear_mm.hub import resolve_model
-
     base, out, corpus = resolve_model(base), Path(out), [Path(p) for p in corpus]
     if not corpus:
         raise SpearError("cpt: no corpus files given; pass --corpus FILE.")
@@ -330,6 +329,7 @@ def _cost(result: CptResult, config: CptConfig, base: Path, corpus: list[Path], 
         "transformers_version": transformers.__version__,
         "spear_mm_version": __version__,
         "base": str(base.resolve()),
+        "base_hub": hub_label(base),  # 'org/name@<commit>' when the base came from the hub cache
         "corpus": [str(p.resolve()) for p in corpus],
         "corpus_blocks": blocks,
         "saved_dtype": str(dtype).removeprefix("torch."),

@@ -118,3 +118,22 @@ def test_run_records_the_resolved_revisions_in_the_summary(hub, cli, tmp_path):
     assert code == 0, text
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["base_hub"] == f"org/base@{COMMIT}" and summary["adapted_hub"] == f"org/adapted@{COMMIT}"
+
+
+def test_cpt_takes_a_hub_id_and_records_it(hub, cli, tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("Revenue rose 12 percent to 4.2 billion dollars.\n\nThe central bank held its rate.\n" * 20)
+    args = ["--corpus", corpus, "-o", tmp_path / "cpt", "--max-steps", "1", "--seq-len", "16", "--device", "cpu"]
+    code, text = cli("cpt", "org/base", *args)
+    assert code == 0, text
+    cost = json.loads((tmp_path / "cpt" / "cost.json").read_text())
+    assert cost["base_hub"] == f"org/base@{COMMIT}"
+
+
+def test_a_snapshot_without_safetensors_says_so(hub, cli, tiny_pair, tmp_path):
+    only_config = tmp_path / "only-config"
+    only_config.mkdir()
+    shutil.copy(tiny_pair[0] / "config.json", only_config / "config.json")
+    add_to_hub_cache(hub, "org/binonly", only_config, COMMIT)
+    code, text = cli("inspect", "org/binonly")
+    assert code == 2 and "hub snapshot of org/binonly" in text and "safetensors weights only" in text

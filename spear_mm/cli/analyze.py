@@ -10,7 +10,18 @@ from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from spear_mm.cli.choices import DEVICE_METAVAR, Aggregate, Edge, Executor, Method, Normalize, Policy, Precision, value
+from spear_mm.cli.choices import (
+    DEVICE_METAVAR,
+    Aggregate,
+    Edge,
+    Executor,
+    Method,
+    Normalize,
+    Policy,
+    Precision,
+    SnrNormalize,
+    value,
+)
 from spear_mm.errors import SpearError
 
 out_console = Console()
@@ -70,8 +81,8 @@ def _trust_panel(table) -> Panel | None:
 
 
 def analyze_cmd(
-    base: Path = typer.Argument(..., help="Base model folder (before CPT)."),
-    adapted: Path = typer.Argument(..., help="Adapted model folder (after CPT)."),
+    base: Path = typer.Argument(..., help="Base model folder (before CPT) or hub id org/name[@rev]."),
+    adapted: Path = typer.Argument(..., help="Adapted model folder (after CPT) or hub id org/name[@rev]."),
     out: Path = typer.Option(..., "--out", "-o", help="Scores folder: scores.json/.csv, layer_scores.csv, figures."),
     device: str = typer.Option("cpu", metavar=DEVICE_METAVAR, help="Where singular values are computed."),
     workers: int | None = typer.Option(
@@ -90,7 +101,9 @@ def analyze_cmd(
         Edge.mp, help="Noise edge: mp (calibrated Marchenko–Pastur) or spectrum (Spectrum's formula)."
     ),
     precision: Precision = typer.Option(Precision.auto, help="Precision of the singular values."),
-    snr_normalize: str | None = typer.Option(None, help="'max': divide SNR by σ₁ as Spectrum does (off by default)."),
+    snr_normalize: SnrNormalize | None = typer.Option(
+        None, help="max: divide SNR by σ₁ as Spectrum does (off by default)."
+    ),
     delta_spectrum: bool = typer.Option(True, help="Also the spectrum of ΔW (diagnostic SNR/effective rank)."),
     probe: Path | None = typer.Option(None, "--probe", help="General text file: per-layer activation drift (1−CKA)."),
     ground_truth: bool = typer.Option(False, "--ground-truth", help="Restore each layer alone, measure probe NLL."),
@@ -108,7 +121,7 @@ def analyze_cmd(
             normalize=normalize,
             edge=edge,
             precision=precision,
-            snr_normalize=snr_normalize,
+            snr_normalize=value(snr_normalize),
             delta_spectrum=delta_spectrum,
         )
     except ValueError as exc:

@@ -60,6 +60,10 @@ class Precision(str, Enum):
     float64 = "float64"
 
 
+class SnrNormalize(str, Enum):
+    max = "max"
+
+
 class ChooseFrom(str, Enum):
     all = "all"
     plans = "plans"
