@@ -97,9 +97,12 @@ def plan_effect_hash(plan: Plan, params) -> str:
     return hashlib.sha256(json.dumps(effect, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def tasks_hash(tasks: tuple[LoadedTask, ...] | list[LoadedTask]) -> str:
-    """Hash of the task specs and the exact items sampled (so a changed data file or --limit changes it)."""
+def tasks_hash(tasks: tuple[LoadedTask, ...] | list[LoadedTask], backend: str = "builtin", lm_eval: Any = None) -> str:
+    """Hash of the task specs and the exact items sampled (so a changed data file or --limit changes it); a non-
+    default back end and lm-eval's registered task names enter too (the builtin-only hash is unchanged)."""
     h = hashlib.sha256()
+    if backend != "builtin" or lm_eval is not None:
+        h.update(f"{backend}|{lm_eval.key() if lm_eval is not None else ''}".encode())
     for task in tasks:
         h.update(task.spec.model_dump_json().encode())
         for item in task.items:

@@ -109,11 +109,7 @@ def run(
     check_output(run_dir, [pair.base.path, pair.adapted.path], force=True)
     fp_b, fp_a = pair.base.fingerprint(), pair.adapted.fingerprint()
     grid = parse_sweep(sweep)
-    if lm_eval_tasks is not None:
-        from spear_mm.evaluation.lm_eval_tasks import preflight
-
-        preflight(lm_eval_tasks)
-    tasks, skipped = _load_tasks(suites, data_dir, limit, seed, lm_eval_tasks is not None)
+    tasks, skipped = _load_tasks(suites, data_dir, limit, seed, lm_eval_tasks)
     n_candidates = len(policies) + (len(grid["fractions"]) * len(grid["t"]) if grid else 0) + N_BASELINES * baselines
     check_free_space(run_dir, pair.adapted.nbytes * (n_candidates if keep_all else 1))
     stages.append(StageCost(name="open pair + load tasks", seconds=time.perf_counter() - clock, device="cpu"))
@@ -161,10 +157,14 @@ def run(
 
 
 # -- stages ----------------------------------------------------------------------------------------------------
-def _load_tasks(suites, data_dir, limit, seed, registered: bool = False):
+def _load_tasks(suites, data_dir, limit, seed, registered: LmEvalTasks | None = None):
+    """The suites' tasks (missing data skipped); lm-eval's registered tasks have their datasets checked here."""
     from spear_mm.evaluation import load_tasks
+    from spear_mm.evaluation.lm_eval_tasks import preflight
 
     skipped: dict[str, str] = {}
+    if registered is not None:
+        preflight(registered)  # before any model work
     if registered and not suites:
         return (), skipped
     tasks = load_tasks(suites, data_dir, limit, seed, skip_missing=True, skipped=skipped)
@@ -265,11 +265,7 @@ def _eval_key(job: CandidateJob, pair: Pair, fp_b: str, fp_a: str, tasks_key: st
 def _evaluate(jobs, pair, run_dir, steps, fp_b, fp_a, tasks, skipped, ex, progress):
     """Evaluate every job not already finished through the executor; each result is saved as it arrives.
     Candidates that merge to the same model (same key) are evaluated once and the result saved for each."""
-    eval_dir, tkey = run_dir / "eval", tasks_hash(tasks)
-    if jobs and (jobs[0].backend != "builtin" or jobs[0].lm_eval_tasks is not None):
-        tkey = content_key(
-            tasks=tkey, backend=jobs[0].backend, lm_eval=jobs[0].lm_eval_tasks and jobs[0].lm_eval_tasks.key()
-        )
+    eval_dir, tkey = run_dir / "eval", tasks_hash(tasks, *((jobs[0].backend, jobs[0].lm_eval_tasks) if jobs else ()))
     _retire_stale(eval_dir, {j.name for j in jobs})
     results: dict[str, EvalResult] = {}
     keys, reused, done_by_key = {}, 0.0, {}
@@ -372,9 +368,7 @@ def _suite_label(suites) -> str:
     return ",".join(str(getattr(s, "name", s.get("name", "?") if isinstance(s, dict) else s)) for s in items)
 
 
-def _write_models(
-    pair, candidates, chosen, keep_all, run_dir, steps, device, threads, progress, out_dtype=None
-) -> StageCost:
+def _write_models(pair, candidates, chosen, keep_all, run_dir, steps, device, threads, progress, out_dtype=None):
     """models/<name>: the chosen candidate (every candidate with keep_all); other folders this run wrote go."""
     from spear_mm.merge import merge
 

@@ -161,11 +161,14 @@ def test_offline_dataset_miss_fails_before_any_model_work(tmp_path, cli, monkeyp
 @pytest.mark.slow
 def test_run_with_registered_tasks_gives_r_k_and_paired_tests(tiny_pair, tmp_path, cli):
     include = write_tasks(tmp_path / "tasks")
-    code, text = cli(
-        "run", *tiny_pair, "-o", tmp_path / "run", "--tasks", "pico_mc", "--domain-tasks", "pico_fin",
-        "--lm-eval-include", include, "--policies", "balanced", "--no-baselines", "--batch-size", "4",
-    )  # fmt: skip
+    args = ["run", *tiny_pair, "-o", tmp_path / "run", "--tasks", "pico_mc", "--domain-tasks", "pico_fin",
+            "--lm-eval-include", include, "--policies", "balanced", "--no-baselines", "--batch-size", "4"]  # fmt: skip
+    code, text = cli(*args)
     assert code == 0, text
+    written = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run" / "eval").glob("*.json")}
+    code, text = cli(*args)  # a re-run resumes: the same task names give the same keys, nothing re-evaluated
+    assert code == 0, text
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run" / "eval").glob("*.json")} == written
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["tasks"] == {"pico_mc": "general", "pico_fin": "domain"}
     assert summary["reference"]["base"]["retention"] == pytest.approx(1.0)

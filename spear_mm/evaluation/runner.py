@@ -194,7 +194,7 @@ def evaluate(
                     limit=limit,
                     seed=seed,
                     progress=progress,
-                )  # fmt: skip
+                )
             )
     result.seconds = time.perf_counter() - start
     return result
