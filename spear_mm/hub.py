@@ -3,7 +3,8 @@
 `resolve_model` is the one resolver every command goes through (checkpoints, evaluation, CPT). A local folder
 always wins; otherwise the id is fetched with `huggingface_hub.snapshot_download` — weights (safetensors),
 their index, config, tokenizer and generation files only — into the usual hub cache. With `HF_HUB_OFFLINE=1`
-only the cache is used, and a miss is an error naming the id and the cache folder. `hub_ref(path)` reads the
+only the cache is used, and a miss is an error naming the id and the cache folder; when the hub cannot be
+reached, huggingface_hub falls back to a cached snapshot of the revision. `hub_ref(path)` reads the
 id and the commit back from a cache snapshot path, so provenance (plan, model card, run summary) can say
 which revision was used without any state being passed around.
 """
@@ -96,6 +97,7 @@ def _download(repo_id: str, revision: str | None, ref: str) -> Path:
             cache_dir=str(cache),
             allow_patterns=list(ALLOW_PATTERNS),
             local_files_only=_offline(),
+            endpoint=os.environ.get("HF_ENDPOINT") or None,  # read now: huggingface_hub reads it at import
         )
     except Exception as exc:  # noqa: BLE001 - huggingface_hub raises many types (offline miss, 404, auth, network)
         raise SpearError(_explain(ref, repo_id, revision, folder, exc)) from exc

@@ -137,3 +137,11 @@ def test_a_snapshot_without_safetensors_says_so(hub, cli, tiny_pair, tmp_path):
     add_to_hub_cache(hub, "org/binonly", only_config, COMMIT)
     code, text = cli("inspect", "org/binonly")
     assert code == 2 and "hub snapshot of org/binonly" in text and "safetensors weights only" in text
+
+
+def test_an_unreachable_hub_falls_back_to_the_cache(hub, cli, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # online mode, nothing listening: refused at once
+    assert resolve_model("org/base") == hub / "models--org--base" / "snapshots" / COMMIT
+    code, text = cli("inspect", "org/missing")
+    assert code == 2 and "could not be fetched" in text and str(hub / "models--org--missing") in text
