@@ -167,7 +167,7 @@ def run_registered(
         model=lm, tasks=list(spec.names), task_manager=manager, log_samples=True, bootstrap_iters=0, samples=samples,
         random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
     )  # fmt: skip
-    seconds = (time.perf_counter() - started) / max(len(out["samples"]), 1)
+    seconds = (time.perf_counter() - started) / max(len(out["samples"]), 1)  # one lm-eval call: time split evenly
     version = getattr(lm_eval, "__version__", "?")
     results: dict[str, TaskResult] = {}
     for leaf, rows in out["samples"].items():
