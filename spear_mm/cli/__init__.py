@@ -17,7 +17,7 @@ app = typer.Typer(
     name="spear-mm",
     help="Repair forgetting after domain CPT: score layers, plan restoration, SLERP-merge, validate.",
     epilog="Also: spear-mm plan validate PLAN.yaml MODEL checks a plan against one model, merging nothing. "
-    "Models are folders or hub ids org/name[@revision].",
+    "Models are folders or hub ids org/name or org/name@revision.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,

@@ -81,8 +81,8 @@ def _trust_panel(table) -> Panel | None:
 
 
 def analyze_cmd(
-    base: Path = typer.Argument(..., help="Base model folder (before CPT) or hub id org/name[@rev]."),
-    adapted: Path = typer.Argument(..., help="Adapted model folder (after CPT) or hub id org/name[@rev]."),
+    base: Path = typer.Argument(..., help="Base model folder (before CPT) or hub id org/name(@rev)."),
+    adapted: Path = typer.Argument(..., help="Adapted model folder (after CPT) or hub id org/name(@rev)."),
     out: Path = typer.Option(..., "--out", "-o", help="Scores folder: scores.json/.csv, layer_scores.csv, figures."),
     device: str = typer.Option("cpu", metavar=DEVICE_METAVAR, help="Where singular values are computed."),
     workers: int | None = typer.Option(

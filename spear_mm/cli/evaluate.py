@@ -59,7 +59,7 @@ def _fmt(x: float | None) -> str:
 
 
 def evaluate_cmd(
-    models: list[Path] = typer.Argument(..., help="Model folders (Hugging Face format) or hub ids org/name[@rev]."),
+    models: list[Path] = typer.Argument(..., help="Model folders (Hugging Face format) or hub ids org/name(@rev)."),
     suite: str | None = typer.Option(
         None,
         "--suite",

@@ -38,8 +38,8 @@ def _resolve_plan(plan_file: Path | None, t: float | None, num_layers: int, all_
 
 
 def merge_cmd(
-    base: Path = typer.Argument(..., help="Base model folder (before CPT) or hub id org/name[@rev]."),
-    adapted: Path = typer.Argument(..., help="Adapted model folder (after CPT) or hub id org/name[@rev]."),
+    base: Path = typer.Argument(..., help="Base model folder (before CPT) or hub id org/name(@rev)."),
+    adapted: Path = typer.Argument(..., help="Adapted model folder (after CPT) or hub id org/name(@rev)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (written atomically)."),
     plan: Path | None = typer.Option(None, "--plan", help="Restoration plan YAML (spear-mm plan)."),
     t: float | None = typer.Option(None, "--t", help="Uniform SLERP factor for every layer (weight of the base)."),
@@ -125,7 +125,7 @@ def merge_cmd(
 
 
 def inspect_cmd(
-    model: Path = typer.Argument(..., help="A Hugging Face model folder or hub id org/name[@rev]."),
+    model: Path = typer.Argument(..., help="A Hugging Face model folder or hub id org/name(@rev)."),
 ) -> None:
     """Print layers, module types, dtypes and sizes of a checkpoint (reads headers only)."""
     from spear_mm.architecture import for_model_type, num_layers_of

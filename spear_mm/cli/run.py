@@ -34,8 +34,8 @@ def results_table(summary) -> Table:
 
 
 def run_cmd(
-    base: Path = typer.Argument(..., help="Base model folder (before CPT) or hub id org/name[@rev]."),
-    adapted: Path = typer.Argument(..., help="Adapted model folder (after CPT) or hub id org/name[@rev]."),
+    base: Path = typer.Argument(..., help="Base model folder (before CPT) or hub id org/name(@rev)."),
+    adapted: Path = typer.Argument(..., help="Adapted model folder (after CPT) or hub id org/name(@rev)."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder (created; a re-run resumes it)."),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="Folder with the suites' data files."),
     suite: str | None = typer.Option(

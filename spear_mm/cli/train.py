@@ -14,7 +14,7 @@ out_console = Console()
 
 
 def cpt_cmd(
-    base: Path = typer.Argument(..., help="Base model folder (Hugging Face format) or hub id org/name[@rev]."),
+    base: Path = typer.Argument(..., help="Base model folder (Hugging Face format) or hub id org/name(@rev)."),
     more_corpus: list[Path] | None = typer.Argument(
         None, help="More corpus files (may follow --corpus).", show_default=False
     ),
