@@ -160,7 +160,7 @@ def run(
 def _load_tasks(suites, data_dir, limit, seed, registered: LmEvalTasks | None = None):
     """The suites' tasks (missing data skipped); lm-eval's registered tasks have their datasets checked here."""
     from spear_mm.evaluation import load_tasks
-    from spear_mm.evaluation.lm_eval_tasks import preflight
+    from spear_mm.evaluation.lm_eval_tasks import check_no_clash, preflight
 
     skipped: dict[str, str] = {}
     if registered is not None:
@@ -173,6 +173,8 @@ def _load_tasks(suites, data_dir, limit, seed, registered: LmEvalTasks | None = 
             f"no task to evaluate: the data of every task of '{suites}' is missing "
             f"({'; '.join(skipped.values())}). Pass --data-dir with the suite files, or another --suite."
         )
+    if registered is not None:
+        check_no_clash(registered, tasks)
     groups = {t.spec.group for t in tasks}
     for group, what in (("general", "general retention R"), ("domain", "domain gain kept K")):
         if group not in groups and not registered:

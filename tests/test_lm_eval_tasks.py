@@ -134,6 +134,15 @@ def test_an_unknown_task_is_named(tiny_pair, tmp_path, cli):
     assert code == 2 and "'pico_mcc'" in text and "lm_eval ls tasks" in text
 
 
+def test_a_name_from_both_the_suite_and_lm_eval_is_refused(tiny_pair, tmp_path, cli):
+    include = write_tasks(tmp_path / "tasks")
+    (include / "clash.yaml").write_text((include / "pico_mc.yaml").read_text().replace("pico_mc", "demo_finance_mc", 1))
+    code, text = cli(
+        "evaluate", tiny_pair[1], "--suite", "demo", "--tasks", "demo_finance_mc", "--lm-eval-include", include
+    )
+    assert code == 2 and "'demo_finance_mc'" in text and "both from --suite and from lm-eval" in text
+
+
 def test_offline_dataset_miss_fails_before_any_model_work(tmp_path, cli, monkeypatch):
     import datasets
 

@@ -94,7 +94,7 @@ def evaluate_cmd(
     from spear_mm.cli import console
     from spear_mm.dtypes import parse_dtype
     from spear_mm.evaluation import evaluate, load_tasks
-    from spear_mm.evaluation.lm_eval_tasks import LmEvalTasks, preflight
+    from spear_mm.evaluation.lm_eval_tasks import LmEvalTasks, check_no_clash, preflight
     from spear_mm.hub import resolve_model
 
     registered = LmEvalTasks.from_options(tasks, general_tasks, domain_tasks, lm_eval_include)
@@ -110,6 +110,8 @@ def evaluate_cmd(
     loaded = load_tasks(suite, data_dir, limit, seed, skip_missing=skip_missing, skipped=skipped) if suite else []
     if not loaded and registered is None:
         raise SpearError("no task to run: every task's data is missing (see the warnings above)")
+    if registered is not None:
+        check_no_clash(registered, loaded)
     results = []
     columns = (
         TextColumn("{task.description}"),

@@ -15,6 +15,7 @@ import os
 import random
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -40,8 +41,7 @@ class LmEvalTasks:
         cls, tasks: str | None, general: str | None, domain: str | None, include_path: str | None = None
     ) -> LmEvalTasks | None:
         """`--tasks` and `--general-tasks` count in R, `--domain-tasks` in K; None when no name is given."""
-        split = lambda s: tuple(x.strip() for x in (s or "").split(",") if x.strip())  # noqa: E731
-        spec = cls(split(tasks) + split(general), split(domain), str(include_path) if include_path else None)
+        spec = cls(_split(tasks) + _split(general), _split(domain), str(include_path) if include_path else None)
         both = set(spec.general) & set(spec.domain)
         if both:
             raise SpearError(f"lm-eval task(s) {sorted(both)} are given as both general and domain; pick one.")
@@ -57,6 +57,20 @@ class LmEvalTasks:
     def key(self) -> str:
         """What the results depend on (for the pipeline's resume keys)."""
         return f"lm-eval:{','.join(self.general)}|{','.join(self.domain)}|{self.include_path or ''}"
+
+
+def _split(names: str | None) -> tuple[str, ...]:
+    return tuple(x.strip() for x in (names or "").split(",") if x.strip())
+
+
+def check_no_clash(spec: LmEvalTasks, tasks: Sequence[LoadedTask]) -> None:
+    """A suite task and an lm-eval task of the same name would overwrite each other's result: refuse."""
+    clash = sorted(set(preflight(spec)) & {t.name for t in tasks})
+    if clash:
+        raise SpearError(
+            f"task name(s) {', '.join(map(repr, clash))} come both from --suite and from lm-eval's registry; "
+            "results are keyed by task name, so drop one of them (e.g. evaluate the suite without it)."
+        )
 
 
 @lru_cache(maxsize=4)

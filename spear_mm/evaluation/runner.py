@@ -144,6 +144,10 @@ def evaluate(
         raise SpearError("evaluate: an in-memory model needs its tokenizer (tokenizer=...)")
     skipped: dict[str, str] = {}
     loaded = _load(tasks, data_dir, limit, seed, skip_missing, skipped) if tasks else []
+    if lm_eval_tasks is not None:
+        from spear_mm.evaluation.lm_eval_tasks import check_no_clash
+
+        check_no_clash(lm_eval_tasks, loaded)
     label = name or (Path(model_path).name if model_path else getattr(model.config, "_name_or_path", "") or "model")
     result = EvalResult(
         model=label,
