@@ -79,14 +79,19 @@ def write_tasks(folder: Path) -> Path:
     return folder
 
 
+@pytest.fixture(scope="module")
+def include(tmp_path_factory) -> Path:
+    """One task folder for the module: lm-eval's task index (~20 s to build) is then built once."""
+    return write_tasks(tmp_path_factory.mktemp("lm-eval-tasks"))
+
+
 @pytest.fixture()
 def cli(monkeypatch, capsys):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     return lambda *args: run_cli(monkeypatch, capsys, *args)
 
 
-def test_evaluate_runs_registered_tasks_into_the_same_result(tiny_pair, tmp_path, cli):
-    include = write_tasks(tmp_path / "tasks")
+def test_evaluate_runs_registered_tasks_into_the_same_result(tiny_pair, tmp_path, cli, include):
     out = tmp_path / "eval"
     code, text = cli(
         "evaluate", tiny_pair[1], "--backend", "lm-eval", "--tasks", "pico_mc,pico_gen,pico_ppl",
@@ -114,8 +119,7 @@ def test_evaluate_runs_registered_tasks_into_the_same_result(tiny_pair, tmp_path
     assert "lm-eval" in mc["source"] and "pico_mc" in text
 
 
-def test_limit_is_a_seeded_sample(tiny_pair, tmp_path, cli):
-    include = write_tasks(tmp_path / "tasks")
+def test_limit_is_a_seeded_sample(tiny_pair, tmp_path, cli, include):
     ids = []
     for seed in (0, 0, 1):
         out = tmp_path / f"eval{len(ids)}"
@@ -128,8 +132,7 @@ def test_limit_is_a_seeded_sample(tiny_pair, tmp_path, cli):
     assert ids[0] == ids[1] and ids[0] != ids[2] and ids[0] != ["0", "1", "2", "3"]
 
 
-def test_an_unknown_task_is_named(tiny_pair, tmp_path, cli):
-    include = write_tasks(tmp_path / "tasks")
+def test_an_unknown_task_is_named(tiny_pair, tmp_path, cli, include):
     code, text = cli("evaluate", tiny_pair[1], "--tasks", "pico_mcc", "--lm-eval-include", include)
     assert code == 2 and "'pico_mcc'" in text and "lm_eval ls tasks" in text
 
@@ -168,8 +171,7 @@ def test_offline_dataset_miss_fails_before_any_model_work(tmp_path, cli, monkeyp
 
 
 @pytest.mark.slow
-def test_run_with_registered_tasks_gives_r_k_and_paired_tests(tiny_pair, tmp_path, cli):
-    include = write_tasks(tmp_path / "tasks")
+def test_run_with_registered_tasks_gives_r_k_and_paired_tests(tiny_pair, tmp_path, cli, include):
     args = ["run", *tiny_pair, "-o", tmp_path / "run", "--tasks", "pico_mc", "--domain-tasks", "pico_fin",
             "--lm-eval-include", include, "--policies", "balanced", "--no-baselines", "--batch-size", "4"]  # fmt: skip
     code, text = cli(*args)
