@@ -214,7 +214,7 @@ def _merge(
             n_tensors=len(stats),
             n_merged=sum(s.action == "merge" for s in stats),
             n_lerp_fallback=sum(s.lerp_fallback for s in stats),
-            notes=_notes(pair),
+            notes=_notes(pair, out_dtype),
             tensors=stats,
             out_dtype=None if out_dtype is None else dtype_label(out_dtype),
             base_hub=hub_label(pair.base.path),
@@ -268,15 +268,16 @@ def _stream(
     return stats
 
 
-def _notes(pair: Pair) -> list[str]:
+def _notes(pair: Pair, out_dtype: torch.dtype | None = None) -> list[str]:
     """What the user should know about how this pair was merged (also shown in the model card)."""
     notes = []
+    written = dtype_label(out_dtype) if out_dtype else "the adapted model's dtype"
     if pair.dtype_mismatch:
         name, (db, da) = next(iter(pair.dtype_mismatch.items()))
         notes.append(
             f"{len(pair.dtype_mismatch)} tensor(s) differ in dtype between base and adapted (e.g. '{name}': "
             f"{str(db).removeprefix('torch.')} vs {str(da).removeprefix('torch.')}); they were merged in float32 "
-            "and written in the adapted model's dtype."
+            f"and written in {written}."
         )
     for name, (rb, ra) in pair.vocab_extension.items():
         notes.append(f"'{name}': vocabulary extension {rb} -> {ra} rows; rows {rb}.. kept from the adapted model.")
@@ -311,13 +312,14 @@ def _finish_folder(folder: Path, pair: Pair, plan: Plan, report: MergeReport) ->
 
 
 def _set_config_dtype(config: Path, dtype: str) -> None:
-    """Record the written dtype in config.json (`torch_dtype`, and `dtype` where transformers ≥ 4.56 wrote it)."""
+    """Record the written dtype in config.json: the key(s) the adapted config has (`dtype` since transformers
+    4.56, `torch_dtype` before), both when it has neither."""
     if not config.is_file():
         return
     data = json.loads(config.read_text())
-    data["torch_dtype"] = dtype
-    if "dtype" in data:
-        data["dtype"] = dtype
+    keys = [k for k in ("dtype", "torch_dtype") if k in data] or ["dtype", "torch_dtype"]
+    for key in keys:
+        data[key] = dtype
     config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 

@@ -13,7 +13,7 @@ import torch
 from common import run_cli
 from safetensors import safe_open
 from safetensors.torch import load_file
-from transformers import AutoTokenizer, GenerationConfig
+from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
 import spear_mm.streaming
 from spear_mm.checkpoint import Checkpoint
@@ -53,8 +53,8 @@ def test_out_dtype_writes_that_dtype(tiny_pair, tmp_path, cli, monkeypatch, name
     ref, out = load_file(tmp_path / "fp32" / "model.safetensors"), load_file(tmp_path / name / "model.safetensors")
     for key, tensor in ref.items():  # merged in float32, cast once on the way out
         assert torch.equal(out[key], tensor.to(dtype)), key
-    config = json.loads((tmp_path / name / "config.json").read_text())
-    assert config["torch_dtype"] == str(dtype).removeprefix("torch.")
+    config = AutoConfig.from_pretrained(tmp_path / name)
+    assert config.dtype == dtype  # what transformers loads the merged folder as
     report = json.loads((tmp_path / name / "merge_report.json").read_text())
     assert report["out_dtype"] == str(dtype).removeprefix("torch.")
     with safe_open(tmp_path / name / "model.safetensors", "pt") as f:  # a valid file transformers can read
