@@ -33,7 +33,7 @@ def test_choice_enums_match_the_library():
     ("what", "expect"),
     [
         ("suites", [*SUITES, "arc_easy", "reuters_ppl"]),
-        ("tasks", ["arc_challenge", "multiple_choice", "perplexity", "inv_ppl", "embedded"]),
+        ("tasks", ["arc_challenge", "multiple_choice", "perplexity", "inv_ppl", "embedded", "gsm8k_cot"]),
         ("policies", ["conservative", "balanced", "aggressive", "top-k", "fraction", "t=0.7"]),
         ("methods", ["slerp", "lerp", "task_arithmetic", "ties", "0.9995"]),
         ("architectures", ["llama", "qwen2", "gpt2", "attn.q"]),

@@ -12,6 +12,7 @@ import pytest
 import yaml
 from common import run_cli
 
+from spear_mm.evaluation.lm_eval_tasks import SHIPPED_EQUIVALENTS, task_manager
 from spear_mm.metrics import EvalResult, compare
 
 pytestmark = pytest.mark.skipif(
@@ -130,6 +131,11 @@ def test_limit_is_a_seeded_sample(tiny_pair, tmp_path, cli, include):
         assert task["n"] == 4 and task["total"] == 9
         ids.append([i["id"] for i in task["items"]])
     assert ids[0] == ids[1] and ids[0] != ids[2] and ids[0] != ["0", "1", "2", "3"]
+
+
+def test_the_shipped_suites_counterparts_are_registered(include):
+    registered = set(task_manager(str(include)).all_tasks)
+    assert set(SHIPPED_EQUIVALENTS.values()) <= registered and "pico_mc" in registered
 
 
 def test_an_unknown_task_is_named(tiny_pair, tmp_path, cli, include):

@@ -34,16 +34,20 @@ def _suites() -> Table:
 
 
 def _tasks() -> Table:
+    from spear_mm.evaluation.lm_eval_tasks import SHIPPED_EQUIVALENTS
     from spear_mm.evaluation.suites import SUITES, get_suite
 
-    table = Table(title="tasks of the shipped suites (data under --data-dir unless embedded)")
-    for col in ("task", "suite", "group", "kind", "metric", "data"):
+    table = Table(
+        title="tasks of the shipped suites (data under --data-dir unless embedded; `lm_eval ls tasks` for lm-eval's)"
+    )
+    for col in ("task", "suite", "group", "kind", "metric", "data", "lm-eval counterpart"):
         table.add_column(col)
     for name in SUITES:
         for t in get_suite(name).tasks:
             data = t.path or ""
             data = "embedded" if "_data" in data else data
-            table.add_row(t.name, name, t.group, t.kind, t.primary_metric, data)
+            lm_eval = SHIPPED_EQUIVALENTS.get(t.name, "")
+            table.add_row(t.name, name, t.group, t.kind, t.primary_metric, data, lm_eval)
     return table
 
 

@@ -28,6 +28,16 @@ from spear_mm.metrics import ItemRecord, TaskResult
 log = logging.getLogger(__name__)
 
 
+# The lm-eval registered task closest to each shipped task (docs/evaluation.md says how they differ); the
+# domain tasks (FPB, Reuters) have none in lm-eval's registry.
+SHIPPED_EQUIVALENTS: dict[str, str] = {
+    "arc_easy": "arc_easy",
+    "arc_challenge": "arc_challenge",
+    "gsm8k": "gsm8k_cot",
+    "wikitext2": "wikitext",
+}
+
+
 @dataclass(frozen=True)
 class LmEvalTasks:
     """Registered lm-eval task (or group) names, by the R/K group they count in, and where extra YAMLs live."""
@@ -74,15 +84,16 @@ def check_no_clash(spec: LmEvalTasks, tasks: Sequence[LoadedTask]) -> None:
 
 
 @lru_cache(maxsize=4)
-def _task_manager(spec: LmEvalTasks) -> Any:
-    """lm-eval's task index (built once per process and spec: indexing every YAML takes seconds)."""
+def task_manager(include_path: str | None = None) -> Any:
+    """lm-eval's task index with the YAMLs of `include_path` (built once per process and folder: indexing its
+    ~15,000 registered tasks takes about 20 s)."""
     try:
         from lm_eval.tasks import TaskManager
     except ImportError as exc:
         raise SpearError("--tasks needs lm-evaluation-harness: pip install 'spear-mm[lm-eval]'") from exc
-    if spec.include_path and not os.path.isdir(spec.include_path):
-        raise SpearError(f"--lm-eval-include {spec.include_path}: no such folder (a folder of lm-eval task YAMLs).")
-    return TaskManager(include_path=spec.include_path)
+    if include_path and not os.path.isdir(include_path):
+        raise SpearError(f"--lm-eval-include {include_path}: no such folder (a folder of lm-eval task YAMLs).")
+    return TaskManager(include_path=include_path)
 
 
 def _leaves(task_dict: dict, top: str | None = None) -> dict[str, tuple[str, Any]]:
@@ -101,7 +112,7 @@ def _leaves(task_dict: dict, top: str | None = None) -> dict[str, tuple[str, Any
 def preflight(spec: LmEvalTasks) -> dict[str, tuple[str, int]]:
     """Check every name is registered and load its dataset now (cache only with HF_DATASETS_OFFLINE=1);
     returns {leaf task: (the name asked for, number of documents)}. Raises SpearError before any model work."""
-    manager = _task_manager(spec)
+    manager = task_manager(spec.include_path)
     unknown = [n for n in spec.names if n not in manager.all_tasks]
     if unknown:
         hint = f" or in {spec.include_path}" if spec.include_path else " (add --lm-eval-include DIR for your YAMLs)"
@@ -168,7 +179,7 @@ def run_registered(
     from spear_mm.evaluation.builtin import Engine, model_max_length
 
     sizes = preflight(spec)
-    manager = _task_manager(spec)
+    manager = task_manager(spec.include_path)
     max_length = max_length or model_max_length(model)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length, device=device)
     counter = Engine(model, tokenizer, torch.device(device), max_length=max_length)
