@@ -138,6 +138,13 @@ def test_the_shipped_suites_counterparts_are_registered(include):
     assert set(SHIPPED_EQUIVALENTS.values()) <= registered and "pico_mc" in registered
 
 
+def test_an_include_folder_without_task_names_is_refused(tiny_pair, tmp_path, cli, include):
+    for command in (["evaluate", tiny_pair[1]], ["run", *tiny_pair, "-o", tmp_path / "run"]):
+        code, text = cli(*command, "--lm-eval-include", include)
+        assert code == 2 and "--lm-eval-include needs --tasks" in text
+    assert not (tmp_path / "run").exists()
+
+
 def test_an_unknown_task_is_named(tiny_pair, tmp_path, cli, include):
     code, text = cli("evaluate", tiny_pair[1], "--tasks", "pico_mcc", "--lm-eval-include", include)
     assert code == 2 and "'pico_mcc'" in text and "lm_eval ls tasks" in text

@@ -9,7 +9,17 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from spear_mm.cli.choices import DEVICE_METAVAR, Backend, value
+from spear_mm.cli.choices import (
+    BACKEND_OPTION,
+    DEVICE_METAVAR,
+    DOMAIN_TASKS_OPTION,
+    GENERAL_TASKS_OPTION,
+    LM_EVAL_INCLUDE_OPTION,
+    SUITE_OPTION,
+    TASKS_OPTION,
+    Backend,
+    lm_eval_selection,
+)
 from spear_mm.dtypes import DtypeName
 from spear_mm.errors import SpearError
 
@@ -60,16 +70,11 @@ def _fmt(x: float | None) -> str:
 
 def evaluate_cmd(
     models: list[Path] = typer.Argument(..., help="Model folders (Hugging Face format) or hub ids org/name(@rev)."),
-    suite: str | None = typer.Option(
-        None,
-        "--suite",
-        "-s",
-        help="Suites/tasks: general, domain, or a .yaml (default general,domain; none with --tasks).",
-    ),
+    suite: str | None = SUITE_OPTION,
     data_dir: Path | None = typer.Option(None, "--data-dir", help="Folder in the shared/data layout."),
     out: Path = typer.Option(Path("results"), "--out", "-o", help="Writes <out>/<model>.json per model."),
     limit: int | None = typer.Option(None, "--limit", help="Items per task (seeded, stratified by label)."),
-    backend: Backend = typer.Option(Backend.builtin, "--backend", help="Who scores the suites' items."),
+    backend: Backend = BACKEND_OPTION,
     device: str = typer.Option("cpu", metavar=DEVICE_METAVAR, help="Where the models run."),
     dtype: DtypeName | None = typer.Option(
         None, "--dtype", help="Compute dtype (default: fp32 on CPU, else the model's)."
@@ -81,29 +86,21 @@ def evaluate_cmd(
     base: str | None = typer.Option(None, help="Name of the base model's result: adds R to the table."),
     adapted: str | None = typer.Option(None, help="Name of the adapted model's result: adds K to the table."),
     skip_missing: bool = typer.Option(False, "--skip-missing", help="Skip tasks whose data file is absent."),
-    tasks: str | None = typer.Option(
-        None, "--tasks", help="lm-eval registered tasks, e.g. arc_easy,hellaswag (general)."
-    ),
-    general_tasks: str | None = typer.Option(None, "--general-tasks", help="lm-eval tasks that count in R."),
-    domain_tasks: str | None = typer.Option(None, "--domain-tasks", help="lm-eval tasks that count in K."),
-    lm_eval_include: Path | None = typer.Option(
-        None, "--lm-eval-include", help="Folder of extra lm-eval task YAMLs (lm-eval's --include_path)."
-    ),
+    tasks: str | None = TASKS_OPTION,
+    general_tasks: str | None = GENERAL_TASKS_OPTION,
+    domain_tasks: str | None = DOMAIN_TASKS_OPTION,
+    lm_eval_include: Path | None = LM_EVAL_INCLUDE_OPTION,
 ) -> None:
     """Evaluate MODELS on the general and domain suites (same items for every model) and save the results."""
     from spear_mm.cli import console
     from spear_mm.dtypes import parse_dtype
     from spear_mm.evaluation import evaluate, load_tasks
-    from spear_mm.evaluation.lm_eval_tasks import LmEvalTasks, check_no_clash, preflight
+    from spear_mm.evaluation.lm_eval_tasks import check_no_clash, preflight
     from spear_mm.hub import resolve_model
 
-    registered = LmEvalTasks.from_options(tasks, general_tasks, domain_tasks, lm_eval_include)
+    suite, backend, registered = lm_eval_selection(suite, backend, tasks, general_tasks, domain_tasks, lm_eval_include)
     if registered is not None:
-        backend = Backend.lm_eval  # lm-eval's own tasks run on lm-eval; --suite items too, then
         preflight(registered)  # datasets loaded (or a clear error) before any model work
-    elif lm_eval_include is not None:
-        raise SpearError("--lm-eval-include needs --tasks, --general-tasks or --domain-tasks (the task names).")
-    suite = suite if suite is not None else ("" if registered is not None else "general,domain")
     names = _names(models)
     models = [resolve_model(m) for m in models]  # every hub id fetched (or found offline) before any evaluation
     skipped: dict[str, str] = {}
@@ -130,7 +127,7 @@ def evaluate_cmd(
                 batch_size=batch_size,
                 threads=threads,
                 seed=seed,
-                backend=value(backend),
+                backend=backend,
                 dtype=parse_dtype(dtype),
                 max_length=max_length,
                 name=name,

@@ -9,7 +9,20 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from spear_mm.cli.choices import DEVICE_METAVAR, Backend, ChooseFrom, Executor, value
+from spear_mm.cli.choices import (
+    BACKEND_OPTION,
+    DEVICE_METAVAR,
+    DOMAIN_TASKS_OPTION,
+    GENERAL_TASKS_OPTION,
+    LM_EVAL_INCLUDE_OPTION,
+    SUITE_OPTION,
+    TASKS_OPTION,
+    Backend,
+    ChooseFrom,
+    Executor,
+    lm_eval_selection,
+    value,
+)
 from spear_mm.dtypes import DtypeName
 
 out_console = Console()
@@ -38,9 +51,7 @@ def run_cmd(
     adapted: Path = typer.Argument(..., help="Adapted model folder (after CPT) or hub id org/name(@rev)."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder (created; a re-run resumes it)."),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="Folder with the suites' data files."),
-    suite: str | None = typer.Option(
-        None, "--suite", "-s", help="general,domain | demo | a suite .yaml (default general,domain; none with --tasks)."
-    ),
+    suite: str | None = SUITE_OPTION,
     policies: str = typer.Option(
         "conservative,balanced,aggressive", "--policies", help="Comma-separated presets and/or plan .yaml files."
     ),
@@ -70,25 +81,18 @@ def run_cmd(
     out_dtype: DtypeName | None = typer.Option(
         None, "--out-dtype", help="dtype of the written model(s) (default: the adapted model's)."
     ),
-    backend: Backend = typer.Option(Backend.builtin, "--backend", help="Who scores the suites' items."),
-    tasks: str | None = typer.Option(
-        None, "--tasks", help="lm-eval registered tasks, e.g. arc_easy,hellaswag (general)."
-    ),
-    general_tasks: str | None = typer.Option(None, "--general-tasks", help="lm-eval tasks that count in R."),
-    domain_tasks: str | None = typer.Option(None, "--domain-tasks", help="lm-eval tasks that count in K."),
-    lm_eval_include: Path | None = typer.Option(
-        None, "--lm-eval-include", help="Folder of extra lm-eval task YAMLs (lm-eval's --include_path)."
-    ),
+    backend: Backend = BACKEND_OPTION,
+    tasks: str | None = TASKS_OPTION,
+    general_tasks: str | None = GENERAL_TASKS_OPTION,
+    domain_tasks: str | None = DOMAIN_TASKS_OPTION,
+    lm_eval_include: Path | None = LM_EVAL_INCLUDE_OPTION,
 ) -> None:
     """Score, plan, merge, validate and choose for one base/adapted pair; writes RUN/report.html."""
     from spear_mm.cli import console
-    from spear_mm.evaluation.lm_eval_tasks import LmEvalTasks
     from spear_mm.pipeline import run
 
     _quiet_per_model_logs()
-    registered = LmEvalTasks.from_options(tasks, general_tasks, domain_tasks, lm_eval_include)
-    backend = Backend.lm_eval if registered is not None else backend
-    suite = suite if suite is not None else ("" if registered is not None else "general,domain")
+    suite, backend, registered = lm_eval_selection(suite, backend, tasks, general_tasks, domain_tasks, lm_eval_include)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn())  # fmt: skip
     with Progress(*columns, console=console, transient=False) as bars:
@@ -124,7 +128,7 @@ def run_cmd(
             title=title,
             progress=progress,
             out_dtype=value(out_dtype),
-            backend=value(backend),
+            backend=backend,
             lm_eval_tasks=registered,
         )
     out_console.print(results_table(summary))
