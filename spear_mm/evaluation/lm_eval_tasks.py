@@ -10,7 +10,6 @@ not in the cache fails there, naming the task and the cache folder, before any m
 
 from __future__ import annotations
 
-import logging
 import os
 import random
 import time
@@ -24,9 +23,6 @@ from spear_mm.errors import SpearError
 from spear_mm.evaluation import scoring
 from spear_mm.evaluation.tasks import LoadedTask, TaskSpec, TextItem
 from spear_mm.metrics import ItemRecord, TaskResult
-
-log = logging.getLogger(__name__)
-
 
 # The lm-eval registered task closest to each shipped task (docs/evaluation.md says how they differ); the
 # domain tasks (FPB, Reuters) have none in lm-eval's registry.
@@ -97,7 +93,8 @@ def task_manager(include_path: str | None = None) -> Any:
 
 
 def _leaves(task_dict: dict, top: str | None = None) -> dict[str, tuple[str, Any]]:
-    """lm-eval's nested {group: {task: Task}} flattened to {leaf task name: (requested name, Task)}."""
+    """lm-eval's nested {group: {task: Task}} (get_task_dict, before TaskManager.load in 0.4.10) flattened to
+    {leaf task name: (requested name, Task)}."""
     out: dict[str, tuple[str, Any]] = {}
     for key, value in task_dict.items():
         name = key if isinstance(key, str) else getattr(key, "group_name", None) or str(key)
