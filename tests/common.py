@@ -95,3 +95,25 @@ def digest(*folders: Path) -> dict[str, str]:
         for p in sorted(folder.rglob("*"))
         if p.is_file()
     }
+
+
+def run_cli(monkeypatch, capsys, *args) -> tuple[int, str]:
+    """Run `spear-mm ARGS` in process through `spear_mm.cli.main()` with wide consoles; returns (exit code,
+    stdout+stderr with table borders and line breaks folded to single spaces)."""
+    import importlib
+    import re
+    import sys
+
+    import pytest
+
+    import spear_mm.cli
+
+    for name in ("", ".merge", ".analyze", ".evaluate", ".run", ".discover"):
+        module = importlib.import_module("spear_mm.cli" + name)
+        monkeypatch.setattr(getattr(module, "out_console", None) or module.console, "width", 4000)
+    monkeypatch.setattr(spear_mm.cli.console, "width", 4000)
+    monkeypatch.setattr(sys, "argv", ["spear-mm", *map(str, args)])
+    with pytest.raises(SystemExit) as exc:
+        spear_mm.cli.main()
+    out = capsys.readouterr()
+    return exc.value.code or 0, " ".join(re.sub(r"[\u2500-\u257f]", " ", out.out + out.err).split())

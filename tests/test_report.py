@@ -139,3 +139,13 @@ def test_coincident_points_share_one_label():
     assert groups[0] == ["balanced"]  # the chosen point leads
     assert ["uniform-t0.5", "task-arith-l0.5"] in groups and ["adapted"] in groups and len(groups) == 3
     assert tradeoff_png(pts).startswith(b"\x89PNG")
+
+
+def test_predictions_cell_is_readable():
+    from spear_mm.report.render import predictions_cell
+
+    same = predictions_cell({"neutral": 8, "positive": 20, "negative": 4}, [], same_choices=True)
+    assert same == "“positive” × 20, “neutral” × 8, “negative” × 4"
+    assert predictions_cell({"212 degrees": 2, "4": 2}, [], True) == "“212 degrees” × 2, “4” × 2"
+    lls = [[-1.0, -2.0, -3.0], [-3.0, -1.0, -2.0], [-1.0, -5.0, -9.0], None]
+    assert predictions_cell({"x": 1, "y": 1, "z": 1}, lls, same_choices=False) == "position #1 × 2, #2 × 1"

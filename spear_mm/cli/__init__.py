@@ -11,13 +11,15 @@ import typer
 from rich.logging import RichHandler
 
 from spear_mm import __version__
-from spear_mm.cli import analyze, demo, evaluate, merge, run, train
+from spear_mm.cli import analyze, demo, discover, evaluate, merge, run, train
 from spear_mm.cli.output import console
 from spear_mm.errors import SpearError, describe_os_error
 
 app = typer.Typer(
     name="spear-mm",
     help="Repair forgetting after domain CPT: score layers, plan restoration, SLERP-merge, validate.",
+    epilog="Also: spear-mm plan validate PLAN.yaml MODEL checks a plan against one model, merging nothing. "
+    "Models are folders or hub ids org/name or org/name@revision.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -32,7 +34,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging (also accepted after the command)."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
     logging.basicConfig(
@@ -43,13 +45,27 @@ def _root(
     )
 
 
-for _module in (merge, analyze, evaluate, train, run, demo):  # each stage's commands; an import error is loud
+for _module in (merge, analyze, evaluate, train, run, demo, discover):  # each stage's commands; an import error is loud
     _module.register(app)
 
 
 def _terminate(signum: int, frame: object) -> None:
     """SIGTERM unwinds like Ctrl-C: temporary folders are removed, locks released, pool workers killed."""
     raise SystemExit(128 + signum)
+
+
+_VERBOSE = ("-v", "--verbose")
+
+
+def normalise_argv(argv: list[str]) -> list[str]:
+    """`-v/--verbose` anywhere (also after the subcommand) becomes the root option; `plan validate` is the
+    `plan-validate` command (`plan SCORES` keeps its meaning)."""
+    args = list(argv)
+    verbose = [a for a in args if a in _VERBOSE]
+    args = [a for a in args if a not in _VERBOSE]
+    if args[:2] == ["plan", "validate"]:
+        args = ["plan-validate", *args[2:]]
+    return verbose[:1] + args
 
 
 def main() -> None:
@@ -66,6 +82,7 @@ def main() -> None:
 
 
 def _run() -> None:
+    sys.argv[1:] = normalise_argv(sys.argv[1:])
     try:
         app()
     except SpearError as exc:

@@ -11,6 +11,18 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from spear_mm.cli import checks
+from spear_mm.cli.choices import (
+    DEVICE_METAVAR,
+    Aggregate,
+    Edge,
+    Executor,
+    Method,
+    Normalize,
+    Policy,
+    Precision,
+    SnrNormalize,
+    value,
+)
 from spear_mm.errors import SpearError
 from spear_mm.io.checkpoint import Checkpoint
 from spear_mm.io.outputs import check_not_input, write_file
@@ -76,27 +88,29 @@ def _trust_panel(table) -> Panel | None:
 
 
 def analyze_cmd(
-    base: Path = typer.Argument(..., help="Base model folder (before CPT)."),
-    adapted: Path = typer.Argument(..., help="Adapted model folder (after CPT)."),
+    base: Path = typer.Argument(..., help="Base model folder (before CPT) or hub id org/name(@rev)."),
+    adapted: Path = typer.Argument(..., help="Adapted model folder (after CPT) or hub id org/name(@rev)."),
     out: Path = typer.Option(..., "--out", "-o", help="Scores folder: scores.json/.csv, layer_scores.csv, figures."),
-    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N (singular values on the device)."),
+    device: str = typer.Option("cpu", metavar=DEVICE_METAVAR, help="Where singular values are computed."),
     workers: int | None = typer.Option(
         None, "--workers", "-j", help="Workers (default: one per CPU core; ray: every CPU of the cluster)."
     ),
-    executor: str = typer.Option(
-        "local", help="Where tensors are scored: local (threads) | process (process pool) | ray (Ray tasks)."
+    executor: Executor = typer.Option(
+        Executor.local, help="Where tensors are scored: local (threads), process (process pool), ray (Ray tasks)."
     ),
     ray_address: str | None = typer.Option(
         None, help="ray: an existing cluster ('auto' or HOST:PORT, see docs/scaling.md); default starts a local one."
     ),
     alpha: float = typer.Option(0.5, help="Weight of SNR-weighted change vs SVD drop in the combined score."),
-    aggregate: str = typer.Option("mean", help="Layer score from its matrices: mean | max."),
-    normalize: str = typer.Option("robust_z", help="Within module type: robust_z | rank."),
-    edge: str = typer.Option(
-        "mp", help="Noise edge: mp (calibrated Marchenko–Pastur) | spectrum (Spectrum's formula)."
+    aggregate: Aggregate = typer.Option(Aggregate.mean, help="Layer score from its matrices."),
+    normalize: Normalize = typer.Option(Normalize.robust_z, help="Normalisation within a module type."),
+    edge: Edge = typer.Option(
+        Edge.mp, help="Noise edge: mp (calibrated Marchenko–Pastur) or spectrum (Spectrum's formula)."
     ),
-    precision: str = typer.Option("auto", help="Singular values: auto | float32 | float64."),
-    snr_normalize: str | None = typer.Option(None, help="'max': divide SNR by σ₁ as Spectrum does (off by default)."),
+    precision: Precision = typer.Option(Precision.auto, help="Precision of the singular values."),
+    snr_normalize: SnrNormalize | None = typer.Option(
+        None, help="max: divide SNR by σ₁ as Spectrum does (off by default)."
+    ),
     delta_spectrum: bool = typer.Option(True, help="Also the spectrum of ΔW (diagnostic SNR/effective rank)."),
     probe: Path | None = typer.Option(None, "--probe", help="General text file: per-layer activation drift (1−CKA)."),
     ground_truth: bool = typer.Option(False, "--ground-truth", help="Restore each layer alone, measure probe NLL."),
@@ -111,6 +125,8 @@ def analyze_cmd(
     checks.positive("--workers", workers)
     checks.positive("--probe-tokens", probe_tokens)
     checks.file_option("--probe", probe)
+    executor, aggregate = value(executor), value(aggregate)
+    normalize, edge, precision = value(normalize), value(edge), value(precision)
     if ground_truth and probe is None:
         raise SpearError("--ground-truth needs --probe FILE (general text the NLL is measured on).")
     try:
@@ -118,15 +134,11 @@ def analyze_cmd(
             normalize=normalize,
             edge=edge,
             precision=precision,
-            snr_normalize=snr_normalize,
+            snr_normalize=value(snr_normalize),
             delta_spectrum=delta_spectrum,
         )
     except ValueError as exc:
         raise SpearError(f"invalid option: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}") from exc
-    if aggregate not in ("mean", "max"):
-        raise SpearError(f"--aggregate must be mean or max, not {aggregate!r}.")
-    if executor not in ("local", "process", "ray"):
-        raise SpearError(f"--executor must be local, process or ray, not {executor!r}.")
     if ray_address is not None and executor != "ray":
         raise SpearError("--ray-address needs --executor ray.")
     columns = (
@@ -188,9 +200,7 @@ def _floats(text: str | None) -> list[float] | None:
 def plan_cmd(
     scores: Path = typer.Argument(..., help="Scores folder written by `spear-mm analyze`."),
     out: Path = typer.Option(..., "--out", "-o", help="Plan YAML to write."),
-    policy: str = typer.Option(
-        "balanced", help="conservative | balanced | aggressive | uniform | custom | top-k | fraction."
-    ),
+    policy: Policy = typer.Option(Policy.balanced, help="Preset or rule that picks the restored layers."),
     fraction: float | None = typer.Option(None, help="Share of layers to restore (presets, fraction)."),
     t: float | None = typer.Option(None, "--t", help="SLERP t toward the base (0 keeps adapted, 1 = base)."),
     k: int | None = typer.Option(None, "--k", help="Number of top-ranked layers to restore (top-k, presets)."),
@@ -198,7 +208,7 @@ def plan_cmd(
     embed: float = typer.Option(0.0, help="t for the embeddings (default keeps the adapted ones)."),
     head: float = typer.Option(0.0, help="t for lm_head."),
     final_norm: float = typer.Option(0.0, help="t for the final norm."),
-    method: str = typer.Option("slerp", help="slerp | lerp | task_arithmetic | ties."),
+    method: Method = typer.Option(Method.slerp, help="How restored layers are merged."),
     base: Path | None = typer.Option(None, help="Base folder: check the scores belong to this pair."),
     adapted: Path | None = typer.Option(None, help="Adapted folder: check the scores belong to this pair."),
     export_mergekit: Path | None = typer.Option(None, "--export-mergekit", help="Also write a mergekit SLERP config."),
@@ -206,15 +216,17 @@ def plan_cmd(
         None, "--export-freeze", help="Also write a freeze YAML for the next CPT."
     ),
 ) -> None:
-    """Turn a layer ranking into a restoration plan (reviewable YAML), optionally exported for mergekit/CPT."""
+    """Turn a layer ranking into a restoration plan (reviewable YAML), optionally exported for mergekit/CPT.
 
+    Check a plan against a model without merging: spear-mm plan validate PLAN.yaml MODEL.
+    """
+
+    policy, method = value(policy), value(method)
     table = ScoreTable.load(scores)
     if (base is None) != (adapted is None):
         raise SpearError("give both --base and --adapted (to check the scores belong to that pair), or neither.")
     if base is not None:
         table.check_pair(Checkpoint.open(base).fingerprint(), Checkpoint.open(adapted).fingerprint(), str(scores))
-    if method not in ("slerp", "lerp", "task_arithmetic", "ties"):
-        raise SpearError(f"--method must be slerp, lerp, task_arithmetic or ties, not {method!r}.")
     plan = make_plan(
         table,
         policy,

@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from spear_mm.cli.choices import DEVICE_METAVAR
 from spear_mm.cli.output import console, out_console
 from spear_mm.cli.run import progress_bars, results_table
 from spear_mm.demo.run import DemoConfig, run_demo
@@ -58,7 +59,7 @@ def demo_cmd(
     batch_size: int | None = typer.Option(None, "--batch-size", help="CPT blocks per step."),
     limit: int | None = typer.Option(None, "--limit", help="Items per task in validation."),
     threads: int = typer.Option(1, "--threads", help="Torch CPU threads (1 measured fastest on 2 shared cores)."),
-    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
+    device: str = typer.Option("cpu", metavar=DEVICE_METAVAR, help="Where CPT, merges and evaluation run."),
     policies: str = typer.Option("conservative,balanced,aggressive", "--policies", help="Comma-separated presets."),
     baselines: bool | None = typer.Option(
         None, "--baselines/--no-baselines", help="Uniform SLERP, task arithmetic, TIES (default: on; off with --quick)."

@@ -10,10 +10,24 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from spear_mm.cli import checks
+from spear_mm.cli.choices import (
+    BACKEND_OPTION,
+    DEVICE_METAVAR,
+    DOMAIN_TASKS_OPTION,
+    GENERAL_TASKS_OPTION,
+    LM_EVAL_INCLUDE_OPTION,
+    SUITE_OPTION,
+    TASKS_OPTION,
+    Backend,
+    lm_eval_selection,
+)
 from spear_mm.cli.output import console
 from spear_mm.errors import SpearError
 from spear_mm.evaluation import evaluate, load_tasks
+from spear_mm.evaluation.lm_eval_tasks import check_no_clash, preflight
 from spear_mm.evaluation.metrics import tradeoff
+from spear_mm.io.dtypes import DtypeName, parse_dtype
+from spear_mm.io.hub import resolve_model
 from spear_mm.io.outputs import WorkDir
 from spear_mm.report.build import write_report
 
@@ -62,13 +76,16 @@ def _fmt(x: float | None) -> str:
 
 
 def evaluate_cmd(
-    models: list[Path] = typer.Argument(..., help="Model folders (Hugging Face format)."),
-    suite: str = typer.Option("general,domain", "--suite", "-s", help="Suites/tasks: general, domain, or a .yaml."),
+    models: list[Path] = typer.Argument(..., help="Model folders (Hugging Face format) or hub ids org/name(@rev)."),
+    suite: str | None = SUITE_OPTION,
     data_dir: Path | None = typer.Option(None, "--data-dir", help="Folder in the shared/data layout."),
     out: Path = typer.Option(Path("results"), "--out", "-o", help="Writes <out>/<model>.json per model."),
     limit: int | None = typer.Option(None, "--limit", help="Items per task (seeded, stratified by label)."),
-    backend: str = typer.Option("builtin", "--backend", help="builtin or lm-eval."),
-    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
+    backend: Backend = BACKEND_OPTION,
+    device: str = typer.Option("cpu", metavar=DEVICE_METAVAR, help="Where the models run."),
+    dtype: DtypeName | None = typer.Option(
+        None, "--dtype", help="Compute dtype (default: fp32 on CPU, else the model's)."
+    ),
     threads: int | None = typer.Option(None, help="Torch CPU threads (default: torch's choice)."),
     batch_size: int = typer.Option(16, "--batch-size", help="Items per batch."),
     max_length: int | None = typer.Option(None, "--max-length", help="Context length cap (default: model's, ≤2048)."),
@@ -76,6 +93,10 @@ def evaluate_cmd(
     base: str | None = typer.Option(None, help="Name of the base model's result: adds R to the table."),
     adapted: str | None = typer.Option(None, help="Name of the adapted model's result: adds K to the table."),
     skip_missing: bool = typer.Option(False, "--skip-missing", help="Skip tasks whose data file is absent."),
+    tasks: str | None = TASKS_OPTION,
+    general_tasks: str | None = GENERAL_TASKS_OPTION,
+    domain_tasks: str | None = DOMAIN_TASKS_OPTION,
+    lm_eval_include: Path | None = LM_EVAL_INCLUDE_OPTION,
 ) -> None:
     """Evaluate MODELS on the general and domain suites (same items for every model) and save the results."""
 
@@ -86,10 +107,18 @@ def evaluate_cmd(
     checks.positive("--max-length", max_length)
     if backend not in {"builtin", "lm-eval"}:
         raise SpearError(f"--backend {backend!r}: use builtin or lm-eval")
+
+    suite, backend, registered = lm_eval_selection(suite, backend, tasks, general_tasks, domain_tasks, lm_eval_include)
+    if registered is not None:
+        preflight(registered)  # datasets loaded (or a clear error) before any model work
+    names = _names(models)
+    models = [resolve_model(m) for m in models]  # every hub id fetched (or found offline) before any evaluation
     skipped: dict[str, str] = {}
-    tasks = load_tasks(suite, data_dir, limit, seed, skip_missing=skip_missing, skipped=skipped)
-    if not tasks:
+    loaded = load_tasks(suite, data_dir, limit, seed, skip_missing=skip_missing, skipped=skipped) if suite else []
+    if not loaded and registered is None:
         raise SpearError("no task to run: every task's data is missing (see the warnings above)")
+    if registered is not None:
+        check_no_clash(registered, loaded)
     results = []
     columns = (
         TextColumn("{task.description}"),
@@ -99,19 +128,21 @@ def evaluate_cmd(
         TimeRemainingColumn(),
     )
     with WorkDir(out, models), Progress(*columns, console=console, transient=False) as progress:
-        for path, name in zip(models, _names(models), strict=True):
+        for path, name in zip(models, names, strict=True):
             result = evaluate(
                 path,
-                tasks,
+                loaded,
                 device=device,
                 limit=limit,
                 batch_size=batch_size,
                 threads=threads,
                 seed=seed,
                 backend=backend,
+                dtype=parse_dtype(dtype),
                 max_length=max_length,
                 name=name,
                 progress=progress,
+                lm_eval_tasks=registered,
             )
             result.skipped.update(skipped)
             result.save(out / f"{name}.json")

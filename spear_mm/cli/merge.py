@@ -19,9 +19,11 @@ from rich.progress import (
 from rich.table import Table
 
 from spear_mm.cli import checks
+from spear_mm.cli.choices import DEVICE_METAVAR
 from spear_mm.errors import SpearError
 from spear_mm.io.architecture import for_model_type, num_layers_of
 from spear_mm.io.checkpoint import Checkpoint
+from spear_mm.io.dtypes import DtypeName, parse_dtype
 from spear_mm.io.pair import open_pair
 from spear_mm.merging.merge import build_tasks, merge, resolve_device
 from spear_mm.planning.plan import Plan
@@ -41,18 +43,21 @@ def _resolve_plan(plan_file: Path | None, t: float | None, num_layers: int, all_
 
 
 def merge_cmd(
-    base: Path = typer.Argument(..., help="Base model folder (before CPT)."),
-    adapted: Path = typer.Argument(..., help="Adapted model folder (after CPT)."),
+    base: Path = typer.Argument(..., help="Base model folder (before CPT) or hub id org/name(@rev)."),
+    adapted: Path = typer.Argument(..., help="Adapted model folder (after CPT) or hub id org/name(@rev)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (written atomically)."),
     plan: Path | None = typer.Option(None, "--plan", help="Restoration plan YAML (spear-mm plan)."),
     t: float | None = typer.Option(None, "--t", help="Uniform SLERP factor for every layer (weight of the base)."),
     all_tensors: bool = typer.Option(False, "--all-tensors", help="With --t: also embeddings, head, final norm."),
-    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
+    device: str = typer.Option("cpu", metavar=DEVICE_METAVAR, help="Where the kernels run."),
     threads: int | None = typer.Option(None, help="Torch threads for the kernels (default 1: measured fastest)."),
     max_shard_size: str = typer.Option("5GB", help="Largest output shard, e.g. 5GB or 500MB."),
     allow_vocab_extension: bool = typer.Option(False, help="Merge shared embedding rows, keep new rows."),
     force: bool = typer.Option(False, help="Replace a non-empty output folder (only once the merge is complete)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the action and t of every tensor; write nothing."),
+    out_dtype: DtypeName | None = typer.Option(
+        None, "--out-dtype", help="dtype of the written tensors (default: the adapted model's)."
+    ),
 ) -> None:
     """Merge ADAPTED back toward BASE where the plan says (SLERP per tensor) and write an HF model folder."""
 
@@ -61,14 +66,15 @@ def merge_cmd(
     resolve_device(device)
     pair = open_pair(base, adapted, allow_vocab_extension=allow_vocab_extension)
     the_plan = _resolve_plan(plan, t, pair.num_layers, all_tensors)
-    tasks = build_tasks(pair, the_plan)
+    tasks = build_tasks(pair, the_plan, parse_dtype(out_dtype))
     if dry_run:
         table = Table(title=f"dry run: {the_plan.summary()}")
-        for col in ("tensor", "layer", "module", "action", "t"):
+        for col in ("tensor", "layer", "module", "action", "t", "dtype"):
             table.add_column(col)
         for task in tasks:
             p = task.param
-            table.add_row(p.name, "" if p.layer is None else str(p.layer), p.module, task.action, f"{task.t:g}")
+            layer, dtype = "" if p.layer is None else str(p.layer), str(task.out_dtype).removeprefix("torch.")
+            table.add_row(p.name, layer, p.module, task.action, f"{task.t:g}", dtype)
         out_console.print(table)
         return
     total = sum(pair.adapted.infos[x.name].nbytes for x in tasks)
@@ -100,6 +106,7 @@ def merge_cmd(
             allow_vocab_extension=allow_vocab_extension,
             threads=threads,
             progress=progress,
+            out_dtype=parse_dtype(out_dtype),
         )
     actions = Counter(s.action for s in report.tensors)
     table = Table(title=f"merged → {report.output}")
@@ -113,6 +120,7 @@ def merge_cmd(
         ("LERP fallbacks (|cos|>0.9995)", report.n_lerp_fallback),
         ("written", f"{report.bytes_written / 1e9:.3f} GB"),
         ("time", f"{report.seconds:.1f} s"),
+        ("dtype", report.out_dtype or "as adapted"),
         ("plan", report.plan_summary),
         *(("note", n) for n in report.notes),
     ):
@@ -120,7 +128,9 @@ def merge_cmd(
     out_console.print(table)
 
 
-def inspect_cmd(model: Path = typer.Argument(..., help="A Hugging Face model folder.")) -> None:
+def inspect_cmd(
+    model: Path = typer.Argument(..., help="A Hugging Face model folder or hub id org/name(@rev)."),
+) -> None:
     """Print layers, module types, dtypes and sizes of a checkpoint (reads headers only)."""
 
     ckpt = Checkpoint.open(model)

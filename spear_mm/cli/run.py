@@ -10,7 +10,22 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from spear_mm.cli import checks
+from spear_mm.cli.choices import (
+    DEVICE_METAVAR,
+    DOMAIN_TASKS_OPTION,
+    GENERAL_TASKS_OPTION,
+    LM_EVAL_INCLUDE_OPTION,
+    SUITE_OPTION,
+    TASKS_OPTION,
+    Backend,
+    ChooseFrom,
+    Executor,
+    value,
+)
 from spear_mm.cli.output import console, out_console
+from spear_mm.errors import SpearError
+from spear_mm.evaluation.lm_eval_tasks import LmEvalTasks
+from spear_mm.io.dtypes import DtypeName
 from spear_mm.pipeline.config import RunConfig
 from spear_mm.pipeline.run import run
 from spear_mm.pipeline.summary import RunSummary
@@ -37,14 +52,14 @@ def results_table(summary) -> Table:
 
 
 def run_cmd(
-    base: str | None = typer.Argument(None, help="Base model folder (before CPT); or base: in --config."),
-    adapted: str | None = typer.Argument(None, help="Adapted model folder (after CPT); or adapted: in --config."),
+    base: str | None = typer.Argument(None, help="Base model folder or hub id org/name(@rev); or base: in --config."),
+    adapted: str | None = typer.Argument(None, help="Adapted model folder or hub id; or adapted: in --config."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Run folder (created; a re-run resumes it)."),
     config: Path | None = typer.Option(
         None, "--config", "-c", help="A run.yaml (every option below; RUN/run.yaml of a run re-runs it). Flags win."
     ),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="Folder with the suites' data files."),
-    suite: str | None = typer.Option(None, "--suite", "-s", help="general,domain (default) | demo | a suite .yaml."),
+    suite: str | None = SUITE_OPTION,
     policies: str | None = typer.Option(
         None, "--policies", help="Comma-separated presets and/or plan .yaml files [conservative,balanced,aggressive]."
     ),
@@ -57,15 +72,17 @@ def run_cmd(
     target_retention: float | None = typer.Option(
         None, "--target-retention", help="Choose the most K among models with R ≥ this (e.g. 0.9)."
     ),
-    choose_from: str | None = typer.Option(None, "--choose-from", help="all (plans, sweep, baselines, CPT) | plans."),
+    choose_from: ChooseFrom | None = typer.Option(
+        None, "--choose-from", help="all: plans, sweep, baselines, CPT (default); plans: SPEAR-MM plans only."
+    ),
     limit: int | None = typer.Option(None, "--limit", help="Items per task (seeded, stratified by label)."),
     seed: int | None = typer.Option(None, help="Seed of the --limit sample [0]."),
-    device: str | None = typer.Option(None, help="cpu (default), cuda or cuda:N."),
+    device: str | None = typer.Option(None, metavar=DEVICE_METAVAR, help="Where merges and evaluation run [cpu]."),
     threads: int | None = typer.Option(None, help="Torch CPU threads per evaluation (default: torch's choice)."),
     workers: int | None = typer.Option(None, "--workers", "-j", help="Executor workers (process / ray)."),
     batch_size: int | None = typer.Option(None, "--batch-size", help="Items per evaluation batch [16]."),
     keep_all: bool | None = typer.Option(None, "--keep-all", help="Write every candidate to RUN/models/ (disk!)."),
-    executor: str | None = typer.Option(None, "--executor", help="local (default) | process | ray."),
+    executor: Executor | None = typer.Option(None, "--executor", help="Where candidate evaluations run [local]."),
     ray_address: str | None = typer.Option(None, "--ray-address", help="Ray cluster address (with --executor ray)."),
     cpt_cost_seconds: float | None = typer.Option(
         None, "--cpt-cost-seconds", help="Cost of one CPT run (default: ADAPTED/cost.json from spear-mm cpt)."
@@ -74,17 +91,34 @@ def run_cmd(
     allow_vocab_extension: bool | None = typer.Option(
         None, help="The adapted model added vocabulary rows: shared rows are scored and merged, new rows kept."
     ),
+    out_dtype: DtypeName | None = typer.Option(
+        None, "--out-dtype", help="dtype of the written model(s) (default: the adapted model's)."
+    ),
+    backend: Backend | None = typer.Option(None, "--backend", help="Back end for the suites' items [builtin]."),
+    tasks: str | None = TASKS_OPTION,
+    general_tasks: str | None = GENERAL_TASKS_OPTION,
+    domain_tasks: str | None = DOMAIN_TASKS_OPTION,
+    lm_eval_include: Path | None = LM_EVAL_INCLUDE_OPTION,
 ) -> None:
     """Score, plan, merge, validate and choose for one base/adapted pair; writes RUN/report.html."""
-    options = dict(base=base, adapted=adapted, out=out, data_dir=data_dir, suites=suite, policies=policies,
-                   sweep=sweep, baselines=baselines, target_retention=target_retention, choose_from=choose_from,
-                   limit=limit, seed=seed, device=device, threads=threads, workers=workers, batch_size=batch_size,
-                   keep_all=keep_all, executor=executor, ray_address=ray_address, cpt_cost_seconds=cpt_cost_seconds,
-                   title=title, allow_vocab_extension=allow_vocab_extension)  # fmt: skip
     checks.file_option("--config", config)
-    for option, value in (("--limit", limit), ("--threads", threads), ("--workers", workers),
-                          ("--batch-size", batch_size)):  # fmt: skip
-        checks.positive(option, value)
+    for option, value_ in (("--limit", limit), ("--threads", threads), ("--workers", workers),
+                           ("--batch-size", batch_size)):  # fmt: skip
+        checks.positive(option, value_)
+    registered = LmEvalTasks.from_options(tasks, general_tasks, domain_tasks, lm_eval_include)
+    if registered is None and lm_eval_include is not None:
+        raise SpearError("--lm-eval-include needs --tasks, --general-tasks or --domain-tasks (the task names).")
+    lm_eval = {} if registered is None else {
+        "general_tasks": list(registered.general), "domain_tasks": list(registered.domain),
+        "lm_eval_include": registered.include_path, "backend": "lm-eval", "suites": suite or "",
+    }  # fmt: skip
+    options = dict(base=base, adapted=adapted, out=out, data_dir=data_dir, suites=suite, policies=policies,
+                   sweep=sweep, baselines=baselines, target_retention=target_retention,
+                   choose_from=value(choose_from), limit=limit, seed=seed, device=device, threads=threads,
+                   workers=workers, batch_size=batch_size, keep_all=keep_all, executor=value(executor),
+                   ray_address=ray_address, cpt_cost_seconds=cpt_cost_seconds, title=title,
+                   allow_vocab_extension=allow_vocab_extension, out_dtype=value(out_dtype),
+                   backend=value(backend)) | lm_eval  # fmt: skip
     run_config = RunConfig.build(config, **options)
     checks.device(run_config.device)
     _quiet_per_model_logs()

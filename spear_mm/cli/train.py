@@ -17,7 +17,7 @@ out_console = Console()
 
 
 def cpt_cmd(
-    base: Path = typer.Argument(..., help="Base model folder (Hugging Face format)."),
+    base: Path = typer.Argument(..., help="Base model folder (Hugging Face format) or hub id org/name(@rev)."),
     more_corpus: list[Path] | None = typer.Argument(
         None, help="More corpus files (may follow --corpus).", show_default=False
     ),
@@ -43,7 +43,7 @@ def cpt_cmd(
         None, "--resume-from-checkpoint", help="'latest' (in OUT.work/checkpoints) or a checkpoint folder."
     ),
     seed: int = typer.Option(0, help="Random seed (data order, dropout)."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    device: str = typer.Option("auto", metavar="[auto|cpu|cuda|cuda:N]", help="Where training runs."),
     logging_steps: int = typer.Option(10, help="Log loss and tokens/s every N steps."),
     max_corpus_tokens: int | None = typer.Option(None, help="Tokens to read (default: what max-steps uses)."),
     force: bool = typer.Option(False, "--force", "--overwrite", help="Replace an existing OUT when done."),

@@ -44,7 +44,8 @@ def _result(task: LoadedTask, metrics: dict[str, float], stderrs: dict[str, floa
 
 def mc_result(task: LoadedTask, lls: Sequence[Sequence[float]], seconds: float, tokens: int, **kw) -> TaskResult:
     """acc (argmax log-likelihood), acc_norm (divided by the choice's character length, lm-eval's code) and
-    acc_bytes (divided by its UTF-8 byte length); prediction distribution and majority-class baseline."""
+    acc_bytes (divided by its UTF-8 byte length); prediction distribution, and the majority-class baseline when
+    every item has the same choices."""
     items: list[MCItem] = list(task.items)  # type: ignore[arg-type]
     records, hits = [], {"acc": [], "acc_norm": [], "acc_bytes": []}
     for item, ll in zip(items, lls, strict=True):
@@ -68,7 +69,11 @@ def mc_result(task: LoadedTask, lls: Sequence[Sequence[float]], seconds: float, 
     metrics = {k: sum(v) / n for k, v in hits.items()}
     stderrs = {k: s for k, p in metrics.items() if (s := acc_stderr(p, n)) is not None}
     labels = Counter(r.gold for r in records)
-    metrics["majority_baseline"] = max(labels.values()) / n
+    # The majority class means something only when every item offers the same choices (FPB's 3 labels); with
+    # per-item choices (ARC) the "most frequent gold text" is an artefact, so no baseline is given.
+    majority = max(labels.values()) / n if len({tuple(i.choices) for i in items}) == 1 else None
+    if majority is not None:
+        metrics["majority_baseline"] = majority
     return _result(
         task,
         metrics,
@@ -78,7 +83,7 @@ def mc_result(task: LoadedTask, lls: Sequence[Sequence[float]], seconds: float, 
         items=records,
         pred_distribution=dict(Counter(r.pred for r in records)),
         label_distribution=dict(labels),
-        majority_baseline=metrics["majority_baseline"],
+        majority_baseline=majority,
         **kw,
     )
 

@@ -18,9 +18,11 @@ from spear_mm.errors import SpearError
 from spear_mm.evaluation import aggregate
 from spear_mm.evaluation.builtin import Advance, Engine
 from spear_mm.evaluation.lm_eval_backend import run_lm_eval
+from spear_mm.evaluation.lm_eval_tasks import check_no_clash, preflight, run_registered
 from spear_mm.evaluation.metrics import EvalResult, TaskResult
 from spear_mm.evaluation.suites import load_tasks
 from spear_mm.evaluation.tasks import GenItem, LoadedTask, MCItem, TextItem
+from spear_mm.io.hub import resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +32,8 @@ _TRANSFORMERS = tuple(int(x) for x in transformers.__version__.split(".")[:2])
 
 def load_model(path: str | Path, device: str = "cpu", dtype: torch.dtype | None = None):
     """A causal LM and its tokenizer from a HF folder (float32 on CPU unless `dtype` says otherwise)."""
-    path = Path(path).expanduser()
+
+    path = resolve_model(path)
     if not (path / "config.json").is_file():
         raise SpearError(f"model folder {path} has no config.json: expected a Hugging Face model folder")
     dtype = dtype or (torch.float32 if device == "cpu" else "auto")
@@ -121,6 +124,7 @@ def evaluate(
     name: str | None = None,
     skip_missing: bool = False,
     progress: Any | None = None,
+    lm_eval_tasks: Any | None = None,
 ) -> EvalResult:
     """Evaluate `model` on `tasks` and return an `EvalResult` (per-item records included).
 
@@ -129,18 +133,25 @@ def evaluate(
         loaded `LoadedTask`s (load once with `load_tasks`, then evaluate many models on the same items).
     limit/seed: N items per task, sampled with `seed`, stratified by label. Deterministic.
     progress: an optional `rich.progress.Progress` to report into.
+    lm_eval_tasks: an `LmEvalTasks` of lm-eval registered task names, run by lm-eval itself in addition to
+        `tasks` (which may then be empty); their datasets are checked before the model is loaded.
     """
     if backend not in BACKENDS:
         raise SpearError(f"unknown back end {backend!r}: use one of {BACKENDS}")
     model_path = None
+    if lm_eval_tasks is not None:
+        preflight(lm_eval_tasks)  # a dataset missing offline fails here, before any model work
     if isinstance(model, (str, Path)):
+        model = resolve_model(model)
         model_path = str(Path(model).expanduser().resolve())
         model, loaded_tok = load_model(model, device, dtype)
         tokenizer = tokenizer or loaded_tok
     if tokenizer is None:
         raise SpearError("evaluate: an in-memory model needs its tokenizer (tokenizer=...)")
     skipped: dict[str, str] = {}
-    loaded = _load(tasks, data_dir, limit, seed, skip_missing, skipped)
+    loaded = _load(tasks, data_dir, limit, seed, skip_missing, skipped) if tasks else []
+    if lm_eval_tasks is not None:
+        check_no_clash(lm_eval_tasks, loaded)
     label = name or (Path(model_path).name if model_path else getattr(model.config, "_name_or_path", "") or "model")
     result = EvalResult(
         model=label,
@@ -175,6 +186,20 @@ def evaluate(
                     result.tasks[task.name].score,
                     len(task.items),
                 )
+        if lm_eval_tasks is not None:
+            result.tasks.update(
+                run_registered(
+                    model,
+                    tokenizer,
+                    lm_eval_tasks,
+                    device=device,
+                    batch_size=batch_size,
+                    max_length=max_length,
+                    limit=limit,
+                    seed=seed,
+                    progress=progress,
+                )
+            )
     result.seconds = time.perf_counter() - start
     return result
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from spear_mm.errors import SpearError
+from spear_mm.io.hub import hub_ref, resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,8 @@ class Checkpoint:
 
     @classmethod
     def open(cls, path: str | Path) -> Checkpoint:
-        path = Path(path).expanduser().resolve()
+
+        path = resolve_model(path).resolve()  # a local folder, or a hub id's cached snapshot
         if not path.exists():
             raise SpearError(f"{path}: no such folder. Pass the path of a Hugging Face model folder.")
         if not path.is_dir():
@@ -173,9 +175,18 @@ class Checkpoint:
             found = sorted(self.path.glob(pattern))
             if found:
                 return found, None
+
+        ref = hub_ref(self.path)
+        hint = (
+            f" This is the hub snapshot of {ref.repo_id}: spear-mm fetches safetensors weights only, and this "
+            "repository has none at that revision; convert it (save_pretrained(..., safe_serialization=True)) "
+            "or pass a local folder."
+            if ref
+            else " Save the model with save_pretrained()."
+        )
         raise SpearError(
             f"{self.path}: no weights found (looked for model.safetensors, *.safetensors with an index, "
-            "pytorch_model*.bin). Save the model with save_pretrained()."
+            f"pytorch_model*.bin).{hint}"
         )
 
     def _scan(self) -> dict[str, TensorInfo]:

@@ -51,6 +51,7 @@ class Slot:
     file: Path
     offset: int
     nbytes: int
+    dtype: torch.dtype | None = None  # what the slot holds: chunks of another float dtype are cast to it
 
 
 class ShardedWriter:
@@ -85,9 +86,9 @@ class ShardedWriter:
             raw = json.dumps(header, separators=(",", ":")).encode()
             raw += b" " * (-len(raw) % 8)
             base = 8 + len(raw)
-            for name, _, _, nbytes in shard:
+            for name, dtype, _, nbytes in shard:
                 begin = header[name]["data_offsets"][0]
-                self.slots[name] = Slot(file, base + begin, nbytes)
+                self.slots[name] = Slot(file, base + begin, nbytes, dtype)
             fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             os.write(fd, len(raw).to_bytes(8, "little") + raw)
             _reserve(fd, base + offset)
@@ -98,13 +99,16 @@ class ShardedWriter:
 
     def write(self, name: str, tensor: torch.Tensor) -> int:
         """Write one whole tensor at its slot; returns the byte count. Thread-safe per distinct name."""
-        if tensor.numel() * tensor.element_size() != self.slots[name].nbytes:
+        slot = self.slots[name]
+        if tensor.numel() * (slot.dtype or tensor.dtype).itemsize != slot.nbytes:
             raise SpearError(f"internal: tensor '{name}' does not match the size of its slot.")
         return self.write_range(name, 0, tensor)
 
     def write_range(self, name: str, start: int, chunk: torch.Tensor) -> int:
         """Write elements [start, start + chunk.numel()) of a tensor (chunks of large tensors stream through)."""
         slot = self.slots[name]
+        if slot.dtype is not None and chunk.dtype != slot.dtype and chunk.dtype.is_floating_point:
+            chunk = chunk.to(slot.dtype)  # --out-dtype: the merge computes in float32, kept tensors are cast here
         data = chunk.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
         at = start * chunk.element_size()
         if at + data.nbytes > slot.nbytes:

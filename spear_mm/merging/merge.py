@@ -18,60 +18,28 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel
 
-from spear_mm import __version__
 from spear_mm.errors import SpearError
 from spear_mm.io.checkpoint import Checkpoint
+from spear_mm.io.dtypes import dtype_label, parse_dtype
+from spear_mm.io.hub import hub_label
 from spear_mm.io.outputs import AtomicDir, check_free_space, check_output
 from spear_mm.io.pair import Pair, open_pair
 from spear_mm.io.writer import ShardedWriter, parse_size
 from spear_mm.merging.buffers import Held
+from spear_mm.merging.folder import TRAINING_FILES, MergeReport, model_card, set_config_dtype, side_files
 from spear_mm.merging.streaming import PREFETCH, TensorStat, TensorTask, produce, workspace_for
 from spear_mm.planning.plan import Plan
 
 log = logging.getLogger(__name__)
 
-_WEIGHT_PATTERNS = (
-    "*.safetensors",
-    "*.bin",
-    "*.pt",
-    "*.pth",
-    "*.ckpt",
-    "*.index.json",
-    "*.gguf",
-    "*.msgpack",
-    "*.h5",
-    "README.md",
-    "merge_report.json",
-    "plan.yaml",
-)
-Progress = Callable[[str, int], None]
+Progress = Callable[[str, int], None]  # (tensor name, bytes written)
 DEFAULT_THREADS = 1  # torch intra-op threads during a merge; measured in bench/merge_bench.py (docs/performance.md)
 
 
-class MergeReport(BaseModel):
-    base: str
-    adapted: str
-    base_fingerprint: str
-    adapted_fingerprint: str
-    output: str | None
-    plan_summary: str
-    method: str
-    device: str
-    threads: int
-    seconds: float
-    bytes_written: int
-    n_tensors: int
-    n_merged: int
-    n_lerp_fallback: int
-    notes: list[str] = []
-    tensors: list[TensorStat]
-    spear_mm_version: str = __version__
-
-
-def build_tasks(pair: Pair, plan: Plan) -> list[TensorTask]:
-    """Resolve the plan to one action per tensor (the `--dry-run` view)."""
+def build_tasks(pair: Pair, plan: Plan, out_dtype: torch.dtype | None = None) -> list[TensorTask]:
+    """Resolve the plan to one action per tensor (the `--dry-run` view). `out_dtype` (default: each tensor's
+    dtype in the adapted model) is the dtype floating-point tensors are written in."""
     if plan.num_layers != pair.num_layers:
         raise SpearError(
             f"the plan is for {plan.num_layers} layers but the model has {pair.num_layers}; "
@@ -92,7 +60,8 @@ def build_tasks(pair: Pair, plan: Plan) -> list[TensorTask]:
             action = "base"
         else:
             action = "merge"
-        tasks.append(TensorTask(p, action, t, a.dtype, a.shape, ext[0] if ext else None))
+        dtype = out_dtype if out_dtype is not None and a.dtype.is_floating_point else a.dtype
+        tasks.append(TensorTask(p, action, t, dtype, a.shape, ext[0] if ext else None))
     return tasks
 
 
@@ -151,19 +120,25 @@ def merge(
     allow_vocab_extension: bool = False,
     threads: int | None = None,
     progress: Progress | None = None,
+    out_dtype: str | torch.dtype | None = None,
 ) -> MergeReport:
     """Merge `adapted` toward `base` following `plan` (or a uniform t for every layer) into an HF folder at `out`.
 
     `base`/`adapted` are model folders or opened `Checkpoint`s; `threads` sets torch's intra-op threads for
     the call (default `DEFAULT_THREADS`, see docs/performance.md); `progress(name, nbytes)` is called per
-    tensor written. Returns the `MergeReport` that is also written as `merge_report.json`.
+    tensor written; `out_dtype` ('bf16', 'fp16', 'fp32' or a torch dtype; default: the adapted model's dtype)
+    is the dtype the floating-point tensors are written in. Returns the `MergeReport` that is also written as
+    `merge_report.json`.
     """
     started = time.perf_counter()
     resolve_device(device)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads or DEFAULT_THREADS)
     try:
-        return _merge(base, adapted, out, plan, device, max_shard_size, force, allow_vocab_extension, progress, started)
+        dtype = parse_dtype(out_dtype)
+        return _merge(
+            base, adapted, out, plan, device, max_shard_size, force, allow_vocab_extension, progress, started, dtype
+        )
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -179,13 +154,14 @@ def _merge(
     allow_vocab_extension: bool,
     progress: Progress | None,
     started: float,
+    out_dtype: torch.dtype | None = None,
 ) -> MergeReport:
     pair = open_pair(base, adapted, allow_vocab_extension=allow_vocab_extension)
     plan = plan if isinstance(plan, Plan) else Plan.uniform(float(plan), pair.num_layers)
     check_provenance(plan, pair, force=force)
     inputs = [pair.base.path, pair.adapted.path]
     final = check_output(Path(out), inputs, force)
-    tasks = build_tasks(pair, plan)
+    tasks = build_tasks(pair, plan, out_dtype)
     sides, skipped_links = side_files(pair.adapted.path)
     check_free_space(final.parent, _bytes_to_write(tasks, sides))
     with AtomicDir(final, inputs, force) as staging:
@@ -211,8 +187,11 @@ def _merge(
             n_tensors=len(stats),
             n_merged=sum(s.action == "merge" for s in stats),
             n_lerp_fallback=sum(s.lerp_fallback for s in stats),
-            notes=_notes(pair, plan, tasks) + skipped_links,
+            notes=_notes(pair, plan, tasks, out_dtype) + skipped_links,
             tensors=stats,
+            out_dtype=None if out_dtype is None else dtype_label(out_dtype),
+            base_hub=hub_label(pair.base.path),
+            adapted_hub=hub_label(pair.adapted.path),
         )
         _finish_folder(staging.tmp, sides, pair, plan, report)
         staging.commit()
@@ -283,9 +262,10 @@ def _stream(
     return stats
 
 
-def _notes(pair: Pair, plan: Plan, tasks: list[TensorTask]) -> list[str]:
+def _notes(pair: Pair, plan: Plan, tasks: list[TensorTask], out_dtype: torch.dtype | None = None) -> list[str]:
     """What the user should know about how this pair was merged (also shown in the model card)."""
     notes = []
+    written = dtype_label(out_dtype) if out_dtype else "the adapted model's dtype"
     ints = [x.name for x in tasks if not x.out_dtype.is_floating_point and x.action == "keep" and plan.t_for(x.param)]
     if ints:
         notes.append(
@@ -297,7 +277,7 @@ def _notes(pair: Pair, plan: Plan, tasks: list[TensorTask]) -> list[str]:
         notes.append(
             f"{len(pair.dtype_mismatch)} tensor(s) differ in dtype between base and adapted (e.g. '{name}': "
             f"{str(db).removeprefix('torch.')} vs {str(da).removeprefix('torch.')}); they were merged in float32 "
-            "and written in the adapted model's dtype."
+            f"and written in {written}."
         )
     if pair.config_differences:
         notes.append(f"the configs differ ({'; '.join(pair.config_differences)}); the adapted config was used.")
@@ -321,21 +301,6 @@ def merge_into_model(pair: Pair, plan: Plan, model: torch.nn.Module, *, device: 
     return stats
 
 
-def side_files(folder: Path) -> tuple[list[Path], list[str]]:
-    """Config/tokenizer/generation files of the adapted model to copy, and notes on links that leave the folder
-    (skipped: a link to e.g. /etc/hostname must not be copied into a model folder that may be published)."""
-    files, notes = [], []
-    root = folder.resolve()
-    for src in sorted(folder.iterdir()):
-        if any(src.match(p) for p in _WEIGHT_PATTERNS) or not src.is_file():
-            continue
-        if src.is_symlink() and root not in src.resolve().parents:
-            notes.append(f"'{src.name}' in the adapted folder links outside it ({src.resolve()}); not copied.")
-            continue
-        files.append(src)
-    return files, notes
-
-
 def _bytes_to_write(tasks: list[TensorTask], sides: list[Path]) -> int:
     """Everything the merge writes: tensors, headers, side files, and the report (~400 bytes per tensor)."""
     tensors = sum(t.out_dtype.itemsize * math.prod(t.shape) for t in tasks)
@@ -345,38 +310,10 @@ def _bytes_to_write(tasks: list[TensorTask], sides: list[Path]) -> int:
 def _finish_folder(folder: Path, sides: list[Path], pair: Pair, plan: Plan, report: MergeReport) -> None:
     """Copy config/tokenizer/generation files from the adapted model; write plan, report and model card."""
     for src in sides:
-        shutil.copyfile(src, folder / src.name)
+        if src.name not in TRAINING_FILES:  # they describe a training run the merged model never had
+            shutil.copyfile(src, folder / src.name)
+    if report.out_dtype is not None:
+        set_config_dtype(folder / "config.json", report.out_dtype)
     plan.save(folder / "plan.yaml")
     (folder / "merge_report.json").write_text(report.model_dump_json(indent=1))
     (folder / "README.md").write_text(model_card(pair, plan, report))
-
-
-def model_card(pair: Pair, plan: Plan, report: MergeReport) -> str:
-    restored = plan.restored_layers()
-    rows = "\n".join(f"| {i} | {plan.layer_t(i):g} |" for i in restored) or "| – | – |"
-    fallback = f"{report.n_lerp_fallback} of {report.n_merged}" if report.n_merged else "0"
-    notes = "".join(f"\nNote: {n}\n" for n in report.notes)
-    return f"""---
-tags: [spear-mm, merge, slerp]
-base_model: {pair.base.path.name}
----
-# {Path(report.output or "merged").name}
-
-Merged with spear-mm {__version__} (SPEAR-MM: selective parameter evaluation and restoration via model
-merging). Layers of the adapted model were moved back toward the base model by
-{plan.method.upper()}; **t is the weight of the base** (0 = adapted weights kept, 1 = base restored).
-
-| input | path | content hash (sampled) |
-| --- | --- | --- |
-| base | `{pair.base.path}` | `{report.base_fingerprint}` |
-| adapted | `{pair.adapted.path}` | `{report.adapted_fingerprint}` |
-
-Plan: {plan.summary()} (policy `{plan.provenance.policy}`, scores `{plan.provenance.scores_hash or "–"}`).
-Full plan in `plan.yaml`, per-tensor statistics in `merge_report.json`. SLERP fell back to LERP (|cos| > 0.9995)
-on {fallback} interpolated tensors.
-{notes}
-
-| restored layer | t |
-| --- | --- |
-{rows}
-"""

@@ -48,10 +48,15 @@ class RunConfig(BaseModel):
     cpt_cost_seconds: float | None = Field(None, gt=0, description="cost of one CPT run (default: cost.json)")
     scoring: ScoreConfig = Field(default_factory=ScoreConfig)
     allow_vocab_extension: bool = Field(False, description="the adapted model may add tokens (new rows are kept)")
+    out_dtype: Literal["bf16", "fp16", "fp32"] | None = Field(None, description="dtype of written models")
+    backend: Literal["builtin", "lm-eval"] = Field("builtin", description="back end for the suites' items")
+    general_tasks: list[str] = Field([], description="lm-eval registered tasks counted in R (e.g. arc_easy)")
+    domain_tasks: list[str] = Field([], description="lm-eval registered tasks counted in K")
+    lm_eval_include: str | None = Field(None, description="folder of extra lm-eval task YAMLs")
     title: str | None = None
     report: bool = True
 
-    @field_validator("policies", mode="before")
+    @field_validator("policies", "general_tasks", "domain_tasks", mode="before")
     @classmethod
     def _split_policies(cls, v: Any) -> Any:
         if isinstance(v, str):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from spear_mm.evaluation.lm_eval_tasks import LmEvalTasks
 from spear_mm.io.pair import Pair
 from spear_mm.pipeline.config import RunConfig
 from spear_mm.pipeline.steps import Steps
@@ -22,6 +23,14 @@ class RunContext:
     fp_b: str
     fp_a: str
     progress: ProgressCallback | None = None
+
+    @property
+    def lm_eval_tasks(self) -> LmEvalTasks | None:
+        """lm-eval's registered tasks named by the config (None: only the suites run)."""
+        c = self.config
+        if not (c.general_tasks or c.domain_tasks):
+            return None
+        return LmEvalTasks(tuple(c.general_tasks), tuple(c.domain_tasks), c.lm_eval_include)
 
     def report(self, stage: str, done: int, total: int, label: str = "") -> None:
         if self.progress is not None:

@@ -43,6 +43,8 @@ class CandidateJob:
     batch_size: int = 16
     seed: int = 0
     limit: int | None = None
+    backend: str = "builtin"
+    lm_eval_tasks: Any = None  # an LmEvalTasks: lm-eval registered tasks run by lm-eval itself
     pair_key: str = ""  # the pair's fingerprints: a worker's cached open pair is reused only for the same files
     progress: Any = None  # in-process runs only (not picklable): an ItemProgress for per-item bars
 
@@ -102,9 +104,12 @@ def plan_effect_hash(plan: Plan, params) -> str:
     return hashlib.sha256(json.dumps(effect, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def tasks_hash(tasks: tuple[LoadedTask, ...] | list[LoadedTask]) -> str:
-    """Hash of the task specs and the exact items sampled (so a changed data file or --limit changes it)."""
+def tasks_hash(tasks: tuple[LoadedTask, ...] | list[LoadedTask], backend: str = "builtin", lm_eval: Any = None) -> str:
+    """Hash of the task specs and the exact items sampled (so a changed data file or --limit changes it); a non-
+    default back end and lm-eval's registered task names enter too (the builtin-only hash is unchanged)."""
     h = hashlib.sha256()
+    if backend != "builtin" or lm_eval is not None:
+        h.update(f"{backend}|{lm_eval.key() if lm_eval is not None else ''}".encode())
     for task in tasks:
         h.update(task.spec.model_dump_json().encode())
         for item in task.items:
@@ -168,6 +173,8 @@ def _evaluate(job: CandidateJob) -> CandidateResult:
         limit=job.limit,
         name=job.name,
         progress=job.progress,
+        backend=job.backend,
+        lm_eval_tasks=job.lm_eval_tasks,
     )
     if job.plan_yaml is None:
         result.model_path = str(Path(job.model_path or job.adapted).resolve())

@@ -17,12 +17,14 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from spear_mm.errors import SpearError
 from spear_mm.evaluation import load_tasks
+from spear_mm.evaluation.lm_eval_tasks import LmEvalTasks, check_no_clash, preflight
 from spear_mm.evaluation.metrics import EvalResult
 from spear_mm.executors import make_executor
+from spear_mm.io.dtypes import parse_dtype
 from spear_mm.io.outputs import WorkDir, check_free_space
 from spear_mm.io.pair import Pair, open_pair
 from spear_mm.merging.merge import merge, resolve_device
@@ -54,6 +56,9 @@ from spear_mm.progress import ProgressCallback
 from spear_mm.report.build import write_report
 from spear_mm.scoring.layers import analyze
 from spear_mm.scoring.table import ScoreTable
+
+if TYPE_CHECKING:
+    from spear_mm.evaluation.lm_eval_tasks import LmEvalTasks
 
 log = logging.getLogger(__name__)
 __all__ = ["RunConfig", "RunSummary", "run"]
@@ -102,7 +107,7 @@ def _run(config: RunConfig, pair: Pair, run_dir: Path, progress: ProgressCallbac
     ctx = RunContext(config, pair, run_dir, Steps(run_dir), pair.base.fingerprint(), pair.adapted.fingerprint(),
                      progress)  # fmt: skip
     grid = parse_sweep(config.sweep)
-    tasks, skipped = _load_tasks(config)
+    tasks, skipped = _load_tasks(config, ctx.lm_eval_tasks)
     n_candidates = len(config.policies) + (len(grid["fractions"]) * len(grid["t"]) if grid else 0)
     n_candidates += N_BASELINES * config.baselines
     check_free_space(run_dir, pair.adapted.nbytes * (n_candidates if config.keep_all else 1))
@@ -143,18 +148,25 @@ def _run(config: RunConfig, pair: Pair, run_dir: Path, progress: ProgressCallbac
 
 
 # -- stages ----------------------------------------------------------------------------------------------------
-def _load_tasks(config: RunConfig):
+def _load_tasks(config: RunConfig, registered: LmEvalTasks | None = None):
+    """The suites' tasks (missing data skipped); lm-eval's registered tasks have their datasets checked here."""
     suites = config.suites
     skipped: dict[str, str] = {}
+    if registered is not None:
+        preflight(registered)  # before any model work
+    if registered and not suites:
+        return (), skipped
     tasks = load_tasks(suites, config.data_dir, config.limit, config.seed, skip_missing=True, skipped=skipped)
-    if not tasks:
+    if not tasks and not registered:
         raise SpearError(
             f"no task to evaluate: the data of every task of '{suites}' is missing "
             f"({'; '.join(skipped.values())}). Pass --data-dir with the suite files, or another --suite."
         )
+    if registered is not None:
+        check_no_clash(registered, tasks)
     groups = {t.spec.group for t in tasks}
     for group, what in (("general", "general retention R"), ("domain", "domain gain kept K")):
-        if group not in groups:
+        if group not in groups and not registered:
             log.warning("no %s task left to evaluate: %s is undefined and no model can be chosen", group, what)
     return tuple(tasks), skipped
 
@@ -216,7 +228,7 @@ def _jobs(ctx: RunContext, candidates: list[Candidate], tasks) -> list[Candidate
     c, pair = ctx.config, ctx.pair
     common = dict(base=str(pair.base.path), adapted=str(pair.adapted.path), tasks=tasks, device=c.device,
                   threads=c.threads, batch_size=c.batch_size, seed=c.seed, limit=c.limit,
-                  pair_key=f"{ctx.fp_b}-{ctx.fp_a}")  # fmt: skip
+                  pair_key=f"{ctx.fp_b}-{ctx.fp_a}", backend=c.backend, lm_eval_tasks=ctx.lm_eval_tasks)  # fmt: skip
     jobs = [
         CandidateJob(name="base", plan_yaml=None, model_path=str(pair.base.path), **common),
         CandidateJob(name="adapted", plan_yaml=None, model_path=str(pair.adapted.path), **common),
@@ -235,7 +247,8 @@ def _eval_key(ctx: RunContext, job: CandidateJob, tasks_key: str) -> str:
 def _evaluate(ctx: RunContext, jobs: list[CandidateJob], tasks, skipped: dict[str, str], ex: _LazyExecutor):
     """Evaluate every job not already finished through the executor; each result is saved as it arrives.
     Candidates that merge to the same model (same key) are evaluated once and the result saved for each."""
-    steps, eval_dir, tkey = ctx.steps, ctx.run_dir / "eval", tasks_hash(tasks)
+    extra_key = (jobs[0].backend, jobs[0].lm_eval_tasks) if jobs else ()
+    steps, eval_dir, tkey = ctx.steps, ctx.run_dir / "eval", tasks_hash(tasks, *extra_key)
     _retire_stale(eval_dir, {j.name for j in jobs})
     results: dict[str, EvalResult] = {}
     keys, reused, done_by_key = {}, 0.0, {}
@@ -348,7 +361,9 @@ def _write_models(ctx: RunContext, candidates: list[Candidate], chosen: str | No
     seconds, written, reused = 0.0, 0, 0
     for c in (c for c in candidates if c.name in keep):
         out = models / c.name
-        key = content_key(base=ctx.fp_b, adapted=ctx.fp_a, plan=plan_hash(c.plan))
+        out_dtype = ctx.config.out_dtype
+        key = content_key(base=ctx.fp_b, adapted=ctx.fp_a, plan=plan_hash(c.plan),
+                          **({"out_dtype": str(parse_dtype(out_dtype))} if out_dtype else {}))  # fmt: skip
         record = steps.finished(out, key, out / "config.json")
         if record is not None:
             steps.skipped(f"merge {c.name}", record)
@@ -356,7 +371,7 @@ def _write_models(ctx: RunContext, candidates: list[Candidate], chosen: str | No
             continue
         cb = _bytes_progress(ctx, pair.adapted.nbytes) if ctx.progress else None
         report = merge(pair.base.path, pair.adapted.path, out, c.plan, device=device, force=True,
-                       threads=ctx.config.threads, progress=cb,
+                       threads=ctx.config.threads, progress=cb, out_dtype=out_dtype,
                        allow_vocab_extension=bool(pair.vocab_extension))  # fmt: skip
         steps.record(out, f"merge {c.name}", key, report.seconds, device, bytes=report.bytes_written)
         seconds, written = seconds + report.seconds, written + 1

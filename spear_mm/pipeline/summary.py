@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 from spear_mm import __version__
 from spear_mm.evaluation.metrics import pareto_front, tradeoff
 from spear_mm.io.files import atomic_write_text
+from spear_mm.io.hub import hub_label
 from spear_mm.pipeline.context import RunContext
 from spear_mm.pipeline.selection import Comparison, choose, compare_to_baselines
 
@@ -77,6 +78,8 @@ class RunSummary(BaseModel):
     adapted: str = "adapted"
     base_path: str
     adapted_path: str
+    base_hub: str | None = None  # 'org/name@<commit>' when the model came from the hub cache
+    adapted_hub: str | None = None
     base_fingerprint: str
     adapted_fingerprint: str
     suites: str
@@ -219,6 +222,8 @@ def summarise(ctx: RunContext, candidates, results, stages, skipped, *, suites: 
         run_dir=str(ctx.run_dir),
         base_path=str(pair.base.path),
         adapted_path=str(pair.adapted.path),
+        base_hub=hub_label(pair.base.path),
+        adapted_hub=hub_label(pair.adapted.path),
         base_fingerprint=ctx.fp_b,
         adapted_fingerprint=ctx.fp_a,
         suites=suites,

@@ -49,6 +49,8 @@ class Provenance(_Strict):
     scores_hash: str | None = None
     base: str | None = None
     adapted: str | None = None
+    base_hub: str | None = None  # 'org/name@<commit>' when the model came from the hub cache
+    adapted_hub: str | None = None
     created: str = Field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     spear_mm_version: str = __version__
 

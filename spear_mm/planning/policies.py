@@ -10,6 +10,7 @@ import logging
 import math
 
 from spear_mm.errors import SpearError
+from spear_mm.io.hub import hub_label
 from spear_mm.planning.plan import LayerRule, Method, Plan, Provenance
 from spear_mm.scoring.table import ScoreTable
 
@@ -115,6 +116,8 @@ def make_plan(
             scores_hash=scores.content_hash(),
             base=scores.base_fingerprint,
             adapted=scores.adapted_fingerprint,
+            base_hub=hub_label(scores.base),
+            adapted_hub=hub_label(scores.adapted),
         ),
     )
 

@@ -22,7 +22,7 @@ from typing import Any
 from spear_mm.errors import SpearError
 from spear_mm.evaluation.metrics import EvalResult, TaskResult, compare, pareto_front, tradeoff
 from spear_mm.report.figures import Point, layer_scores_png, tradeoff_png
-from spear_mm.report.render import Block, to_html, to_markdown
+from spear_mm.report.render import Block, predictions_cell, to_html, to_markdown
 
 log = logging.getLogger(__name__)
 LayerRecords = list[tuple[int, str | None, float]]
@@ -225,7 +225,7 @@ def _tables(rows: list[ReportRow], base: ReportRow) -> list[tuple[str, list[str]
             r.name,
             f"{tr.score:.3f}",
             "—" if tr.majority_baseline is None else f"{tr.majority_baseline:.3f}",
-            ", ".join(f"{k} {v}" for k, v in sorted((tr.pred_distribution or {}).items(), key=lambda kv: -kv[1])[:4]),
+            predictions_cell(tr.pred_distribution, [i.lls for i in tr.items], tr.majority_baseline is not None),
         ]
         for t in tasks
         for r in rows
@@ -235,8 +235,8 @@ def _tables(rows: list[ReportRow], base: ReportRow) -> list[tuple[str, list[str]
         ("Results", head, main),
         ("Retention and gain kept per task", per_head, per),
         (
-            "Multiple choice: accuracy beside the majority-class baseline and the predictions",
-            ["task", "model", "acc", "majority", "predictions (top 4)"],
+            "Multiple choice: accuracy, majority-class baseline, predictions",
+            ["task", "model", "acc", "majority", "predictions"],
             mc,
         ),
     ]

@@ -57,3 +57,23 @@ def to_html(blocks: list[Block], figures: dict[str, bytes], title: str) -> str:
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
         f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
     )
+
+
+def predictions_cell(
+    pred_distribution: dict[str, int] | None, lls: list[list[float] | None], same_choices: bool
+) -> str:
+    """The "predictions" cell of a multiple-choice row, readable: `“positive” × 20, “neutral” × 8`.
+
+    When the choices differ per item (ARC), predicted texts are nearly all distinct; what tells something is
+    the position picked (a model stuck on one letter), so the cell counts positions: `#1 × 12, #2 × 9`.
+    """
+    if same_choices:
+        top = sorted((pred_distribution or {}).items(), key=lambda kv: (-kv[1], kv[0]))
+        text = ", ".join(f"“{k}” × {v}" for k, v in top[:4])
+        return text + (f", … {len(top) - 4} more" if len(top) > 4 else "")
+    positions: dict[int, int] = {}
+    for ll in lls:
+        if ll:
+            pos = max(range(len(ll)), key=ll.__getitem__) + 1
+            positions[pos] = positions.get(pos, 0) + 1
+    return "position " + ", ".join(f"#{p} × {n}" for p, n in sorted(positions.items())) if positions else "—"

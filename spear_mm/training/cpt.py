@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from spear_mm import __version__
 from spear_mm.errors import SpearError
+from spear_mm.io.hub import hub_label, resolve_model
 from spear_mm.io.outputs import AtomicDir, check_not_input
 from spear_mm.planning.exports import apply_freeze_plan
 from spear_mm.planning.freeze import FreezeSummary, apply_freeze, is_freeze_yaml, load_freeze_yaml
@@ -257,7 +258,7 @@ def run_trainer(model, tokenizer, dataset, work: Path, config: CptConfig, device
 def cpt(base: str | Path, corpus: list[Path], out: Path, config: CptConfig | None = None) -> CptResult:
     """Continually pre-train `base` on `corpus` files; write the trained HF folder to `out`."""
     config = config or CptConfig()
-    base, out, corpus = Path(base), Path(out), [Path(p) for p in corpus]
+    base, out, corpus = resolve_model(base), Path(out), [Path(p) for p in corpus]
     if not corpus:
         raise SpearError("cpt: no corpus files given; pass --corpus FILE.")
 
@@ -325,6 +326,7 @@ def _cost(result: CptResult, config: CptConfig, base: Path, corpus: list[Path], 
         "transformers_version": transformers.__version__,
         "spear_mm_version": __version__,
         "base": str(base.resolve()),
+        "base_hub": hub_label(base),  # 'org/name@<commit>' when the base came from the hub cache
         "corpus": [str(p.resolve()) for p in corpus],
         "corpus_blocks": blocks,
         "saved_dtype": str(dtype).removeprefix("torch."),

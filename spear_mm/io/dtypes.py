@@ -1,0 +1,45 @@
+"""Floating-point dtypes as users write them (`bf16`, `fp16`, `fp32`, or torch's names), for `--out-dtype`
+and `--dtype`: one parser, one list of choices shown by `--help`."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+import torch
+
+from spear_mm.errors import SpearError
+
+
+class DtypeName(str, Enum):
+    """The dtypes a merged model can be written in, or a model evaluated in."""
+
+    bf16 = "bf16"
+    fp16 = "fp16"
+    fp32 = "fp32"
+
+
+_ALIASES: dict[str, torch.dtype] = {
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "half": torch.float16,
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "float": torch.float32,
+}
+
+
+def parse_dtype(value: str | DtypeName | torch.dtype | None) -> torch.dtype | None:
+    """`bf16`/`fp16`/`fp32` (or bfloat16/float16/float32, or a torch dtype) -> torch dtype; None stays None."""
+    if value is None or isinstance(value, torch.dtype):
+        return value
+    key = value.value if isinstance(value, DtypeName) else str(value).strip().lower().removeprefix("torch.")
+    if key not in _ALIASES:
+        raise SpearError(f"dtype {value!r} is not understood; use one of bf16, fp16 or fp32.")
+    return _ALIASES[key]
+
+
+def dtype_label(dtype: torch.dtype) -> str:
+    """torch.bfloat16 -> 'bfloat16' (the name transformers writes in config.json)."""
+    return str(dtype).removeprefix("torch.")
