@@ -18,7 +18,7 @@ import spear_mm.merging.streaming as streaming
 from spear_mm.errors import SpearError
 from spear_mm.io.checkpoint import Checkpoint
 from spear_mm.io.pair import open_pair
-from spear_mm.merging.merge import build_tasks, iter_merged, merge, merge_into_model
+from spear_mm.merging.merge import build_ops, iter_merged, merge, merge_into_model
 from spear_mm.merging.methods import METHODS
 from spear_mm.planning.plan import LayerRule, Plan
 
@@ -182,10 +182,10 @@ def test_bin_input_merges_like_safetensors(merged, tiny_pair, tmp_path):
 def test_chunked_path_equals_single_pass(tiny_pair, monkeypatch):
     pair = open_pair(*tiny_pair)
     plan = Plan.uniform(0.6, 6, include_non_layers=True)
-    whole = {task.name: x for task, x, _ in iter_merged(pair, plan)}
+    whole = {op.name: x for op, x, _ in iter_merged(pair, plan)}
     monkeypatch.setattr(streaming, "CHUNK", 1000)  # every matrix now takes the two-pass chunked path
-    for task, x, stat in iter_merged(pair, plan):
-        torch.testing.assert_close(x, whole[task.name], rtol=1e-6, atol=1e-8)
+    for op, x, stat in iter_merged(pair, plan):
+        torch.testing.assert_close(x, whole[op.name], rtol=1e-6, atol=1e-8)
         assert stat.action == "merge"
 
 
@@ -299,8 +299,8 @@ def test_merge_into_model_equals_the_written_folder(merged, tiny_pair):
 def test_build_tasks_checks_the_plan_and_resolves_actions(tiny_pair):
     pair = open_pair(*tiny_pair)
     with pytest.raises(SpearError, match="plan is for 4 layers but the model has 6"):
-        build_tasks(pair, Plan.uniform(0.5, 4))
-    actions = {t.name: (t.action, t.t) for t in build_tasks(pair, PLAN)}
+        build_ops(pair, Plan.uniform(0.5, 4))
+    actions = {t.name: (t.action, t.t) for t in build_ops(pair, PLAN)}
     assert actions["model.layers.0.self_attn.q_proj.weight"] == ("merge", 0.3)
     assert actions["model.layers.1.self_attn.q_proj.weight"] == ("keep", 0.0)
     assert actions["model.layers.5.self_attn.q_proj.weight"] == ("base", 1.0)

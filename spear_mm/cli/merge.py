@@ -25,7 +25,7 @@ from spear_mm.io.architecture import for_model_type, num_layers_of
 from spear_mm.io.checkpoint import Checkpoint
 from spear_mm.io.dtypes import DtypeName, parse_dtype
 from spear_mm.io.pair import open_pair
-from spear_mm.merging.merge import build_tasks, merge, resolve_device
+from spear_mm.merging.merge import build_ops, merge, resolve_device
 from spear_mm.planning.plan import Plan
 
 out_console = Console()
@@ -66,18 +66,18 @@ def merge_cmd(
     resolve_device(device)
     pair = open_pair(base, adapted, allow_vocab_extension=allow_vocab_extension)
     the_plan = _resolve_plan(plan, t, pair.num_layers, all_tensors)
-    tasks = build_tasks(pair, the_plan, parse_dtype(out_dtype))
+    ops = build_ops(pair, the_plan, parse_dtype(out_dtype))
     if dry_run:
         table = Table(title=f"dry run: {the_plan.summary()}")
         for col in ("tensor", "layer", "module", "action", "t", "dtype"):
             table.add_column(col)
-        for task in tasks:
-            p = task.param
-            layer, dtype = "" if p.layer is None else str(p.layer), str(task.out_dtype).removeprefix("torch.")
-            table.add_row(p.name, layer, p.module, task.action, f"{task.t:g}", dtype)
+        for op in ops:
+            p = op.param
+            layer, dtype = "" if p.layer is None else str(p.layer), str(op.out_dtype).removeprefix("torch.")
+            table.add_row(p.name, layer, p.module, op.action, f"{op.t:g}", dtype)
         out_console.print(table)
         return
-    total = sum(pair.adapted.infos[x.name].nbytes for x in tasks)
+    total = sum(pair.adapted.infos[x.name].nbytes for x in ops)
     columns = (
         TextColumn("[bold]merge"),
         BarColumn(),

@@ -28,7 +28,7 @@ from spear_mm.io.pair import Pair, open_pair
 from spear_mm.io.writer import ShardedWriter, parse_size
 from spear_mm.merging.buffers import Held
 from spear_mm.merging.folder import TRAINING_FILES, MergeReport, model_card, set_config_dtype, side_files
-from spear_mm.merging.streaming import PREFETCH, TensorStat, TensorTask, produce, workspace_for
+from spear_mm.merging.streaming import PREFETCH, TensorOp, TensorStat, produce, workspace_for
 from spear_mm.planning.plan import Plan
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ Progress = Callable[[str, int], None]  # (tensor name, bytes written)
 DEFAULT_THREADS = 1  # torch intra-op threads during a merge; measured in bench/merge_bench.py (docs/performance.md)
 
 
-def build_tasks(pair: Pair, plan: Plan, out_dtype: torch.dtype | None = None) -> list[TensorTask]:
+def build_ops(pair: Pair, plan: Plan, out_dtype: torch.dtype | None = None) -> list[TensorOp]:
     """Resolve the plan to one action per tensor (the `--dry-run` view). `out_dtype` (default: each tensor's
     dtype in the adapted model) is the dtype floating-point tensors are written in."""
     if plan.num_layers != pair.num_layers:
@@ -46,7 +46,7 @@ def build_tasks(pair: Pair, plan: Plan, out_dtype: torch.dtype | None = None) ->
             "make the plan from this pair's scores (spear-mm plan)."
         )
     check_module_names(plan, {p.module for p in pair.params.values() if p.group == "layer"})
-    tasks = []
+    ops = []
     for name, p in pair.params.items():
         a, b = pair.adapted.infos[name], pair.base.infos[name]
         t = plan.t_for(p)
@@ -61,8 +61,8 @@ def build_tasks(pair: Pair, plan: Plan, out_dtype: torch.dtype | None = None) ->
         else:
             action = "merge"
         dtype = out_dtype if out_dtype is not None and a.dtype.is_floating_point else a.dtype
-        tasks.append(TensorTask(p, action, t, dtype, a.shape, ext[0] if ext else None))
-    return tasks
+        ops.append(TensorOp(p, action, t, dtype, a.shape, ext[0] if ext else None))
+    return ops
 
 
 def check_module_names(plan: Plan, valid: set[str]) -> None:
@@ -77,16 +77,16 @@ def check_module_names(plan: Plan, valid: set[str]) -> None:
 
 
 def iter_merged(
-    pair: Pair, plan: Plan, *, device: str = "cpu", prefetch: int = 2, tasks: list[TensorTask] | None = None
-) -> Iterator[tuple[TensorTask, torch.Tensor, TensorStat]]:
-    """Yield (task, merged tensor on CPU, stats) for every tensor, reading ahead in a background thread.
+    pair: Pair, plan: Plan, *, device: str = "cpu", prefetch: int = 2, ops: list[TensorOp] | None = None
+) -> Iterator[tuple[TensorOp, torch.Tensor, TensorStat]]:
+    """Yield (op, merged tensor on CPU, stats) for every tensor, reading ahead in a background thread.
 
     The tensors are the caller's to keep (fresh memory); `merge` streams through reused buffers instead.
     """
-    tasks = tasks if tasks is not None else build_tasks(pair, plan)
-    ws = workspace_for(pair, plan, tasks, resolve_device(device), pooled=False)
-    for task, tensor, stat, _ in produce(pair, plan, tasks, ws, prefetch):
-        yield task, tensor, stat
+    ops = ops if ops is not None else build_ops(pair, plan)
+    ws = workspace_for(pair, plan, ops, resolve_device(device), pooled=False)
+    for op, tensor, stat, _ in produce(pair, plan, ops, ws, prefetch):
+        yield op, tensor, stat
 
 
 def resolve_device(device: str) -> torch.device:
@@ -161,13 +161,13 @@ def _merge(
     check_provenance(plan, pair, force=force)
     inputs = [pair.base.path, pair.adapted.path]
     final = check_output(Path(out), inputs, force)
-    tasks = build_tasks(pair, plan, out_dtype)
+    ops = build_ops(pair, plan, out_dtype)
     sides, skipped_links = side_files(pair.adapted.path)
-    check_free_space(final.parent, _bytes_to_write(tasks, sides))
+    check_free_space(final.parent, _bytes_to_write(ops, sides))
     with AtomicDir(final, inputs, force) as staging:
-        writer = ShardedWriter(staging.tmp, [(t.name, t.out_dtype, t.shape) for t in tasks], parse_size(max_shard_size))
+        writer = ShardedWriter(staging.tmp, [(t.name, t.out_dtype, t.shape) for t in ops], parse_size(max_shard_size))
         try:
-            stats = _stream(pair, plan, tasks, writer, device, progress)
+            stats = _stream(pair, plan, ops, writer, device, progress)
             writer.close()
         except BaseException:
             writer.abort()
@@ -187,7 +187,7 @@ def _merge(
             n_tensors=len(stats),
             n_merged=sum(s.action == "merge" for s in stats),
             n_lerp_fallback=sum(s.lerp_fallback for s in stats),
-            notes=_notes(pair, plan, tasks, out_dtype) + skipped_links,
+            notes=_notes(pair, plan, ops, out_dtype) + skipped_links,
             tensors=stats,
             out_dtype=None if out_dtype is None else dtype_label(out_dtype),
             base_hub=hub_label(pair.base.path),
@@ -228,11 +228,11 @@ def check_provenance(plan: Plan, pair: Pair, *, force: bool = False) -> None:
 
 
 def _stream(
-    pair: Pair, plan: Plan, tasks: list[TensorTask], writer: ShardedWriter, device: str, progress: Progress | None
+    pair: Pair, plan: Plan, ops: list[TensorOp], writer: ShardedWriter, device: str, progress: Progress | None
 ) -> list[TensorStat]:
     """Merge in this thread while one thread reads ahead and another writes (at most 2 writes queued)."""
     stats: list[TensorStat] = []
-    ws = workspace_for(pair, plan, tasks, resolve_device(device), pooled=True)
+    ws = workspace_for(pair, plan, ops, resolve_device(device), pooled=True)
     with ThreadPoolExecutor(1, thread_name_prefix="spear-write") as wpool:
         writes: deque[tuple[str, Future, Held]] = deque()
 
@@ -249,24 +249,24 @@ def _stream(
         def sink(name: str, start: int, chunk: torch.Tensor) -> None:
             writer.write_range(name, start, chunk)
 
-        for task, tensor, stat, held in produce(pair, plan, tasks, ws, PREFETCH, sink):
+        for op, tensor, stat, held in produce(pair, plan, ops, ws, PREFETCH, sink):
             stats.append(stat)
             if tensor is None:  # streamed in chunks, already written
                 ws.release(held)
                 if progress:
-                    progress(task.name, math.prod(task.shape) * task.out_dtype.itemsize)
+                    progress(op.name, math.prod(op.shape) * op.out_dtype.itemsize)
                 continue
-            writes.append((task.name, wpool.submit(writer.write, task.name, tensor), held))
+            writes.append((op.name, wpool.submit(writer.write, op.name, tensor), held))
             drain(2)
         drain(0)
     return stats
 
 
-def _notes(pair: Pair, plan: Plan, tasks: list[TensorTask], out_dtype: torch.dtype | None = None) -> list[str]:
+def _notes(pair: Pair, plan: Plan, ops: list[TensorOp], out_dtype: torch.dtype | None = None) -> list[str]:
     """What the user should know about how this pair was merged (also shown in the model card)."""
     notes = []
     written = dtype_label(out_dtype) if out_dtype else "the adapted model's dtype"
-    ints = [x.name for x in tasks if not x.out_dtype.is_floating_point and x.action == "keep" and plan.t_for(x.param)]
+    ints = [x.name for x in ops if not x.out_dtype.is_floating_point and x.action == "keep" and plan.t_for(x.param)]
     if ints:
         notes.append(
             f"{len(ints)} integer tensor(s) cannot be interpolated and were kept from the adapted model although "
@@ -291,20 +291,20 @@ def merge_into_model(pair: Pair, plan: Plan, model: torch.nn.Module, *, device: 
     params = dict(model.state_dict(keep_vars=True))
     stats = []
     with torch.no_grad():
-        for task, tensor, stat in iter_merged(pair, plan, device=device):
-            if task.name not in params:
-                raise SpearError(f"the model has no parameter '{task.name}'; build it from the adapted config.")
-            params[task.name].copy_(tensor)
+        for op, tensor, stat in iter_merged(pair, plan, device=device):
+            if op.name not in params:
+                raise SpearError(f"the model has no parameter '{op.name}'; build it from the adapted config.")
+            params[op.name].copy_(tensor)
             stats.append(stat)
     if hasattr(model, "tie_weights"):
         model.tie_weights()
     return stats
 
 
-def _bytes_to_write(tasks: list[TensorTask], sides: list[Path]) -> int:
+def _bytes_to_write(ops: list[TensorOp], sides: list[Path]) -> int:
     """Everything the merge writes: tensors, headers, side files, and the report (~400 bytes per tensor)."""
-    tensors = sum(t.out_dtype.itemsize * math.prod(t.shape) for t in tasks)
-    return tensors + sum(p.stat().st_size for p in sides) + 400 * len(tasks) + 64 * 1024
+    tensors = sum(t.out_dtype.itemsize * math.prod(t.shape) for t in ops)
+    return tensors + sum(p.stat().st_size for p in sides) + 400 * len(ops) + 64 * 1024
 
 
 def _finish_folder(folder: Path, sides: list[Path], pair: Pair, plan: Plan, report: MergeReport) -> None:
