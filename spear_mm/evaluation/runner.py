@@ -126,15 +126,22 @@ def evaluate(
     progress: Any | None = None,
     lm_eval_tasks: Any | None = None,
 ) -> EvalResult:
-    """Evaluate `model` on `tasks` and return an `EvalResult` (per-item records included).
+    """Evaluate `model` on `tasks`.
 
-    model: a HF folder, or an in-memory `PreTrainedModel` (then pass its `tokenizer`).
-    tasks: 'general', 'domain', 'general,domain', a suite YAML path, `TaskSpec`s / dicts, or already
-        loaded `LoadedTask`s (load once with `load_tasks`, then evaluate many models on the same items).
-    limit/seed: N items per task, sampled with `seed`, stratified by label. Deterministic.
-    progress: an optional `rich.progress.Progress` to report into.
-    lm_eval_tasks: an `LmEvalTasks` of lm-eval registered task names, run by lm-eval itself in addition to
-        `tasks` (which may then be empty); their datasets are checked before the model is loaded.
+    Args:
+        model: a HF folder or hub id, or an in-memory `PreTrainedModel` (then pass its `tokenizer`).
+        tasks: 'general', 'domain', 'general,domain', a suite YAML path, `TaskSpec`s / dicts, or already
+            loaded `LoadedTask`s (load once with `load_tasks`, then evaluate many models on the same items).
+        limit, seed: N items per task, sampled with `seed`, stratified by label. Deterministic.
+        backend: 'builtin' or 'lm-eval' (the same items scored by lm-eval).
+        progress: an optional `rich.progress.Progress` to report into.
+        lm_eval_tasks: an `LmEvalTasks` of lm-eval registered task names, run by lm-eval itself in addition to
+            `tasks` (which may then be empty); their datasets are checked before the model is loaded.
+    Returns:
+        An `EvalResult` with every task's score, standard error and per-item records.
+
+    Example:
+        >>> evaluate("merged/", "general,domain", data_dir="data/", limit=200).tasks["arc_easy"].score  # doctest: +SKIP
     """
     if backend not in BACKENDS:
         raise SpearError(f"unknown back end {backend!r}: use one of {BACKENDS}")

@@ -133,7 +133,17 @@ class Checkpoint:
 
     @classmethod
     def open(cls, path: str | Path) -> Checkpoint:
+        """Open a model's headers (no tensor data is read).
 
+        Args:
+            path: a Hugging Face model folder, or a hub id `org/name[@revision]` (resolved through the cache).
+        Returns:
+            The `Checkpoint`; raises SpearError naming the folder and the fix when it is not a model.
+
+        Example:
+            >>> ckpt = Checkpoint.open("adapted/")  # doctest: +SKIP
+            >>> ckpt.read("model.layers.0.mlp.up_proj.weight").shape  # doctest: +SKIP
+        """
         path = resolve_model(path).resolve()  # a local folder, or a hub id's cached snapshot
         if not path.exists():
             raise SpearError(f"{path}: no such folder. Pass the path of a Hugging Face model folder.")

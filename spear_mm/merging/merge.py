@@ -15,6 +15,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -122,52 +123,78 @@ def merge(
     progress: Progress | None = None,
     out_dtype: str | torch.dtype | None = None,
 ) -> MergeReport:
-    """Merge `adapted` toward `base` following `plan` (or a uniform t for every layer) into an HF folder at `out`.
+    """Merge `adapted` toward `base` following `plan` into a Hugging Face folder at `out` (streamed, atomic).
 
-    `base`/`adapted` are model folders or opened `Checkpoint`s; `threads` sets torch's intra-op threads for
-    the call (default `DEFAULT_THREADS`, see docs/performance.md); `progress(name, nbytes)` is called per
-    tensor written; `out_dtype` ('bf16', 'fp16', 'fp32' or a torch dtype; default: the adapted model's dtype)
-    is the dtype the floating-point tensors are written in. Returns the `MergeReport` that is also written as
-    `merge_report.json`.
+    Args:
+        base, adapted: model folders, hub ids or opened `Checkpoint`s.
+        out: the output folder (refused if it overlaps an input; replaced only with `force`).
+        plan: a `Plan`, or a float t applied to every layer.
+        force: replace an existing output; also merge a plan made for another pair (with a warning).
+        threads: torch intra-op threads for the call (default `DEFAULT_THREADS`, see docs/performance.md).
+        progress: called as `progress(name, nbytes)` per tensor written.
+        out_dtype: 'bf16', 'fp16', 'fp32' or a torch dtype (default: the adapted model's dtype).
+    Returns:
+        The `MergeReport` (also written as `merge_report.json`).
+
+    Example:
+        >>> merge("base/", "adapted/", "merged/", Plan.load("plan.yaml"))  # doctest: +SKIP
     """
     started = time.perf_counter()
     resolve_device(device)
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(threads or DEFAULT_THREADS)
-    try:
-        dtype = parse_dtype(out_dtype)
-        return _merge(
-            base, adapted, out, plan, device, max_shard_size, force, allow_vocab_extension, progress, started, dtype
-        )
-    finally:
-        torch.set_num_threads(previous_threads)
-
-
-def _merge(
-    base: str | Path | Checkpoint,
-    adapted: str | Path | Checkpoint,
-    out: str | Path,
-    plan: Plan | float,
-    device: str,
-    max_shard_size: str | int,
-    force: bool,
-    allow_vocab_extension: bool,
-    progress: Progress | None,
-    started: float,
-    out_dtype: torch.dtype | None = None,
-) -> MergeReport:
+    dtype = parse_dtype(out_dtype)
     pair = open_pair(base, adapted, allow_vocab_extension=allow_vocab_extension)
     plan = plan if isinstance(plan, Plan) else Plan.uniform(float(plan), pair.num_layers)
     check_provenance(plan, pair, force=force)
     inputs = [pair.base.path, pair.adapted.path]
     final = check_output(Path(out), inputs, force)
-    ops = build_ops(pair, plan, out_dtype)
+    ops = build_ops(pair, plan, dtype)
     sides, skipped_links = side_files(pair.adapted.path)
     check_free_space(final.parent, _bytes_to_write(ops, sides))
-    with AtomicDir(final, inputs, force) as staging:
-        writer = ShardedWriter(staging.tmp, [(t.name, t.out_dtype, t.shape) for t in ops], parse_size(max_shard_size))
+    job = _Job(pair, plan, ops, final, inputs, sides, skipped_links, device, parse_size(max_shard_size), force, dtype,
+               progress, started)  # fmt: skip
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads or DEFAULT_THREADS)
+    try:
+        report = _write(job)
+    finally:
+        torch.set_num_threads(previous_threads)
+    log.info(
+        "merged %d tensors (%d interpolated, %d LERP fallbacks) into %s in %.1f s",
+        report.n_tensors,
+        report.n_merged,
+        report.n_lerp_fallback,
+        final,
+        report.seconds,
+    )
+    return report
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One checked merge: what to write where, and how."""
+
+    pair: Pair
+    plan: Plan
+    ops: list[TensorOp]
+    final: Path
+    inputs: list[Path]
+    sides: list[Path]
+    skipped_links: list[str]
+    device: str
+    max_shard_size: int
+    force: bool
+    out_dtype: torch.dtype | None
+    progress: Progress | None
+    started: float
+
+
+def _write(job: _Job) -> MergeReport:
+    """Stream the merge into a temporary folder, add the side files, report and card, then commit it."""
+    pair, plan, ops = job.pair, job.plan, job.ops
+    with AtomicDir(job.final, job.inputs, job.force) as staging:
+        writer = ShardedWriter(staging.tmp, [(t.name, t.out_dtype, t.shape) for t in ops], job.max_shard_size)
         try:
-            stats = _stream(pair, plan, ops, writer, device, progress)
+            stats = _stream(pair, plan, ops, writer, job.device, job.progress)
             writer.close()
         except BaseException:
             writer.abort()
@@ -177,32 +204,24 @@ def _merge(
             adapted=str(pair.adapted.path),
             base_fingerprint=pair.base.fingerprint(),
             adapted_fingerprint=pair.adapted.fingerprint(),
-            output=str(final),
+            output=str(job.final),
             plan_summary=plan.summary(),
             method=plan.method,
-            device=device,
+            device=job.device,
             threads=torch.get_num_threads(),
-            seconds=round(time.perf_counter() - started, 3),
+            seconds=round(time.perf_counter() - job.started, 3),
             bytes_written=writer.total_size,
             n_tensors=len(stats),
             n_merged=sum(s.action == "merge" for s in stats),
             n_lerp_fallback=sum(s.lerp_fallback for s in stats),
-            notes=_notes(pair, plan, ops, out_dtype) + skipped_links,
+            notes=_notes(pair, plan, ops, job.out_dtype) + job.skipped_links,
             tensors=stats,
-            out_dtype=None if out_dtype is None else dtype_label(out_dtype),
+            out_dtype=None if job.out_dtype is None else dtype_label(job.out_dtype),
             base_hub=hub_label(pair.base.path),
             adapted_hub=hub_label(pair.adapted.path),
         )
-        _finish_folder(staging.tmp, sides, pair, plan, report)
+        _finish_folder(staging.tmp, job.sides, pair, plan, report)
         staging.commit()
-    log.info(
-        "merged %d tensors (%d interpolated, %d LERP fallbacks) into %s in %.1f s",
-        report.n_tensors,
-        report.n_merged,
-        report.n_lerp_fallback,
-        final,
-        report.seconds,
-    )
     return report
 
 
