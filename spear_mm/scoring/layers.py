@@ -13,6 +13,7 @@ or on a process pool or Ray cluster (`executor=`, see spear_mm.scoring.jobs and 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -198,17 +199,16 @@ def analyze(
     config = ScoreConfig.model_validate(config.model_dump())
     started = time.perf_counter()
     pair = open_pair(base, adapted, allow_vocab_extension=allow_vocab_extension)
-    if out_dir is None:
-        return _analyze(pair, None, config, started, workers, progress, executor, ray_address, probe, ground_truth,
-                        probe_tokens)  # fmt: skip
-
-    with WorkDir(out_dir, [pair.base.path, pair.adapted.path]):  # not an input; one writer; dead temps cleaned
-        return _analyze(pair, out_dir, config, started, workers, progress, executor, ray_address, probe, ground_truth,
-                        probe_tokens)  # fmt: skip
+    # an output folder: not an input, one writer, dead temps cleaned
+    with WorkDir(out_dir, [pair.base.path, pair.adapted.path]) if out_dir is not None else contextlib.nullcontext():
+        where = dict(workers=workers, progress=progress, executor=executor, ray_address=ray_address)
+        probes = dict(probe=probe, ground_truth=ground_truth, max_tokens=probe_tokens)
+        return _score(pair, out_dir, config, started, where, probes)
 
 
-def _analyze(pair, out_dir, config, started, workers, progress, executor, ray_address, probe, ground_truth,
-             probe_tokens) -> ScoreTable:  # fmt: skip
+def _score(pair: Pair, out_dir, config: ScoreConfig, started: float, where: dict, probes: dict) -> ScoreTable:
+    """Weight-only scores of every tensor (journalled in `out_dir` as they arrive), normalised, per layer; then
+    the optional probe scores; then the outputs, and only then the journal is closed for good."""
     fingerprints = pair.base.fingerprint(), pair.adapted.fingerprint()
     journal = None
     if out_dir is not None:
@@ -216,15 +216,9 @@ def _analyze(pair, out_dir, config, started, workers, progress, executor, ray_ad
         journal = ScoreJournal(out_dir, header)
     try:
         rows, threads, workers = score_pair(
-            pair,
-            config,
-            workers=workers,
-            progress=progress,
-            executor=executor,
-            ray_address=ray_address,
-            done=journal.resume() if journal else None,
-            on_rows=journal.append if journal else None,
-        )
+            pair, config, done=journal.resume() if journal else None, on_rows=journal.append if journal else None,
+            **where,
+        )  # fmt: skip
     finally:
         if journal:
             journal.close()
@@ -249,8 +243,9 @@ def _analyze(pair, out_dir, config, started, workers, progress, executor, ray_ad
             precision_counts=dict(precisions),
         ),
     )
-    if probe is not None or ground_truth:
-        table = add_probe_scores(table, pair, probe, ground_truth=ground_truth, max_tokens=probe_tokens)
+    if probes["probe"] is not None or probes["ground_truth"]:
+        table = add_probe_scores(table, pair, probes["probe"], ground_truth=probes["ground_truth"],
+                                 max_tokens=probes["max_tokens"])  # fmt: skip
     if out_dir is not None:
         table.save(out_dir)
         save_figures(table, out_dir)
