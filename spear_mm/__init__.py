@@ -17,6 +17,7 @@ _API = {
     "run": "spear_mm.pipeline.run",
     "Plan": "spear_mm.planning.plan",
     "Checkpoint": "spear_mm.io.checkpoint",
+    "RunConfig": "spear_mm.pipeline.config",
 }
 
 
