@@ -89,14 +89,15 @@ def score_tensor_pair(
     *,
     where: str = "the checkpoint",
 ) -> ModuleScore:
-    """All weight-only metrics of one tensor pair. Non-layer and 1-D tensors get relative change only."""
+    """All weight-only metrics of one tensor pair: rc and cos for all; the spectral metrics for 2-D layer,
+    embedding and head matrices; a row-wise drift summary for embeddings and head."""
     config = config or ScoreConfig()
     started = time.perf_counter()
     _check_finite(param.name, base, f"{where} (base)")
     _check_finite(param.name, adapted, f"{where} (adapted)")
     if base.shape != adapted.shape:
         raise SpearError(f"tensor '{param.name}': base {list(base.shape)} vs adapted {list(adapted.shape)}.")
-    spectral = param.group == "layer" and base.ndim >= 2 and base.numel() > 0
+    spectral = param.group in ("layer", "embed", "head") and base.ndim >= 2 and base.numel() > 0
     if spectral:
         b, a = base.to(torch.float32), adapted.to(torch.float32)
         d = a - b
@@ -116,6 +117,10 @@ def score_tensor_pair(
     )
     if spectral:
         row.update(_spectral_metrics(b, a, d, rc, config))
+    if param.group in ("embed", "head") and base.ndim == 2:
+        from spear_mm.units import row_drift
+
+        row.update(row_drift(base, adapted))
     row["seconds"] = time.perf_counter() - started
     return ModuleScore(**row)
 
@@ -245,7 +250,7 @@ def normalize_rows(rows: list[ModuleScore], config: ScoreConfig) -> list[ModuleS
     """Set swc_n, drop_n and the combined score of every matrix row, normalising within each module type."""
     by_type: dict[str, list[int]] = defaultdict(list)
     for i, r in enumerate(rows):
-        if r.swc is not None:
+        if r.swc is not None and r.layer is not None:  # embeddings/head are placed by spear_mm.units instead
             by_type[r.module].append(i)
     norm = _robust_z if config.normalize == "robust_z" else _pct_rank
     out = list(rows)
@@ -346,6 +351,9 @@ def analyze(
             journal.close()
     rows = normalize_rows(rows, config)
     layers = layer_scores(rows, pair.num_layers, config)
+    from spear_mm.units import unit_scores
+
+    units = unit_scores(rows, layers)
     precisions = Counter(p for r in rows if r.precision for p in r.precision.split(","))
     table = ScoreTable(
         base=str(pair.base.path),
@@ -357,6 +365,7 @@ def analyze(
         config=config,
         modules=rows,
         layers=layers,
+        units=units,
         timing=Timing(
             weights_seconds=time.perf_counter() - started,
             workers=workers,
