@@ -92,14 +92,16 @@ def base_sample_path(base: Path, n: int, tokens: int) -> Path:
     return base.parent / f"{base.name}.samples-s{SAMPLE_SEED}-{n}x{tokens}.jsonl"
 
 
-def sample_base_text(base: str | Path, n: int = 8, tokens: int = 160, threads: int | None = None) -> Path:
+def sample_base_text(
+    base: str | Path, n: int = 8, tokens: int = 160, threads: int | None = None, out: Path | None = None
+) -> Path:
     """Sample `n` texts of `tokens` tokens from the base once (seed 0, temperature 1, top-p 0.95, starting from
     the document-separator token: no prompt, no data) and cache them as JSON lines next to the base. Perplexity
     on them measures drift away from the base distribution without any general-domain data."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     base = Path(base)
-    out = base_sample_path(base, n, tokens)
+    out = out or base_sample_path(base, n, tokens)
     if out.is_file():
         return out
     old = torch.get_num_threads()

@@ -36,15 +36,30 @@ def _fmt(v: float | None) -> str:
     return "-" if v is None else f"{v:.3g}"
 
 
+def _action(t: float) -> str:
+    return "keep" if t == 0 else "base" if t == 1 else "restore"
+
+
 def _non_layer_table(table) -> Table | None:
-    rows = [m for m in table.non_layer() if len(m.shape) >= 1]
-    if not rows:
-        return None
-    t = Table(title="Outside the transformer blocks (relative change only; the plan sets them explicitly)")
-    for col in ("tensor", "group", "rel. change", "cos"):
-        t.add_column(col, justify="left" if col in ("tensor", "group") else "right")
-    for m in rows:
-        t.add_row(m.name, m.group, f"{m.rel_change:.2%}", f"{m.cos:.6f}")
+    """The units outside the blocks, with their place in the joint ranking (scores from before units: rc only)."""
+    units = [u for u in table.units if u.layer is None]
+    if not units:
+        rows = [m for m in table.non_layer() if len(m.shape) >= 1]
+        if not rows:
+            return None
+        t = Table(title="Outside the transformer blocks (relative change only)")
+        for col in ("tensor", "group", "rel. change", "cos"):
+            t.add_column(col, justify="left" if col in ("tensor", "group") else "right")
+        for m in rows:
+            t.add_row(m.name, m.group, f"{m.rel_change:.2%}", f"{m.cos:.6f}")
+        return t
+    t = Table(title=f"Units outside the blocks, ranked with the layers (of {len(table.units)} units)")
+    for col in ("rank", "unit", "score", "rel. change", "cos", "row drift median / p99", "SWC"):
+        t.add_column(col, justify="right")
+    for u in sorted(units, key=lambda u: u.rank):
+        rows = "-" if u.row_drift_median is None else f"{u.row_drift_median:.2%} / {u.row_drift_p99:.2%}"
+        name = u.unit + (" (tied lm_head)" if u.tied else "")
+        t.add_row(str(u.rank), name, f"{u.score:.3g}", f"{u.rel_change:.2%}", _fmt(u.cos), rows, _fmt(u.swc))
     return t
 
 
@@ -175,7 +190,11 @@ def plan_cmd(
     scores: Path = typer.Argument(..., help="Scores folder written by `spear-mm analyze`."),
     out: Path = typer.Option(..., "--out", "-o", help="Plan YAML to write."),
     policy: str = typer.Option(
-        "balanced", help="conservative | balanced | aggressive | uniform | custom | top-k | fraction."
+        "balanced",
+        help="conservative | balanced | aggressive | uniform | custom | top-k | fraction | measured (probe-driven).",
+    ),
+    rank_by: str = typer.Option(
+        "score", "--rank-by", help="Ranking the policy restores from: score | restore_gain | activation_drift."
     ),
     fraction: float | None = typer.Option(None, help="Share of layers to restore (presets, fraction)."),
     t: float | None = typer.Option(None, "--t", help="SLERP t toward the base (0 keeps adapted, 1 = base)."),
@@ -191,6 +210,23 @@ def plan_cmd(
     export_freeze: Path | None = typer.Option(
         None, "--export-freeze", help="Also write a freeze YAML for the next CPT."
     ),
+    domain_probe: Path | None = typer.Option(
+        None, "--domain-probe", help="measured: held-out domain text (.txt, or .jsonl with a 'text' field)."
+    ),
+    general_probe: Path | None = typer.Option(
+        None, "--general-probe", help="measured: general text (default: 8 texts sampled once from the base)."
+    ),
+    budget: int = typer.Option(30, "--budget", help="measured: probe evaluations for the optuna refinement."),
+    max_domain_loss: float = typer.Option(
+        0.1, "--max-domain-loss", help="measured: share of the domain-probe gain the plan may lose."
+    ),
+    target_retention: float | None = typer.Option(
+        None, "--target-retention", help="measured: reach this share of the general-probe damage recovered."
+    ),
+    probe_tokens: int = typer.Option(1024, "--probe-tokens", help="measured: tokens per probe."),
+    probe_units: int | None = typer.Option(
+        None, "--probe-units", help="measured: measure only the top N units of the ranking (default: all)."
+    ),
 ) -> None:
     """Turn a layer ranking into a restoration plan (reviewable YAML), optionally exported for mergekit/CPT."""
     from spear_mm.checkpoint import Checkpoint
@@ -204,29 +240,44 @@ def plan_cmd(
         table.check_pair(Checkpoint.open(base).fingerprint(), Checkpoint.open(adapted).fingerprint(), str(scores))
     if method not in ("slerp", "lerp", "task_arithmetic", "ties"):
         raise SpearError(f"--method must be slerp, lerp, task_arithmetic or ties, not {method!r}.")
-    plan = make_plan(
-        table,
-        policy,
-        fraction=fraction,
-        t=t,
-        k=k,
-        layer_ts=_floats(layers),
-        embed=embed,
-        head=head,
-        final_norm=final_norm,
-        method=method,
-    )
+    if rank_by not in ("score", "restore_gain", "activation_drift"):
+        raise SpearError(f"--rank-by must be score, restore_gain or activation_drift, not {rank_by!r}.")
+    if policy == "measured":
+        from spear_mm.cli.planner import measured_from_cli
+
+        knobs = dict(budget=budget, max_domain_loss=max_domain_loss, target_retention=target_retention,
+                     probe_units=probe_units)  # fmt: skip
+        plan = measured_from_cli(table, base, adapted, out, domain_probe, general_probe, knobs, rank_by,
+                                 probe_tokens, method)  # fmt: skip
+    else:
+        plan = make_plan(
+            table,
+            policy,
+            fraction=fraction,
+            t=t,
+            k=k,
+            layer_ts=_floats(layers),
+            embed=embed,
+            head=head,
+            final_norm=final_norm,
+            method=method,
+            rank_by=rank_by,
+        )
     plan.save(out)
     rows = describe(plan)
     view = Table(title=f"Plan '{policy}': {len(rows)} of {plan.num_layers} layers move toward the base ({method})")
-    for col in ("rank", "layer", "t (base weight)", "action", "score"):
+    for col in ("rank", "unit", "t (base weight)", "action", "score"):
         view.add_column(col, justify="right")
     for layer, t_, action, rank, score in rows:
-        view.add_row(_fmt(rank), str(layer), f"{t_:g}", action, _fmt(score))
+        view.add_row(_fmt(rank), f"layer.{layer}", f"{t_:g}", action, _fmt(score))
+    for unit, info in plan.units.items():
+        view.add_row(_fmt(info.rank), unit, f"{plan.unit_t(unit):g}", _action(plan.unit_t(unit)), _fmt(info.score))
     out_console.print(view)
-    out_console.print(
-        f"embed t={plan.embed:g}, head t={plan.head:g}, final norm t={plan.final_norm:g}; other layers keep the adapted weights"
-    )
+    if plan.measurement is not None:
+        from spear_mm.cli.planner import measurement_panel
+
+        out_console.print(measurement_panel(plan))
+    out_console.print("units not listed keep the adapted weights (t = 0)")
     out_console.print(f"wrote {out}")
     if export_mergekit is not None:
         export_mergekit.parent.mkdir(parents=True, exist_ok=True)
