@@ -14,7 +14,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-
 from common import make_tiny_model, make_tokenizer
 
 DOMAIN_LAYER, DAMAGED_LAYER = 1, 4

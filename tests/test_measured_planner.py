@@ -7,8 +7,8 @@ import sys
 
 import pytest
 import torch
-
 from planted_pair import DAMAGED_LAYER, DOMAIN_LAYER, save_planted_pair
+
 from spear_mm.checkpoint import open_pair
 from spear_mm.errors import SpearError
 from spear_mm.measured_planner import PlannerConfig, greedy_knapsack, plan_units
