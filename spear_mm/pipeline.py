@@ -20,6 +20,7 @@ from pathlib import Path
 
 from spear_mm.candidates import (
     N_BASELINES,
+    UNIFORM_TS,
     Candidate,
     baseline_candidates,
     check_unique,
@@ -74,6 +75,11 @@ def run(
     ray_address: str | None = None,
     cpt_cost_seconds: float | None = None,
     score_config: ScoreConfig | None = None,
+    rank_by: str = "score",
+    uniform_grid: Sequence[float] | None = None,
+    domain_probe: str | Path | None = None,
+    general_probe: str | Path | None = None,
+    planner: dict | None = None,
     title: str | None = None,
     report: bool = True,
     progress: Progress | None = None,
@@ -81,7 +87,9 @@ def run(
     """Score, plan, merge, validate and choose for one base/adapted pair; everything lands in `out` (resumable).
 
     suites: 'general,domain', 'demo', a suite YAML, or task specs (tasks whose data file is missing are skipped
-    with a warning). policies: preset names or plan YAML paths. sweep: 'f=0.1,0.25;t=0.5,0.9' or True for the
+    with a warning). policies: preset names, 'measured' (needs `domain_probe`; `planner`: PlannerConfig fields),
+    or plan YAML paths; presets restore the top of the `rank_by` ranking. uniform_grid: the t of the uniform
+    curve (default 0.1 … 0.9). sweep: 'f=0.1,0.25;t=0.5,0.9' or True for the
     default grid. choose_from: 'all' (plans, sweep, baselines and plain CPT) or 'plans' (SPEAR-MM plans only).
     """
     started = time.perf_counter()
@@ -100,18 +108,34 @@ def run(
     fp_b, fp_a = pair.base.fingerprint(), pair.adapted.fingerprint()
     grid = parse_sweep(sweep)
     tasks, skipped = _load_tasks(suites, data_dir, limit, seed)
-    n_candidates = len(policies) + (len(grid["fractions"]) * len(grid["t"]) if grid else 0) + N_BASELINES * baselines
+    uniform_grid = tuple(uniform_grid) if uniform_grid is not None else UNIFORM_TS
+    n_baselines = N_BASELINES - len(UNIFORM_TS) + len(set(uniform_grid))
+    n_candidates = len(policies) + (len(grid["fractions"]) * len(grid["t"]) if grid else 0) + n_baselines * baselines
     check_free_space(run_dir, pair.adapted.nbytes * (n_candidates if keep_all else 1))
     stages.append(StageCost(name="open pair + load tasks", seconds=time.perf_counter() - clock, device="cpu"))
     steps = Steps(run_dir)
     steps.event("run", "started", base=str(pair.base.path), adapted=str(pair.adapted.path))
     gpus = (1 if device.startswith("cuda") else 0) if executor == "ray" else None
     with _LazyExecutor(executor, workers, ray_address, gpus) as ex:
-        scores, stage = _analyze(pair, run_dir, steps, fp_b, fp_a, device, score_config, progress, ex)
+        probe = None
+        if rank_by != "score":  # a probe ranking needs the data-aware scores of `analyze --probe`
+            from spear_mm.measured_planner import general_probe_for
+
+            probe = Path(general_probe) if general_probe else general_probe_for(pair, run_dir / "planner")
+        scores, stage = _analyze(pair, run_dir, steps, fp_b, fp_a, device, score_config, progress, ex,
+                                 probe=probe, ground_truth=rank_by == "restore_gain")  # fmt: skip
         stages.append(stage)
         prov = {"base": fp_b, "adapted": fp_a}
-        candidates = policy_candidates(scores, policies) + _sweep(scores, grid)
-        candidates += baseline_candidates(pair.num_layers, prov) if baselines else []
+        candidates = policy_candidates(scores, policies, rank_by) + _sweep(scores, grid, rank_by)
+        if "measured" in policies:
+            from spear_mm.planner_step import measured_candidate
+
+            measured, stage = measured_candidate(pair, scores, run_dir, steps, domain_probe=domain_probe,
+                                                 general_probe=general_probe, config=_planner_config(planner),
+                                                 rank_by=rank_by, device=device)  # fmt: skip
+            candidates.append(measured)
+            stages.append(stage)
+        candidates += baseline_candidates(pair.num_layers, prov, uniform_grid) if baselines else []
         check_unique(candidates)
         candidates = _write_plans(candidates, run_dir, steps, scores)
         jobs = _jobs(pair, candidates, tasks, device, threads, batch_size, seed, limit, (fp_b, fp_a))
@@ -162,12 +186,18 @@ def _load_tasks(suites, data_dir, limit, seed):
     return tuple(tasks), skipped
 
 
-def _analyze(pair: Pair, run_dir, steps, fp_b, fp_a, device, config, progress, ex) -> tuple[ScoreTable, StageCost]:
+def _analyze(pair: Pair, run_dir, steps, fp_b, fp_a, device, config, progress, ex, *, probe: Path | None = None,
+             ground_truth: bool = False) -> tuple[ScoreTable, StageCost]:  # fmt: skip
+    import hashlib
+
     from spear_mm.scoring import analyze
 
     config = (config or ScoreConfig()).model_copy(update={"device": device})
     out = run_dir / "scores"
+    probe_key = hashlib.sha256(probe.read_bytes()).hexdigest()[:16] if probe else None
     key = content_key(base=fp_b, adapted=fp_a, config=config.model_dump(mode="json"))
+    if probe_key:  # runs without a probe keep their old key (and their finished scores)
+        key = content_key(key=key, probe=probe_key, ground_truth=ground_truth)
     record = steps.finished(out, key, out / "scores.json")
     if record is not None:
         steps.skipped("analyze", record)
@@ -178,16 +208,29 @@ def _analyze(pair: Pair, run_dir, steps, fp_b, fp_a, device, config, progress, e
         ex.get()  # start Ray once: scoring attaches to it, evaluation reuses it
     where = {} if ex.kind == "local" else {"executor": ex.kind, "ray_address": ex.ray_address, "workers": ex.workers}
     table = analyze(pair.base.path, pair.adapted.path, out, device=device, config=config, progress=cb,
-                    alpha=config.alpha, aggregate=config.aggregate, **where)  # fmt: skip
+                    alpha=config.alpha, aggregate=config.aggregate, probe=probe, ground_truth=ground_truth,
+                    **where)  # fmt: skip
     seconds = round(time.perf_counter() - started, 4)  # as recorded, so a resumed run reports the same costs
     steps.record(out, "analyze", key, seconds, device, tensors=len(table.modules))
     return table, StageCost(name="analyze", seconds=seconds, device=device, detail=f"{len(table.modules)} tensors")
 
 
-def _sweep(scores: ScoreTable, grid) -> list[Candidate]:
+def _sweep(scores: ScoreTable, grid, rank_by: str = "score") -> list[Candidate]:
     from spear_mm.candidates import sweep_candidates
 
-    return sweep_candidates(scores, grid)
+    return sweep_candidates(scores, grid, rank_by)
+
+
+def _planner_config(planner: dict | None):
+    from pydantic import ValidationError
+
+    from spear_mm.measured_planner import PlannerConfig
+
+    try:
+        return PlannerConfig(**{k: v for k, v in (planner or {}).items() if v is not None})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise SpearError(f"measured planner option {err['loc'][0]}: {err['msg']}.") from exc
 
 
 def _write_plans(candidates: list[Candidate], run_dir: Path, steps: Steps, scores: ScoreTable) -> list[Candidate]:

@@ -361,7 +361,10 @@ def write_report(
         if r.retention is not None and r.gain_kept is not None
     ]
     if points:
-        figures["tradeoff"] = tradeoff_png(points, [r.name for r in rows if r.on_front])
+        from spear_mm.uniform_curve import curve_from
+
+        curve = curve_from({r.name: (r.retention, r.gain_kept) for r in rows})
+        figures["tradeoff"] = tradeoff_png(points, [r.name for r in rows if r.on_front], curve=curve)
     layer_png = layer_figure(run_dir) if layer_figure else None
     if layer_png is None and (records := read_layer_scores(run_dir)):
         layer_png = layer_scores_png(records)

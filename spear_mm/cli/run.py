@@ -39,7 +39,27 @@ def run_cmd(
     data_dir: Path | None = typer.Option(None, "--data-dir", help="Folder with the suites' data files."),
     suite: str = typer.Option("general,domain", "--suite", "-s", help="general,domain | demo | a suite .yaml."),
     policies: str = typer.Option(
-        "conservative,balanced,aggressive", "--policies", help="Comma-separated presets and/or plan .yaml files."
+        "conservative,balanced,aggressive",
+        "--policies",
+        help="Comma-separated presets, 'measured' (the probe-driven planner: needs --domain-probe) and/or plan .yaml files.",
+    ),
+    rank_by: str = typer.Option(
+        "score", "--rank-by", help="Ranking the presets restore from: score | restore_gain | activation_drift."
+    ),
+    uniform_grid: str = typer.Option(
+        ",".join(f"{t:g}" for t in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)),
+        "--uniform-grid",
+        help="t of the uniform-SLERP curve every plan is compared with (ΔR at equal K).",
+    ),
+    domain_probe: Path | None = typer.Option(
+        None, "--domain-probe", help="measured: held-out domain text (.txt, or .jsonl with a 'text' field)."
+    ),
+    general_probe: Path | None = typer.Option(
+        None, "--general-probe", help="measured: general text (default: 8 texts sampled once from the base)."
+    ),
+    planner_budget: int = typer.Option(30, "--planner-budget", help="measured: probe evaluations for refinement."),
+    max_domain_loss: float = typer.Option(
+        0.1, "--max-domain-loss", help="measured: share of the domain-probe gain the plan may lose."
     ),
     sweep: str | None = typer.Option(
         None, "--sweep", help="Fractions × t grid, e.g. 'f=0.1,0.25,0.5;t=0.5,0.7,0.9' ('default' for that grid)."
@@ -70,6 +90,8 @@ def run_cmd(
     _quiet_per_model_logs()
     if executor not in ("local", "process", "ray"):
         raise SpearError(f"--executor {executor!r}: use local, process or ray.")
+    if rank_by not in ("score", "restore_gain", "activation_drift"):
+        raise SpearError(f"--rank-by must be score, restore_gain or activation_drift, not {rank_by!r}.")
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn())  # fmt: skip
     with Progress(*columns, console=console, transient=False) as bars:
@@ -103,6 +125,15 @@ def run_cmd(
             ray_address=ray_address,
             cpt_cost_seconds=cpt_cost_seconds,
             title=title,
+            rank_by=rank_by,
+            uniform_grid=_grid(uniform_grid),
+            domain_probe=domain_probe,
+            general_probe=general_probe,
+            planner={
+                "budget": planner_budget,
+                "max_domain_loss": max_domain_loss,
+                "target_retention": target_retention,
+            },  # fmt: skip
             progress=progress,
         )
     out_console.print(results_table(summary))
@@ -114,6 +145,13 @@ def run_cmd(
     if summary.chosen_model_path:
         out_console.print(f"chosen model: {summary.chosen_model_path}")
     out_console.print(f"report: {summary.report_html}")
+
+
+def _grid(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.replace(" ", "").split(",") if x)
+    except ValueError as exc:
+        raise SpearError(f"--uniform-grid must be comma-separated numbers in (0, 1), got {text!r}.") from exc
 
 
 def _quiet_per_model_logs() -> None:
