@@ -5,8 +5,8 @@
 - the domain probe: held-out CPT text (or any domain text).
 
 `ProbeEvaluator.evaluate({unit: t})` SLERPs every tensor of each unit toward the base by its t (units not
-named keep the adapted weights), only re-merging the units whose t changed, and returns the mean token NLL on
-both probes. Nothing is written to disk except the result cache: one JSON line per evaluation, keyed by the
+named keep the adapted weights), only re-merging the units whose t changed (tensors read lazily from both
+checkpoints: memory is one fp32 model plus one tensor pair), and returns the mean token NLL on both probes. Nothing is written to disk except the result cache: one JSON line per evaluation, keyed by the
 content hash of the pair, the probe tokens and the t of every unit, so a re-run (or a resumed run) reuses
 every evaluation it already paid for.
 """
@@ -145,8 +145,6 @@ class ProbeEvaluator:
         units = units_of(self.pair.params)
         self.units = {u: [n for n in names if n in self.params] for u, names in units.items()}
         self.units = {u: names for u, names in self.units.items() if names}
-        self._a = {n: self.params[n].detach().clone() for names in self.units.values() for n in names}
-        self._b = {n: self.pair.base.read(n).to(torch.float32).to(self.device) for n in self._a}
         self._current = dict.fromkeys(self.units, 0.0)
         self._context = content_key(
             base=self.pair.base.fingerprint(), adapted=self.pair.adapted.fingerprint(), probes=self.probes.key()
@@ -202,8 +200,10 @@ class ProbeEvaluator:
                 t = float(ts.get(unit, 0.0))
                 if t == self._current[unit]:
                     continue
-                for n in names:
-                    self.params[n].copy_(slerp(self._a[n], self._b[n], t))
+                for n in names:  # read per merge: memory stays at one model plus one tensor pair
+                    a = self.pair.adapted.read(n).to(torch.float32)
+                    b = self.pair.base.read(n).to(torch.float32)
+                    self.params[n].copy_(slerp(a, b, t))
                 self._current[unit] = t
         if hasattr(self.model, "tie_weights"):
             self.model.tie_weights()
