@@ -289,6 +289,38 @@ def _curve_table(summary: RunSummary) -> dict[str, Any]:
     }
 
 
+def _planner_table(path: Path) -> dict[str, Any] | None:
+    """The measured planner's probes, spend and every unit's t with its measured effects."""
+    from spear_mm.plan import Plan
+
+    try:
+        plan = Plan.load(path)
+    except Exception:  # noqa: BLE001 - a missing or hand-broken plan only loses this table
+        return None
+    m = plan.measurement
+    if m is None:
+        return None
+    effects: dict[str, dict[float, Any]] = {}
+    for e in m.effects:
+        effects.setdefault(e.unit, {})[e.t] = e
+    rows = []
+    for unit, by_t in effects.items():
+        cells = [f"{e.general_recovered:+.4f} / {e.domain_lost:+.4f}" for _, e in sorted(by_t.items())]
+        rows.append([unit, f"{plan.unit_t(unit):g}", f"{m.greedy.get(unit, 0.0):g}", *cells])
+    g, d = m.nll_general, m.nll_domain
+    ts = sorted({e.t for e in m.effects})
+    return {
+        "title": "Measured planner: probes, spend and every unit's t",
+        "text": f"Objective: {m.objective}. General probe ({m.general_tokens} tokens): NLL base {g['base']:.4f}, "
+        f"adapted {g['adapted']:.4f}, plan {g['plan']:.4f}. Domain probe ({m.domain_tokens} tokens): NLL base "
+        f"{d['base']:.4f}, adapted {d['adapted']:.4f}, plan {d['plan']:.4f}. {m.evaluations} probe evaluations run "
+        f"({m.cached} from the cache; refinement budget {m.budget}) in {m.seconds:.1f} s. Effects: general NLL "
+        "recovered / domain NLL lost when the unit alone is restored at that t (nats per token).",
+        "columns": ["unit", "t (plan)", "t (knapsack)", *(f"effect at t={t:g}" for t in ts)],
+        "rows": rows,
+    }
+
+
 def _f(x: float | None, fmt: str = ".3f") -> str:
     return "—" if x is None else format(x, fmt)
 
@@ -322,6 +354,10 @@ def report_tables(summary: RunSummary) -> list[dict[str, Any]]:
         )
     if summary.curve_comparisons or summary.curve_note:
         tables.append(_curve_table(summary))
+    if "measured" in summary.candidates and (
+        table := _planner_table(Path(summary.run_dir) / "plans" / "measured.yaml")
+    ):
+        tables.append(table)
     c = summary.cost
     planner = [s for s in summary.stages if s.name.startswith("measured planner")]
     planner_text = "".join(

@@ -332,6 +332,7 @@ def test_run_with_the_measured_planner_and_a_probe_ranking_resumes(pair, suite, 
     stage = next(s for s in summary.stages if s.name.startswith("measured planner"))
     assert stage.status == "ran" and "probe evaluations" in stage.detail
     md = (out / "report.md").read_text()
+    assert "Measured planner: probes, spend and every unit's t" in md and "effect at t=0.5" in md
     assert "measured planner's probes cost" in md and {c.plan for c in summary.curve_comparisons} == {
         "balanced",
         "measured",
