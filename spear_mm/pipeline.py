@@ -87,7 +87,8 @@ def run(
     """Score, plan, merge, validate and choose for one base/adapted pair; everything lands in `out` (resumable).
 
     suites: 'general,domain', 'demo', a suite YAML, or task specs (tasks whose data file is missing are skipped
-    with a warning). policies: preset names, 'measured' (needs `domain_probe`; `planner`: PlannerConfig fields),
+    with a warning). policies: preset names, 'measured' (needs `domain_probe`; `planner`: PlannerConfig fields
+    and `probe_tokens`),
     or plan YAML paths; presets restore the top of the `rank_by` ranking. uniform_grid: the t of the uniform
     curve (default 0.1 … 0.9). sweep: 'f=0.1,0.25;t=0.5,0.9' or True for the
     default grid. choose_from: 'all' (plans, sweep, baselines and plain CPT) or 'plans' (SPEAR-MM plans only).
@@ -130,9 +131,11 @@ def run(
         if "measured" in policies:
             from spear_mm.planner_step import measured_candidate
 
+            knobs = dict(planner or {})
+            tokens = int(knobs.pop("probe_tokens", None) or 1024)
             measured, stage = measured_candidate(pair, scores, run_dir, steps, domain_probe=domain_probe,
-                                                 general_probe=general_probe, config=_planner_config(planner),
-                                                 rank_by=rank_by, device=device)  # fmt: skip
+                                                 general_probe=general_probe, config=_planner_config(knobs),
+                                                 rank_by=rank_by, device=device, probe_tokens=tokens)  # fmt: skip
             candidates.append(measured)
             stages.append(stage)
         candidates += baseline_candidates(pair.num_layers, prov, uniform_grid) if baselines else []
