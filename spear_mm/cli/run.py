@@ -58,6 +58,7 @@ def run_cmd(
         None, "--general-probe", help="measured: general text (default: 8 texts sampled once from the base)."
     ),
     planner_budget: int = typer.Option(30, "--planner-budget", help="measured: probe evaluations for refinement."),
+    probe_tokens: int = typer.Option(1024, "--probe-tokens", help="measured: tokens per probe."),
     max_domain_loss: float = typer.Option(
         0.1, "--max-domain-loss", help="measured: share of the domain-probe gain the plan may lose."
     ),
@@ -133,7 +134,8 @@ def run_cmd(
                 "budget": planner_budget,
                 "max_domain_loss": max_domain_loss,
                 "target_retention": target_retention,
-            },  # fmt: skip
+                "probe_tokens": probe_tokens,
+            },
             progress=progress,
         )
     out_console.print(results_table(summary))
