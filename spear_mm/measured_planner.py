@@ -4,10 +4,14 @@
    alone at t = `t_mid` and t = 1, in memory; record the general-probe NLL it recovers and the domain-probe
    NLL it costs (spear_mm.unit_probe).
 2. Knapsack: take the (unit, t) options by recovered NLL per unit of domain NLL spent (free options first,
-   ties in ranking order) while the predicted domain loss stays within the allowance; evaluate the result and
-   drop the last options while the real plan breaks the constraint (effects are not exactly additive).
-3. Refine: optuna's TPE sampler with a constraint, started from the knapsack plan, searches the t of the most
-   promising units (`refine_units`) for `budget` probe evaluations; the best feasible plan wins.
+   ties in ranking order) while the predicted domain loss stays within the allowance; evaluate the result and,
+   when the real plan breaks the constraint (effects are not additive), keep the longest feasible prefix of the
+   options taken (binary search: a few evaluations).
+3. Start: the best feasible of the knapsack plan and a few uniform plans (`uniform_seeds`; where many units
+   interact, e.g. an overshooting CPT, a uniform t beats any sum of single-unit effects).
+4. Refine: optuna's TPE sampler with a constraint, started from that plan, searches the t of the most
+   promising units (`refine_units`; all units for a uniform start) for `budget` probe evaluations; the best
+   feasible plan wins.
 
 Objectives on the probes (G = general NLL, D = domain NLL; B base, A adapted):
 - `keep` (default): maximise r = (G_A − G)/(G_A − G_B), the share of the general damage recovered, subject to
@@ -42,6 +46,7 @@ class PlannerConfig(BaseModel):
     refine_units: int = Field(8, ge=1)  # units whose t the refinement searches
     probe_units: int | None = Field(None, ge=1)  # measure only the top N units of the ranking (None: all)
     t_step: float = Field(0.05, gt=0.0, le=0.5)  # grid of t in the refinement
+    uniform_seeds: tuple[float, ...] = (0.3, 0.6, 0.9)  # uniform plans tried as starting points
     tolerance: float = Field(0.005, ge=0.0)  # objective differences below this are probe noise: restore less
     seed: int = 0
 
@@ -68,6 +73,7 @@ class PlannerResult:
     trace: list[Trace] = field(default_factory=list)
     objective: str = ""
     seconds: float = 0.0
+    start: str = "knapsack"  # the starting plan the refinement began from
 
 
 class Objective:
@@ -154,6 +160,21 @@ def greedy_knapsack(
     return taken
 
 
+def _feasible_prefix(taken: list[tuple], obj: Objective, run) -> dict[str, float]:
+    """The knapsack plan, or its longest prefix that is feasible when evaluated (binary search; the empty plan,
+    the adapted model, is always feasible in keep mode)."""
+    if not taken or obj.violation(run(_ts(taken))) <= 0:
+        return _ts(taken)
+    lo, hi = 0, len(taken) - 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if obj.violation(run(_ts(taken[:mid]))) <= 0:
+            lo = mid
+        else:
+            hi = mid - 1
+    return _ts(taken[:lo])
+
+
 def _ts(taken: list[tuple]) -> dict[str, float]:
     out: dict[str, float] = {}
     for unit, t in taken:
@@ -182,13 +203,16 @@ def plan_units(ev: ProbeEvaluator, order: list[str], config: PlannerConfig, *, r
                              obj.describe(), time.perf_counter() - started)  # fmt: skip
     need = None if obj.mode == "keep" else config.target_retention * obj.damage
     taken = greedy_knapsack(effects, order, obj.allow, need, min_gain=config.tolerance * obj.damage)
-    best_ts, best = _ts(taken), run(_ts(taken))
-    while taken and obj.violation(best) > 0 and obj.mode == "keep":  # not additive: back off
-        taken.pop()
-        best_ts, best = _ts(taken), run(_ts(taken))
-    greedy = dict(best_ts)
+    greedy = _feasible_prefix(taken, obj, run) if obj.mode == "keep" else _ts(taken)
+    starts = {0: (greedy, run(greedy))}
+    for i, t in enumerate(config.uniform_seeds, 1):
+        ts = dict.fromkeys(measured, round(float(t), 6))
+        starts[i] = (ts, run(ts))
+    best_ts, best = _pick(starts, obj, config.tolerance)
+    start = next(("knapsack" if i == 0 else f"uniform t={config.uniform_seeds[i - 1]:g}")
+                 for i, (ts, _) in starts.items() if ts == best_ts)  # fmt: skip
     if refine and config.budget > 0:
-        best_ts, best = _refine(ev, obj, effects, greedy, config, run)
+        best_ts, best = _refine(ev, obj, effects, best_ts, config, run)
     return PlannerResult(
         ts=best_ts,
         greedy=greedy,
@@ -200,6 +224,7 @@ def plan_units(ev: ProbeEvaluator, order: list[str], config: PlannerConfig, *, r
         trace=trace,
         objective=obj.describe(),
         seconds=time.perf_counter() - started,
+        start=start,
     )
 
 
@@ -322,8 +347,9 @@ def measured_plan(
         greedy=res.greedy,
         effects=res.effects,
     )
-    params = {k: v for k, v in config.model_dump().items() if v is not None}
-    params |= {"rank_by": rank_by, "probe_value": round(res.value, 6), "feasible": res.feasible,
+    params = {k: ",".join(map(str, v)) if isinstance(v, tuple) else v for k, v in config.model_dump().items()}
+    params = {k: v for k, v in params.items() if v is not None}
+    params |= {"rank_by": rank_by, "probe_value": round(res.value, 6), "feasible": res.feasible, "start": res.start,
                "evaluations": ev.evaluations, "probe_seconds": round(res.seconds, 3)}  # fmt: skip
     return Plan(
         method=method,
