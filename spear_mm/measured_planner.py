@@ -312,7 +312,8 @@ def measured_plan(
     resumable: evaluations already in the cache are not run again."""
     from pathlib import Path
 
-    from spear_mm.plan import LayerRule, Measurement, Plan, Provenance, UnitInfo
+    from spear_mm.plan import Measurement
+    from spear_mm.policies import plan_from_unit_ts
     from spear_mm.unit_probe import load_probes
 
     config = config or PlannerConfig()
@@ -321,16 +322,6 @@ def measured_plan(
     ev = ProbeEvaluator(pair, probes, cache_path=Path(cache_path) if cache_path else None, device=device)
     order = scores.unit_ranking(rank_by)
     res = plan_units(ev, order, config)
-    ranks = {u: i + 1 for i, u in enumerate(order)}
-    ts = dict(res.ts)
-    embed = scores.unit("embed")
-    if embed is not None and embed.tied:
-        ts["head"] = ts.get("embed", 0.0)
-    rules = [
-        LayerRule(layer=s.layer, t=ts.get(f"layer.{s.layer}", 0.0), score=round(s.score, 6),
-                  rank=ranks.get(f"layer.{s.layer}", s.rank))
-        for s in scores.layers
-    ]  # fmt: skip
     refs = res.refs
     measurement = Measurement(
         general_probe=probes.general_source,
@@ -351,23 +342,5 @@ def measured_plan(
     params = {k: v for k, v in params.items() if v is not None}
     params |= {"rank_by": rank_by, "probe_value": round(res.value, 6), "feasible": res.feasible, "start": res.start,
                "evaluations": ev.evaluations, "probe_seconds": round(res.seconds, 3)}  # fmt: skip
-    return Plan(
-        method=method,
-        num_layers=scores.num_layers,
-        layers=rules,
-        embed=ts.get("embed", 0.0),
-        head=ts.get("head", 0.0),
-        final_norm=ts.get("final_norm", 0.0),
-        other=ts.get("other", 0.0),
-        units={
-            u.unit: UnitInfo(score=round(u.score, 6), rank=ranks.get(u.unit)) for u in scores.units if u.layer is None
-        },
-        measurement=measurement,
-        provenance=Provenance(
-            policy="measured",
-            params=params,
-            scores_hash=scores.content_hash(),
-            base=scores.base_fingerprint,
-            adapted=scores.adapted_fingerprint,
-        ),
-    )
+    return plan_from_unit_ts(scores, res.ts, order, policy="measured", params=params, method=method,
+                             measurement=measurement)  # fmt: skip

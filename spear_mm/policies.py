@@ -112,14 +112,26 @@ def make_plan(
     for what, value in explicit.items():
         if value is not None:
             ts[what] = _check_t(value, f"{policy} ({what})")
-    embed_unit = scores.unit("embed")
-    if embed_unit is not None and embed_unit.tied and head is None:
-        ts["head"] = ts.get("embed", 0.0)  # tied: lm_head is the embedding
+    if (embed_unit := scores.unit("embed")) is not None and embed_unit.tied and head is None:
+        ts["head"] = ts.get("embed", 0.0)  # tied: lm_head is the embedding (recorded so in the provenance)
     params |= {u: ts.get(u, 0.0) for u in ("embed", "head", "final_norm")}
     params |= {"alpha": scores.config.alpha, "aggregate": scores.config.aggregate}
     if rank_by != "score":
         params["rank_by"] = rank_by
-    ranks = {u: i + 1 for i, u in enumerate(scores.unit_ranking(rank_by))}
+    return plan_from_unit_ts(scores, ts, scores.unit_ranking(rank_by), policy=policy, params=params, method=method)
+
+
+def plan_from_unit_ts(
+    scores: ScoreTable, ts: dict[str, float], order: list[str], *, policy: str, params: dict, method: Method = "slerp",
+    measurement=None,
+) -> Plan:  # fmt: skip
+    """The Plan that gives each unit id in `ts` its t (unlisted units keep the adapted weights), every layer and
+    unit listed with its score and its rank in `order`; a tied head follows the embedding unless set."""
+    ts = dict(ts)
+    embed_unit = scores.unit("embed")
+    if embed_unit is not None and embed_unit.tied and "head" not in ts:
+        ts["head"] = ts.get("embed", 0.0)  # tied: lm_head is the embedding
+    ranks = {u: i + 1 for i, u in enumerate(order)}
     rules = [
         LayerRule(layer=s.layer, t=ts.get(f"layer.{s.layer}", 0.0), score=round(s.score, 6),
                   rank=ranks.get(f"layer.{s.layer}", s.rank))
@@ -135,6 +147,7 @@ def make_plan(
         final_norm=ts.get("final_norm", 0.0),
         other=ts.get("other", 0.0),
         units=units,
+        measurement=measurement,
         provenance=Provenance(
             policy=policy,
             params={k_: v for k_, v in params.items() if v is not None},
