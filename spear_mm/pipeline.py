@@ -43,7 +43,7 @@ from spear_mm.jobs import (
 from spear_mm.metrics import EvalResult
 from spear_mm.plan import Plan
 from spear_mm.run_summary import RunSummary, StageCost, cpt_cost, report_tables, summarise
-from spear_mm.score_table import ScoreConfig, ScoreTable
+from spear_mm.score_table import ScoreConfig, ScoreTable, check_rank_by
 from spear_mm.steps import Steps, content_key
 from spear_mm.writer import check_free_space, check_output
 
@@ -96,6 +96,7 @@ def run(
     started = time.perf_counter()
     if executor not in KINDS:
         raise SpearError(f"unknown executor {executor!r}: use one of {', '.join(KINDS)}.")
+    check_rank_by(rank_by)
     if choose_from not in ("all", "plans"):
         raise SpearError(f"choose_from={choose_from!r}: use 'all' or 'plans'.")
     if target_retention is not None and not 0 < target_retention <= 2:

@@ -95,6 +95,14 @@ class LayerScore(BaseModel):
 
 UnitGroup = Literal["layer", "embed", "head", "final_norm", "other"]
 RankBy = Literal["score", "restore_gain", "activation_drift"]
+RANK_BY = ("score", "restore_gain", "activation_drift")
+
+
+def check_rank_by(rank_by: str) -> str:
+    """The ranking name, or a clear error (`--rank-by`)."""
+    if rank_by not in RANK_BY:
+        raise SpearError(f"--rank-by must be one of {', '.join(RANK_BY)}, not {rank_by!r}.")
+    return rank_by
 
 
 class UnitScore(BaseModel):
@@ -188,7 +196,7 @@ class ScoreTable(BaseModel):
                       activation_drift=s.activation_drift, restore_gain=s.restore_gain)
             for s in self.layers
         ]  # fmt: skip
-        if rank_by == "score":
+        if check_rank_by(rank_by) == "score":
             return [u.unit for u in sorted(units, key=lambda u: (u.rank, u.unit))]
         if all(getattr(u, rank_by) is None for u in units):
             flag = "--probe FILE --ground-truth" if rank_by == "restore_gain" else "--probe FILE"

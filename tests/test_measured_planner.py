@@ -137,6 +137,25 @@ def test_rank_by_restore_gain_needs_the_probe_scores(planted):
     *_, scores = planted
     with pytest.raises(SpearError, match="--ground-truth"):
         make_plan(scores, "balanced", rank_by="restore_gain")
+    with pytest.raises(SpearError, match="--rank-by must be one of score, restore_gain, activation_drift"):
+        make_plan(scores, "balanced", rank_by="gain")
+
+
+def test_rank_by_restore_gain_restores_what_helps(planted, tmp_path):
+    """With the ground truth, the presets restore the units whose restoration helps the probe most; the trained
+    layer (restoring it changes the general probe little) drops out of the top."""
+    from spear_mm.policies import make_plan
+    from spear_mm.scoring import analyze
+
+    paths, *_ = planted
+    scores = analyze(paths["base"], paths["adapted"], workers=1, probe=paths["general"], ground_truth=True)
+    gains = {u.unit: u.restore_gain for u in scores.units}
+    assert all(g is not None for g in gains.values())
+    ranking = scores.unit_ranking("restore_gain")
+    assert ranking[:2] == sorted(gains, key=lambda u: -gains[u])[:2] and set(ranking[:2]) == {"embed", DAMAGED}
+    plan = make_plan(scores, "balanced", rank_by="restore_gain")  # round(0.25 · 9) = 2 units
+    assert {u for u in ranking if plan.unit_t(u) > 0} == {"embed", DAMAGED}
+    assert plan.provenance.params["rank_by"] == "restore_gain"
 
 
 def _scores_dir(planted):

@@ -91,8 +91,6 @@ def run_cmd(
     _quiet_per_model_logs()
     if executor not in ("local", "process", "ray"):
         raise SpearError(f"--executor {executor!r}: use local, process or ray.")
-    if rank_by not in ("score", "restore_gain", "activation_drift"):
-        raise SpearError(f"--rank-by must be score, restore_gain or activation_drift, not {rank_by!r}.")
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn())  # fmt: skip
     with Progress(*columns, console=console, transient=False) as bars:
