@@ -275,6 +275,8 @@ def plan_cmd(
         from spear_mm.cli.planner import measurement_panel
 
         out_console.print(measurement_panel(plan))
+    if not plan.units:  # scores from before units: the non-layer t are not in the table
+        out_console.print(f"embed t={plan.embed:g}, head t={plan.head:g}, final norm t={plan.final_norm:g}")
     out_console.print("units not listed keep the adapted weights (t = 0)")
     out_console.print(f"wrote {out}")
     if export_mergekit is not None:
