@@ -31,7 +31,7 @@ R = TypeVar("R")
 OnResult = Callable[[int, Any], None]
 KINDS = ("local", "process", "ray")
 
-__all__ = ["KINDS", "Executor", "LocalExecutor", "ProcessExecutor", "RayExecutor", "make_executor"]
+__all__ = ["KINDS", "Executor", "LazyExecutor", "LocalExecutor", "ProcessExecutor", "RayExecutor", "make_executor"]
 
 
 class Executor(Protocol):
@@ -349,3 +349,25 @@ def make_executor(
     if kind == "ray":
         return RayExecutor(workers, ray_address=ray_address, num_gpus=num_gpus, max_retries=max_retries)
     raise SpearError(f"unknown executor {kind!r}: use one of {', '.join(KINDS)}.")
+
+
+class LazyExecutor:
+    """The run's executor, made on first use (a resumed run with nothing left to do starts none) and kept for the
+    whole run, so a Ray instance started for scoring is reused by the evaluations."""
+
+    def __init__(self, kind: str, workers: int | None, ray_address: str | None, num_gpus: int | None):
+        self.kind, self.workers, self.ray_address, self.num_gpus = kind, workers, ray_address, num_gpus
+        self._ex = None
+
+    def get(self):
+        if self._ex is None:
+            self._ex = make_executor(self.kind, workers=self.workers, ray_address=self.ray_address,
+                                     num_gpus=self.num_gpus)  # fmt: skip
+        return self._ex
+
+    def __enter__(self) -> LazyExecutor:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._ex is not None:
+            self._ex.__exit__(*exc)  # on an exception a process pool kills its workers instead of waiting

@@ -15,6 +15,7 @@ from spear_mm.evaluation.suites import SUITES
 from spear_mm.executors import KINDS
 from spear_mm.planning.plan import Method, Plan
 from spear_mm.planning.policies import POLICIES
+from spear_mm.scoring.table import RankBy
 
 
 @pytest.fixture()
@@ -25,7 +26,8 @@ def cli(monkeypatch, capsys):
 def test_choice_enums_match_the_library():
     assert tuple(e.value for e in choices.Executor) == KINDS
     assert tuple(e.value for e in choices.Backend) == BACKENDS
-    assert tuple(e.value for e in choices.Policy) == POLICIES
+    assert tuple(e.value for e in choices.Policy) == (*POLICIES, "measured")  # measured: the planner, not make_plan
+    assert tuple(e.value for e in choices.RankBy) == get_args(RankBy)
     assert tuple(e.value for e in choices.Method) == get_args(Method)
 
 

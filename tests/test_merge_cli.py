@@ -207,12 +207,32 @@ def test_non_empty_output_needs_force(pair, tmp_path, cli):
 def test_merge_cli_writes_a_model_and_prints_a_summary(pair, tmp_path, cli):
     base, adapted = pair
     before = digest(base, adapted)
-    code, text = cli("merge", base, adapted, "-o", tmp_path / "m", "--t", "0.5", "--all-tensors", "--threads", "1")
+    code, text = cli("merge", base, adapted, "-o", tmp_path / "m", "--t", "0.5", "--threads", "1")
     assert code == 0, text
     assert "merged →" in text and "tensors 57" in text and "interpolated 57" in text and "LERP fallbacks" in text
     report = json.loads((tmp_path / "m" / "merge_report.json").read_text())
     assert report["n_merged"] == 57 and report["threads"] == 1
     assert digest(base, adapted) == before
+
+
+def test_t1_gives_the_base_bit_for_bit_and_layers_only_keeps_the_rest(pair, tmp_path, cli):
+    """`--t T` applies T to every tensor (as mergekit's slerp does); `--layers-only` is the old behaviour."""
+    from safetensors.torch import load_file
+
+    base, adapted = pair
+    code, text = cli("merge", base, adapted, "-o", tmp_path / "m1", "--t", "1")
+    assert code == 0, text
+    want, got = load_file(base / "model.safetensors"), load_file(tmp_path / "m1" / "model.safetensors")
+    assert set(got) == set(want) and all(torch.equal(got[k], want[k]) and got[k].dtype == want[k].dtype for k in want)
+    code, text = cli("merge", base, adapted, "-o", tmp_path / "m2", "--t", "1", "--layers-only")
+    assert code == 0, text
+    got, adapted_sd = load_file(tmp_path / "m2" / "model.safetensors"), load_file(adapted / "model.safetensors")
+    for k in want:
+        src = want if ".layers." in k else adapted_sd
+        assert torch.equal(got[k], src[k]), k
+    assert not torch.equal(got["model.embed_tokens.weight"], want["model.embed_tokens.weight"])
+    code, text = cli("merge", base, adapted, "-o", tmp_path / "m3", "--t", "1", "--layers-only", "--all-tensors")
+    assert code == 2 and "contradict" in text
 
 
 def test_dtype_mismatch_merges_and_says_so(pair, tmp_path, cli):

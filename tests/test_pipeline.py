@@ -35,7 +35,8 @@ GENERAL = [
     "The cat sat on the mat and looked at the birds in the garden.",
     "Children play in the park after school while their parents talk.",
 ]
-BASELINES = {"uniform-t0.25", "uniform-t0.5", "uniform-t0.75", "task-arith-l0.5", "task-arith-l0.75", "ties-d0.2"}
+UNIFORM = {f"uniform-t{i / 10:g}" for i in range(1, 10)}  # the uniform curve, t = 0.1 … 0.9
+BASELINES = UNIFORM | {"task-arith-l0.5", "task-arith-l0.75", "ties-d0.2"}
 POLICIES = {"conservative", "balanced", "aggressive"}
 
 
@@ -108,9 +109,20 @@ def test_run_end_to_end(first, pair, suite) -> None:
     assert data["reference"]["base"]["retention"] == pytest.approx(1.0)
     assert data["reference"]["base"]["gain_kept"] == pytest.approx(0.0)
     assert data["reference"]["adapted"]["gain_kept"] == pytest.approx(1.0)
+    md = (out / "report.md").read_text()
     # the CPT forgot (general perplexity rose) and moving back toward the base restores retention
     r = {n: e["retention"] for n, e in [*data["candidates"].items(), *data["reference"].items()]}
-    assert r["adapted"] < 0.9 and r["adapted"] < r["uniform-t0.25"] < r["uniform-t0.5"] < r["uniform-t0.75"]
+    assert r["adapted"] < 0.9 and r["adapted"] < r["uniform-t0.2"] < r["uniform-t0.5"] < r["uniform-t0.8"]
+    # the uniform curve and ΔR at equal K for every plan, with paired tests against the nearest uniform point
+    assert [p.name for p in summary.uniform_curve] == ["adapted", *sorted(UNIFORM), "base"]
+    assert {c.plan for c in summary.curve_comparisons} == POLICIES
+    from spear_mm.evaluation.uniform_curve import r_on_curve
+
+    for c in summary.curve_comparisons:
+        if c.curve_r is not None:
+            assert c.delta_r == pytest.approx(c.retention - r_on_curve(summary.uniform_curve, c.gain_kept))
+        assert c.nearest in UNIFORM and {t.task for t in c.tests} == {"gen_ppl", "gen_mc", "fin_ppl"}
+    assert summary.curve_note in md and "uniform-SLERP curve (ΔR at equal K)" in md
     # every candidate was evaluated on the same items as the base
     base_tasks = json.loads((out / "eval/base.json").read_text())["tasks"]
     base_ids = {t: [i["id"] for i in r["items"]] for t, r in base_tasks.items()}
@@ -297,3 +309,36 @@ def test_sweep_grammar() -> None:
     for bad, match in (("0.1,0.5", "write it as"), ("f=0.1;x=2", "unknown key"), ("t=1.5", r"\(0, 1\]")):
         with pytest.raises(SpearError, match=match):
             parse_sweep(bad)
+
+
+def test_run_with_the_measured_planner_and_a_probe_ranking_resumes(pair, suite, tmp_path) -> None:
+    """`measured` plans from probes (general: sampled from the base), presets rank by restore gain, the
+    planner's cost is in the cost table, and a re-run skips the planner (its plan and evaluations are cached)."""
+    from spear_mm.planning.plan import Plan
+    from spear_mm.scoring.table import ScoreTable
+
+    out = tmp_path / "run"
+    kw = dict(policies=("balanced", "measured"), domain_probe=suite.parent / "finance.txt", planner={"budget": 4},
+              uniform_grid=(0.3, 0.6), rank_by="restore_gain")  # fmt: skip
+    summary = _run(pair, suite, out, **kw)
+    assert {"balanced", "measured", "uniform-t0.3", "uniform-t0.6"} <= set(summary.candidates)
+    plan = Plan.load(out / "plans" / "measured.yaml")
+    assert plan.provenance.policy == "measured" and plan.measurement.budget == 4
+    assert plan.measurement.evaluations >= 2 + 2 * 7  # base, adapted, each of 7 units (4 layers + 3) at 2 t
+    assert list((out / "planner").glob("base-samples-*.jsonl"))  # the general probe, sampled from the base
+    scores = ScoreTable.load(out / "scores")
+    assert all(u.restore_gain is not None for u in scores.units)  # ranked by measured restore gain
+    assert Plan.load(out / "plans" / "balanced.yaml").provenance.params["rank_by"] == "restore_gain"
+    stage = next(s for s in summary.stages if s.name.startswith("measured planner"))
+    assert stage.status == "ran" and "probe evaluations" in stage.detail
+    md = (out / "report.md").read_text()
+    assert "Measured planner: probes, spend and every unit's t" in md and "effect at t=0.5" in md
+    assert "measured planner's probes cost" in md and {c.plan for c in summary.curve_comparisons} == {
+        "balanced",
+        "measured",
+    }
+    again = _run(pair, suite, out, **kw)
+    stage = next(s for s in again.stages if s.name.startswith("measured planner"))
+    assert (
+        stage.status == "skipped" and again.candidates["measured"].retention == summary.candidates["measured"].retention
+    )

@@ -216,8 +216,12 @@ def test_cli_plan_with_exports_and_pair_check(tiny_pair, tmp_path):
     res = CliRunner().invoke(app, [*args, "--base", str(tiny_pair[0]), "--adapted", str(tiny_pair[1])])
     assert res.exit_code == 0, res.output
     loaded = Plan.load(plan)
-    assert loaded.provenance.policy == "aggressive" and len(loaded.restored_layers()) == 3
-    assert set(loaded.restored_layers()[:3]) >= {3, 5}
+    units = ScoreTable.load(scores).unit_ranking()
+    assert len(units) == 9  # 6 layers, embed, head, final norm: aggressive restores round(0.5·9) = 5 units
+    restored_units = [u for u in units if loaded.unit_t(u) > 0]
+    assert loaded.provenance.policy == "aggressive" and restored_units == units[:5]
+    assert {"layer.3", "layer.5"} <= set(restored_units)
+    assert set(loaded.units) == {"embed", "head", "final_norm"} and all(u.rank for u in loaded.units.values())
     assert yaml.safe_load(mk.read_text())["merge_method"] == "slerp"
     assert load_freeze_yaml(fr)
     swapped = CliRunner().invoke(app, [*args, "--base", str(tiny_pair[1]), "--adapted", str(tiny_pair[0])])

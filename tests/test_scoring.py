@@ -31,13 +31,21 @@ def test_strongly_drifted_layers_rank_first(scored):
     assert table.base_fingerprint and table.adapted_fingerprint
 
 
-def test_rows_cover_every_tensor_and_non_layers_get_relative_change_only(scored, tiny_pair):
+def test_rows_cover_every_tensor_and_non_layers_get_the_metrics_that_apply(scored, tiny_pair):
     table, _ = scored
     from spear_mm.io.checkpoint import Checkpoint
 
     assert {m.name for m in table.modules} == set(Checkpoint.open(tiny_pair[1]).names)
-    for m in table.non_layer():
-        assert m.score is None and m.swc is None and m.rel_change > 0
+    for m in table.non_layer():  # scored as units (spear_mm.scoring.units), not within a module type
+        assert m.score is None and m.rel_change > 0 and -1 <= m.cos <= 1
+        two_d = len(m.shape) == 2
+        assert (m.swc is not None) == two_d and (m.row_drift_median is not None) == two_d
+        if two_d:  # perturb_ adds 1% noise everywhere: every row moved by about 1%
+            assert 0.005 < m.row_drift_median < 0.02 and m.row_drift_median <= m.row_drift_p99 <= m.row_drift_max
+    units = {u.unit: u for u in table.units}
+    assert list(units) == [f"layer.{i}" for i in range(6)] + ["embed", "head", "final_norm"]
+    assert sorted(u.rank for u in units.values()) == list(range(1, 10))
+    assert {units["layer.3"].rank, units["layer.5"].rank} == {1, 2}  # the drifted layers lead the joint ranking
     norms = [m for m in table.modules if m.module == "norm"]
     assert norms and all(m.score is None for m in norms)
     matrices = [m for m in table.modules if m.score is not None]

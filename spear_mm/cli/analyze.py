@@ -20,9 +20,11 @@ from spear_mm.cli.choices import (
     Normalize,
     Policy,
     Precision,
+    RankBy,
     SnrNormalize,
     value,
 )
+from spear_mm.cli.planner import measured_from_cli, measurement_panel
 from spear_mm.errors import SpearError
 from spear_mm.io.checkpoint import Checkpoint
 from spear_mm.io.outputs import check_not_input, write_file
@@ -55,15 +57,30 @@ def _fmt(v: float | None) -> str:
     return "-" if v is None else f"{v:.3g}"
 
 
+def _action(t: float) -> str:
+    return "keep" if t == 0 else "base" if t == 1 else "restore"
+
+
 def _non_layer_table(table) -> Table | None:
-    rows = [m for m in table.non_layer() if len(m.shape) >= 1]
-    if not rows:
-        return None
-    t = Table(title="Outside the transformer blocks (relative change only; the plan sets them explicitly)")
-    for col in ("tensor", "group", "rel. change", "cos"):
-        t.add_column(col, justify="left" if col in ("tensor", "group") else "right")
-    for m in rows:
-        t.add_row(m.name, m.group, f"{m.rel_change:.2%}", f"{m.cos:.6f}")
+    """The units outside the blocks, with their place in the joint ranking (scores from before units: rc only)."""
+    units = [u for u in table.units if u.layer is None]
+    if not units:
+        rows = [m for m in table.non_layer() if len(m.shape) >= 1]
+        if not rows:
+            return None
+        t = Table(title="Outside the transformer blocks (relative change only)")
+        for col in ("tensor", "group", "rel. change", "cos"):
+            t.add_column(col, justify="left" if col in ("tensor", "group") else "right")
+        for m in rows:
+            t.add_row(m.name, m.group, f"{m.rel_change:.2%}", f"{m.cos:.6f}")
+        return t
+    t = Table(title=f"Units outside the blocks, ranked with the layers (of {len(table.units)} units)")
+    for col in ("rank", "unit", "score", "rel. change", "cos", "row drift median / p99", "SWC"):
+        t.add_column(col, justify="right")
+    for u in sorted(units, key=lambda u: u.rank):
+        rows = "-" if u.row_drift_median is None else f"{u.row_drift_median:.2%} / {u.row_drift_p99:.2%}"
+        name = u.unit + (" (tied lm_head)" if u.tied else "")
+        t.add_row(str(u.rank), name, f"{u.score:.3g}", f"{u.rel_change:.2%}", _fmt(u.cos), rows, _fmt(u.swc))
     return t
 
 
@@ -200,20 +217,40 @@ def _floats(text: str | None) -> list[float] | None:
 def plan_cmd(
     scores: Path = typer.Argument(..., help="Scores folder written by `spear-mm analyze`."),
     out: Path = typer.Option(..., "--out", "-o", help="Plan YAML to write."),
-    policy: Policy = typer.Option(Policy.balanced, help="Preset or rule that picks the restored layers."),
+    policy: Policy = typer.Option(
+        Policy.balanced, help="Preset or rule that picks the restored units (measured: the probe-driven planner)."
+    ),
+    rank_by: RankBy = typer.Option(RankBy.score, "--rank-by", help="Ranking the policy restores from."),
     fraction: float | None = typer.Option(None, help="Share of layers to restore (presets, fraction)."),
     t: float | None = typer.Option(None, "--t", help="SLERP t toward the base (0 keeps adapted, 1 = base)."),
     k: int | None = typer.Option(None, "--k", help="Number of top-ranked layers to restore (top-k, presets)."),
     layers: str | None = typer.Option(None, "--layers", help="custom: one t per layer, comma-separated."),
-    embed: float = typer.Option(0.0, help="t for the embeddings (default keeps the adapted ones)."),
-    head: float = typer.Option(0.0, help="t for lm_head."),
-    final_norm: float = typer.Option(0.0, help="t for the final norm."),
-    method: Method = typer.Option(Method.slerp, help="How restored layers are merged."),
+    embed: float | None = typer.Option(None, help="t for the embeddings (default: the policy decides, by rank)."),
+    head: float | None = typer.Option(None, help="t for lm_head (default: the policy decides)."),
+    final_norm: float | None = typer.Option(None, help="t for the final norm (default: the policy decides)."),
+    method: Method = typer.Option(Method.slerp, help="How restored units are merged."),
     base: Path | None = typer.Option(None, help="Base folder: check the scores belong to this pair."),
     adapted: Path | None = typer.Option(None, help="Adapted folder: check the scores belong to this pair."),
     export_mergekit: Path | None = typer.Option(None, "--export-mergekit", help="Also write a mergekit SLERP config."),
     export_freeze: Path | None = typer.Option(
         None, "--export-freeze", help="Also write a freeze YAML for the next CPT."
+    ),
+    domain_probe: Path | None = typer.Option(
+        None, "--domain-probe", help="measured: held-out domain text (.txt, or .jsonl with a 'text' field)."
+    ),
+    general_probe: Path | None = typer.Option(
+        None, "--general-probe", help="measured: general text (default: 8 texts sampled once from the base)."
+    ),
+    budget: int = typer.Option(30, "--budget", help="measured: probe evaluations for the optuna refinement."),
+    max_domain_loss: float = typer.Option(
+        0.1, "--max-domain-loss", help="measured: share of the domain-probe gain the plan may lose."
+    ),
+    target_retention: float | None = typer.Option(
+        None, "--target-retention", help="measured: reach this share of the general-probe damage recovered."
+    ),
+    probe_tokens: int = typer.Option(1024, "--probe-tokens", help="measured: tokens per probe."),
+    probe_units: int | None = typer.Option(
+        None, "--probe-units", help="measured: measure only the top N units of the ranking (default: all)."
     ),
 ) -> None:
     """Turn a layer ranking into a restoration plan (reviewable YAML), optionally exported for mergekit/CPT.
@@ -221,42 +258,52 @@ def plan_cmd(
     Check a plan against a model without merging: spear-mm plan validate PLAN.yaml MODEL.
     """
 
-    policy, method = value(policy), value(method)
     table = ScoreTable.load(scores)
     if (base is None) != (adapted is None):
         raise SpearError("give both --base and --adapted (to check the scores belong to that pair), or neither.")
     if base is not None:
         table.check_pair(Checkpoint.open(base).fingerprint(), Checkpoint.open(adapted).fingerprint(), str(scores))
-    plan = make_plan(
-        table,
-        policy,
-        fraction=fraction,
-        t=t,
-        k=k,
-        layer_ts=_floats(layers),
-        embed=embed,
-        head=head,
-        final_norm=final_norm,
-        method=method,
-    )
-
+    policy, method, rank_by = value(policy), value(method), value(rank_by)
     inputs = [scores / "scores.json" if scores.is_dir() else scores, table.base, table.adapted]  # the scored pair
     inputs += [p for p in (base, adapted) if p is not None]
     if export_mergekit is not None:
         export_mergekit = check_not_input(export_mergekit, inputs, "--export-mergekit file")
     if export_freeze is not None:
         export_freeze = check_not_input(export_freeze, inputs, "--export-freeze file")
+    if policy == "measured":
+        knobs = dict(budget=budget, max_domain_loss=max_domain_loss, target_retention=target_retention,
+                     probe_units=probe_units)  # fmt: skip
+        plan = measured_from_cli(table, base, adapted, out, domain_probe, general_probe, knobs, rank_by,
+                                 probe_tokens, method)  # fmt: skip
+    else:
+        plan = make_plan(
+            table,
+            policy,
+            fraction=fraction,
+            t=t,
+            k=k,
+            layer_ts=_floats(layers),
+            embed=embed,
+            head=head,
+            final_norm=final_norm,
+            method=method,
+            rank_by=rank_by,
+        )
     write_file(out, plan.to_yaml(), inputs, "plan file")
     rows = describe(plan)
     view = Table(title=f"Plan '{policy}': {len(rows)} of {plan.num_layers} layers move toward the base ({method})")
-    for col in ("rank", "layer", "t (base weight)", "action", "score"):
+    for col in ("rank", "unit", "t (base weight)", "action", "score"):
         view.add_column(col, justify="right")
     for layer, t_, action, rank, score in rows:
-        view.add_row(_fmt(rank), str(layer), f"{t_:g}", action, _fmt(score))
+        view.add_row(_fmt(rank), f"layer.{layer}", f"{t_:g}", action, _fmt(score))
+    for unit, info in plan.units.items():
+        view.add_row(_fmt(info.rank), unit, f"{plan.unit_t(unit):g}", _action(plan.unit_t(unit)), _fmt(info.score))
     out_console.print(view)
-    out_console.print(
-        f"embed t={plan.embed:g}, head t={plan.head:g}, final norm t={plan.final_norm:g}; other layers keep the adapted weights"
-    )
+    if plan.measurement is not None:
+        out_console.print(measurement_panel(plan))
+    if not plan.units:  # scores from before units: the non-layer t are not in the table
+        out_console.print(f"embed t={plan.embed:g}, head t={plan.head:g}, final norm t={plan.final_norm:g}")
+    out_console.print("units not listed keep the adapted weights (t = 0)")
     out_console.print(f"wrote {out}")
     if export_mergekit is not None:
         write_file(export_mergekit, mergekit_yaml(plan, table.base, table.adapted), inputs, "--export-mergekit file")

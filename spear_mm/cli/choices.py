@@ -38,6 +38,13 @@ class Policy(str, Enum):
     custom = "custom"
     top_k = "top-k"
     fraction = "fraction"
+    measured = "measured"
+
+
+class RankBy(str, Enum):
+    score = "score"
+    restore_gain = "restore_gain"
+    activation_drift = "activation_drift"
 
 
 class Method(str, Enum):

@@ -31,15 +31,17 @@ from spear_mm.planning.plan import Plan
 out_console = Console()
 
 
-def _resolve_plan(plan_file: Path | None, t: float | None, num_layers: int, all_tensors: bool):
+def _resolve_plan(plan_file: Path | None, t: float | None, num_layers: int, layers_only: bool):
 
     if (plan_file is None) == (t is None):
         raise SpearError("give exactly one of --plan plan.yaml or --t T (the weight of the base, 0..1).")
     if plan_file is not None:
+        if layers_only:
+            raise SpearError("--layers-only goes with --t; a plan file sets every unit's t itself.")
         return Plan.load(plan_file)
     if not 0.0 <= t <= 1.0:
         raise SpearError(f"--t {t} is outside [0, 1] (t is the weight of the base model).")
-    return Plan.uniform(t, num_layers, include_non_layers=all_tensors)
+    return Plan.uniform(t, num_layers, include_non_layers=not layers_only)
 
 
 def merge_cmd(
@@ -47,8 +49,13 @@ def merge_cmd(
     adapted: Path = typer.Argument(..., help="Adapted model folder (after CPT) or hub id org/name(@rev)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (written atomically)."),
     plan: Path | None = typer.Option(None, "--plan", help="Restoration plan YAML (spear-mm plan)."),
-    t: float | None = typer.Option(None, "--t", help="Uniform SLERP factor for every layer (weight of the base)."),
-    all_tensors: bool = typer.Option(False, "--all-tensors", help="With --t: also embeddings, head, final norm."),
+    t: float | None = typer.Option(
+        None, "--t", help="Uniform SLERP factor for EVERY tensor (weight of the base; --t 1 gives the base exactly)."
+    ),
+    layers_only: bool = typer.Option(
+        False, "--layers-only", help="With --t: only the transformer layers; embeddings, head, final norm kept."
+    ),
+    all_tensors: bool = typer.Option(False, "--all-tensors", hidden=True, help="Deprecated: now the default."),
     device: str = typer.Option("cpu", metavar=DEVICE_METAVAR, help="Where the kernels run."),
     threads: int | None = typer.Option(None, help="Torch threads for the kernels (default 1: measured fastest)."),
     max_shard_size: str = typer.Option("5GB", help="Largest output shard, e.g. 5GB or 500MB."),
@@ -65,7 +72,9 @@ def merge_cmd(
     checks.file_option("--plan", plan)
     resolve_device(device)
     pair = open_pair(base, adapted, allow_vocab_extension=allow_vocab_extension)
-    the_plan = _resolve_plan(plan, t, pair.num_layers, all_tensors)
+    if all_tensors and layers_only:
+        raise SpearError("--all-tensors and --layers-only contradict each other; --t applies to every tensor.")
+    the_plan = _resolve_plan(plan, t, pair.num_layers, layers_only)
     ops = build_ops(pair, the_plan, parse_dtype(out_dtype))
     if dry_run:
         table = Table(title=f"dry run: {the_plan.summary()}")

@@ -20,6 +20,7 @@ from spear_mm.cli.choices import (
     Backend,
     ChooseFrom,
     Executor,
+    RankBy,
     value,
 )
 from spear_mm.cli.output import console, out_console
@@ -61,7 +62,25 @@ def run_cmd(
     data_dir: Path | None = typer.Option(None, "--data-dir", help="Folder with the suites' data files."),
     suite: str | None = SUITE_OPTION,
     policies: str | None = typer.Option(
-        None, "--policies", help="Comma-separated presets and/or plan .yaml files [conservative,balanced,aggressive]."
+        None,
+        "--policies",
+        help="Comma-separated presets, 'measured' (the probe-driven planner: needs --domain-probe) and/or plan .yaml "
+        "files [conservative,balanced,aggressive].",
+    ),
+    rank_by: RankBy | None = typer.Option(None, "--rank-by", help="Ranking the presets restore from [score]."),
+    uniform_grid: str | None = typer.Option(
+        None, "--uniform-grid", help="t of the uniform-SLERP curve every plan is compared with [0.1,0.2,…,0.9]."
+    ),
+    domain_probe: Path | None = typer.Option(
+        None, "--domain-probe", help="measured: held-out domain text (.txt, or .jsonl with a 'text' field)."
+    ),
+    general_probe: Path | None = typer.Option(
+        None, "--general-probe", help="measured: general text (default: 8 texts sampled once from the base)."
+    ),
+    planner_budget: int | None = typer.Option(None, "--planner-budget", help="measured: probe evaluations [30]."),
+    probe_tokens: int | None = typer.Option(None, "--probe-tokens", help="measured: tokens per probe [1024]."),
+    max_domain_loss: float | None = typer.Option(
+        None, "--max-domain-loss", help="measured: share of the domain-probe gain the plan may lose [0.1]."
     ),
     sweep: str | None = typer.Option(
         None, "--sweep", help="Fractions × t grid, e.g. 'f=0.1,0.25,0.5;t=0.5,0.7,0.9' ('default' for that grid)."
@@ -118,13 +137,28 @@ def run_cmd(
                    workers=workers, batch_size=batch_size, keep_all=keep_all, executor=value(executor),
                    ray_address=ray_address, cpt_cost_seconds=cpt_cost_seconds, title=title,
                    allow_vocab_extension=allow_vocab_extension, out_dtype=value(out_dtype),
-                   backend=value(backend)) | lm_eval  # fmt: skip
+                   backend=value(backend), rank_by=value(rank_by),
+                   uniform_grid=_floats(uniform_grid), domain_probe=domain_probe, general_probe=general_probe,
+                   planner=_given(budget=planner_budget, probe_tokens=probe_tokens,
+                                  max_domain_loss=max_domain_loss)) | lm_eval  # fmt: skip
     run_config = RunConfig.build(config, **options)
     checks.device(run_config.device)
     _quiet_per_model_logs()
     with progress_bars() as progress:
         summary = run(config=run_config, progress=progress)
     print_summary(summary)
+
+
+def _floats(text: str | None) -> list[float] | None:
+    try:
+        return None if text is None else [float(x) for x in text.split(",") if x.strip()]
+    except ValueError as exc:
+        raise SpearError(f"--uniform-grid {text!r}: give comma-separated t values, e.g. 0.1,0.3,0.5,0.7,0.9.") from exc
+
+
+def _given(**values):
+    """Only the options given on the command line (None: the config file's or the default value holds)."""
+    return {k: v for k, v in values.items() if v is not None} or None
 
 
 def progress_bars():
@@ -168,6 +202,13 @@ def print_summary(summary: RunSummary) -> None:
     if summary.chosen_model_path:
         out_console.print(f"chosen model: {summary.chosen_model_path}")
     out_console.print(f"report: {summary.report_html}")
+
+
+def _grid(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.replace(" ", "").split(",") if x)
+    except ValueError as exc:
+        raise SpearError(f"--uniform-grid must be comma-separated numbers in (0, 1), got {text!r}.") from exc
 
 
 def _quiet_per_model_logs() -> None:

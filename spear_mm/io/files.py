@@ -1,12 +1,15 @@
-"""The one atomic file write every stage shares (user files are read with `spear_mm.errors.read_text`)."""
+"""The one atomic file write every stage shares, and content keys of JSON-able inputs (user files are read with
+`spear_mm.errors.read_text`)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[str]], None], *, newline: str | None = None) -> Path:
@@ -41,3 +44,9 @@ def atomic_write(path: str | Path, write: Callable[[IO[str]], None], *, newline:
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """`atomic_write` of a whole string. Returns `path`."""
     return atomic_write(path, lambda f: f.write(text))
+
+
+def content_key(**inputs: Any) -> str:
+    """sha256 (16 hex) of the canonical JSON of the inputs."""
+    raw = json.dumps(inputs, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]

@@ -4,7 +4,9 @@ Every candidate is a named `Plan`; names are stable so a re-run finds its earlie
     conservative | balanced | aggressive      policy presets (spear_mm.planning.policies)
     <file stem>                               a plan YAML passed as a policy
     sweep-f<fraction>-t<t>                    top-`fraction` layers restored with SLERP factor t
-    uniform-t<t>                              every tensor SLERPed with the same t (WiSE-FT style)
+    measured                                  the measured planner's plan (spear_mm.calibration.planner)
+    uniform-t<t>                              every tensor SLERPed with the same t (WiSE-FT style); t on a grid
+                                              (default 0.1 … 0.9): the uniform curve every plan must beat
     task-arith-l<λ>                           base + λ·(adapted − base) on every tensor
     ties-d<density>                           base + the top-`density` |ΔW| entries of every tensor (TIES trim)
 The plain-CPT baseline is the adapted model itself (evaluated as `adapted`).
@@ -19,12 +21,13 @@ from pathlib import Path
 from typing import Literal
 
 from spear_mm.errors import SpearError
+from spear_mm.evaluation.uniform_curve import UNIFORM_GRID
 from spear_mm.planning.plan import Plan, Provenance
 from spear_mm.planning.policies import PRESETS, make_plan
 from spear_mm.scoring.table import ScoreTable
 
 Kind = Literal["policy", "sweep", "baseline"]
-UNIFORM_TS = (0.25, 0.5, 0.75)
+UNIFORM_TS = UNIFORM_GRID
 TASK_ARITHMETIC_LAMBDAS = (0.5, 0.75)
 TIES_DENSITY = 0.2
 N_BASELINES = len(UNIFORM_TS) + len(TASK_ARITHMETIC_LAMBDAS) + 1  # + TIES
@@ -45,11 +48,14 @@ def _num(x: float) -> str:
     return f"{x:g}"
 
 
-def policy_candidates(scores: ScoreTable, policies: Sequence[str]) -> list[Candidate]:
-    """Plans of the named policies (presets), or plan YAML files given by path (named by their stem)."""
+def policy_candidates(scores: ScoreTable, policies: Sequence[str], rank_by: str = "score") -> list[Candidate]:
+    """Plans of the named policies (presets, from the `rank_by` ranking), or plan YAML files given by path
+    (named by their stem). `measured` is left out here: the pipeline runs the planner as its own step."""
 
     out = []
     for policy in policies:
+        if policy == "measured":
+            continue
         path = Path(policy).expanduser()
         if policy.endswith((".yaml", ".yml")):
             plan = Plan.load(path)
@@ -62,13 +68,14 @@ def policy_candidates(scores: ScoreTable, policies: Sequence[str]) -> list[Candi
             continue
         if policy not in PRESETS:
             raise SpearError(
-                f"unknown policy '{policy}': use {', '.join(PRESETS)} or the path of a plan YAML file "
+                f"unknown policy '{policy}': use {', '.join(PRESETS)}, measured, or the path of a plan YAML file "
                 "(spear-mm plan writes one)."
             )
-        plan = make_plan(scores, policy)
+        plan = make_plan(scores, policy, rank_by=rank_by)
         fraction, t = PRESETS[policy]
         how = f"t={_num(t)}" if policy != "aggressive" else "t=0.9 for the top quarter, 0.6 for the rest"
-        out.append(Candidate(policy, "policy", plan, f"SPEAR-MM {policy}: top {fraction:.0%} of layers, {how}"))
+        by = "" if rank_by == "score" else f", ranked by {rank_by}"
+        out.append(Candidate(policy, "policy", plan, f"SPEAR-MM {policy}: top {fraction:.0%} of units{by}, {how}"))
     return out
 
 
@@ -99,22 +106,29 @@ def parse_sweep(sweep: str | Mapping[str, Sequence[float]] | bool | None) -> dic
     return grid
 
 
-def sweep_candidates(scores: ScoreTable, grid: Mapping[str, Sequence[float]] | None) -> list[Candidate]:
-    """One plan per (fraction, t): the top `fraction` of layers by impact restored with SLERP factor t."""
+def sweep_candidates(
+    scores: ScoreTable, grid: Mapping[str, Sequence[float]] | None, rank_by: str = "score"
+) -> list[Candidate]:
+    """One plan per (fraction, t): the top `fraction` of units by impact restored with SLERP factor t."""
 
     if not grid:
         return []
     out = []
     for fraction, t in itertools.product(grid["fractions"], grid["t"]):
-        plan = make_plan(scores, "fraction", fraction=fraction, t=t)
+        plan = make_plan(scores, "fraction", fraction=fraction, t=t, rank_by=rank_by)
         name = f"sweep-f{_num(fraction)}-t{_num(t)}"
-        out.append(Candidate(name, "sweep", plan, f"top {fraction:.0%} of layers, SLERP t={_num(t)}"))
+        out.append(Candidate(name, "sweep", plan, f"top {fraction:.0%} of units, SLERP t={_num(t)}"))
     return out
 
 
-def baseline_candidates(num_layers: int, provenance: Mapping[str, str | None] | None = None) -> list[Candidate]:
-    """Uniform SLERP, task arithmetic and a TIES-trimmed delta, applied to every tensor (embeddings included)."""
+def baseline_candidates(
+    num_layers: int, provenance: Mapping[str, str | None] | None = None, uniform_ts: Sequence[float] = UNIFORM_TS
+) -> list[Candidate]:
+    """Uniform SLERP on the `uniform_ts` grid (the uniform curve), task arithmetic and a TIES-trimmed delta,
+    applied to every tensor (embeddings included). Points equal to another candidate are evaluated once."""
     prov = dict(provenance or {})
+    if any(not 0.0 < t < 1.0 for t in uniform_ts):
+        raise SpearError(f"uniform grid {list(uniform_ts)}: every t must lie strictly between 0 and 1.")
 
     def uniform(t: float, policy: str, params: dict, **kw) -> Plan:
         return Plan.uniform(
@@ -128,7 +142,7 @@ def baseline_candidates(num_layers: int, provenance: Mapping[str, str | None] | 
             uniform(t, "uniform", {"t": t}),
             f"uniform SLERP of every tensor, t={_num(t)} (WiSE-FT style)",
         )
-        for t in UNIFORM_TS
+        for t in sorted(set(uniform_ts))
     ]
     out += [
         Candidate(

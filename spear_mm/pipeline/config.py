@@ -47,6 +47,17 @@ class RunConfig(BaseModel):
     ray_address: str | None = None
     cpt_cost_seconds: float | None = Field(None, gt=0, description="cost of one CPT run (default: cost.json)")
     scoring: ScoreConfig = Field(default_factory=ScoreConfig)
+    rank_by: Literal["score", "restore_gain", "activation_drift"] = Field(
+        "score", description="the ranking presets and the sweep restore from"
+    )
+    uniform_grid: list[float] = Field(
+        [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], description="t of the uniform-SLERP curve plans are judged by"
+    )
+    domain_probe: str | None = Field(None, description="measured planner: held-out domain text (.txt or .jsonl)")
+    general_probe: str | None = Field(None, description="measured planner: general text (default: base samples)")
+    planner: dict[str, Any] = Field(
+        default_factory=dict, description="measured planner options (budget, max_domain_loss, probe_tokens, …)"
+    )
     allow_vocab_extension: bool = Field(False, description="the adapted model may add tokens (new rows are kept)")
     out_dtype: Literal["bf16", "fp16", "fp32"] | None = Field(None, description="dtype of written models")
     backend: Literal["builtin", "lm-eval"] = Field("builtin", description="back end for the suites' items")
@@ -63,7 +74,14 @@ class RunConfig(BaseModel):
             return [p.strip() for p in v.split(",") if p.strip()]
         return list(v) if isinstance(v, tuple) else v
 
-    @field_validator("base", "adapted", "out", "data_dir", mode="before")
+    @field_validator("uniform_grid")
+    @classmethod
+    def _check_grid(cls, v: list[float]) -> list[float]:
+        if not v or any(not 0.0 < t < 1.0 for t in v):
+            raise ValueError("uniform_grid needs t values strictly between 0 and 1, e.g. [0.1, 0.3, 0.5, 0.7, 0.9]")
+        return v
+
+    @field_validator("base", "adapted", "out", "data_dir", "domain_probe", "general_probe", mode="before")
     @classmethod
     def _path_str(cls, v: Any) -> Any:
         return str(v) if isinstance(v, Path) else v
@@ -88,7 +106,10 @@ class RunConfig(BaseModel):
             if not isinstance(loaded, dict):
                 raise SpearError(f"{source}: a run config is a mapping of fields (base:, adapted:, suites:, …).")
             data = loaded
-        data.update({k: v for k, v in overrides.items() if v is not None})
+        given = {k: v for k, v in overrides.items() if v is not None}
+        if isinstance(given.get("planner"), dict) and isinstance(data.get("planner"), dict):
+            given["planner"] = {**data["planner"], **given["planner"]}  # a flag changes one planner option
+        data.update(given)
         try:
             return cls.model_validate(data)
         except ValidationError as exc:

@@ -12,6 +12,7 @@ finished (see spear_mm/pipeline/steps.py and docs/pipeline.md). Candidate evalua
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import shutil
 import time
@@ -19,17 +20,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from spear_mm.calibration.planner import general_probe_for
 from spear_mm.errors import SpearError
 from spear_mm.evaluation import load_tasks
 from spear_mm.evaluation.lm_eval_tasks import LmEvalTasks, check_no_clash, preflight
 from spear_mm.evaluation.metrics import EvalResult
-from spear_mm.executors import make_executor
+from spear_mm.executors import LazyExecutor
 from spear_mm.io.dtypes import parse_dtype
+from spear_mm.io.files import content_key
 from spear_mm.io.outputs import WorkDir, check_free_space
 from spear_mm.io.pair import Pair, open_pair
 from spear_mm.merging.merge import merge, resolve_device
 from spear_mm.pipeline.candidates import (
     N_BASELINES,
+    UNIFORM_TS,
     Candidate,
     baseline_candidates,
     check_unique,
@@ -49,7 +53,8 @@ from spear_mm.pipeline.jobs import (
     plan_hash,
     tasks_hash,
 )
-from spear_mm.pipeline.steps import StepRecord, Steps, content_key, sidecar
+from spear_mm.pipeline.planner_step import measured_step
+from spear_mm.pipeline.steps import StepRecord, Steps, sidecar
 from spear_mm.pipeline.summary import RunSummary, StageCost, cpt_cost, report_tables, summarise
 from spear_mm.planning.plan import Plan
 from spear_mm.progress import ProgressCallback
@@ -108,19 +113,25 @@ def _run(config: RunConfig, pair: Pair, run_dir: Path, progress: ProgressCallbac
                      progress)  # fmt: skip
     grid = parse_sweep(config.sweep)
     tasks, skipped = _load_tasks(config, ctx.lm_eval_tasks)
+    n_baselines = N_BASELINES - len(UNIFORM_TS) + len(set(config.uniform_grid))
     n_candidates = len(config.policies) + (len(grid["fractions"]) * len(grid["t"]) if grid else 0)
-    n_candidates += N_BASELINES * config.baselines
+    n_candidates += n_baselines * config.baselines
     check_free_space(run_dir, pair.adapted.nbytes * (n_candidates if config.keep_all else 1))
     config.save(run_dir / "run.yaml")
     stages.append(StageCost(name="open pair + load tasks", seconds=time.perf_counter() - clock, device="cpu"))
     ctx.steps.event("run", "started", base=str(pair.base.path), adapted=str(pair.adapted.path))
     gpus = (1 if config.device.startswith("cuda") else 0) if config.executor == "ray" else None
-    with _LazyExecutor(config.executor, config.workers, config.ray_address, gpus) as ex:
+    with LazyExecutor(config.executor, config.workers, config.ray_address, gpus) as ex:
         scores, stage = _analyze(ctx, ex)
         stages.append(stage)
         prov = {"base": ctx.fp_b, "adapted": ctx.fp_a}
-        candidates = policy_candidates(scores, config.policies) + sweep_candidates(scores, grid)
-        candidates += baseline_candidates(pair.num_layers, prov) if config.baselines else []
+        rank_by = config.rank_by
+        candidates = policy_candidates(scores, config.policies, rank_by) + sweep_candidates(scores, grid, rank_by)
+        if "measured" in config.policies:
+            measured, stage = measured_step(ctx, scores)
+            candidates.append(measured)
+            stages.append(stage)
+        candidates += baseline_candidates(pair.num_layers, prov, tuple(config.uniform_grid)) if config.baselines else []
         check_unique(candidates)
         candidates = _write_plans(ctx, candidates, scores)
         results, stage = _evaluate(ctx, _jobs(ctx, candidates, tasks), tasks, skipped, ex)
@@ -171,11 +182,18 @@ def _load_tasks(config: RunConfig, registered: LmEvalTasks | None = None):
     return tuple(tasks), skipped
 
 
-def _analyze(ctx: RunContext, ex: _LazyExecutor) -> tuple[ScoreTable, StageCost]:
+def _analyze(ctx: RunContext, ex: LazyExecutor) -> tuple[ScoreTable, StageCost]:
     device, steps, pair = ctx.config.device, ctx.steps, ctx.pair
     config = ctx.config.scoring.model_copy(update={"device": device})
     out = ctx.run_dir / "scores"
+    probe, ground_truth = None, ctx.config.rank_by == "restore_gain"
+    if ctx.config.rank_by != "score":  # a probe ranking needs the data-aware scores of `analyze --probe`
+        gp = ctx.config.general_probe
+        probe = Path(gp) if gp else general_probe_for(pair, ctx.run_dir / "planner")
     key = content_key(base=ctx.fp_b, adapted=ctx.fp_a, config=config.model_dump(mode="json"))
+    if probe is not None:  # runs without a probe keep their old key (and their finished scores)
+        probe_key = hashlib.sha256(probe.read_bytes()).hexdigest()[:16]
+        key = content_key(key=key, probe=probe_key, ground_truth=ground_truth)
     record = steps.finished(out, key, out / "scores.json")
     if record is not None:
         steps.skipped("analyze", record)
@@ -186,7 +204,8 @@ def _analyze(ctx: RunContext, ex: _LazyExecutor) -> tuple[ScoreTable, StageCost]
         ex.get()  # start Ray once: scoring attaches to it, evaluation reuses it
     where = {} if ex.kind == "local" else {"executor": ex.kind, "ray_address": ex.ray_address, "workers": ex.workers}
     table = analyze(pair.base.path, pair.adapted.path, out, device=device, config=config, progress=cb,
-                    allow_vocab_extension=bool(pair.vocab_extension), **where)  # fmt: skip
+                    allow_vocab_extension=bool(pair.vocab_extension), probe=probe, ground_truth=ground_truth,
+                    **where)  # fmt: skip
     seconds = round(time.perf_counter() - started, 4)  # as recorded, so a resumed run reports the same costs
     steps.record(out, "analyze", key, seconds, device, tensors=len(table.modules))
     return table, StageCost(name="analyze", seconds=seconds, device=device, detail=f"{len(table.modules)} tensors")
@@ -244,7 +263,7 @@ def _eval_key(ctx: RunContext, job: CandidateJob, tasks_key: str) -> str:
     return content_key(model=model, tasks=tasks_key, device=job.device)
 
 
-def _evaluate(ctx: RunContext, jobs: list[CandidateJob], tasks, skipped: dict[str, str], ex: _LazyExecutor):
+def _evaluate(ctx: RunContext, jobs: list[CandidateJob], tasks, skipped: dict[str, str], ex: LazyExecutor):
     """Evaluate every job not already finished through the executor; each result is saved as it arrives.
     Candidates that merge to the same model (same key) are evaluated once and the result saved for each."""
     extra_key = (jobs[0].backend, jobs[0].lm_eval_tasks) if jobs else ()
@@ -300,28 +319,6 @@ def _evaluate(ctx: RunContext, jobs: list[CandidateJob], tasks, skipped: dict[st
     return {j.name: results[j.name] for j in jobs}, StageCost(
         name="evaluate (+ in-memory merge)", seconds=seconds, device=device, status=status, detail=detail
     )
-
-
-class _LazyExecutor:
-    """The run's executor, made on first use (a resumed run with nothing left to do starts none) and kept for the
-    whole run, so a Ray instance started for scoring is reused by the evaluations."""
-
-    def __init__(self, kind: str, workers: int | None, ray_address: str | None, num_gpus: int | None):
-        self.kind, self.workers, self.ray_address, self.num_gpus = kind, workers, ray_address, num_gpus
-        self._ex = None
-
-    def get(self):
-        if self._ex is None:
-            self._ex = make_executor(self.kind, workers=self.workers, ray_address=self.ray_address,
-                                     num_gpus=self.num_gpus)  # fmt: skip
-        return self._ex
-
-    def __enter__(self) -> _LazyExecutor:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._ex is not None:
-            self._ex.__exit__(*exc)  # on an exception a process pool kills its workers instead of waiting
 
 
 def _retire_stale(eval_dir: Path, names: set[str]) -> None:

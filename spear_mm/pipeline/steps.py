@@ -9,7 +9,6 @@ an interrupted step is simply run again.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -17,12 +16,6 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from spear_mm.io.files import atomic_write_text
-
-
-def content_key(**inputs: Any) -> str:
-    """sha256 (16 hex) of the canonical JSON of the inputs."""
-    raw = json.dumps(inputs, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
 class StepRecord(BaseModel):

@@ -12,10 +12,19 @@ from pydantic import BaseModel, Field
 
 from spear_mm import __version__
 from spear_mm.evaluation.metrics import pareto_front, tradeoff
+from spear_mm.evaluation.uniform_curve import (
+    CurveComparison,
+    CurvePoint,
+    above_curve,
+    compare_to_curve,
+    curve_from,
+    curve_sentence,
+)
 from spear_mm.io.files import atomic_write_text
 from spear_mm.io.hub import hub_label
 from spear_mm.pipeline.context import RunContext
 from spear_mm.pipeline.selection import Comparison, choose, compare_to_baselines
+from spear_mm.planning.plan import Plan
 
 log = logging.getLogger(__name__)
 Role = Literal["base", "adapted", "policy", "sweep", "baseline"]
@@ -97,6 +106,9 @@ class RunSummary(BaseModel):
     reference: dict[str, ModelEntry] = Field(default_factory=dict)  # base and adapted
     pareto_front: list[str] = Field(default_factory=list)
     comparisons: list[Comparison] = Field(default_factory=list)
+    uniform_curve: list[CurvePoint] = Field(default_factory=list)  # adapted (t 0), uniform-t*, base (t 1)
+    curve_comparisons: list[CurveComparison] = Field(default_factory=list)  # ΔR at equal K per plan
+    curve_note: str = ""
     costs: dict[str, float] = Field(default_factory=dict)  # name -> cost_seconds (the report's "cost s")
     cost: CostSummary
     stages: list[StageCost] = Field(default_factory=list)
@@ -196,7 +208,13 @@ def summarise(ctx: RunContext, candidates, results, stages, skipped, *, suites: 
     for n in front:
         entries[n].on_front = True
     pool = [c.name for c in candidates if c.kind != "baseline"] if choose_from == "plans" else [*merged, "adapted"]
-    choice = choose({n: (entries[n].retention, entries[n].gain_kept) for n in pool}, target_retention)
+    points = {n: (e.retention, e.gain_kept) for n, e in entries.items()}
+    curve = curve_from(points)
+    plan_names = [c.name for c in candidates if c.kind != "baseline"]
+    curve_cmp = compare_to_curve({n: points[n] for n in plan_names}, curve, results,
+                                 {n: tr.group for n, tr in base.tasks.items()})  # fmt: skip
+    curve_note = curve_sentence(curve_cmp, sum(1 for p in curve if p.name not in ("base", "adapted")))
+    choice = _choose_above_curve(points, pool, above_curve(curve_cmp), target_retention)
     if choice.chosen is None:
         log.warning("no model could be chosen: %s", choice.reason)
     baseline_names = ["adapted", *(c.name for c in candidates if c.kind == "baseline")]
@@ -209,7 +227,7 @@ def summarise(ctx: RunContext, candidates, results, stages, skipped, *, suites: 
     reference = {n: entries.pop(n) for n in ("base", "adapted")}
     cost = cost_summary(entries, reference, score_seconds, device, cpt)
     fallback = [(e.n_lerp_fallback or 0, e.n_merged or 0) for e in entries.values() if e.method == "slerp"]
-    notes = [f"Choice: {choice.rule} — {choice.reason}."]
+    notes = [f"Choice: {choice.rule} — {choice.reason}.", curve_note]
     if fallback and sum(m for _, m in fallback):
         notes.append(
             f"SLERP fell back to LERP (|cos| > 0.9995) on {sum(f for f, _ in fallback)} of "
@@ -240,11 +258,74 @@ def summarise(ctx: RunContext, candidates, results, stages, skipped, *, suites: 
         reference=reference,
         pareto_front=front,
         comparisons=comparisons,
+        uniform_curve=curve,
+        curve_comparisons=curve_cmp,
+        curve_note=curve_note,
         costs={n: e.cost_seconds for n, e in entries.items() if e.cost_seconds is not None},
         cost=cost,
         stages=stages,
         notes=notes,
     )
+
+
+def _choose_above_curve(points, pool: list[str], above: list[str], target: float | None):
+    """The choice rule, restricted to the plans above the uniform curve when there are any (and, with a target,
+    when one of them meets it); otherwise over the whole pool."""
+    if above:
+        choice = choose({n: points[n] for n in above if n in pool}, target)
+        if choice.chosen is not None and choice.met_target is not False:
+            return choice.model_copy(update={"rule": choice.rule + ", among the plans above the uniform curve"})
+    return choose({n: points[n] for n in pool}, target)
+
+
+def _curve_table(summary: RunSummary) -> dict[str, Any]:
+    rows = []
+    for c in summary.curve_comparisons:
+        tests = "; ".join(f"{t.task} {t.diff:+.4f} (p={t.p_value:.3g}, {t.favours})" for t in c.tests) or "—"
+        near = f"{c.nearest} (R {_f(c.nearest_r)}, K {_f(c.nearest_k)})" if c.nearest else "—"
+        rows.append([c.plan, f"{c.retention:.3f}", f"{c.gain_kept:.3f}", _f(c.curve_r), _f(c.delta_r, "+.3f"), near,
+                     tests])  # fmt: skip
+    curve = ", ".join(f"t={p.t:g}: R {p.retention:.3f}, K {p.gain_kept:.3f}" for p in summary.uniform_curve)
+    return {
+        "title": "SPEAR-MM plans against the uniform-SLERP curve (ΔR at equal K)",
+        "text": summary.curve_note + " ΔR = the plan's R minus the curve's R interpolated at the plan's K (curve in "
+        "t order, adapted = t 0, base = t 1; '—': the plan's K is outside the curve's range). Paired tests on every "
+        "task against the uniform point nearest in K (McNemar for accuracy; paired bootstrap of NLL/token, where a "
+        "negative diff favours the plan). Curve: " + (curve or "none") + ".",
+        "columns": ["plan", "R", "K", "curve R at K", "ΔR at equal K", "nearest uniform point", "paired tests"],
+        "rows": rows,
+    }
+
+
+def _planner_table(path: Path) -> dict[str, Any] | None:
+    """The measured planner's probes, spend and every unit's t with its measured effects."""
+
+    try:
+        plan = Plan.load(path)
+    except Exception:  # noqa: BLE001 - a missing or hand-broken plan only loses this table
+        return None
+    m = plan.measurement
+    if m is None:
+        return None
+    effects: dict[str, dict[float, Any]] = {}
+    for e in m.effects:
+        effects.setdefault(e.unit, {})[e.t] = e
+    rows = []
+    for unit, by_t in effects.items():
+        cells = [f"{e.general_recovered:+.4f} / {e.domain_lost:+.4f}" for _, e in sorted(by_t.items())]
+        rows.append([unit, f"{plan.unit_t(unit):g}", f"{m.greedy.get(unit, 0.0):g}", *cells])
+    g, d = m.nll_general, m.nll_domain
+    ts = sorted({e.t for e in m.effects})
+    return {
+        "title": "Measured planner: probes, spend and every unit's t",
+        "text": f"Objective: {m.objective}. General probe ({m.general_tokens} tokens): NLL base {g['base']:.4f}, "
+        f"adapted {g['adapted']:.4f}, plan {g['plan']:.4f}. Domain probe ({m.domain_tokens} tokens): NLL base "
+        f"{d['base']:.4f}, adapted {d['adapted']:.4f}, plan {d['plan']:.4f}. {m.evaluations} probe evaluations run "
+        f"({m.cached} from the cache; refinement budget {m.budget}) in {m.seconds:.1f} s. Effects: general NLL "
+        "recovered / domain NLL lost when the unit alone is restored at that t (nats per token).",
+        "columns": ["unit", "t (plan)", "t (knapsack)", *(f"effect at t={t:g}" for t in ts)],
+        "rows": rows,
+    }
 
 
 def _f(x: float | None, fmt: str = ".3f") -> str:
@@ -278,7 +359,19 @@ def report_tables(summary: RunSummary) -> list[dict[str, Any]]:
                 "rows": rows,
             }
         )
+    if summary.curve_comparisons or summary.curve_note:
+        tables.append(_curve_table(summary))
+    if "measured" in summary.candidates and (
+        table := _planner_table(Path(summary.run_dir) / "plans" / "measured.yaml")
+    ):
+        tables.append(table)
     c = summary.cost
+    planner = [s for s in summary.stages if s.name.startswith("measured planner")]
+    planner_text = "".join(
+        f" The measured planner's probes cost {s.seconds:.1f} s ({s.detail})"
+        + (f" = {s.seconds / c.cpt_seconds:.3f} of one CPT run." if c.cpt_seconds else ".")
+        for s in planner
+    )
     stage_rows = [[s.name, f"{s.seconds:.2f}", s.device, s.status, s.detail] for s in summary.stages]
     tables.append(
         {
@@ -296,6 +389,7 @@ def report_tables(summary: RunSummary) -> list[dict[str, Any]]:
                     if c.cpt_seconds
                     else "No CPT cost known (adapted/cost.json absent; pass --cpt-cost-seconds) — no ratio."
                 )
+                + planner_text
             ),
             "columns": ["stage", "seconds", "device", "status", "detail"],
             "rows": stage_rows,

@@ -41,6 +41,40 @@ class LayerRule(_Strict):
         return "keep" if self.t == 0 and not self.modules else "base" if self.t == 1 else "restore"
 
 
+class UnitInfo(_Strict):
+    """Score and rank (among all units, layers included) of a unit outside the blocks (informational)."""
+
+    score: float | None = None
+    rank: int | None = None
+
+
+class UnitEffect(_Strict):
+    """Measured effect of restoring one unit alone at SLERP factor t (probe NLL differences, nats/token)."""
+
+    unit: str
+    t: float
+    general_recovered: float  # NLL_general(adapted) − NLL_general(unit restored): > 0 helps
+    domain_lost: float  # NLL_domain(unit restored) − NLL_domain(adapted): > 0 costs domain gain
+
+
+class Measurement(_Strict):
+    """What the measured planner saw on its probes, and what it spent (informational, for the report)."""
+
+    general_probe: str
+    domain_probe: str
+    general_tokens: int
+    domain_tokens: int
+    nll_general: dict[str, float]  # base, adapted, plan
+    nll_domain: dict[str, float]
+    objective: str
+    evaluations: int  # probe evaluations run (a cached evaluation is not counted)
+    cached: int = 0
+    budget: int = 0  # evaluations allowed for the black-box refinement
+    seconds: float = 0.0
+    greedy: dict[str, float] = Field(default_factory=dict)  # the knapsack plan (unit → t) before refinement
+    effects: list[UnitEffect] = Field(default_factory=list)
+
+
 class Provenance(_Strict):
     """Where a plan came from, so a merge can be traced back to its scores and policy."""
 
@@ -69,6 +103,8 @@ class Plan(_Strict):
     final_norm: T = 0.0
     other: T = 0.0
     layer_norms: Literal["follow", "keep", "base"] = "follow"
+    units: dict[str, UnitInfo] = Field(default_factory=dict)  # score/rank of embed, head, final_norm (info)
+    measurement: Measurement | None = None  # the measured planner's probe figures (info)
     provenance: Provenance = Field(default_factory=Provenance)
 
     @model_validator(mode="after")
@@ -97,6 +133,24 @@ class Plan(_Strict):
                 return 0.0 if self.layer_norms == "keep" else 1.0
             return self.layer_t(p.layer)
         return {"embed": self.embed, "head": self.head, "final_norm": self.final_norm}.get(p.group, self.other)
+
+    def unit_t(self, unit: str) -> float:
+        """t of a unit id ('layer.3', 'embed', 'head', 'final_norm', 'other')."""
+        if unit.startswith("layer."):
+            return self.layer_t(int(unit.split(".", 1)[1]))
+        return {"embed": self.embed, "head": self.head, "final_norm": self.final_norm}.get(unit, self.other)
+
+    def with_unit_ts(self, ts: dict[str, float]) -> Plan:
+        """A copy with these units' t replaced (layer module overrides of those layers are dropped)."""
+        rules = self._rules()
+        layers = []
+        for i in sorted(set(rules) | {int(u.split(".")[1]) for u in ts if u.startswith("layer.")}):
+            rule = rules.get(i, LayerRule(layer=i))
+            if f"layer.{i}" in ts:
+                rule = rule.model_copy(update={"t": float(ts[f"layer.{i}"]), "modules": {}})
+            layers.append(rule)
+        update = {k: float(v) for k, v in ts.items() if k in ("embed", "head", "final_norm", "other")}
+        return Plan.model_validate(self.model_copy(update={"layers": layers, **update}).model_dump())
 
     def _rules(self) -> dict[int, LayerRule]:
         return {r.layer: r for r in self.layers}

@@ -1,4 +1,4 @@
-"""Restoration policies (ScoreTable → Plan) and plan exports: mergekit SLERP config, CPT freeze list.
+"""Restoration policies: a ScoreTable (every unit scored and ranked) becomes a Plan (presets, uniform, custom, top-k, fraction).
 
 Counting rule: a policy that restores a fraction f of L layers restores `round_half_up(f·L)` of them, at least 1
 when f > 0 and at most L (L = 22: 10% → 2, 25% → 6, 50% → 11; L = 6: 10% → 1, 25% → 2, 50% → 3).
@@ -11,8 +11,8 @@ import math
 
 from spear_mm.errors import SpearError
 from spear_mm.io.hub import hub_label
-from spear_mm.planning.plan import LayerRule, Method, Plan, Provenance
-from spear_mm.scoring.table import ScoreTable
+from spear_mm.planning.plan import LayerRule, Method, Plan, Provenance, UnitInfo
+from spear_mm.scoring.table import RankBy, ScoreTable
 
 log = logging.getLogger(__name__)
 
@@ -44,35 +44,40 @@ def _check_t(t: float | None, what: str) -> float:
     return float(t)
 
 
-def _layer_ts(scores: ScoreTable, policy: str, fraction, t, k, layer_ts) -> tuple[dict[int, float], dict]:
-    """t for every layer, and the parameters that produced it (for the provenance)."""
+def _unit_ts(scores: ScoreTable, policy, fraction, t, k, layer_ts, rank_by) -> tuple[dict[str, float], dict]:
+    """t for every unit (layers, embed, head, final_norm) and the parameters that produced it (provenance).
+
+    Presets, top-k and fraction restore the top of the joint ranking of all units, so the embeddings or the
+    head are restored when they rank high, like any layer."""
     n = scores.num_layers
-    ranking = scores.ranking()
+    ranking = scores.unit_ranking(rank_by)
+    units = len(ranking)
     if policy == "custom":
         if layer_ts is None or len(layer_ts) != n:
             got = "none" if layer_ts is None else len(layer_ts)
             raise SpearError(f"policy custom needs one t per layer ({n} values, got {got}), e.g. --layers 0,0.7,...")
-        return {i: _check_t(v, "custom") for i, v in enumerate(layer_ts)}, {"layers": ",".join(map(str, layer_ts))}
+        ts = {f"layer.{i}": _check_t(v, "custom") for i, v in enumerate(layer_ts)}
+        return ts, {"layers": ",".join(map(str, layer_ts))}
     if policy == "uniform":
         t = _check_t(t, "uniform")
-        return dict.fromkeys(range(n), t), {"t": t}
+        return dict.fromkeys(ranking, t), {"t": t}
     if policy in ("top-k", "fraction"):
         t = _check_t(t, policy)
-        if policy == "top-k" and (k is None or not 0 <= k <= n):
-            raise SpearError(f"policy top-k needs --k between 0 and {n}.")
+        if policy == "top-k" and (k is None or not 0 <= k <= units):
+            raise SpearError(f"policy top-k needs --k between 0 and {units} (the number of ranked units).")
         if policy == "fraction" and fraction is None:
-            raise SpearError("policy fraction needs --fraction (share of layers to restore, 0..1).")
-        count = k if policy == "top-k" else count_layers(fraction, n)
+            raise SpearError("policy fraction needs --fraction (share of units to restore, 0..1).")
+        count = k if policy == "top-k" else count_layers(fraction, units)
         return dict.fromkeys(ranking[:count], t), {"t": t, "k": count, "fraction": fraction}
     if policy not in PRESETS:
         raise SpearError(f"unknown policy '{policy}'; choose one of {', '.join(POLICIES)}.")
     preset_fraction, preset_t = PRESETS[policy]
     fraction = preset_fraction if fraction is None else fraction
-    count = k if k is not None else count_layers(fraction, n)
+    count = k if k is not None else count_layers(fraction, units)
     if policy == "aggressive":
         top_t = AGGRESSIVE_TOP_T if t is None else _check_t(t, policy)
-        top = min(count, count_layers(AGGRESSIVE_TOP_FRACTION, n))
-        ts = {i: (top_t if j < top else preset_t) for j, i in enumerate(ranking[:count])}
+        top = min(count, count_layers(AGGRESSIVE_TOP_FRACTION, units))
+        ts = {u: (top_t if j < top else preset_t) for j, u in enumerate(ranking[:count])}
         return ts, {"fraction": fraction, "k": count, "t_top": top_t, "top": top, "t_rest": preset_t}
     t = preset_t if t is None else _check_t(t, policy)
     return dict.fromkeys(ranking[:count], t), {"fraction": fraction, "k": count, "t": t}
@@ -86,30 +91,58 @@ def make_plan(
     t: float | None = None,
     k: int | None = None,
     layer_ts: list[float] | None = None,
-    embed: float = 0.0,
-    head: float = 0.0,
-    final_norm: float = 0.0,
+    embed: float | None = None,
+    head: float | None = None,
+    final_norm: float | None = None,
     method: Method = "slerp",
+    rank_by: RankBy = "score",
 ) -> Plan:
     """A plan from a policy: conservative | balanced | aggressive (presets; `fraction`, `t`, `k` override),
-    uniform (t), custom (`layer_ts`), top-k (k, t), fraction (fraction, t). Every layer is listed with its
-    score and rank so the YAML is reviewable; embeddings, head and final norm keep the adapted weights (t = 0)
-    unless given."""
-    ts, params = _layer_ts(scores, policy, fraction, t, k, layer_ts)
-    for what, value in (("embed", embed), ("head", head), ("final_norm", final_norm)):
-        _check_t(value, f"{policy} ({what})")
-    params |= {"embed": embed, "head": head, "final_norm": final_norm}
+    uniform (t), custom (`layer_ts`), top-k (k, t), fraction (fraction, t). Presets, top-k and fraction restore
+    the top of the joint ranking of all units (`rank_by`: score | restore_gain | activation_drift), embeddings,
+    head and final norm included; `embed`, `head`, `final_norm` override their t. Every layer is listed with
+    its score and rank so the YAML is reviewable."""
+    ts, params = _unit_ts(scores, policy, fraction, t, k, layer_ts, rank_by)
+    explicit = {"embed": embed, "head": head, "final_norm": final_norm}
+    for what, value in explicit.items():
+        if value is not None:
+            ts[what] = _check_t(value, f"{policy} ({what})")
+    if (embed_unit := scores.unit("embed")) is not None and embed_unit.tied and head is None:
+        ts["head"] = ts.get("embed", 0.0)  # tied: lm_head is the embedding (recorded so in the provenance)
+    params |= {u: ts.get(u, 0.0) for u in ("embed", "head", "final_norm")}
     params |= {"alpha": scores.config.alpha, "aggregate": scores.config.aggregate}
+    if rank_by != "score":
+        params["rank_by"] = rank_by
+    return plan_from_unit_ts(scores, ts, scores.unit_ranking(rank_by), policy=policy, params=params, method=method)
+
+
+def plan_from_unit_ts(
+    scores: ScoreTable, ts: dict[str, float], order: list[str], *, policy: str, params: dict, method: Method = "slerp",
+    measurement=None,
+) -> Plan:  # fmt: skip
+    """The Plan that gives each unit id in `ts` its t (unlisted units keep the adapted weights), every layer and
+    unit listed with its score and its rank in `order`; a tied head follows the embedding unless set."""
+    ts = dict(ts)
+    embed_unit = scores.unit("embed")
+    if embed_unit is not None and embed_unit.tied and "head" not in ts:
+        ts["head"] = ts.get("embed", 0.0)  # tied: lm_head is the embedding
+    ranks = {u: i + 1 for i, u in enumerate(order)}
     rules = [
-        LayerRule(layer=s.layer, t=ts.get(s.layer, 0.0), score=round(s.score, 6), rank=s.rank) for s in scores.layers
-    ]
+        LayerRule(layer=s.layer, t=ts.get(f"layer.{s.layer}", 0.0), score=round(s.score, 6),
+                  rank=ranks.get(f"layer.{s.layer}", s.rank))
+        for s in scores.layers
+    ]  # fmt: skip
+    units = {u.unit: UnitInfo(score=round(u.score, 6), rank=ranks.get(u.unit)) for u in scores.units if u.layer is None}
     return Plan(
         method=method,
         num_layers=scores.num_layers,
         layers=rules,
-        embed=embed,
-        head=head,
-        final_norm=final_norm,
+        embed=ts.get("embed", 0.0),
+        head=ts.get("head", 0.0),
+        final_norm=ts.get("final_norm", 0.0),
+        other=ts.get("other", 0.0),
+        units=units,
+        measurement=measurement,
         provenance=Provenance(
             policy=policy,
             params={k_: v for k_, v in params.items() if v is not None},

@@ -55,10 +55,17 @@ def coincident(points: Sequence[Point], rel: float = 1e-3) -> list[list[Point]]:
     return groups
 
 
-def tradeoff_png(points: Sequence[Point], front: Sequence[str] = (), title: str = "") -> bytes:
+def tradeoff_png(points: Sequence[Point], front: Sequence[str] = (), title: str = "", curve: Sequence = ()) -> bytes:
     """Scatter of general retention R (x) against domain gain kept K (y): candidates labelled, baselines
-    with their own markers, the Pareto front dashed, the chosen point circled."""
+    with their own markers, the Pareto front dashed, the chosen point circled, and the uniform-SLERP curve
+    (`curve`: points with t, retention, gain_kept, in t order) as a line labelled with t."""
     fig, ax = plt.subplots(figsize=(7.5, 5.5))
+    if len(curve) > 1:
+        ax.plot([c.retention for c in curve], [c.gain_kept for c in curve], "-", c="#ff7f0e", alpha=0.6, lw=1.4,
+                label="uniform SLERP curve (t = base weight)", zorder=2)  # fmt: skip
+        for c in curve:
+            ax.annotate(f"t={c.t:g}", (c.retention, c.gain_kept), xytext=(-4, -11), textcoords="offset points",
+                        fontsize=7, color="#b35900", ha="right", zorder=5)  # fmt: skip
     for role, (marker, colour, label) in ROLE_STYLE.items():
         pts = [p for p in points if p.role == role]
         if pts:

@@ -31,6 +31,7 @@ from spear_mm.scoring.plots import save_figures
 from spear_mm.scoring.probes import add_probe_scores
 from spear_mm.scoring.table import LayerScore, ModuleScore, ScoreConfig, ScoreTable, Timing
 from spear_mm.scoring.unit import score_names, score_tensor_pair
+from spear_mm.scoring.units import unit_scores
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ def normalize_rows(rows: list[ModuleScore], config: ScoreConfig) -> list[ModuleS
     """Set swc_n, drop_n and the combined score of every matrix row, normalising within each module type."""
     by_type: dict[str, list[int]] = defaultdict(list)
     for i, r in enumerate(rows):
-        if r.swc is not None:
+        if r.swc is not None and r.layer is not None:  # embeddings/head are placed by spear_mm.scoring.units instead
             by_type[r.module].append(i)
     norm = _robust_z if config.normalize == "robust_z" else _pct_rank
     out = list(rows)
@@ -224,6 +225,8 @@ def _score(pair: Pair, out_dir, config: ScoreConfig, started: float, where: dict
             journal.close()
     rows = normalize_rows(rows, config)
     layers = layer_scores(rows, pair.num_layers, config)
+
+    units = unit_scores(rows, layers)
     precisions = Counter(p for r in rows if r.precision for p in r.precision.split(","))
     table = ScoreTable(
         base=str(pair.base.path),
@@ -235,6 +238,7 @@ def _score(pair: Pair, out_dir, config: ScoreConfig, started: float, where: dict
         config=config,
         modules=rows,
         layers=layers,
+        units=units,
         timing=Timing(
             weights_seconds=time.perf_counter() - started,
             workers=workers,

@@ -25,7 +25,8 @@ def _score_label(table: ScoreTable) -> str:
 
 
 def plot_heatmap(table: ScoreTable, path: str | Path) -> Path:
-    """Rows = layers, columns = module types; cell = combined score (mean over tensors of that type)."""
+    """Rows = layers, then the units outside the blocks (embed, head, final_norm); columns = module types and
+    the unit score (the layer score, or the joint-ranking score of a unit outside the blocks, rank in the cell)."""
     plt = _plt()
     cells: dict[tuple[int, str], list[float]] = defaultdict(list)
     for m in table.modules:
@@ -33,17 +34,28 @@ def plot_heatmap(table: ScoreTable, path: str | Path) -> Path:
             cells[(m.layer, m.module)].append(m.score)
     present = {mod for _, mod in cells}
     modules = [m for m in _MODULE_ORDER if m in present] + sorted(present - set(_MODULE_ORDER))
-    grid = [[float("nan")] * len(modules) for _ in range(table.num_layers)]
+    extra = [u for u in table.units if u.layer is None]
+    columns = modules + (["unit score"] if table.units else [])
+    n_rows = table.num_layers + len(extra)
+    grid = [[float("nan")] * len(columns) for _ in range(n_rows)]
     for (layer, mod), vals in cells.items():
         grid[layer][modules.index(mod)] = sum(vals) / len(vals)
-    height = min(14.0, 2.0 + 0.32 * table.num_layers)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.0 + 0.9 * len(modules)), height), dpi=110)
+    if table.units:
+        for u in table.units:
+            row = u.layer if u.layer is not None else table.num_layers + extra.index(u)
+            grid[row][-1] = u.score
+    height = min(14.0, 2.0 + 0.32 * n_rows)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.0 + 0.9 * len(columns)), height), dpi=110)
     im = ax.imshow(grid, aspect="auto", cmap="magma", interpolation="nearest")
-    ax.set_xticks(range(len(modules)), modules, rotation=30, ha="right")
+    ax.set_xticks(range(len(columns)), columns, rotation=30, ha="right")
     step = max(1, table.num_layers // 32)
-    ax.set_yticks(range(0, table.num_layers, step))
+    ticks = list(range(0, table.num_layers, step)) + list(range(table.num_layers, n_rows))
+    labels = [str(i) for i in range(0, table.num_layers, step)] + [f"{u.unit} #{u.rank}" for u in extra]
+    ax.set_yticks(ticks, labels)
+    if extra:
+        ax.axhline(table.num_layers - 0.5, color="white", linewidth=1.5)
     ax.set_xlabel("module type")
-    ax.set_ylabel("layer")
+    ax.set_ylabel("layer / unit")
     ax.set_title(
         f"Impact score α·SWC + (1−α)·|drop| per module\n{Path(table.adapted).name} vs {Path(table.base).name}",
         fontsize=10,

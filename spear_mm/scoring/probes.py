@@ -10,6 +10,8 @@ Both are compared with the weight-only layer score by Spearman's rank correlatio
 
 from __future__ import annotations
 
+import gzip
+import json
 import logging
 import time
 from pathlib import Path
@@ -19,6 +21,7 @@ import torch
 from spear_mm.errors import SpearError
 from spear_mm.io.pair import Pair
 from spear_mm.scoring.table import ProbeReport, ScoreTable
+from spear_mm.scoring.units import units_of
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +58,7 @@ def probe_windows(model_dir: Path, probe: Path, max_tokens: int) -> list[torch.T
     """Token windows (1 × ≤WINDOW) of the probe text, tokenised with the adapted model's tokenizer."""
     from transformers import AutoTokenizer
 
-    if not probe.exists():
-        raise SpearError(f"{probe}: probe text file not found.")
-    text = probe.read_text(errors="replace")
+    text = "\n\n".join(read_texts(probe))  # .txt, or .jsonl with a 'text' field per line
     try:
         tok = AutoTokenizer.from_pretrained(model_dir)
     except (OSError, ValueError) as exc:
@@ -89,17 +90,23 @@ def _load(path: Path):
     return AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32).eval()
 
 
-def restore_gains(model, pair: Pair, windows: list[torch.Tensor], nll_adapted: float) -> list[float]:
-    """For each layer: probe NLL(adapted) − NLL(adapted with that layer's tensors replaced by the base's)."""
+def restore_gains(model, pair: Pair, windows: list[torch.Tensor], nll_adapted: float) -> dict[str, float]:
+    """For each unit (layers, embed, head, final norm): probe NLL(adapted) − NLL(adapted with that unit's tensors
+    replaced by the base's)."""
+
     params = dict(model.named_parameters())
-    gains = []
-    for layer in range(pair.num_layers):
-        names = [n for n, p in pair.params.items() if p.layer == layer and n in params]
+    gains = {}
+    for unit, unit_names in units_of(pair.params).items():
+        names = [n for n in unit_names if n in params]
+        if not names:
+            continue
         saved = {n: params[n].detach().clone() for n in names}
         with torch.no_grad():
             for n in names:
                 params[n].copy_(pair.base.read(n).to(params[n].dtype))
-        gains.append(nll_adapted - _run(model, windows, hidden=False)[0])
+        if hasattr(model, "tie_weights"):
+            model.tie_weights()
+        gains[unit] = nll_adapted - _run(model, windows, hidden=False)[0]
         with torch.no_grad():
             for n in names:
                 params[n].copy_(saved[n])
@@ -123,10 +130,16 @@ def add_probe_scores(
     n = min(len(h_base), table.num_layers)
     drift = [1.0 - linear_cka(h_base[i], h_adapted[i]) for i in range(n)] + [None] * (table.num_layers - n)
     del h_base, h_adapted
-    gains = restore_gains(model, pair, windows, nll_adapted) if ground_truth else [None] * table.num_layers
+    unit_gains = restore_gains(model, pair, windows, nll_adapted) if ground_truth else {}
+    gains = [unit_gains.get(f"layer.{i}") for i in range(table.num_layers)]
     layers = [
         s.model_copy(update=dict(activation_drift=drift[s.layer], restore_gain=gains[s.layer])) for s in table.layers
     ]
+    units = [
+        u.model_copy(update=dict(restore_gain=unit_gains.get(u.unit),
+                                 activation_drift=drift[u.layer] if u.layer is not None else None))
+        for u in table.units
+    ]  # fmt: skip
     scores = [s.score for s in table.layers]
     report = ProbeReport(
         probe=str(probe),
@@ -139,4 +152,25 @@ def add_probe_scores(
     )
     log.info("probe scores: %s", report)
     timing = table.timing.model_copy(update={"probe_seconds": report.seconds})
-    return table.model_copy(update=dict(layers=layers, probe=report, timing=timing))
+    return table.model_copy(update=dict(layers=layers, units=units, probe=report, timing=timing))
+
+
+def read_texts(path: str | Path) -> list[str]:
+    """Texts of a probe file: .txt (the whole file), .jsonl / .jsonl.gz (the `text` field of every line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpearError(f"{path}: probe text file not found. Pass a .txt or a .jsonl with a 'text' field per line.")
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8", errors="replace") as f:
+        if ".jsonl" not in path.name:
+            return [f.read()]
+        texts = []
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                texts.append(str(row["text"] if "text" in row else row["body"]))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise SpearError(f"{path}, line {n}: not a JSON object with a 'text' field ({exc}).") from exc
+    return texts

@@ -73,6 +73,9 @@ class ModuleScore(BaseModel):
     swc_n: float | None = None
     drop_n: float | None = None
     score: float | None = None  # α·swc_n + (1−α)·drop_n
+    row_drift_median: float | None = None  # embeddings/head: per-row ‖ΔW_i‖/‖W_B,i‖, median over rows
+    row_drift_p99: float | None = None
+    row_drift_max: float | None = None
     seconds: float = 0.0
 
 
@@ -89,6 +92,43 @@ class LayerScore(BaseModel):
     top_module: str | None = None
     activation_drift: float | None = None  # 1 − linear CKA of the layer's output on the probe text
     restore_gain: float | None = None  # probe NLL(adapted) − NLL(adapted with this layer restored, t = 1)
+
+
+UnitGroup = Literal["layer", "embed", "head", "final_norm", "other"]
+RankBy = Literal["score", "restore_gain", "activation_drift"]
+RANK_BY = ("score", "restore_gain", "activation_drift")
+
+
+def check_rank_by(rank_by: str) -> str:
+    """The ranking name, or a clear error (`--rank-by`)."""
+    if rank_by not in RANK_BY:
+        raise SpearError(f"--rank-by must be one of {', '.join(RANK_BY)}, not {rank_by!r}.")
+    return rank_by
+
+
+class UnitScore(BaseModel):
+    """One plannable unit (a layer, the embeddings, lm_head, the final norm) in the joint ranking of all units.
+
+    Layers carry their layer score; the units outside the blocks are placed on the same scale by the robust z
+    of their relative change against the layers' (see spear_mm/scoring/units.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    unit: str  # "layer.3" | "embed" | "head" | "final_norm" | "other"
+    group: UnitGroup
+    layer: int | None = None
+    score: float
+    rank: int = 0  # 1 = most damaging drift, among all units
+    rel_change: float = 0.0
+    cos: float | None = None
+    tied: bool = False  # embed: lm_head shares this tensor
+    n_tensors: int = 0
+    row_drift_median: float | None = None
+    row_drift_p99: float | None = None
+    swc: float | None = None
+    drop: float | None = None
+    activation_drift: float | None = None
+    restore_gain: float | None = None
 
 
 class ProbeReport(BaseModel):
@@ -129,6 +169,7 @@ class ScoreTable(BaseModel):
     config: ScoreConfig
     modules: list[ModuleScore]
     layers: list[LayerScore]
+    units: list[UnitScore] = Field(default_factory=list)  # every plannable unit, jointly ranked (empty: old file)
     probe: ProbeReport | None = None
     timing: Timing
     created: str = Field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
@@ -158,6 +199,34 @@ class ScoreTable(BaseModel):
     def ranking(self) -> list[int]:
         """Layer indices, most damaging drift first."""
         return [s.layer for s in sorted(self.layers, key=lambda s: s.rank)]
+
+    def unit_ranking(self, rank_by: RankBy = "score") -> list[str]:
+        """Unit ids ('layer.3', 'embed', …), most damaging first, by the weight score or a probe measurement.
+
+        Scores written before units existed rank the layers only. Units without the probe metric (e.g. lm_head
+        for activation drift) follow the measured ones, in weight-score order."""
+        units = self.units or [
+            UnitScore(unit=f"layer.{s.layer}", group="layer", layer=s.layer, score=s.score, rank=s.rank,
+                      activation_drift=s.activation_drift, restore_gain=s.restore_gain)
+            for s in self.layers
+        ]  # fmt: skip
+        if check_rank_by(rank_by) == "score":
+            return [u.unit for u in sorted(units, key=lambda u: (u.rank, u.unit))]
+        if all(getattr(u, rank_by) is None for u in units):
+            flag = "--probe FILE --ground-truth" if rank_by == "restore_gain" else "--probe FILE"
+            raise SpearError(
+                f"--rank-by {rank_by}: these scores hold no {rank_by.replace('_', ' ')}. Re-run "
+                f"`spear-mm analyze BASE ADAPTED -o SCORES {flag}`, or rank by score."
+            )
+
+        def key(u: UnitScore) -> tuple:
+            v = getattr(u, rank_by)
+            return (v is None, -(v or 0.0), u.rank)
+
+        return [u.unit for u in sorted(units, key=key)]
+
+    def unit(self, unit: str) -> UnitScore | None:
+        return next((u for u in self.units if u.unit == unit), None)
 
     def layer(self, i: int) -> LayerScore:
         return self.layers[i]

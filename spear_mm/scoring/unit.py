@@ -17,6 +17,7 @@ from spear_mm.io.architecture import ParamInfo, layer_map
 from spear_mm.io.checkpoint import Checkpoint, require_finite
 from spear_mm.scoring.spectral import analyze_matrix
 from spear_mm.scoring.table import ModuleScore, ScoreConfig
+from spear_mm.scoring.units import row_drift
 
 
 # -- 1. one tensor pair ------------------------------------------------------------------------------------------
@@ -57,14 +58,15 @@ def score_tensor_pair(
     where: str = "the checkpoint",
     where_base: str | None = None,
 ) -> ModuleScore:
-    """All weight-only metrics of one tensor pair. Non-layer and 1-D tensors get relative change only."""
+    """All weight-only metrics of one tensor pair: rc and cos for all; the spectral metrics for 2-D layer,
+    embedding and head matrices; a row-wise drift summary for embeddings and head."""
     config = config or ScoreConfig()
     started = time.perf_counter()
     _check_finite(param.name, base, f"{where_base or where} (base)")
     _check_finite(param.name, adapted, f"{where} (adapted)")
     if base.shape != adapted.shape:
         raise SpearError(f"tensor '{param.name}': base {list(base.shape)} vs adapted {list(adapted.shape)}.")
-    spectral = param.group == "layer" and base.ndim >= 2 and base.numel() > 0
+    spectral = param.group in ("layer", "embed", "head") and base.ndim >= 2 and base.numel() > 0
     if spectral:
         b, a = base.to(torch.float32), adapted.to(torch.float32)
         d = a - b
@@ -84,6 +86,8 @@ def score_tensor_pair(
     )
     if spectral:
         row.update(_spectral_metrics(b, a, d, rc, config))
+    if param.group in ("embed", "head") and base.ndim == 2:
+        row.update(row_drift(base, adapted))
     row["seconds"] = time.perf_counter() - started
     return ModuleScore(**row)
 

@@ -1,0 +1,342 @@
+"""The measured planner (`--policy measured`): choose every unit's t from its measured effect on two probes.
+
+1. Measure: for each unit (in the order of the weight-only ranking, optionally only its top N), restore it
+   alone at t = `t_mid` and t = 1, in memory; record the general-probe NLL it recovers and the domain-probe
+   NLL it costs (spear_mm.calibration.probe).
+2. Knapsack: take the (unit, t) options by recovered NLL per unit of domain NLL spent (free options first,
+   ties in ranking order) while the predicted domain loss stays within the allowance; evaluate the result and,
+   when the real plan breaks the constraint (effects are not additive), keep the longest feasible prefix of the
+   options taken (binary search: a few evaluations).
+3. Start: the best feasible of the knapsack plan and a few uniform plans (`uniform_seeds`; where many units
+   interact, e.g. an overshooting CPT, a uniform t beats any sum of single-unit effects).
+4. Refine: optuna's TPE sampler with a constraint, started from that plan, searches the t of the most
+   promising units (`refine_units`; all units for a uniform start) for `budget` probe evaluations; the best
+   feasible plan wins.
+
+Objectives on the probes (G = general NLL, D = domain NLL; B base, A adapted):
+- `keep` (default): maximise r = (G_A − G)/(G_A − G_B), the share of the general damage recovered, subject to
+  D ≤ D_A + max_domain_loss · max(D_B − D_A, 0), i.e. losing at most that share of the probe's domain gain;
+- `target` (`target_retention`): reach r ≥ target and keep the most domain (minimise D).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from spear_mm.calibration.probe import ProbeEvaluator, ProbeResult, load_probes
+from spear_mm.calibration.samples import SAMPLE_SEED, sample_base_text
+from spear_mm.planning.plan import Measurement, UnitEffect
+from spear_mm.planning.policies import plan_from_unit_ts
+
+log = logging.getLogger(__name__)
+
+
+class PlannerConfig(BaseModel):
+    """Every choice of the measured planner (recorded in the plan's provenance)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    t_mid: float = Field(0.5, gt=0.0, lt=1.0)  # the intermediate t measured per unit (besides t = 1)
+    max_domain_loss: float = Field(0.1, ge=0.0, le=1.0)  # share of the probe's domain gain that may be lost
+    target_retention: float | None = Field(None, gt=0.0, le=1.5)  # probe r to reach (then: most domain kept)
+    budget: int = Field(30, ge=0)  # probe evaluations for the black-box refinement
+    refine_units: int = Field(8, ge=1)  # units whose t the refinement searches
+    probe_units: int | None = Field(None, ge=1)  # measure only the top N units of the ranking (None: all)
+    t_step: float = Field(0.05, gt=0.0, le=0.5)  # grid of t in the refinement
+    uniform_seeds: tuple[float, ...] = (0.3, 0.6, 0.9)  # uniform plans tried as starting points
+    tolerance: float = Field(0.005, ge=0.0)  # objective differences below this are probe noise: restore less
+    seed: int = 0
+
+
+@dataclass
+class Trace:
+    """One probe evaluation of a whole plan: for the bench's evaluations-to-target curve."""
+
+    evaluations: int  # probe evaluations spent so far (measurement included)
+    seconds: float
+    value: float  # the objective (r in keep mode, domain kept in target mode)
+    feasible: bool
+
+
+@dataclass
+class PlannerResult:
+    ts: dict[str, float]  # every unit's t
+    greedy: dict[str, float]
+    result: ProbeResult
+    value: float
+    feasible: bool
+    refs: dict[str, ProbeResult]  # base, adapted
+    effects: list[UnitEffect]
+    trace: list[Trace] = field(default_factory=list)
+    objective: str = ""
+    seconds: float = 0.0
+    start: str = "knapsack"  # the starting plan the refinement began from
+
+
+class Objective:
+    """The probe objective and its constraint for one pair; `value` is maximised, `violation` ≤ 0 is feasible."""
+
+    def __init__(self, base: ProbeResult, adapted: ProbeResult, config: PlannerConfig):
+        self.base, self.adapted, self.config = base, adapted, config
+        self.damage = adapted.general - base.general  # general NLL CPT added (> 0: something to recover)
+        self.domain_gain = max(base.domain - adapted.domain, 0.0)
+        self.allow = config.max_domain_loss * self.domain_gain
+
+    @property
+    def mode(self) -> str:
+        return "keep" if self.config.target_retention is None else "target"
+
+    def describe(self) -> str:
+        if self.mode == "keep":
+            return (
+                f"maximise the general-probe damage recovered, losing at most {self.config.max_domain_loss:.0%} "
+                f"of the domain-probe gain ({self.allow:.4f} nats/token)"
+            )
+        return f"reach general-probe recovery ≥ {self.config.target_retention:g}, keeping the most domain gain"
+
+    def recovered(self, r: ProbeResult) -> float:
+        return (self.adapted.general - r.general) / self.damage if self.damage > 0 else 0.0
+
+    def domain_kept(self, r: ProbeResult) -> float:
+        if self.domain_gain > 0:
+            return (self.base.domain - r.domain) / self.domain_gain
+        return self.adapted.domain - r.domain  # no gain to keep: less NLL is better
+
+    def value(self, r: ProbeResult) -> float:
+        return self.recovered(r) if self.mode == "keep" else self.domain_kept(r)
+
+    def violation(self, r: ProbeResult) -> float:
+        if self.mode == "keep":
+            return r.domain - (self.adapted.domain + self.allow)
+        return self.config.target_retention - self.recovered(r)
+
+
+def measure_effects(ev: ProbeEvaluator, units: list[str], t_mid: float, adapted: ProbeResult) -> list[UnitEffect]:
+    """Each unit restored alone at t_mid and at 1: general NLL recovered, domain NLL lost."""
+    out = []
+    for unit in units:
+        for t in (t_mid, 1.0):
+            r = ev.evaluate({unit: t})
+            out.append(
+                UnitEffect(unit=unit, t=t, general_recovered=adapted.general - r.general,
+                           domain_lost=r.domain - adapted.domain)
+            )  # fmt: skip
+    return out
+
+
+def greedy_knapsack(
+    effects: list[UnitEffect], order: list[str], budget: float, need: float | None, min_gain: float = 0.0
+) -> list[tuple]:
+    """(unit, t) choices in the order taken. Without `need`: take options by recovered per domain NLL spent
+    (free ones first) while the predicted spend stays ≤ budget. With `need`: take them until the predicted
+    recovery reaches `need` (cheapest recovery first). Options recovering ≤ `min_gain` are probe noise."""
+    rank = {u: i for i, u in enumerate(order)}
+    by_unit: dict[str, dict[float, UnitEffect]] = {}
+    for e in effects:
+        by_unit.setdefault(e.unit, {})[e.t] = e
+
+    def efficiency(e: UnitEffect) -> tuple:
+        free = e.domain_lost <= 0
+        ratio = e.general_recovered / e.domain_lost if not free else math.inf
+        return (not free, -ratio if not free else -e.general_recovered, rank.get(e.unit, len(rank)), -e.t)
+
+    chosen: dict[str, UnitEffect] = {}
+    taken, spent, got = [], 0.0, 0.0
+    for e in sorted((e for e in effects if e.general_recovered > max(min_gain, 0.0)), key=efficiency):
+        cur = chosen.get(e.unit)
+        dg = e.general_recovered - (cur.general_recovered if cur else 0.0)
+        dc = e.domain_lost - (cur.domain_lost if cur else 0.0)
+        if dg <= 0 or (cur is not None and e.t <= cur.t and dc >= 0):
+            continue
+        if need is None and spent + dc > budget and dc > 0:
+            continue
+        if need is not None and got >= need and dc > 0:
+            break
+        chosen[e.unit], spent, got = e, spent + dc, got + dg
+        taken.append((e.unit, e.t))
+    return taken
+
+
+def _feasible_prefix(taken: list[tuple], obj: Objective, run) -> dict[str, float]:
+    """The knapsack plan, or its longest prefix that is feasible when evaluated (binary search; the empty plan,
+    the adapted model, is always feasible in keep mode)."""
+    if not taken or obj.violation(run(_ts(taken))) <= 0:
+        return _ts(taken)
+    lo, hi = 0, len(taken) - 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if obj.violation(run(_ts(taken[:mid]))) <= 0:
+            lo = mid
+        else:
+            hi = mid - 1
+    return _ts(taken[:lo])
+
+
+def _ts(taken: list[tuple]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for unit, t in taken:
+        out[unit] = t
+    return out
+
+
+def plan_units(ev: ProbeEvaluator, order: list[str], config: PlannerConfig, *, refine: bool = True) -> PlannerResult:
+    """Measure, knapsack and refine on one evaluator; `order` is the weight-only (or probe) ranking of units."""
+    started = time.perf_counter()
+    trace: list[Trace] = []
+    base, adapted = ev.evaluate(dict.fromkeys(ev.units, 1.0)), ev.evaluate({})
+    obj = Objective(base, adapted, config)
+    order = [u for u in order if u in ev.units] + [u for u in ev.units if u not in order]
+    measured = order[: config.probe_units] if config.probe_units else order
+    effects = measure_effects(ev, measured, config.t_mid, adapted)
+
+    def run(ts: dict[str, float]) -> ProbeResult:
+        r = ev.evaluate(ts)
+        trace.append(Trace(ev.evaluations, time.perf_counter() - started, obj.value(r), obj.violation(r) <= 0))
+        return r
+
+    if obj.damage <= 0:
+        log.info("the general probe shows no damage (adapted NLL ≤ base): nothing to recover, keeping the adapted")
+        return PlannerResult({}, {}, adapted, 0.0, True, {"base": base, "adapted": adapted}, effects, trace,
+                             obj.describe(), time.perf_counter() - started)  # fmt: skip
+    need = None if obj.mode == "keep" else config.target_retention * obj.damage
+    taken = greedy_knapsack(effects, order, obj.allow, need, min_gain=config.tolerance * obj.damage)
+    greedy = _feasible_prefix(taken, obj, run) if obj.mode == "keep" else _ts(taken)
+    starts = {0: (greedy, run(greedy))}
+    for i, t in enumerate(config.uniform_seeds, 1):
+        ts = dict.fromkeys(measured, round(float(t), 6))
+        starts[i] = (ts, run(ts))
+    best_ts, best = _pick(starts, obj, config.tolerance)
+    start = next(("knapsack" if i == 0 else f"uniform t={config.uniform_seeds[i - 1]:g}")
+                 for i, (ts, _) in starts.items() if ts == best_ts)  # fmt: skip
+    if refine and config.budget > 0:
+        best_ts, best = _refine(ev, obj, effects, best_ts, config, run)
+    return PlannerResult(
+        ts=best_ts,
+        greedy=greedy,
+        result=best,
+        value=obj.value(best),
+        feasible=obj.violation(best) <= 0,
+        refs={"base": base, "adapted": adapted},
+        effects=effects,
+        trace=trace,
+        objective=obj.describe(),
+        seconds=time.perf_counter() - started,
+        start=start,
+    )
+
+
+def _refine(ev, obj: Objective, effects, start: dict[str, float], config: PlannerConfig, run):
+    """optuna TPE (with constraint) over the t of the most promising units, seeded with the knapsack plan."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    best_gain: dict[str, float] = {}
+    for e in effects:
+        best_gain[e.unit] = max(best_gain.get(e.unit, -math.inf), e.general_recovered)
+    promising = sorted(best_gain, key=lambda u: -best_gain[u])
+    search = list(dict.fromkeys([*start, *promising]))[: max(config.refine_units, len(start))]
+    fixed = {u: t for u, t in start.items() if u not in search}
+    results: dict[int, tuple[dict, ProbeResult]] = {}
+
+    def objective(trial: optuna.Trial) -> float:
+        ts = dict(fixed)
+        for u in search:
+            t = round(trial.suggest_float(u, 0.0, 1.0, step=config.t_step), 6)
+            if t > 0:
+                ts[u] = t
+        r = run(ts)
+        results[trial.number] = (ts, r)
+        trial.set_user_attr("violation", obj.violation(r))
+        if NEW_CONSTRAINTS:
+            trial.set_constraint("domain" if obj.mode == "keep" else "retention", obj.violation(r))
+        return obj.value(r)
+
+    NEW_CONSTRAINTS = hasattr(optuna.trial.Trial, "set_constraint")  # optuna ≥ 5; older: constraints_func
+    old_api = {} if NEW_CONSTRAINTS else {"constraints_func": lambda t: [t.user_attrs.get("violation", math.inf)]}
+    sampler = optuna.samplers.TPESampler(
+        seed=config.seed, multivariate=True, n_startup_trials=max(2, min(10, config.budget // 3)), **old_api
+    )
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    study.enqueue_trial({u: _on_grid(start.get(u, 0.0), config.t_step) for u in search})
+    study.optimize(objective, n_trials=config.budget)
+    return _pick(results, obj, config.tolerance)
+
+
+def _pick(results: dict[int, tuple[dict, ProbeResult]], obj: Objective, tolerance: float):
+    """The best feasible plan; among plans within `tolerance` of the best value, the one that restores least
+    (smallest Σt: probe noise should not buy restorations), then the earliest. Infeasible only when no plan is
+    feasible (then the least violating)."""
+    feasible = [n for n, (_, r) in results.items() if obj.violation(r) <= 0]
+    if not feasible:
+        n = max(results, key=lambda n: (-obj.violation(results[n][1]), -n))
+        return results[n]
+    best = max(obj.value(results[n][1]) for n in feasible)
+    close = [n for n in feasible if obj.value(results[n][1]) >= best - tolerance]
+    n = min(close, key=lambda n: (sum(results[n][0].values()), n))
+    return results[n]
+
+
+def _on_grid(t: float, step: float) -> float:
+    return min(1.0, round(round(t / step) * step, 10))
+
+
+def general_probe_for(pair, cache_dir, n: int = 8, tokens: int = 160):
+    """The default general probe: `n` texts of `tokens` tokens sampled once from the base (seeded; as the
+    demo's drift probe), cached in `cache_dir` under the base's content hash (never beside the user's model)."""
+    from pathlib import Path
+
+    out = Path(cache_dir) / f"base-samples-{pair.base.fingerprint()}-s{SAMPLE_SEED}-{n}x{tokens}.jsonl"
+    return sample_base_text(pair.base.path, n, tokens, out=out)
+
+
+def measured_plan(
+    scores,
+    pair,
+    general_probe,
+    domain_probe,
+    config: PlannerConfig | None = None,
+    *,
+    rank_by: str = "score",
+    cache_path=None,
+    probe_tokens: int = 1024,
+    device: str = "cpu",
+    method: str = "slerp",
+):
+    """A `Plan` whose every unit's t comes from the measured planner; its `measurement` holds the probe
+    figures, the evaluations spent and every unit's measured effect. `cache_path` (JSON lines) makes it
+    resumable: evaluations already in the cache are not run again."""
+    from pathlib import Path
+
+    config = config or PlannerConfig()
+    scores.check_pair(pair.base.fingerprint(), pair.adapted.fingerprint())
+    probes = load_probes(pair.adapted.path, Path(general_probe), Path(domain_probe), probe_tokens)
+    ev = ProbeEvaluator(pair, probes, cache_path=Path(cache_path) if cache_path else None, device=device)
+    order = scores.unit_ranking(rank_by)
+    res = plan_units(ev, order, config)
+    refs = res.refs
+    measurement = Measurement(
+        general_probe=probes.general_source,
+        domain_probe=probes.domain_source,
+        general_tokens=probes.general_tokens,
+        domain_tokens=probes.domain_tokens,
+        nll_general={"base": refs["base"].general, "adapted": refs["adapted"].general, "plan": res.result.general},
+        nll_domain={"base": refs["base"].domain, "adapted": refs["adapted"].domain, "plan": res.result.domain},
+        objective=res.objective + ("" if res.feasible else " (NOT met: the closest plan found)"),
+        evaluations=ev.evaluations,
+        cached=ev.cache_hits,
+        budget=config.budget,
+        seconds=round(res.seconds, 3),
+        greedy=res.greedy,
+        effects=res.effects,
+    )
+    params = {k: ",".join(map(str, v)) if isinstance(v, tuple) else v for k, v in config.model_dump().items()}
+    params = {k: v for k, v in params.items() if v is not None}
+    params |= {"rank_by": rank_by, "probe_value": round(res.value, 6), "feasible": res.feasible, "start": res.start,
+               "evaluations": ev.evaluations, "probe_seconds": round(res.seconds, 3)}  # fmt: skip
+    return plan_from_unit_ts(scores, res.ts, order, policy="measured", params=params, method=method,
+                             measurement=measurement)  # fmt: skip

@@ -1,0 +1,199 @@
+"""Probe evaluations for the measured planner: merge per-unit t into one in-memory model, measure two NLLs.
+
+- the general probe: text sampled once from the base model (no data needed; spear_mm.calibration.samples.sample_base_text),
+  or any general text the user passes;
+- the domain probe: held-out CPT text (or any domain text).
+
+`ProbeEvaluator.evaluate({unit: t})` SLERPs every tensor of each unit toward the base by its t (units not
+named keep the adapted weights), only re-merging the units whose t changed (tensors read lazily from both
+checkpoints: memory is one fp32 model plus one tensor pair), and returns the mean token NLL on both probes. Nothing is written to disk except the result cache: one JSON line per evaluation, keyed by the
+content hash of the pair, the probe tokens and the t of every unit, so a re-run (or a resumed run) reuses
+every evaluation it already paid for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from spear_mm.errors import SpearError
+from spear_mm.io.files import content_key
+from spear_mm.io.pair import Pair
+from spear_mm.merging.functional import slerp
+from spear_mm.scoring.probes import read_texts
+from spear_mm.scoring.units import units_of
+
+log = logging.getLogger(__name__)
+
+WINDOW = 256
+
+
+def windows_of(tokenizer, texts: list[str], max_tokens: int, window: int = WINDOW) -> list[torch.Tensor]:
+    """Token windows (1 × ≤window) over the texts joined by the EOS token, at most `max_tokens` tokens."""
+    sep = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    ids: list[int] = []
+    for text in texts:
+        ids += tokenizer(text, add_special_tokens=False)["input_ids"] + sep
+        if len(ids) >= max_tokens:
+            break
+    ids = ids[:max_tokens]
+    out = [torch.tensor(ids[i : i + window])[None, :] for i in range(0, len(ids), window)]
+    return [w for w in out if w.shape[1] > 1]
+
+
+@dataclass(frozen=True)
+class ProbeSet:
+    """Tokenised general and domain probes, and where they came from."""
+
+    general: list[torch.Tensor]
+    domain: list[torch.Tensor]
+    general_source: str
+    domain_source: str
+
+    @property
+    def general_tokens(self) -> int:
+        return sum(w.shape[1] for w in self.general)
+
+    @property
+    def domain_tokens(self) -> int:
+        return sum(w.shape[1] for w in self.domain)
+
+    def key(self) -> str:
+        h = hashlib.sha256()
+        for w in [*self.general, torch.tensor([-1]), *self.domain]:
+            h.update(w.numpy().tobytes())
+        return h.hexdigest()[:16]
+
+
+def load_probes(tokenizer_dir: Path, general: Path, domain: Path, max_tokens: int = 1024) -> ProbeSet:
+    """Tokenise both probe files with the adapted model's tokenizer (at most `max_tokens` tokens each)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    except (OSError, ValueError) as exc:
+        raise SpearError(
+            f"{tokenizer_dir}: no usable tokenizer for the probes ({exc}); save one with the model."
+        ) from exc
+    out = {}
+    for what, path in (("general", general), ("domain", domain)):
+        out[what] = windows_of(tok, read_texts(path), max_tokens)
+        if not out[what]:
+            raise SpearError(f"{path}: the {what} probe has fewer than 2 tokens; give a longer text.")
+    return ProbeSet(out["general"], out["domain"], str(general), str(domain))
+
+
+@dataclass
+class ProbeResult:
+    general: float  # mean token NLL on the general probe
+    domain: float
+    cached: bool = False
+    seconds: float = 0.0
+
+
+@dataclass
+class ProbeEvaluator:
+    """One adapted model in memory whose units are re-merged toward the base for each evaluation."""
+
+    pair: Pair
+    probes: ProbeSet
+    cache_path: Path | None = None
+    device: str = "cpu"
+    evaluations: int = 0  # probe evaluations run (cache hits not counted)
+    cache_hits: int = 0
+    seconds: float = 0.0
+    history: list[tuple[dict[str, float], ProbeResult]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        from transformers import AutoModelForCausalLM
+
+        if self.pair.vocab_extension:
+            raise SpearError(
+                "the measured planner needs base and adapted with the same vocabulary; this pair extends it "
+                f"({', '.join(self.pair.vocab_extension)}). Plan with a weight-only policy instead."
+            )
+        self.model = AutoModelForCausalLM.from_pretrained(self.pair.adapted.path, dtype=torch.float32)
+        self.model.eval().to(self.device)
+        self.params = dict(self.model.state_dict(keep_vars=True))
+        units = units_of(self.pair.params)
+        self.units = {u: [n for n in names if n in self.params] for u, names in units.items()}
+        self.units = {u: names for u, names in self.units.items() if names}
+        self._current = dict.fromkeys(self.units, 0.0)
+        self._context = content_key(
+            base=self.pair.base.fingerprint(), adapted=self.pair.adapted.fingerprint(), probes=self.probes.key()
+        )
+        self._cache = self._read_cache()
+
+    # -- cache ---------------------------------------------------------------------------------------------------
+    def _read_cache(self) -> dict[str, tuple[float, float]]:
+        if self.cache_path is None or not self.cache_path.is_file():
+            return {}
+        out = {}
+        for line in self.cache_path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+                out[row["key"]] = (float(row["general"]), float(row["domain"]))
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut by an interrupted run: evaluated again
+        return out
+
+    def _key(self, ts: dict[str, float]) -> str:
+        effective = {u: round(float(ts.get(u, 0.0)), 6) for u in self.units}
+        return content_key(context=self._context, ts={u: t for u, t in effective.items() if t > 0})
+
+    # -- evaluation ----------------------------------------------------------------------------------------------
+    def evaluate(self, ts: dict[str, float]) -> ProbeResult:
+        """Probe NLLs of the adapted model with each named unit SLERPed toward the base by its t."""
+        unknown = set(ts) - set(self.units)
+        if unknown:
+            raise SpearError(f"unknown unit(s) {sorted(unknown)}; this model's units: {', '.join(self.units)}.")
+        key = self._key(ts)
+        if key in self._cache:
+            self.cache_hits += 1
+            result = ProbeResult(*self._cache[key], cached=True)
+        else:
+            started = time.perf_counter()
+            self._apply(ts)
+            result = ProbeResult(self._nll(self.probes.general), self._nll(self.probes.domain))
+            result.seconds = time.perf_counter() - started
+            self.evaluations += 1
+            self.seconds += result.seconds
+            self._cache[key] = (result.general, result.domain)
+            if self.cache_path is not None:
+                self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+                with self.cache_path.open("a") as f:  # one line per evaluation: an interrupted run loses nothing
+                    row = {"key": key, "general": result.general, "domain": result.domain, "ts": ts}
+                    f.write(json.dumps(row) + "\n")
+        self.history.append((dict(ts), result))
+        return result
+
+    def _apply(self, ts: dict[str, float]) -> None:
+        with torch.no_grad():
+            for unit, names in self.units.items():
+                t = float(ts.get(unit, 0.0))
+                if t == self._current[unit]:
+                    continue
+                for n in names:  # read per merge: memory stays at one model plus one tensor pair
+                    a = self.pair.adapted.read(n).to(torch.float32)
+                    b = self.pair.base.read(n).to(torch.float32)
+                    self.params[n].copy_(slerp(a, b, t))
+                self._current[unit] = t
+        if hasattr(self.model, "tie_weights"):
+            self.model.tie_weights()
+
+    @torch.no_grad()
+    def _nll(self, windows: list[torch.Tensor]) -> float:
+        total, count = 0.0, 0
+        for ids in windows:
+            ids = ids.to(self.device)
+            out = self.model(input_ids=ids, labels=ids)
+            n = ids.shape[1] - 1
+            total += float(out.loss) * n
+            count += n
+        return total / count
