@@ -13,6 +13,8 @@ from rich.table import Table
 from spear_mm.cli import checks
 from spear_mm.cli.choices import (
     DEVICE_METAVAR,
+    DOMAIN_PROBE_OPTION,
+    GENERAL_PROBE_OPTION,
     Aggregate,
     Edge,
     Executor,
@@ -235,12 +237,8 @@ def plan_cmd(
     export_freeze: Path | None = typer.Option(
         None, "--export-freeze", help="Also write a freeze YAML for the next CPT."
     ),
-    domain_probe: Path | None = typer.Option(
-        None, "--domain-probe", help="measured: held-out domain text (.txt, or .jsonl with a 'text' field)."
-    ),
-    general_probe: Path | None = typer.Option(
-        None, "--general-probe", help="measured: general text (default: 8 texts sampled once from the base)."
-    ),
+    domain_probe: Path | None = DOMAIN_PROBE_OPTION,
+    general_probe: Path | None = GENERAL_PROBE_OPTION,
     budget: int = typer.Option(30, "--budget", help="measured: probe evaluations for the optuna refinement."),
     max_domain_loss: float = typer.Option(
         0.1, "--max-domain-loss", help="measured: share of the domain-probe gain the plan may lose."

@@ -12,7 +12,9 @@ from rich.table import Table
 from spear_mm.cli import checks
 from spear_mm.cli.choices import (
     DEVICE_METAVAR,
+    DOMAIN_PROBE_OPTION,
     DOMAIN_TASKS_OPTION,
+    GENERAL_PROBE_OPTION,
     GENERAL_TASKS_OPTION,
     LM_EVAL_INCLUDE_OPTION,
     SUITE_OPTION,
@@ -71,12 +73,8 @@ def run_cmd(
     uniform_grid: str | None = typer.Option(
         None, "--uniform-grid", help="t of the uniform-SLERP curve every plan is compared with [0.1,0.2,…,0.9]."
     ),
-    domain_probe: Path | None = typer.Option(
-        None, "--domain-probe", help="measured: held-out domain text (.txt, or .jsonl with a 'text' field)."
-    ),
-    general_probe: Path | None = typer.Option(
-        None, "--general-probe", help="measured: general text (default: 8 texts sampled once from the base)."
-    ),
+    domain_probe: Path | None = DOMAIN_PROBE_OPTION,
+    general_probe: Path | None = GENERAL_PROBE_OPTION,
     planner_budget: int | None = typer.Option(None, "--planner-budget", help="measured: probe evaluations [30]."),
     probe_tokens: int | None = typer.Option(None, "--probe-tokens", help="measured: tokens per probe [1024]."),
     max_domain_loss: float | None = typer.Option(
