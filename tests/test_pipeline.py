@@ -239,6 +239,28 @@ def test_different_families_fail_before_any_work(pair, tmp_path) -> None:
         run(*pair, pair[1] / "run", suites="demo")
 
 
+def test_run_yaml_repeats_the_run_and_flags_override_it(first, tmp_path) -> None:
+    """RUN/run.yaml is the resolved RunConfig: `run --config RUN/run.yaml` re-runs it (everything resumed), a flag
+    overrides the file, and a misspelt key is an error naming the file and the key."""
+    out, summary, _ = first
+    saved = RunConfig.build(out / "run.yaml")
+    assert saved.out == str(out) and saved.threads == 1 and saved.policies == ["conservative", "balanced", "aggressive"]
+    n_before = len(_events(out))
+    result = CliRunner().invoke(app, ["run", "--config", str(out / "run.yaml"), "--target-retention", "0.5"])
+    assert result.exit_code == 0, result.output
+    new = _events(out)[n_before:]
+    assert not [e for e in new if e["status"] == "ran" and e["step"].startswith(("analyze", "evaluate"))]
+    assert RunConfig.build(out / "run.yaml").target_retention == 0.5  # the flag won, and was kept
+    data = json.loads((out / "summary.json").read_text())
+    assert data["target_retention"] == 0.5 and data["choice_rule"].startswith("most K among R")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((out / "run.yaml").read_text() + "polices: [balanced]\n")
+    result = CliRunner().invoke(app, ["run", "--config", str(bad)])
+    assert result.exit_code != 0 and not (tmp_path / "r").exists()
+    with pytest.raises(SpearError, match=r"bad.yaml: polices: Extra inputs are not permitted\. Fields: base"):
+        RunConfig.build(bad)
+
+
 def test_cli_run_prints_table_and_report(first, pair, suite) -> None:
     out, summary, _ = first
     args = ["run", str(pair[0]), str(pair[1]), "-o", str(out), "--suite", str(suite), "--data-dir", str(suite.parent)]

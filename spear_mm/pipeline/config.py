@@ -115,7 +115,9 @@ class RunConfig(BaseModel):
         except ValidationError as exc:
             where = f"{source}" if source is not None else "run options"
             problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(top)'}: {e['msg']}" for e in exc.errors())
-            raise SpearError(f"{where}: {problems}. Fields: {', '.join(cls.model_fields)}.") from exc
+            unknown = any(e["type"] == "extra_forbidden" for e in exc.errors())
+            fields = f" Fields: {', '.join(cls.model_fields)}." if unknown else ""
+            raise SpearError(f"{where}: {problems}.{fields}") from exc
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
