@@ -18,7 +18,7 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from spear_mm.calibration.planner import general_probe_for
 from spear_mm.errors import SpearError
@@ -61,9 +61,6 @@ from spear_mm.progress import ProgressCallback
 from spear_mm.report.build import write_report
 from spear_mm.scoring.layers import analyze
 from spear_mm.scoring.table import ScoreTable
-
-if TYPE_CHECKING:
-    from spear_mm.evaluation.lm_eval_tasks import LmEvalTasks
 
 log = logging.getLogger(__name__)
 __all__ = ["RunConfig", "RunSummary", "run"]
