@@ -330,8 +330,7 @@ def test_python_api_exports():
     from spear_mm import merge as m
 
     assert C is Checkpoint and P is Plan
-    package = spear_mm
-    assert m is merge and package.merge is merge  # the function, not a module of the same name
+    assert m is merge and spear_mm.merge is merge  # the function, not a module of the same name
     assert "plan" in str(__import__("inspect").signature(m))
 
 

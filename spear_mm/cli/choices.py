@@ -113,6 +113,14 @@ LM_EVAL_INCLUDE_OPTION: Any = typer.Option(
 )
 
 
+def registered_tasks(tasks: str | None, general: str | None, domain: str | None, include: Path | None) -> Any:
+    """The `LmEvalTasks` named by the options (None: no names); `--lm-eval-include` alone is an error."""
+    registered = LmEvalTasks.from_options(tasks, general, domain, include)
+    if registered is None and include is not None:
+        raise SpearError("--lm-eval-include needs --tasks, --general-tasks or --domain-tasks (the task names).")
+    return registered
+
+
 def lm_eval_selection(
     suite: str | None,
     backend: Backend,
@@ -124,9 +132,7 @@ def lm_eval_selection(
     """(suite, backend, LmEvalTasks or None) from the options: task names imply `--backend lm-eval` and, without
     `--suite`, no suite; `--lm-eval-include` alone is an error."""
 
-    registered = LmEvalTasks.from_options(tasks, general, domain, include)
-    if registered is None and include is not None:
-        raise SpearError("--lm-eval-include needs --tasks, --general-tasks or --domain-tasks (the task names).")
+    registered = registered_tasks(tasks, general, domain, include)
     if suite is None:
         suite = "" if registered is not None else "general,domain"
     return suite, Backend.lm_eval.value if registered is not None else backend.value, registered

@@ -23,11 +23,11 @@ from spear_mm.cli.choices import (
     ChooseFrom,
     Executor,
     RankBy,
+    registered_tasks,
     value,
 )
 from spear_mm.cli.output import console, out_console
 from spear_mm.errors import SpearError
-from spear_mm.evaluation.lm_eval_tasks import LmEvalTasks
 from spear_mm.io.dtypes import DtypeName
 from spear_mm.pipeline.config import RunConfig
 from spear_mm.pipeline.run import run
@@ -122,9 +122,7 @@ def run_cmd(
     for option, value_ in (("--limit", limit), ("--threads", threads), ("--workers", workers),
                            ("--batch-size", batch_size)):  # fmt: skip
         checks.positive(option, value_)
-    registered = LmEvalTasks.from_options(tasks, general_tasks, domain_tasks, lm_eval_include)
-    if registered is None and lm_eval_include is not None:
-        raise SpearError("--lm-eval-include needs --tasks, --general-tasks or --domain-tasks (the task names).")
+    registered = registered_tasks(tasks, general_tasks, domain_tasks, lm_eval_include)
     lm_eval = {} if registered is None else {
         "general_tasks": list(registered.general), "domain_tasks": list(registered.domain),
         "lm_eval_include": registered.include_path, "backend": "lm-eval", "suites": suite or "",

@@ -24,14 +24,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from spear_mm.calibration.samples import sample_base_text
 from spear_mm.demo.models import cache_root, smollm2_path
 from spear_mm.errors import SpearError
-from spear_mm.evaluation.suites import DEMO_SUITE, resolve_tasks
+from spear_mm.evaluation.suites import DEMO_DATA, DEMO_SUITE, resolve_tasks
 from spear_mm.io.files import atomic_write_text
 from spear_mm.pipeline.run import run as run_pipeline
 from spear_mm.training.cpt import CptConfig, cpt
 
 _log = logging.getLogger(__name__)
 
-DEMO_DATA = Path(__file__).resolve().parents[1] / "_data" / "demo"
 DEMO_CORPUS = DEMO_DATA / "finance_train.txt"
 REUTERS = "reuters21578/reuters21578.jsonl.gz"
 # the demo keeps its 3-point uniform curve (each point is one ≈ 30 s evaluation; the 15-minute budget); `run`
