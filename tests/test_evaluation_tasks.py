@@ -174,3 +174,14 @@ def test_gsm8k_answer_extraction(output, expected):
 def test_gold_normalisation_and_cot_rewrite():
     assert normalize_answer("18") == normalize_answer("18.00") == normalize_answer("$18") == "18"
     assert gsm8k_cot("3*2=<<3*2=6>>6 apples\nso 6\n#### 6") == "3*2=6 apples so 6 The answer is 6."
+
+
+def test_a_task_limit_caps_its_items_and_the_smaller_limit_wins(tmp_path):
+    (tmp_path / "d.txt").write_text("\n\n".join(f"document {i}." for i in range(30)))
+    spec = TaskSpec(name="t", kind="perplexity", loader="text", path=str(tmp_path / "d.txt"), chunk_chars=0, limit=5)
+    assert len(load_task(spec).items) == 5
+    assert len(load_task(spec, limit=3).items) == 3  # --limit smaller: it wins
+    assert len(load_task(spec, limit=20).items) == 5  # the task's own cap wins
+    assert len(load_task(spec.model_copy(update={"limit": None}), limit=20).items) == 20
+    with pytest.raises(SpearError, match="limit"):
+        resolve_tasks([{"name": "t", "kind": "perplexity", "loader": "text", "path": "x", "limit": 0}])

@@ -199,3 +199,16 @@ def test_interrupted_analyze_resumes_from_the_journal(tiny_pair, reference, tmp_
     assert len(fresh) == len(table.modules) - 10  # only the rest was scored again
     assert_same_scores(reference, table)
     assert not (out / PARTIAL).exists()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux only")
+def test_keep_freed_memory_applies_on_glibc_and_can_be_switched_off():
+    code = "from spear_mm.executors import keep_freed_memory; print(keep_freed_memory())"
+
+    def run(env: dict[str, str]) -> str:
+        done = subprocess.run([sys.executable, "-c", code], env=os.environ | env, capture_output=True, text=True)
+        return done.stdout.strip()
+
+    glibc = "glibc" in (os.confstr("CS_GNU_LIBC_VERSION") or "")
+    assert run({}) == str(glibc)
+    assert run({"SPEAR_MM_MALLOC": "default"}) == "False"

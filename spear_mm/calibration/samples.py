@@ -14,19 +14,24 @@ from spear_mm.io.files import atomic_write_text
 SAMPLE_SEED = 0
 
 
-def base_sample_path(base: Path, n: int, tokens: int) -> Path:
+def base_sample_path(base: Path, n: int, tokens: int, seed: int = SAMPLE_SEED) -> Path:
     """Where the base model's samples are cached: next to the base model folder."""
-    return base.parent / f"{base.name}.samples-s{SAMPLE_SEED}-{n}x{tokens}.jsonl"
+    return base.parent / f"{base.name}.samples-s{seed}-{n}x{tokens}.jsonl"
 
 
 def sample_base_text(
-    base: str | Path, n: int = 8, tokens: int = 160, threads: int | None = None, out: Path | None = None
+    base: str | Path,
+    n: int = 8,
+    tokens: int = 160,
+    threads: int | None = None,
+    out: Path | None = None,
+    seed: int = SAMPLE_SEED,
 ) -> Path:
-    """Sample `n` texts of `tokens` tokens from the base once (seed 0, temperature 1, top-p 0.95, starting from
+    """Sample `n` texts of `tokens` tokens from the base once (`seed`, temperature 1, top-p 0.95, starting from
     the document-separator token: no prompt, no data) and cache them as JSON lines next to the base. Perplexity
     on them measures drift away from the base distribution without any general-domain data."""
     base = Path(base)
-    out = out or base_sample_path(base, n, tokens)
+    out = out or base_sample_path(base, n, tokens, seed)
     if out.is_file():
         return out
     old = torch.get_num_threads()
@@ -38,7 +43,7 @@ def sample_base_text(
         start = next(t for t in (tok.unk_token_id, tok.bos_token_id, tok.eos_token_id, 0) if t is not None)
         ids = torch.full((n, 1), int(start), dtype=torch.long)
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        torch.manual_seed(SAMPLE_SEED)
+        torch.manual_seed(seed)
         with torch.no_grad():
             gen = model.generate(
                 ids,

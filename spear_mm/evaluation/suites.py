@@ -192,7 +192,8 @@ def resolve_tasks(tasks: str | Suite | TaskSpec | dict[str, Any] | Sequence[Any]
 def load_task(
     spec: TaskSpec, data_dir: str | Path | None = None, limit: int | None = None, seed: int = 0
 ) -> LoadedTask:
-    """Read a task's items (SpearError when its data is missing), then sample `limit` of them (stratified)."""
+    """Read a task's items (SpearError when its data is missing), then sample `limit` of them (stratified; the
+    task's own `limit` caps it further)."""
     loader = LOADERS.get(spec.loader)
     if loader is None:
         raise SpearError(f"task {spec.name!r}: unknown loader {spec.loader!r}; known: {sorted(LOADERS)}")
@@ -202,7 +203,8 @@ def load_task(
     kinds = {"multiple_choice": "MCItem", "perplexity": "TextItem", "generation": "GenItem"}
     if type(items[0]).__name__ != kinds[spec.kind]:
         raise SpearError(f"task {spec.name!r}: loader {spec.loader!r} does not produce {spec.kind} items")
-    chosen = select_items(items, limit, seed)
+    caps = [n for n in (limit, spec.limit) if n is not None]
+    chosen = select_items(items, min(caps) if caps else None, seed)
     log.debug("task %s: %d of %d items from %s", spec.name, len(chosen), len(items), source)
     return LoadedTask(spec=spec, items=tuple(chosen), total=len(items), source=source)
 

@@ -43,6 +43,9 @@ class TaskSpec(BaseModel):
     source: Literal["local", "hub"] = "local"
     hub: dict[str, Any] | None = Field(None, description="datasets.load_dataset kwargs for source=hub")
     args: dict[str, Any] = Field(default_factory=dict, description="loader-specific options")
+    limit: int | None = Field(
+        None, ge=1, description="items of this task at most (with --limit too, the smaller of the two)"
+    )
     # perplexity
     window: int | None = Field(
         None, description="tokens per forward window; default the model's context length, capped at 2048"

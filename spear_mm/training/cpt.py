@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from spear_mm import __version__
 from spear_mm.errors import SpearError
+from spear_mm.executors import keep_freed_memory
 from spear_mm.io.hub import hub_label, resolve_model
 from spear_mm.io.outputs import AtomicDir, check_not_input
 from spear_mm.planning.exports import apply_freeze_plan
@@ -61,6 +62,7 @@ class CptConfig(BaseModel):
     logging_steps: int = Field(10, ge=1)
     max_corpus_tokens: int | None = Field(None, ge=1)  # None: exactly what max_steps consumes (one pass)
     save_dtype: Literal["auto", "float32", "base"] = "auto"  # auto: float32 on CPU, the base's dtype on CUDA
+    keep_freed_memory: bool = True  # glibc: no mmap/munmap per large tensor (executors.keep_freed_memory)
     overwrite: bool = False
     progress: bool = True
 
@@ -275,6 +277,8 @@ def _cpt(base: Path, corpus: list[Path], out: Path, config: CptConfig, device: s
     old_threads = torch.get_num_threads()
     if config.threads:
         torch.set_num_threads(config.threads)
+    if config.keep_freed_memory and keep_freed_memory():
+        log.debug("allocator: large blocks from the heap, freed memory kept (SPEAR_MM_MALLOC=default to disable)")
     started = time.time()
     try:
         model, tokenizer, base_dtype = _load(base)
