@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from spear_mm.calibration.planner import Objective, PlannerConfig, plan_units  # noqa: E402
 from spear_mm.calibration.probe import ProbeEvaluator, load_probes  # noqa: E402
-from spear_mm.io.checkpoint import open_pair  # noqa: E402
+from spear_mm.io.pair import open_pair  # noqa: E402
 from spear_mm.scoring.layers import analyze  # noqa: E402
 
 CACHE = Path.home() / ".cache" / "spear-mm"
@@ -91,6 +91,7 @@ def main() -> None:
     ap.add_argument("--blind-max", type=int, default=300, help="most evaluations the blind search may spend")
     ap.add_argument("--probe-tokens", type=int, default=512)
     ap.add_argument("--max-domain-loss", type=float, default=0.1)
+    ap.add_argument("--probe-units", type=int, default=None, help="the planner measures only the top N units")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--blind-seeds", type=int, default=1, help="repeat the blind search with this many seeds")
     ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
@@ -103,12 +104,13 @@ def main() -> None:
     t0 = time.perf_counter()
     scores = analyze(paths["base"], paths["adapted"], workers=args.threads)
     score_seconds = time.perf_counter() - t0
-    config = PlannerConfig(budget=args.budget, max_domain_loss=args.max_domain_loss)
+    config = PlannerConfig(budget=args.budget, max_domain_loss=args.max_domain_loss, probe_units=args.probe_units)
 
     ev = ProbeEvaluator(pair, probes)
     res = plan_units(ev, scores.unit_ranking(), config)
     target = res.value - config.tolerance
     p_evals, p_secs = first_reach(res.trace, target)
+    print(f"ranking (weight-only): {', '.join(scores.unit_ranking())}")
     print(f"pair {args.pair}: {len(ev.units)} units; probes {probes.general_tokens}+{probes.domain_tokens} tokens; "
           f"weight scores {score_seconds:.1f} s")  # fmt: skip
     print(f"planner: value {res.value:.4f} (feasible {res.feasible}) after {ev.evaluations} evaluations, "

@@ -129,3 +129,16 @@ def test_shipped_data_files_resolve_from_their_modules():
 
     assert DEMO_CORPUS.is_file()
     assert sorted(p.name for p in DEMO_DATA.iterdir()) == sorted(p.name for p in (ROOT / "_data" / "demo").iterdir())
+
+
+def test_bench_scripts_import_only_names_that_exist():
+    """bench/ scripts are not imported by the tests; a moved module must not break them silently."""
+    import importlib
+
+    missing = []
+    for path in sorted((ROOT.parent / "bench").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("spear_mm"):
+                module = importlib.import_module(node.module)
+                missing += [f"{path.name}: {node.module}.{a.name}" for a in node.names if not hasattr(module, a.name)]
+    assert not missing, missing
