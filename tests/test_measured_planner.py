@@ -11,6 +11,7 @@ from planted_pair import DAMAGED_LAYER, DOMAIN_LAYER, save_planted_pair
 
 from spear_mm.calibration.planner import PlannerConfig, greedy_knapsack, plan_units
 from spear_mm.calibration.probe import ProbeEvaluator, load_probes
+from spear_mm.calibration.search import efficiency_order, tier_ts
 from spear_mm.errors import SpearError
 from spear_mm.io.pair import open_pair
 from spear_mm.planning.plan import Plan, UnitEffect
@@ -77,6 +78,29 @@ def test_knapsack_takes_free_then_efficient_options_within_budget():
     # c from 0.5 to 1 adds 0.2 recovered for 0.3 spent: taken once the budget allows
     assert greedy_knapsack(e, ["a", "b", "c"], budget=0.8, need=None)[-1] == ("c", 1.0)
     assert greedy_knapsack(e, ["a", "b", "c"], budget=0.0, need=1.0) == [("a", 1.0)]
+
+
+def test_efficiency_order_and_tiers():
+    e = [
+        UnitEffect(unit="a", t=1.0, general_recovered=0.2, domain_lost=0.1),  # ratio 2
+        UnitEffect(unit="b", t=1.0, general_recovered=0.5, domain_lost=-0.1),  # free
+        UnitEffect(unit="c", t=0.5, general_recovered=0.3, domain_lost=0.03),  # ratio 10 (its best option)
+        UnitEffect(unit="c", t=1.0, general_recovered=0.4, domain_lost=0.4),
+        UnitEffect(unit="d", t=1.0, general_recovered=-0.1, domain_lost=0.0),  # recovers nothing
+    ]
+    ranked = efficiency_order(e, ["d", "e", "a", "b", "c"])
+    assert ranked == ["b", "c", "a", "d", "e"]  # free, then by ratio; nothing-recovering and unmeasured last
+    assert tier_ts(ranked, [1.0, 0.5, 0.0]) == {"b": 1.0, "c": 1.0, "a": 0.5, "d": 0.5}
+    assert tier_ts(ranked, [0.3, 0.3, 0.3]) == dict.fromkeys(ranked, 0.3)  # equal tiers: the uniform plan
+
+
+@pytest.mark.parametrize("refine", ["tiers", "units"])
+def test_refinement_never_returns_a_worse_plan_than_its_start(planted, refine):
+    _, pair, probes, scores = planted
+    ev = ProbeEvaluator(pair, probes)
+    res = plan_units(ev, scores.unit_ranking(), PlannerConfig(budget=6, refine=refine))
+    start = plan_units(ev, scores.unit_ranking(), PlannerConfig(budget=0))
+    assert res.feasible and res.value >= start.value - 1e-9
 
 
 def test_planner_finds_the_planted_plan(planted):

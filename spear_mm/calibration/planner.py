@@ -9,9 +9,12 @@
    options taken (binary search: a few evaluations).
 3. Start: the best feasible of the knapsack plan and a few uniform plans (`uniform_seeds`; where many units
    interact, e.g. an overshooting CPT, a uniform t beats any sum of single-unit effects).
-4. Refine: optuna's TPE sampler with a constraint, started from that plan, searches the t of the most
-   promising units (`refine_units`; all units for a uniform start) for `budget` probe evaluations; the best
-   feasible plan wins.
+4. Refine: optuna's TPE sampler with a constraint searches for `budget` probe evaluations; the best feasible
+   plan (starts included) wins. `refine="tiers"` (default): the units, ordered by measured efficiency (general
+   NLL recovered per domain NLL lost, free ones first), are cut into `tiers` groups and one t per group is
+   searched — a few dimensions whatever the model's depth, the uniform plans among them (all tiers equal), so
+   the refinement looks exactly where a selective plan can beat uniform SLERP: more restoration where it is
+   cheap. `refine="units"`: the t of the `refine_units` most promising single units, from the best start.
 
 Objectives on the probes (G = general NLL, D = domain NLL; B base, A adapted):
 - `keep` (default): maximise r = (G_A − G)/(G_A − G_B), the share of the general damage recovered, subject to
@@ -26,31 +29,16 @@ import math
 import time
 from dataclasses import dataclass, field
 
-from pydantic import BaseModel, ConfigDict, Field
-
+from spear_mm.calibration.objective import Objective, PlannerConfig
 from spear_mm.calibration.probe import ProbeEvaluator, ProbeResult, load_probes
 from spear_mm.calibration.samples import SAMPLE_SEED, sample_base_text
+from spear_mm.calibration.search import efficiency_order, pick, refine_tiers, refine_units
 from spear_mm.planning.plan import Measurement, UnitEffect
 from spear_mm.planning.policies import plan_from_unit_ts
 
+__all__ = ["Objective", "PlannerConfig", "PlannerResult", "Trace", "measured_plan", "plan_units"]
+
 log = logging.getLogger(__name__)
-
-
-class PlannerConfig(BaseModel):
-    """Every choice of the measured planner (recorded in the plan's provenance)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    t_mid: float = Field(0.5, gt=0.0, lt=1.0)  # the intermediate t measured per unit (besides t = 1)
-    max_domain_loss: float = Field(0.1, ge=0.0, le=1.0)  # share of the probe's domain gain that may be lost
-    target_retention: float | None = Field(None, gt=0.0, le=1.5)  # probe r to reach (then: most domain kept)
-    budget: int = Field(30, ge=0)  # probe evaluations for the black-box refinement
-    refine_units: int = Field(8, ge=1)  # units whose t the refinement searches
-    probe_units: int | None = Field(None, ge=1)  # measure only the top N units of the ranking (None: all)
-    t_step: float = Field(0.05, gt=0.0, le=0.5)  # grid of t in the refinement
-    uniform_seeds: tuple[float, ...] = (0.3, 0.6, 0.9)  # uniform plans tried as starting points
-    tolerance: float = Field(0.005, ge=0.0)  # objective differences below this are probe noise: restore less
-    seed: int = 0
 
 
 @dataclass
@@ -76,44 +64,6 @@ class PlannerResult:
     objective: str = ""
     seconds: float = 0.0
     start: str = "knapsack"  # the starting plan the refinement began from
-
-
-class Objective:
-    """The probe objective and its constraint for one pair; `value` is maximised, `violation` ≤ 0 is feasible."""
-
-    def __init__(self, base: ProbeResult, adapted: ProbeResult, config: PlannerConfig):
-        self.base, self.adapted, self.config = base, adapted, config
-        self.damage = adapted.general - base.general  # general NLL CPT added (> 0: something to recover)
-        self.domain_gain = max(base.domain - adapted.domain, 0.0)
-        self.allow = config.max_domain_loss * self.domain_gain
-
-    @property
-    def mode(self) -> str:
-        return "keep" if self.config.target_retention is None else "target"
-
-    def describe(self) -> str:
-        if self.mode == "keep":
-            return (
-                f"maximise the general-probe damage recovered, losing at most {self.config.max_domain_loss:.0%} "
-                f"of the domain-probe gain ({self.allow:.4f} nats/token)"
-            )
-        return f"reach general-probe recovery ≥ {self.config.target_retention:g}, keeping the most domain gain"
-
-    def recovered(self, r: ProbeResult) -> float:
-        return (self.adapted.general - r.general) / self.damage if self.damage > 0 else 0.0
-
-    def domain_kept(self, r: ProbeResult) -> float:
-        if self.domain_gain > 0:
-            return (self.base.domain - r.domain) / self.domain_gain
-        return self.adapted.domain - r.domain  # no gain to keep: less NLL is better
-
-    def value(self, r: ProbeResult) -> float:
-        return self.recovered(r) if self.mode == "keep" else self.domain_kept(r)
-
-    def violation(self, r: ProbeResult) -> float:
-        if self.mode == "keep":
-            return r.domain - (self.adapted.domain + self.allow)
-        return self.config.target_retention - self.recovered(r)
 
 
 def measure_effects(ev: ProbeEvaluator, units: list[str], t_mid: float, adapted: ProbeResult) -> list[UnitEffect]:
@@ -210,11 +160,15 @@ def plan_units(ev: ProbeEvaluator, order: list[str], config: PlannerConfig, *, r
     for i, t in enumerate(config.uniform_seeds, 1):
         ts = dict.fromkeys(measured, round(float(t), 6))
         starts[i] = (ts, run(ts))
-    best_ts, best = _pick(starts, obj, config.tolerance)
+    best_ts, best = pick(starts, obj, config.tolerance)
     start = next(("knapsack" if i == 0 else f"uniform t={config.uniform_seeds[i - 1]:g}")
                  for i, (ts, _) in starts.items() if ts == best_ts)  # fmt: skip
-    if refine and config.budget > 0:
-        best_ts, best = _refine(ev, obj, effects, best_ts, config, run)
+    if refine and config.budget > 0 and config.refine == "units":
+        best_ts, best = refine_units(ev, obj, effects, best_ts, config, run)
+    elif refine and config.budget > 0:
+        ranked = efficiency_order(effects, order)
+        best_ts, best = refine_tiers(obj, ranked, (best_ts, best), config, run)
+        start = f"{start}, then tiers"
     return PlannerResult(
         ts=best_ts,
         greedy=greedy,
@@ -228,61 +182,6 @@ def plan_units(ev: ProbeEvaluator, order: list[str], config: PlannerConfig, *, r
         seconds=time.perf_counter() - started,
         start=start,
     )
-
-
-def _refine(ev, obj: Objective, effects, start: dict[str, float], config: PlannerConfig, run):
-    """optuna TPE (with constraint) over the t of the most promising units, seeded with the knapsack plan."""
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    best_gain: dict[str, float] = {}
-    for e in effects:
-        best_gain[e.unit] = max(best_gain.get(e.unit, -math.inf), e.general_recovered)
-    promising = sorted(best_gain, key=lambda u: -best_gain[u])
-    search = list(dict.fromkeys([*start, *promising]))[: max(config.refine_units, len(start))]
-    fixed = {u: t for u, t in start.items() if u not in search}
-    results: dict[int, tuple[dict, ProbeResult]] = {}
-
-    def objective(trial: optuna.Trial) -> float:
-        ts = dict(fixed)
-        for u in search:
-            t = round(trial.suggest_float(u, 0.0, 1.0, step=config.t_step), 6)
-            if t > 0:
-                ts[u] = t
-        r = run(ts)
-        results[trial.number] = (ts, r)
-        trial.set_user_attr("violation", obj.violation(r))
-        if NEW_CONSTRAINTS:
-            trial.set_constraint("domain" if obj.mode == "keep" else "retention", obj.violation(r))
-        return obj.value(r)
-
-    NEW_CONSTRAINTS = hasattr(optuna.trial.Trial, "set_constraint")  # optuna ≥ 5; older: constraints_func
-    old_api = {} if NEW_CONSTRAINTS else {"constraints_func": lambda t: [t.user_attrs.get("violation", math.inf)]}
-    sampler = optuna.samplers.TPESampler(
-        seed=config.seed, multivariate=True, n_startup_trials=max(2, min(10, config.budget // 3)), **old_api
-    )
-    study = optuna.create_study(direction="maximize", sampler=sampler)
-    study.enqueue_trial({u: _on_grid(start.get(u, 0.0), config.t_step) for u in search})
-    study.optimize(objective, n_trials=config.budget)
-    return _pick(results, obj, config.tolerance)
-
-
-def _pick(results: dict[int, tuple[dict, ProbeResult]], obj: Objective, tolerance: float):
-    """The best feasible plan; among plans within `tolerance` of the best value, the one that restores least
-    (smallest Σt: probe noise should not buy restorations), then the earliest. Infeasible only when no plan is
-    feasible (then the least violating)."""
-    feasible = [n for n, (_, r) in results.items() if obj.violation(r) <= 0]
-    if not feasible:
-        n = max(results, key=lambda n: (-obj.violation(results[n][1]), -n))
-        return results[n]
-    best = max(obj.value(results[n][1]) for n in feasible)
-    close = [n for n in feasible if obj.value(results[n][1]) >= best - tolerance]
-    n = min(close, key=lambda n: (sum(results[n][0].values()), n))
-    return results[n]
-
-
-def _on_grid(t: float, step: float) -> float:
-    return min(1.0, round(round(t / step) * step, 10))
 
 
 def general_probe_for(pair, cache_dir, n: int = 8, tokens: int = 160):
