@@ -39,7 +39,7 @@ DEMO_UNIFORM_GRID = (0.25, 0.5, 0.75)
 
 # Defaults per profile; each is overridable. Tuned on the 2-core machine (docs/demo.md has the measurements).
 PROFILES: dict[str, dict[str, Any]] = {
-    "full": {"steps": 20, "lr": 5e-4, "seq_len": 256, "batch_size": 1, "limit": 32, "sample_n": 8, "sample_tokens": 160, "baselines": True},
+    "full": {"steps": 24, "lr": 3e-4, "seq_len": 256, "batch_size": 4, "limit": 32, "sample_n": 8, "sample_tokens": 160, "baselines": True},
     "quick": {"steps": 10, "lr": 5e-4, "seq_len": 256, "batch_size": 1, "limit": 12, "sample_n": 4, "sample_tokens": 128, "baselines": False},
     "data": {"steps": 30, "lr": 5e-4, "seq_len": 256, "batch_size": 1, "limit": 20, "sample_n": 8, "sample_tokens": 160, "baselines": True},
 }  # fmt: skip
