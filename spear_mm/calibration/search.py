@@ -14,15 +14,17 @@ from spear_mm.calibration.probe import ProbeResult
 from spear_mm.planning.plan import UnitEffect
 
 
-def refine_units(ev, obj: Objective, effects, start: dict[str, float], config: PlannerConfig, run):
-    """optuna TPE (with constraint) over the t of the most promising units, seeded with the start plan."""
+def refine_units(obj: Objective, effects, start: tuple[dict, ProbeResult], config: PlannerConfig, run):
+    """optuna TPE (with constraint) over the t of the most promising units, seeded with the start plan; the
+    start itself stays a candidate, so the refinement never returns a worse plan."""
     best_gain: dict[str, float] = {}
     for e in effects:
         best_gain[e.unit] = max(best_gain.get(e.unit, -math.inf), e.general_recovered)
     promising = sorted(best_gain, key=lambda u: -best_gain[u])
-    search = list(dict.fromkeys([*start, *promising]))[: max(config.refine_units, len(start))]
-    fixed = {u: t for u, t in start.items() if u not in search}
-    results: dict[int, tuple[dict, ProbeResult]] = {}
+    ts0 = start[0]
+    search = list(dict.fromkeys([*ts0, *promising]))[: max(config.refine_units, len(ts0))]
+    fixed = {u: t for u, t in ts0.items() if u not in search}
+    results: dict[int, tuple[dict, ProbeResult]] = {-1: start}
 
     def objective(trial) -> float:
         ts = dict(fixed)
@@ -35,7 +37,7 @@ def refine_units(ev, obj: Objective, effects, start: dict[str, float], config: P
         return _constrained(trial, obj, r)
 
     study = _study(config)
-    study.enqueue_trial({u: on_grid(start.get(u, 0.0), config.t_step) for u in search})
+    study.enqueue_trial({u: on_grid(ts0.get(u, 0.0), config.t_step) for u in search})
     study.optimize(objective, n_trials=config.budget)
     return pick(results, obj, config.tolerance)
 
