@@ -5,6 +5,7 @@ the same on a thread, in a process pool or on a Ray worker.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable
 from functools import lru_cache
@@ -15,6 +16,7 @@ import torch
 from spear_mm.errors import SpearError
 from spear_mm.io.architecture import ParamInfo, layer_map
 from spear_mm.io.checkpoint import Checkpoint, require_finite
+from spear_mm.pair_stats import pair_stats
 from spear_mm.scoring.spectral import analyze_matrix
 from spear_mm.scoring.table import ModuleScore, ScoreConfig
 from spear_mm.scoring.units import row_drift
@@ -25,27 +27,13 @@ def _check_finite(name: str, t: torch.Tensor, where: str) -> None:
     require_finite(t, name, where, "scoring")
 
 
-def _rel_and_cos(b: torch.Tensor, a: torch.Tensor, d: torch.Tensor) -> tuple[float, float, float, float]:
-    """(‖W_B‖, ‖ΔW‖, rc, cos). rc = 0 for two zero tensors and 1 when only the base is zero."""
-    nb, na, nd = (float(torch.linalg.vector_norm(x)) for x in (b, a, d))
+def _rel_and_cos(base: torch.Tensor, adapted: torch.Tensor) -> tuple[float, float, float, float]:
+    """(‖W_B‖, ‖ΔW‖, rc, cos) from the merge's float64-accumulated `pair_stats` (memory: one block in float32).
+    rc = 0 for two zero tensors and 1 when only the base is zero; cos = 0 when exactly one is zero."""
+    s = pair_stats(adapted, base)
+    nb, na, nd = math.sqrt(s.bb), math.sqrt(s.aa), math.sqrt(s.dd)
     rc = nd / nb if nb > 0 else (0.0 if nd == 0 else 1.0)
-    if nb > 0 and na > 0:
-        cos = max(-1.0, min(1.0, float(torch.dot(a.reshape(-1), b.reshape(-1))) / (na * nb)))
-    else:
-        cos = 1.0 if nb == na == 0 else 0.0
-    return nb, nd, rc, cos
-
-
-def _chunked_rel_and_cos(base: torch.Tensor, adapted: torch.Tensor) -> tuple[float, float, float, float]:
-    sums = torch.zeros(4, dtype=torch.float64)  # ‖B‖², ‖A‖², ‖Δ‖², ⟨A,B⟩
-    flat_b, flat_a = base.reshape(-1), adapted.reshape(-1)
-    step = 1 << 22
-    for i in range(0, flat_b.numel(), step):
-        b, a = flat_b[i : i + step].double(), flat_a[i : i + step].double()
-        sums += torch.stack([b @ b, a @ a, (a - b) @ (a - b), a @ b])
-    nb, na, nd = (float(x.sqrt()) for x in sums[:3])
-    rc = nd / nb if nb > 0 else (0.0 if nd == 0 else 1.0)
-    cos = max(-1.0, min(1.0, float(sums[3]) / (na * nb))) if nb > 0 and na > 0 else (1.0 if nb == na == 0 else 0.0)
+    cos = s.cos if nb > 0 and na > 0 else (1.0 if nb == na == 0 else 0.0)
     return nb, nd, rc, cos
 
 
@@ -67,12 +55,7 @@ def score_tensor_pair(
     if base.shape != adapted.shape:
         raise SpearError(f"tensor '{param.name}': base {list(base.shape)} vs adapted {list(adapted.shape)}.")
     spectral = param.group in ("layer", "embed", "head") and base.ndim >= 2 and base.numel() > 0
-    if spectral:
-        b, a = base.to(torch.float32), adapted.to(torch.float32)
-        d = a - b
-        nb, nd, rc, cos = _rel_and_cos(b, a, d)
-    else:  # embeddings/head can be large: reduce in row chunks so memory stays at the bf16 inputs
-        nb, nd, rc, cos = _chunked_rel_and_cos(base, adapted)
+    nb, nd, rc, cos = _rel_and_cos(base, adapted)
     row = dict(
         name=param.name,
         group=param.group,
@@ -85,7 +68,8 @@ def score_tensor_pair(
         cos=cos,
     )
     if spectral:
-        row.update(_spectral_metrics(b, a, d, rc, config))
+        b, a = base.to(torch.float32), adapted.to(torch.float32)
+        row.update(_spectral_metrics(b, a, a - b, rc, config))
     if param.group in ("embed", "head") and base.ndim == 2:
         row.update(row_drift(base, adapted))
     row["seconds"] = time.perf_counter() - started
