@@ -11,12 +11,15 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 from common import make_tiny_model, make_tokenizer
 from typer.testing import CliRunner
 
 from spear_mm.cli import app
 from spear_mm.demo.run import (
     DEMO_CORPUS,
+    DEMO_DOMAIN_PROBE,
+    REUTERS_PROBE_DOCS,
     DemoConfig,
     _fingerprint,
     cpt_options,
@@ -43,7 +46,7 @@ def first(pico_base, tmp_path_factory) -> tuple[Path, Path, str]:
     """One `spear-mm demo` through the CLI on the pico base, with its own cache folder."""
     root = tmp_path_factory.mktemp("demo")
     out, cache = root / "run", root / "cache"
-    args = ["demo", "-o", str(out), "--base", str(pico_base), "--cache-dir", str(cache), "--policies", "balanced",
+    args = ["demo", "-o", str(out), "--base", str(pico_base), "--cache-dir", str(cache), "--policies", "balanced,measured",
             "--no-baselines", "--steps", "4", "--seq-len", "32", "--batch-size", "2", "--limit", "4"]  # fmt: skip
     res = CliRunner().invoke(app, args, catch_exceptions=False)
     assert res.exit_code == 0, res.output
@@ -57,7 +60,7 @@ def test_demo_cli_runs_the_whole_story(first, pico_base) -> None:
     assert {"demo_general_mc", "demo_base_sample_ppl", "demo_finance_mc", "demo_finance_ppl"} <= set(summary["tasks"])
     assert summary["tasks"]["demo_base_sample_ppl"] == "general"
     assert summary["tasks"]["demo_finance_ppl"] == "domain"
-    assert set(summary["candidates"]) == {"balanced"}
+    assert set(summary["candidates"]) == {"balanced", "measured"}
     assert (out / "report.html").is_file() and str(out / "report.html") in output.replace("\n", "")
     assert "demo_finance_ppl" in output and "balanced" in output
     record = json.loads((out / "demo.jsonl").read_text())
@@ -70,6 +73,12 @@ def test_demo_cli_runs_the_whole_story(first, pico_base) -> None:
     assert sample_file.parent == pico_base.parent  # cached next to the base model
     samples = [json.loads(line) for line in sample_file.read_text().splitlines()]
     assert len(samples) == DemoConfig().value("sample_n") and all(s["text"] for s in samples)
+    # the planner probes text the run never evaluates: held-out CPT prose and base samples of another seed
+    run_config = yaml.safe_load((out / "run.yaml").read_text())
+    assert run_config["domain_probe"] == str(DEMO_DOMAIN_PROBE)
+    probe = Path(run_config["general_probe"])
+    assert probe.is_file() and probe != sample_file and probe.read_text() != sample_file.read_text()
+    assert (out / "planner" / "measured.yaml").is_file()
 
 
 @pytest.mark.slow
@@ -100,6 +109,44 @@ def test_profiles_and_overrides() -> None:
     assert DemoConfig(data_dir=Path("x")).profile == "data"
     with pytest.raises(ValueError):
         DemoConfig(stepz=3)
+
+
+def test_profiles_choose_the_policies() -> None:
+    assert "measured" in DemoConfig().value("policies") and "measured" in DemoConfig(data_dir=Path("x")).value(
+        "policies"
+    )
+    assert "measured" not in DemoConfig(quick=True).value("policies")  # the CI smoke run stays quick
+    assert DemoConfig(policies=("balanced",)).value("policies") == ("balanced",)
+
+
+def _docs(path: Path) -> list[str]:
+    return [d.strip() for d in path.read_text(encoding="utf-8").split("\n\n") if d.strip()]
+
+
+def test_the_demo_domain_probe_is_held_out_of_the_cpt_corpus_and_the_evaluation() -> None:
+    probe, train = _docs(DEMO_DOMAIN_PROBE), _docs(DEMO_CORPUS)
+    heldout = _docs(DEMO_CORPUS.with_name("finance_heldout.txt"))
+    assert len(probe) == 7 and len(train) == 56
+
+    def grams(docs: list[str], n: int = 8) -> set[tuple[str, ...]]:
+        return {tuple(d.split()[i : i + n]) for d in docs for i in range(len(d.split()) - n + 1)}
+
+    assert not grams(probe) & grams(train) and not grams(probe) & grams(heldout)
+
+
+def test_reuters_probe_is_split_off_the_cpt_corpus(tmp_path) -> None:
+    import gzip
+
+    rows = [{"lewissplit": "TRAIN" if i % 5 else "TEST", "body": f"article number {i} about grain"} for i in range(600)]
+    src = tmp_path / "data" / "reuters21578" / "reuters21578.jsonl.gz"
+    src.parent.mkdir(parents=True)
+    with gzip.open(src, "wt", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    corpus, probe = reuters_train_corpus(tmp_path / "data", tmp_path / "cache")
+    c = [json.loads(x)["text"] for x in corpus.read_text().splitlines()]
+    p = [json.loads(x)["text"] for x in probe.read_text().splitlines()]
+    assert len(p) == REUTERS_PROBE_DOCS and len(c) == 480 - REUTERS_PROBE_DOCS and not set(c) & set(p)
+    assert reuters_train_corpus(tmp_path / "data", tmp_path / "cache") == (corpus, probe)  # cached
 
 
 def test_public_data_suites_and_skip_task(tmp_path) -> None:

@@ -53,14 +53,19 @@ def demo_cmd(
         None, "--cache-dir", help="Model/CPT cache (default $SPEAR_MM_CACHE or ~/.cache/spear-mm)."
     ),
     base: Path | None = typer.Option(None, "--base", help="Another base model folder instead of SmolLM2-135M."),
-    steps: int | None = typer.Option(None, "--steps", help="CPT steps (default: 20; 10 with --quick)."),
+    steps: int | None = typer.Option(None, "--steps", help="CPT steps (default: 24; 10 with --quick)."),
     lr: float | None = typer.Option(None, "--lr", help="CPT peak learning rate."),
     seq_len: int | None = typer.Option(None, "--seq-len", help="CPT tokens per block."),
     batch_size: int | None = typer.Option(None, "--batch-size", help="CPT blocks per step."),
     limit: int | None = typer.Option(None, "--limit", help="Items per task in validation."),
     threads: int = typer.Option(1, "--threads", help="Torch CPU threads (1 measured fastest on 2 shared cores)."),
     device: str = typer.Option("cpu", metavar=DEVICE_METAVAR, help="Where CPT, merges and evaluation run."),
-    policies: str = typer.Option("conservative,balanced,aggressive", "--policies", help="Comma-separated presets."),
+    policies: str | None = typer.Option(
+        None,
+        "--policies",
+        help="Comma-separated presets and/or 'measured' (the probe-driven planner) "
+        "[conservative,balanced,aggressive,measured; the presets only with --quick].",
+    ),
     baselines: bool | None = typer.Option(
         None, "--baselines/--no-baselines", help="Uniform SLERP, task arithmetic, TIES (default: on; off with --quick)."
     ),
@@ -84,7 +89,7 @@ def demo_cmd(
             limit=limit,
             threads=threads,
             device=device,
-            policies=tuple(p.strip() for p in policies.split(",") if p.strip()),
+            policies=None if policies is None else tuple(p.strip() for p in policies.split(",") if p.strip()),
             baselines=baselines,
             target_retention=target_retention,
             skip_tasks=tuple(skip_task or ()),
@@ -98,6 +103,8 @@ def demo_cmd(
     wide = out_console if out_console.is_terminal else Console(width=160)  # logs and CI: not squeezed into 80
     wide.print(scores_table(result.run_dir, summary))
     out_console.print(results_table(summary))
+    if summary.curve_note:
+        out_console.print(summary.curve_note)
     if summary.choice_reason:
         out_console.print(f"choice: {summary.choice_reason}")
     times = ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items())

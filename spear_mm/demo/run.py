@@ -32,16 +32,24 @@ from spear_mm.training.cpt import CptConfig, cpt
 _log = logging.getLogger(__name__)
 
 DEMO_CORPUS = DEMO_DATA / "finance_train.txt"
+DEMO_DOMAIN_PROBE = DEMO_DATA / "finance_probe.txt"  # 7 documents held out of the CPT corpus (never evaluated on)
+PROBE_SEED = 1  # the planner's general probe: base samples apart from the evaluated ones (seed 0)
+REUTERS_PROBE_DOCS = 200  # the last shuffled Reuters TRAIN documents: the domain probe, kept out of the CPT corpus
 REUTERS = "reuters21578/reuters21578.jsonl.gz"
 # the demo keeps its 3-point uniform curve (each point is one ≈ 30 s evaluation; the 15-minute budget); `run`
 # defaults to t = 0.1 … 0.9. Override with DemoConfig(extra_run_options={"uniform_grid": (...)}).
 DEMO_UNIFORM_GRID = (0.25, 0.5, 0.75)
 
 # Defaults per profile; each is overridable. Tuned on the 2-core machine (docs/demo.md has the measurements).
+PRESETS = ("conservative", "balanced", "aggressive")
+# The measured planner's probe settings in the demo: the top `probe_units` units of the weight-only ranking are
+# measured (2 probe evaluations each), then `budget` evaluations refine; docs/demo.md says how they were chosen.
+DEMO_PLANNER = {"probe_units": 6, "budget": 8, "probe_tokens": 512, "max_domain_loss": 0.1}
+PROBE_SAMPLES = (4, 160)  # the planner's general probe: 4 base samples of 160 tokens (seed PROBE_SEED)
 PROFILES: dict[str, dict[str, Any]] = {
-    "full": {"steps": 24, "lr": 3e-4, "seq_len": 256, "batch_size": 4, "limit": 32, "sample_n": 8, "sample_tokens": 160, "baselines": True},
-    "quick": {"steps": 10, "lr": 5e-4, "seq_len": 256, "batch_size": 1, "limit": 12, "sample_n": 4, "sample_tokens": 128, "baselines": False},
-    "data": {"steps": 30, "lr": 5e-4, "seq_len": 256, "batch_size": 1, "limit": 20, "sample_n": 8, "sample_tokens": 160, "baselines": True},
+    "full": {"steps": 24, "lr": 3e-4, "seq_len": 256, "batch_size": 4, "limit": 32, "sample_n": 8, "sample_tokens": 160, "baselines": True, "policies": (*PRESETS, "measured")},
+    "quick": {"steps": 10, "lr": 5e-4, "seq_len": 256, "batch_size": 1, "limit": 12, "sample_n": 4, "sample_tokens": 128, "baselines": False, "policies": PRESETS},
+    "data": {"steps": 30, "lr": 5e-4, "seq_len": 256, "batch_size": 1, "limit": 20, "sample_n": 8, "sample_tokens": 160, "baselines": True, "policies": (*PRESETS, "measured")},
 }  # fmt: skip
 
 
@@ -63,7 +71,7 @@ class DemoConfig(BaseModel):
     sample_tokens: int | None = Field(None, ge=8)
     threads: int = Field(1, ge=1)
     device: str = "cpu"
-    policies: tuple[str, ...] = ("conservative", "balanced", "aggressive")
+    policies: tuple[str, ...] | None = None  # default: the presets, plus 'measured' except with --quick
     baselines: bool | None = None  # uniform SLERP, task arithmetic, TIES (default: not with --quick)
     target_retention: float | None = None
     skip_tasks: tuple[str, ...] = ()  # task names left out of the suites (e.g. gsm8k: slow generation on CPU)
@@ -107,23 +115,26 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 # -- corpus and cached CPT --------------------------------------------------------------------------------------
-def reuters_train_corpus(data_dir: Path, cache: Path) -> Path:
-    """Reuters-21578 TRAIN article bodies as a JSONL corpus, shuffled with seed 0 (the file is sorted by date)."""
+def reuters_train_corpus(data_dir: Path, cache: Path) -> tuple[Path, Path]:
+    """Reuters-21578 TRAIN article bodies shuffled with seed 0 (the file is sorted by date), as two JSONL files:
+    the CPT corpus and the planner's domain probe (the last `REUTERS_PROBE_DOCS` documents, held out)."""
     src = Path(data_dir).expanduser() / REUTERS
     if not src.is_file():
         raise SpearError(f"{src}: Reuters-21578 not found; --data-dir must hold {REUTERS} (the shared/data layout).")
     stat = src.stat()
-    out = cache / "data" / f"reuters21578-train-{stat.st_size}-{stat.st_mtime_ns}.jsonl"
-    if out.is_file():
-        return out
+    stem = cache / "data" / f"reuters21578-{stat.st_size}-{stat.st_mtime_ns}"
+    corpus, probe = stem.with_name(stem.name + "-cpt.jsonl"), stem.with_name(stem.name + "-probe.jsonl")
+    if corpus.is_file() and probe.is_file():
+        return corpus, probe
     with gzip.open(src, "rt", encoding="utf-8") as f:
         rows = [json.loads(line) for line in f if line.strip()]
     docs = [
         {"text": r["body"].strip()} for r in rows if r.get("lewissplit") == "TRAIN" and (r.get("body") or "").strip()
     ]
     random.Random(0).shuffle(docs)
-    _write_jsonl(out, docs)
-    return out
+    _write_jsonl(probe, docs[-REUTERS_PROBE_DOCS:])
+    _write_jsonl(corpus, docs[:-REUTERS_PROBE_DOCS])
+    return corpus, probe
 
 
 def _fingerprint(base: Path, corpus: list[Path], config: dict[str, Any]) -> str:
@@ -177,6 +188,21 @@ def demo_tasks(config: DemoConfig, base: Path) -> tuple[list[Any], Path | None]:
     return tasks, sample
 
 
+def corpus_and_probes(config: DemoConfig, base: Path, cache: Path, say: Callable[[str], None]) -> tuple[Path, dict]:
+    """The CPT corpus and, when 'measured' is among the policies, the planner's run options: its domain probe is
+    CPT text held out of the corpus, its general probe base samples of another seed than the evaluated ones."""
+    if config.data_dir is not None:
+        corpus, domain_probe = reuters_train_corpus(config.data_dir, cache)
+    else:
+        corpus, domain_probe = DEMO_CORPUS, DEMO_DOMAIN_PROBE
+    if "measured" not in config.value("policies"):
+        return corpus, {}
+    say(f"      planner probes: {domain_probe.name} (held out of the CPT) and {PROBE_SAMPLES[0]} base samples "
+        f"(seed {PROBE_SEED}, apart from the evaluated ones)")  # fmt: skip
+    general = sample_base_text(base, *PROBE_SAMPLES, config.threads, seed=PROBE_SEED)
+    return corpus, {"domain_probe": str(domain_probe), "general_probe": str(general), "planner": DEMO_PLANNER}
+
+
 def cpt_options(config: DemoConfig) -> dict[str, Any]:
     return {
         "max_steps": config.value("steps"),
@@ -218,15 +244,16 @@ def run_demo(
     if config.data_dir is None:
         say(f"[2/4] general drift probe: {config.value('sample_n')} texts sampled once from the base (cached)")
     tasks, samples = demo_tasks(config, base)
+    corpus, planner = corpus_and_probes(config, base, cache, say)
     seconds["base_samples"] = time.perf_counter() - t
-    corpus = [reuters_train_corpus(config.data_dir, cache)] if config.data_dir is not None else [DEMO_CORPUS]
+    policies = tuple(config.value("policies"))
     options = cpt_options(config)
-    say(f"[3/4] CPT on {corpus[0].name}: {options['max_steps']} steps × {options['batch_size']}×{options['seq_len']} "
+    say(f"[3/4] CPT on {corpus.name}: {options['max_steps']} steps × {options['batch_size']}×{options['seq_len']} "
         f"tokens, lr {options['lr']:g} (cached by input hash)")  # fmt: skip
     t = time.perf_counter()
-    adapted, reused = cached_cpt(base, corpus, cache, options)
+    adapted, reused = cached_cpt(base, [corpus], cache, options)
     seconds["cpt_reused" if reused else "cpt"] = time.perf_counter() - t
-    say(f"[4/4] spear-mm run → {out}: score, plan ({', '.join(config.policies)}), merge, validate, choose, report")
+    say(f"[4/4] spear-mm run → {out}: score, plan ({', '.join(policies)}), merge, validate, choose, report")
     t = time.perf_counter()
     summary = run_pipeline(
         base,
@@ -234,7 +261,7 @@ def run_demo(
         out,
         suites=tasks,
         data_dir=config.data_dir,
-        policies=tuple(config.policies),
+        policies=policies,
         baselines=config.value("baselines"),
         target_retention=config.target_retention,
         limit=config.value("limit"),
@@ -242,7 +269,7 @@ def run_demo(
         threads=config.threads,
         title="spear-mm demo" + (" (public data)" if config.data_dir is not None else ""),
         progress=progress,
-        **({"uniform_grid": DEMO_UNIFORM_GRID} | config.extra_run_options),
+        **({"uniform_grid": DEMO_UNIFORM_GRID} | planner | config.extra_run_options),
     )
     seconds["run"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - t0
@@ -253,6 +280,7 @@ def run_demo(
         "adapted": str(adapted),
         "cpt_reused": reused,
         "base_samples": str(samples) if samples else None,
+        "planner": planner,  # the measured planner's probes and settings ({} without 'measured')
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
     }
     _write_jsonl(out / "demo.jsonl", [record])
