@@ -23,15 +23,19 @@ DOMAIN_TEXT = (
 )
 
 
-def _train_layer(model, tok, layer: int, steps: int, seed: int) -> None:
-    ids = tok(DOMAIN_TEXT * 6, return_tensors="pt", add_special_tokens=False)["input_ids"][:, :192]
+def _train_layer(
+    model, tok, layer: int, steps: int, seed: int, part: str = "mlp", ids=None, sign: float = 1.0, lr: float = 3e-3
+) -> None:
+    """Train `part` of one layer on `ids` (default: the domain text); sign −1 is gradient ascent (forgetting)."""
+    if ids is None:
+        ids = tok(DOMAIN_TEXT * 6, return_tensors="pt", add_special_tokens=False)["input_ids"][:, :192]
     for name, p in model.named_parameters():
-        p.requires_grad_(f"layers.{layer}.mlp." in name)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3, weight_decay=0.0)
+        p.requires_grad_(f"layers.{layer}.{part}." in name)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
     torch.manual_seed(seed)
     model.train()
     for _ in range(steps):
-        loss = model(input_ids=ids, labels=ids).loss
+        loss = sign * model(input_ids=ids, labels=ids).loss
         loss.backward()
         opt.step()
         opt.zero_grad()
@@ -40,20 +44,22 @@ def _train_layer(model, tok, layer: int, steps: int, seed: int) -> None:
         p.requires_grad_(True)
 
 
-def _plant_damage(model, seed: int) -> None:
+def _plant_damage(model, seed: int, layer: int = DAMAGED_LAYER) -> None:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             scale = p.float().std().clamp_min(1e-3)
             p.add_(torch.randn(p.shape, generator=g) * scale * 0.005)
-            if f"layers.{DAMAGED_LAYER}." in name and p.ndim == 2:
+            if f"layers.{layer}." in name and p.ndim == 2:
                 u, v = torch.randn(p.shape[0], 2, generator=g), torch.randn(2, p.shape[1], generator=g)
                 p.add_((u @ v) * p.norm() / (u @ v).norm() * 1.5)
             if "embed_tokens" in name:
                 p.add_(torch.randn(p.shape, generator=g) * scale * 0.6)
 
 
-def save_planted_pair(root: Path, steps: int = 40, seed: int = 0) -> dict[str, Path]:
+def save_planted_pair(
+    root: Path, steps: int = 40, seed: int = 0, damaged_layer: int = DAMAGED_LAYER
+) -> dict[str, Path]:
     """base/, adapted/, general.jsonl (base samples) and domain.txt under `root`."""
     import json
 
@@ -72,7 +78,25 @@ def save_planted_pair(root: Path, steps: int = 40, seed: int = 0) -> dict[str, P
     paths["domain"] = root / "domain.txt"
     paths["domain"].write_text(DOMAIN_TEXT * 3)
     _train_layer(base, tok, DOMAIN_LAYER, steps, seed)
-    _plant_damage(base, seed + 1)
+    _plant_damage(base, seed + 1, damaged_layer)
     base.save_pretrained(paths["adapted"])
     tok.save_pretrained(paths["adapted"])
+    return paths
+
+
+def save_sublayer_pair(root: Path, steps: int = 40, seed: int = 0, forget_steps: int = 8) -> dict[str, Path]:
+    """A pair whose answer lies *inside* one layer: layer `DOMAIN_LAYER`'s MLP learns the domain text, then its
+    attention is trained to forget the general probe (gradient ascent on the base's samples). Restoring the
+    attention alone fixes the general damage and keeps the domain gain; restoring the whole layer loses it."""
+    paths = save_planted_pair(root, steps=steps, seed=seed, damaged_layer=-1)  # no planted damage in any layer
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    tok = make_tokenizer()
+    model = AutoModelForCausalLM.from_pretrained(paths["adapted"], dtype=torch.float32)
+    texts = [json.loads(line)["text"] for line in paths["general"].read_text().splitlines()]
+    ids = torch.stack([tok(t, return_tensors="pt", add_special_tokens=False)["input_ids"][0, :48] for t in texts])
+    _train_layer(model, tok, DOMAIN_LAYER, forget_steps, seed, part="self_attn", ids=ids, sign=-1.0, lr=1e-3)
+    model.save_pretrained(paths["adapted"])
     return paths

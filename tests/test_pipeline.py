@@ -364,3 +364,8 @@ def test_run_with_the_measured_planner_and_a_probe_ranking_resumes(pair, suite, 
     assert (
         stage.status == "skipped" and again.candidates["measured"].retention == summary.candidates["measured"].retention
     )
+    # sub-layer units: the planner runs again (new settings), its report table lists both halves of each layer
+    _run(pair, suite, out, **(kw | {"planner": {"budget": 2, "granularity": "sublayer"}}))
+    assert Plan.load(out / "plans" / "measured.yaml").provenance.params["granularity"] == "sublayer"
+    md = (out / "report.md").read_text()
+    assert "| layer.0.attn |" in md and "| layer.0.mlp |" in md

@@ -21,6 +21,7 @@ class PlannerConfig(BaseModel):
     refine: Literal["tiers", "units"] = "tiers"  # search one t per efficiency tier, or the t of single units
     tiers: int = Field(3, ge=2, le=8)  # refine="tiers": units split into this many tiers by measured efficiency
     refine_units: int = Field(8, ge=1)  # refine="units": units whose t the refinement searches
+    granularity: Literal["layer", "sublayer"] = "layer"  # sublayer: attention and MLP of a layer are two units
     probe_units: int | None = Field(None, ge=1)  # measure only the top N units of the ranking (None: all)
     t_step: float = Field(0.05, gt=0.0, le=0.5)  # grid of t in the refinement
     uniform_seeds: tuple[float, ...] = (0.3, 0.6, 0.9)  # uniform plans tried as starting points

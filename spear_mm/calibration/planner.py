@@ -35,6 +35,7 @@ from spear_mm.calibration.samples import SAMPLE_SEED, sample_base_text
 from spear_mm.calibration.search import efficiency_order, pick, refine_tiers, refine_units
 from spear_mm.planning.plan import Measurement, UnitEffect
 from spear_mm.planning.policies import plan_from_unit_ts
+from spear_mm.scoring.units import split_layers
 
 __all__ = ["Objective", "PlannerConfig", "PlannerResult", "Trace", "measured_plan", "plan_units"]
 
@@ -216,8 +217,11 @@ def measured_plan(
     config = config or PlannerConfig()
     scores.check_pair(pair.base.fingerprint(), pair.adapted.fingerprint())
     probes = load_probes(pair.adapted.path, Path(general_probe), Path(domain_probe), probe_tokens)
-    ev = ProbeEvaluator(pair, probes, cache_path=Path(cache_path) if cache_path else None, device=device)
+    sublayers = config.granularity == "sublayer"
+    ev = ProbeEvaluator(pair, probes, cache_path=Path(cache_path) if cache_path else None, device=device,
+                        sublayers=sublayers)  # fmt: skip
     order = scores.unit_ranking(rank_by)
+    order = split_layers(order) if sublayers else order
     res = plan_units(ev, order, config)
     refs = res.refs
     measurement = Measurement(

@@ -105,6 +105,7 @@ class ProbeEvaluator:
     probes: ProbeSet
     cache_path: Path | None = None
     device: str = "cpu"
+    sublayers: bool = False  # units 'layer.N.attn' and 'layer.N.mlp' instead of 'layer.N'
     evaluations: int = 0  # probe evaluations run (cache hits not counted)
     cache_hits: int = 0
     seconds: float = 0.0
@@ -121,7 +122,7 @@ class ProbeEvaluator:
         self.model = AutoModelForCausalLM.from_pretrained(self.pair.adapted.path, dtype=torch.float32)
         self.model.eval().to(self.device)
         self.params = dict(self.model.state_dict(keep_vars=True))
-        units = units_of(self.pair.params)
+        units = units_of(self.pair.params, self.sublayers)
         self.units = {u: [n for n in names if n in self.params] for u, names in units.items()}
         self.units = {u: names for u, names in self.units.items() if names}
         self._current = dict.fromkeys(self.units, 0.0)

@@ -15,9 +15,11 @@ from spear_mm.cli.choices import (
     DEVICE_METAVAR,
     DOMAIN_PROBE_OPTION,
     GENERAL_PROBE_OPTION,
+    GRANULARITY_OPTION,
     Aggregate,
     Edge,
     Executor,
+    Granularity,
     Method,
     Normalize,
     Policy,
@@ -250,6 +252,7 @@ def plan_cmd(
     probe_units: int | None = typer.Option(
         None, "--probe-units", help="measured: measure only the top N units of the ranking (default: all)."
     ),
+    granularity: Granularity | None = GRANULARITY_OPTION,
 ) -> None:
     """Turn a layer ranking into a restoration plan (reviewable YAML), optionally exported for mergekit/CPT.
 
@@ -270,7 +273,7 @@ def plan_cmd(
         export_freeze = check_not_input(export_freeze, inputs, "--export-freeze file")
     if policy == "measured":
         knobs = dict(budget=budget, max_domain_loss=max_domain_loss, target_retention=target_retention,
-                     probe_units=probe_units)  # fmt: skip
+                     probe_units=probe_units, granularity=value(granularity))  # fmt: skip
         plan = measured_from_cli(table, base, adapted, out, domain_probe, general_probe, knobs, rank_by,
                                  probe_tokens, method)  # fmt: skip
     else:

@@ -16,12 +16,14 @@ from spear_mm.cli.choices import (
     DOMAIN_TASKS_OPTION,
     GENERAL_PROBE_OPTION,
     GENERAL_TASKS_OPTION,
+    GRANULARITY_OPTION,
     LM_EVAL_INCLUDE_OPTION,
     SUITE_OPTION,
     TASKS_OPTION,
     Backend,
     ChooseFrom,
     Executor,
+    Granularity,
     RankBy,
     registered_tasks,
     value,
@@ -42,15 +44,17 @@ def _fmt(x: float | None) -> str:
 
 
 def results_table(summary) -> Table:
-    """R, K, Pareto front, choice and cost of every model of a run."""
+    """R, K, ΔR against the uniform curve at equal K, Pareto front, choice and cost of every model of a run."""
     table = Table(title=f"spear-mm run — chosen: {summary.chosen or 'none'} ({summary.choice_rule})")
-    for col in ("model", "kind", "R", "K", "front", "cost s"):
+    for col in ("model", "kind", "R", "K", "ΔR vs uniform", "front", "cost s"):
         table.add_column(col, justify="left" if col in ("model", "kind") else "right")
+    gap = {c.plan: c.delta_r for c in summary.curve_comparisons}
     rows = [*summary.reference.values(), *sorted(summary.candidates.values(), key=lambda e: (e.kind, e.name))]
     for e in rows:
         name = f"[bold green]{e.name} ✓[/]" if e.name == summary.chosen else e.name
         cost = "" if e.cost_seconds is None else f"{e.cost_seconds:.1f}"
-        table.add_row(name, e.kind, _fmt(e.retention), _fmt(e.gain_kept), "●" if e.on_front else "", cost)
+        delta = "" if e.name not in gap else "—" if gap[e.name] is None else f"{gap[e.name]:+.3f}"
+        table.add_row(name, e.kind, _fmt(e.retention), _fmt(e.gain_kept), delta, "●" if e.on_front else "", cost)
     return table
 
 
@@ -80,6 +84,7 @@ def run_cmd(
     max_domain_loss: float | None = typer.Option(
         None, "--max-domain-loss", help="measured: share of the domain-probe gain the plan may lose [0.1]."
     ),
+    granularity: Granularity | None = GRANULARITY_OPTION,
     sweep: str | None = typer.Option(
         None, "--sweep", help="Fractions × t grid, e.g. 'f=0.1,0.25,0.5;t=0.5,0.7,0.9' ('default' for that grid)."
     ),
@@ -136,7 +141,7 @@ def run_cmd(
                    backend=value(backend), rank_by=value(rank_by),
                    uniform_grid=_floats(uniform_grid), domain_probe=domain_probe, general_probe=general_probe,
                    planner=_given(budget=planner_budget, probe_tokens=probe_tokens,
-                                  max_domain_loss=max_domain_loss)) | lm_eval  # fmt: skip
+                                  max_domain_loss=max_domain_loss, granularity=value(granularity))) | lm_eval  # fmt: skip
     run_config = RunConfig.build(config, **options)
     checks.device(run_config.device)
     _quiet_per_model_logs()
@@ -190,6 +195,8 @@ class _Bars:
 def print_summary(summary: RunSummary) -> None:
     """The results table, cost line, skipped tasks, chosen model and report path of a finished run."""
     out_console.print(results_table(summary))
+    if summary.curve_note:
+        out_console.print(summary.curve_note)
     c = summary.cost
     ratio = f"; ratio to one CPT run {c.ratio:.3f}" if c.ratio is not None else " (no CPT cost known)"
     out_console.print(f"cost per configuration {c.per_configuration_seconds:.1f} s on {c.device}{ratio}")

@@ -75,7 +75,7 @@ def measured_candidate(
         detail = f"{m.evaluations} probe evaluations ({m.cached} cached), {m.general_tokens}+{m.domain_tokens} tokens"
         steps.record(out, "measured planner", key, seconds, device, detail=detail, evaluations=m.evaluations)
         stage = StageCost(name=STAGE, seconds=seconds, device=device, detail=detail)
-    restored = sum(1 for r in plan.layers if r.t > 0) + sum(1 for u in plan.units if plan.unit_t(u) > 0)
+    restored = sum(1 for r in plan.layers if r.action != "keep") + sum(1 for u in plan.units if plan.unit_t(u) > 0)
     how = plan.measurement.objective if plan.measurement else "measured"
     return Candidate("measured", "policy", plan, f"measured planner: {restored} units restored; {how}"), stage
 

@@ -135,9 +135,13 @@ class Plan(_Strict):
         return {"embed": self.embed, "head": self.head, "final_norm": self.final_norm}.get(p.group, self.other)
 
     def unit_t(self, unit: str) -> float:
-        """t of a unit id ('layer.3', 'embed', 'head', 'final_norm', 'other')."""
+        """t of a unit id ('layer.3', 'embed', 'head', 'final_norm', 'other'; a sub-layer 'layer.3.attn' or
+        'layer.3.mlp' has the largest module override of that half, or the layer's t)."""
         if unit.startswith("layer."):
-            return self.layer_t(int(unit.split(".", 1)[1]))
+            _, layer, *half = unit.split(".")
+            rule = self._rules().get(int(layer))
+            overrides = [v for k, v in (rule.modules if rule else {}).items() if half and k.startswith(half[0])]
+            return max(overrides) if overrides else self.layer_t(int(layer))
         return {"embed": self.embed, "head": self.head, "final_norm": self.final_norm}.get(unit, self.other)
 
     def with_unit_ts(self, ts: dict[str, float]) -> Plan:

@@ -127,11 +127,20 @@ def plan_from_unit_ts(
     if embed_unit is not None and embed_unit.tied and "head" not in ts:
         ts["head"] = ts.get("embed", 0.0)  # tied: lm_head is the embedding
     ranks = {u: i + 1 for i, u in enumerate(order)}
-    rules = [
-        LayerRule(layer=s.layer, t=ts.get(f"layer.{s.layer}", 0.0), score=round(s.score, 6),
-                  rank=ranks.get(f"layer.{s.layer}", s.rank))
-        for s in scores.layers
-    ]  # fmt: skip
+    attn = {}  # layer → its attention module types (sub-layer plans override them)
+    for m in scores.modules:
+        if m.layer is not None and m.module.startswith("attn"):
+            attn.setdefault(m.layer, set()).add(m.module)
+    rules = []
+    for s in scores.layers:
+        unit = f"layer.{s.layer}"
+        t, modules = ts.get(unit, 0.0), {}
+        if f"{unit}.attn" in ts or f"{unit}.mlp" in ts:  # sub-layer units: the MLP half (norms included) is the
+            t = ts.get(f"{unit}.mlp", 0.0)  # layer's t, the attention projections override it
+            t_attn = ts.get(f"{unit}.attn", 0.0)
+            modules = {m: t_attn for m in sorted(attn.get(s.layer, ()))} if t_attn != t else {}
+        rank = ranks.get(unit) or min((ranks[h] for h in (f"{unit}.attn", f"{unit}.mlp") if h in ranks), default=s.rank)
+        rules.append(LayerRule(layer=s.layer, t=t, modules=modules, score=round(s.score, 6), rank=rank))
     units = {u.unit: UnitInfo(score=round(u.score, 6), rank=ranks.get(u.unit)) for u in scores.units if u.layer is None}
     return Plan(
         method=method,

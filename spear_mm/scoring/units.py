@@ -23,23 +23,36 @@ from spear_mm.scoring.table import LayerScore, ModuleScore, UnitScore
 NON_LAYER_UNITS = ("embed", "head", "final_norm", "other")
 
 
-def unit_of(p: ParamInfo) -> str:
-    """The unit id of one tensor: 'layer.N', 'embed', 'head', 'final_norm' or 'other'."""
+def unit_of(p: ParamInfo, sublayers: bool = False) -> str:
+    """The unit id of one tensor: 'layer.N', 'embed', 'head', 'final_norm' or 'other'. With `sublayers` a layer
+    is two units: 'layer.N.attn' (the attention projections) and 'layer.N.mlp' (the rest: MLP and the norms)."""
     if p.group == "layer" and p.layer is not None:
+        if sublayers:
+            return f"layer.{p.layer}.{'attn' if p.module.startswith('attn') else 'mlp'}"
         return f"layer.{p.layer}"
     return p.group if p.group in NON_LAYER_UNITS else "other"
 
 
-def units_of(params: dict[str, ParamInfo]) -> dict[str, list[str]]:
-    """{unit id: tensor names}, layers first in order, then the units outside the blocks."""
+def units_of(params: dict[str, ParamInfo], sublayers: bool = False) -> dict[str, list[str]]:
+    """{unit id: tensor names}, layers first in order (attention before MLP), then the units outside the blocks."""
     out: dict[str, list[str]] = {}
     for name, p in params.items():
-        out.setdefault(unit_of(p), []).append(name)
+        out.setdefault(unit_of(p, sublayers), []).append(name)
 
     def order(u: str) -> tuple:
-        return (0, int(u.split(".")[1]), "") if u.startswith("layer.") else (1, NON_LAYER_UNITS.index(u), u)
+        if u.startswith("layer."):
+            parts = u.split(".")
+            return (0, int(parts[1]), parts[2] if len(parts) > 2 else "")
+        return (1, NON_LAYER_UNITS.index(u), u)
 
     return {u: out[u] for u in sorted(out, key=order)}
+
+
+def split_layers(order: list[str]) -> list[str]:
+    """A unit ranking with every 'layer.N' replaced by its two sub-layers, in place (attention first)."""
+    return [
+        x for u in order for x in ((f"{u}.attn", f"{u}.mlp") if u.count(".") == 1 and u.startswith("layer.") else (u,))
+    ]
 
 
 def row_drift(base: torch.Tensor, adapted: torch.Tensor, chunk: int = 8192) -> dict[str, float]:
