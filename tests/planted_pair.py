@@ -100,3 +100,15 @@ def save_sublayer_pair(root: Path, steps: int = 40, seed: int = 0, forget_steps:
     _train_layer(model, tok, DOMAIN_LAYER, forget_steps, seed, part="self_attn", ids=ids, sign=-1.0, lr=1e-3)
     model.save_pretrained(paths["adapted"])
     return paths
+
+
+def open_planted(paths: dict[str, Path]) -> tuple:
+    """(paths, pair, probes, scores) of a saved planted pair: what the planner tests start from."""
+    from spear_mm.calibration.probe import load_probes
+    from spear_mm.io.pair import open_pair
+    from spear_mm.scoring.layers import analyze
+
+    pair = open_pair(paths["base"], paths["adapted"])
+    probes = load_probes(paths["adapted"], paths["general"], paths["domain"])
+    scores = analyze(paths["base"], paths["adapted"], paths["base"].parent / "scores", workers=1)
+    return paths, pair, probes, scores

@@ -7,13 +7,12 @@ import sys
 
 import pytest
 import torch
-from planted_pair import DAMAGED_LAYER, DOMAIN_LAYER, save_planted_pair
+from planted_pair import DAMAGED_LAYER, DOMAIN_LAYER, open_planted, save_planted_pair
 
 from spear_mm.calibration.planner import PlannerConfig, greedy_knapsack, plan_units
-from spear_mm.calibration.probe import ProbeEvaluator, load_probes
+from spear_mm.calibration.probe import ProbeEvaluator
 from spear_mm.calibration.search import efficiency_order, tier_ts
 from spear_mm.errors import SpearError
-from spear_mm.io.pair import open_pair
 from spear_mm.planning.plan import Plan, UnitEffect
 from spear_mm.scoring.layers import analyze
 
@@ -23,11 +22,7 @@ DAMAGED, TRAINED = f"layer.{DAMAGED_LAYER}", f"layer.{DOMAIN_LAYER}"
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
     root = tmp_path_factory.mktemp("planted")
-    paths = save_planted_pair(root)
-    pair = open_pair(paths["base"], paths["adapted"])
-    probes = load_probes(paths["adapted"], paths["general"], paths["domain"])
-    scores = analyze(paths["base"], paths["adapted"], root / "scores", workers=1)
-    return paths, pair, probes, scores
+    return open_planted(save_planted_pair(root))
 
 
 def test_the_planted_pair_has_the_answer_it_claims(planted):
@@ -169,7 +164,6 @@ def test_rank_by_restore_gain_restores_what_helps(planted, tmp_path):
     """With the ground truth, the presets restore the units whose restoration helps the probe most; the trained
     layer (restoring it changes the general probe little) drops out of the top."""
     from spear_mm.planning.policies import make_plan
-    from spear_mm.scoring.layers import analyze
 
     paths, *_ = planted
     scores = analyze(paths["base"], paths["adapted"], workers=1, probe=paths["general"], ground_truth=True)

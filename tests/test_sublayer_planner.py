@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from planted_pair import DOMAIN_LAYER, save_sublayer_pair
+from planted_pair import DOMAIN_LAYER, open_planted, save_sublayer_pair
 
 from spear_mm.calibration.planner import PlannerConfig, measured_plan, plan_units
-from spear_mm.calibration.probe import ProbeEvaluator, load_probes
-from spear_mm.io.pair import open_pair
+from spear_mm.calibration.probe import ProbeEvaluator
 from spear_mm.planning.plan import Plan
 from spear_mm.planning.policies import plan_from_unit_ts
-from spear_mm.scoring.layers import analyze
 from spear_mm.scoring.units import split_layers, units_of
 
 ATTN, MLP = f"layer.{DOMAIN_LAYER}.attn", f"layer.{DOMAIN_LAYER}.mlp"
@@ -25,11 +23,7 @@ ATTN, MLP = f"layer.{DOMAIN_LAYER}.attn", f"layer.{DOMAIN_LAYER}.mlp"
 @pytest.fixture(scope="module")
 def same_layer(tmp_path_factory):
     root = tmp_path_factory.mktemp("same-layer")
-    paths = save_sublayer_pair(root)
-    pair = open_pair(paths["base"], paths["adapted"])
-    probes = load_probes(paths["adapted"], paths["general"], paths["domain"])
-    scores = analyze(paths["base"], paths["adapted"], root / "scores", workers=1)
-    return paths, pair, probes, scores
+    return open_planted(save_sublayer_pair(root))
 
 
 def test_sublayer_units_partition_every_tensor(same_layer):
