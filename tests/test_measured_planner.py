@@ -89,7 +89,7 @@ def test_efficiency_order_and_tiers():
     assert tier_ts(ranked, [0.3, 0.3, 0.3]) == dict.fromkeys(ranked, 0.3)  # equal tiers: the uniform plan
 
 
-@pytest.mark.parametrize("refine", ["tiers", "units"])
+@pytest.mark.parametrize("refine", ["tiers", "kinds", "units"])
 def test_refinement_never_returns_a_worse_plan_than_its_start(planted, refine):
     _, pair, probes, scores = planted
     ev = ProbeEvaluator(pair, probes)

@@ -111,3 +111,25 @@ def test_plan_cli_granularity(same_layer, tmp_path, monkeypatch, capsys):
     assert (exc.value.code or 0) == 0, capsys.readouterr().out
     plan = Plan.load(tmp_path / "p.yaml")
     assert plan.provenance.params["granularity"] == "sublayer" and plan.unit_t(ATTN) >= 0.9
+
+
+def test_kinds_group_the_units_by_what_they_are():
+    from spear_mm.calibration.search import group_ts, kinds_of, tiers_of
+
+    units = ["layer.0.attn", "embed", "layer.0.mlp", "layer.1.attn", "final_norm", "layer.1.mlp"]
+    kinds = kinds_of(units)
+    assert kinds == {"attn": ["layer.0.attn", "layer.1.attn"], "embed": ["embed"],
+                     "mlp": ["layer.0.mlp", "layer.1.mlp"], "final_norm": ["final_norm"]}  # fmt: skip
+    assert group_ts(kinds, {"attn": 0.7, "mlp": 0.0, "embed": 0.5, "final_norm": 0.5}) == {
+        "layer.0.attn": 0.7, "layer.1.attn": 0.7, "embed": 0.5, "final_norm": 0.5}  # fmt: skip
+    assert kinds_of(["layer.3", "embed"]) == {"layer": ["layer.3"], "embed": ["embed"]}
+    assert tiers_of(units, 3) == {"tier0": units[:2], "tier1": units[2:4], "tier2": units[4:]}
+
+
+def test_kinds_refinement_separates_attention_from_mlp(same_layer):
+    """On the pair whose general damage is in attention, one t for all attention and one for all MLP suffice."""
+    _, pair, probes, scores = same_layer
+    ev = ProbeEvaluator(pair, probes, sublayers=True)
+    res = plan_units(ev, split_layers(scores.unit_ranking()), PlannerConfig(budget=12, refine="kinds"))
+    start = plan_units(ev, split_layers(scores.unit_ranking()), PlannerConfig(budget=0))
+    assert res.feasible and res.value >= start.value - 1e-9 and res.ts.get(MLP, 0) <= 0.25

@@ -18,7 +18,8 @@ class PlannerConfig(BaseModel):
     max_domain_loss: float = Field(0.1, ge=0.0, le=1.0)  # share of the probe's domain gain that may be lost
     target_retention: float | None = Field(None, gt=0.0, le=1.5)  # probe r to reach (then: most domain kept)
     budget: int = Field(30, ge=0)  # probe evaluations for the black-box refinement
-    refine: Literal["tiers", "units"] = "tiers"  # search one t per efficiency tier, or the t of single units
+    # search one t per efficiency tier, one t per unit kind (attention, MLP, embeddings, final norm), or single units
+    refine: Literal["tiers", "kinds", "units"] = "tiers"
     tiers: int = Field(3, ge=2, le=8)  # refine="tiers": units split into this many tiers by measured efficiency
     refine_units: int = Field(8, ge=1)  # refine="units": units whose t the refinement searches
     granularity: Literal["layer", "sublayer"] = "layer"  # sublayer: attention and MLP of a layer are two units

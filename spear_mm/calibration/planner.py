@@ -14,7 +14,8 @@
    NLL recovered per domain NLL lost, free ones first), are cut into `tiers` groups and one t per group is
    searched — a few dimensions whatever the model's depth, the uniform plans among them (all tiers equal), so
    the refinement looks exactly where a selective plan can beat uniform SLERP: more restoration where it is
-   cheap. `refine="units"`: the t of the `refine_units` most promising single units, from the best start.
+   cheap. `refine="kinds"`: one t per unit kind (attention, MLP — with `granularity="sublayer"` —, embeddings,
+   final norm). `refine="units"`: the t of the `refine_units` most promising single units, from the best start.
 
 Objectives on the probes (G = general NLL, D = domain NLL; B base, A adapted):
 - `keep` (default): maximise r = (G_A − G)/(G_A − G_B), the share of the general damage recovered, subject to
@@ -32,7 +33,7 @@ from dataclasses import dataclass, field
 from spear_mm.calibration.objective import Objective, PlannerConfig
 from spear_mm.calibration.probe import ProbeEvaluator, ProbeResult, load_probes
 from spear_mm.calibration.samples import SAMPLE_SEED, sample_base_text
-from spear_mm.calibration.search import efficiency_order, pick, refine_tiers, refine_units
+from spear_mm.calibration.search import efficiency_order, kinds_of, pick, refine_groups, refine_units, tiers_of
 from spear_mm.planning.plan import Measurement, UnitEffect
 from spear_mm.planning.policies import plan_from_unit_ts
 from spear_mm.scoring.units import split_layers
@@ -168,7 +169,9 @@ def plan_units(ev: ProbeEvaluator, order: list[str], config: PlannerConfig, *, r
         if config.refine == "units":
             refined = refine_units(obj, effects, (best_ts, best), config, run)
         else:
-            refined = refine_tiers(obj, efficiency_order(effects, order), (best_ts, best), config, run)
+            ranked = efficiency_order(effects, order)
+            groups = tiers_of(ranked, config.tiers) if config.refine == "tiers" else kinds_of(ranked)
+            refined = refine_groups(obj, groups, (best_ts, best), config, run)
         if refined[0] != best_ts:
             start = f"{start}, refined ({config.refine})"
         best_ts, best = refined

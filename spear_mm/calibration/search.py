@@ -1,8 +1,9 @@
-"""The measured planner's black-box refinement: optuna's constrained TPE over per-tier or per-unit t.
+"""The measured planner's black-box refinement: optuna's constrained TPE over per-group or per-unit t.
 
-`refine_tiers` (the default) orders the units by measured efficiency and searches one t per tier — a few
-dimensions at any depth, the uniform plans included; `refine_units` searches the t of single promising units.
-Both keep their start as a candidate and return the best feasible plan (`pick`).
+`refine_groups` searches one t per group of units — a few dimensions at any depth, the uniform plans included:
+efficiency tiers (`refine: tiers`, the default: units ordered by measured efficiency, cut into `tiers` groups) or
+unit kinds (`refine: kinds`: attention, MLP, embeddings, final norm). `refine_units` searches the t of single
+promising units. All keep their start as a candidate and return the best feasible plan (`pick`).
 """
 
 from __future__ import annotations
@@ -90,31 +91,57 @@ def _tier(i: int, k: int, n: int) -> int:
     return min(i * k // n, k - 1)
 
 
+def tiers_of(ranked: list[str], k: int) -> dict[str, list[str]]:
+    """`ranked` cut into k contiguous tiers of (nearly) equal size: {'tier0': [...], …}."""
+    out: dict[str, list[str]] = {f"tier{i}": [] for i in range(k)}
+    for i, u in enumerate(ranked):
+        out[f"tier{_tier(i, k, len(ranked))}"].append(u)
+    return out
+
+
+def kind_of(unit: str) -> str:
+    """The kind of a unit id: 'attn' / 'mlp' for sub-layers, 'layer' for whole layers, else the unit itself."""
+    if unit.startswith("layer."):
+        parts = unit.split(".")
+        return parts[2] if len(parts) > 2 else "layer"
+    return unit
+
+
+def kinds_of(units: list[str]) -> dict[str, list[str]]:
+    """Units grouped by kind (attention, MLP, layer, embed, head, final_norm, other), in order of appearance."""
+    out: dict[str, list[str]] = {}
+    for u in units:
+        out.setdefault(kind_of(u), []).append(u)
+    return out
+
+
 def tier_ts(ranked: list[str], ts: list[float]) -> dict[str, float]:
     """Every unit's t when `ranked` is cut into len(ts) tiers (unit t = its tier's t; zeros left out)."""
-    k, n = len(ts), len(ranked)
-    return {u: ts[_tier(i, k, n)] for i, u in enumerate(ranked) if ts[_tier(i, k, n)] > 0}
+    return group_ts(tiers_of(ranked, len(ts)), dict(zip((f"tier{i}" for i in range(len(ts))), ts, strict=True)))
 
 
-def refine_tiers(obj: Objective, ranked: list[str], start: tuple[dict, ProbeResult], config: PlannerConfig, run):
-    """optuna TPE (with constraint) over one t per efficiency tier, seeded with the start's mean t per tier;
-    the start itself stays a candidate, so the refinement never returns a worse plan."""
-    names = [f"tier{i}" for i in range(config.tiers)]
+def group_ts(groups: dict[str, list[str]], ts: dict[str, float]) -> dict[str, float]:
+    """Every unit's t from its group's t (zeros left out)."""
+    return {u: ts[g] for g, units in groups.items() for u in units if ts[g] > 0}
+
+
+def refine_groups(obj: Objective, groups: dict[str, list[str]], start: tuple[dict, ProbeResult],
+                  config: PlannerConfig, run):  # fmt: skip
+    """optuna TPE (with constraint) over one t per group of units, seeded with the start's mean t per group;
+    the uniform plans are in the space (all groups equal) and the start itself stays a candidate, so the
+    refinement never returns a worse plan. Groups: efficiency tiers (`refine: tiers`) or unit kinds
+    (`refine: kinds`: attention, MLP, embeddings, final norm — one t per kind)."""
     results: dict[int, tuple[dict, ProbeResult]] = {-1: start}
 
     def objective(trial) -> float:
-        plan = tier_ts(ranked, [round(trial.suggest_float(n, 0.0, 1.0, step=config.t_step), 6) for n in names])
+        plan = group_ts(groups, {g: round(trial.suggest_float(g, 0.0, 1.0, step=config.t_step), 6) for g in groups})
         r = run(plan)
         results[trial.number] = (plan, r)
         return _constrained(trial, obj, r)
 
-    k, n = config.tiers, len(ranked)
-    sums, counts = [0.0] * k, [0] * k
-    for i, u in enumerate(ranked):
-        sums[_tier(i, k, n)] += start[0].get(u, 0.0)
-        counts[_tier(i, k, n)] += 1
     study = _study(config)
-    study.enqueue_trial({nm: on_grid(sums[i] / max(counts[i], 1), config.t_step) for i, nm in enumerate(names)})
+    seed = {g: sum(start[0].get(u, 0.0) for u in units) / max(len(units), 1) for g, units in groups.items()}
+    study.enqueue_trial({g: on_grid(t, config.t_step) for g, t in seed.items()})
     study.optimize(objective, n_trials=config.budget)
     return pick(results, obj, config.tolerance)
 
