@@ -216,6 +216,9 @@ def test_interrupted_run_resumes(pair, suite, tmp_path) -> None:
     assert ran == ["evaluate sweep-f0.5-t0.5", "evaluate sweep-f0.5-t1"]
     assert set(summary.candidates) == {"balanced", "sweep-f0.5-t0.5", "sweep-f0.5-t1"}
     assert (out / "report.html").is_file()
+    # no uniform curve without baselines: no ΔR against the adapted–base chord, no "above the curve" choice
+    assert summary.curve_comparisons == [] and "above the uniform curve" not in summary.choice_rule
+    assert summary.curve_note.startswith("No uniform-SLERP curve was evaluated")
 
 
 def test_missing_suite_file_warns(pair, suite, tmp_path, caplog) -> None:

@@ -211,9 +211,10 @@ def summarise(ctx: RunContext, candidates, results, stages, skipped, *, suites: 
     points = {n: (e.retention, e.gain_kept) for n, e in entries.items()}
     curve = curve_from(points)
     plan_names = [c.name for c in candidates if c.kind != "baseline"]
+    n_uniform = sum(1 for p in curve if p.name not in ("base", "adapted"))
     curve_cmp = compare_to_curve({n: points[n] for n in plan_names}, curve, results,
-                                 {n: tr.group for n, tr in base.tasks.items()})  # fmt: skip
-    curve_note = curve_sentence(curve_cmp, sum(1 for p in curve if p.name not in ("base", "adapted")))
+                                 {n: tr.group for n, tr in base.tasks.items()}) if n_uniform else []  # fmt: skip
+    curve_note = curve_sentence(curve_cmp, n_uniform)  # no uniform point: no curve, not the adapted–base chord
     choice = _choose_above_curve(points, pool, above_curve(curve_cmp), target_retention)
     if choice.chosen is None:
         log.warning("no model could be chosen: %s", choice.reason)
