@@ -10,6 +10,7 @@ uniform-SLERP curve on the same probes, for the plan-versus-curve comparison.
 
     python bench/planner_bench.py                       # the planted pico pair (tests/planted_pair.py)
     python bench/planner_bench.py --pair demo           # SmolLM2-135M + the demo CPT under ~/.cache/spear-mm
+    python bench/planner_bench.py --pair custom --base B --adapted A --general G.jsonl --domain D.jsonl
 """
 
 from __future__ import annotations
@@ -32,17 +33,29 @@ from spear_mm.calibration.probe import ProbeEvaluator, load_probes  # noqa: E402
 from spear_mm.io.pair import open_pair  # noqa: E402
 from spear_mm.scoring.layers import analyze  # noqa: E402
 
-CACHE = Path.home() / ".cache" / "spear-mm"
-
 
 def demo_pair() -> dict[str, Path]:
-    cpts = sorted((CACHE / "demo-cpt").glob("smollm2-135m-instruct-*"))
-    cpts = [c for c in cpts if (c / "config.json").is_file() and not c.name.endswith(".work")]
-    samples = sorted(CACHE.glob("smollm2-135m-instruct.samples-*.jsonl"))
-    if not cpts or not samples:
-        raise SystemExit(f"no demo pair under {CACHE} (run `spear-mm demo` once), or use --pair planted")
-    return {"base": CACHE / "smollm2-135m-instruct", "adapted": cpts[0], "general": samples[0],
-            "domain": ROOT / "spear_mm" / "_data" / "demo" / "finance_heldout.txt"}  # fmt: skip
+    """The pair `spear-mm demo` builds with its defaults, and the probes its planner uses (held out of the CPT
+    and of the evaluation)."""
+    from spear_mm.calibration.samples import base_sample_path
+    from spear_mm.demo.models import cache_root
+    from spear_mm.demo.run import (
+        DEMO_CORPUS,
+        DEMO_DOMAIN_PROBE,
+        PROBE_SAMPLES,
+        PROBE_SEED,
+        DemoConfig,
+        cpt_cache_path,
+        cpt_options,
+    )
+
+    cache = cache_root()  # $SPEAR_MM_CACHE or ~/.cache/spear-mm, as the demo
+    base = cache / "smollm2-135m-instruct"
+    adapted = cpt_cache_path(base, [DEMO_CORPUS], cache, cpt_options(DemoConfig())) if base.is_dir() else base
+    general = base_sample_path(base, *PROBE_SAMPLES, PROBE_SEED)
+    if not (adapted / "config.json").is_file() or not general.is_file():
+        raise SystemExit(f"no demo pair under {cache} (run `spear-mm demo` once), or use --pair planted / custom")
+    return {"base": base, "adapted": adapted, "general": general, "domain": DEMO_DOMAIN_PROBE}
 
 
 def planted_pair(root: Path) -> dict[str, Path]:
@@ -86,7 +99,9 @@ def first_reach(trace, target: float):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--pair", choices=("planted", "demo"), default="planted")
+    ap.add_argument("--pair", choices=("planted", "demo", "custom"), default="planted")
+    for name in ("base", "adapted", "general", "domain"):
+        ap.add_argument(f"--{name}", type=Path, default=None, help=f"--pair custom: the {name} folder or probe file")
     ap.add_argument("--budget", type=int, default=30, help="the planner's refinement budget")
     ap.add_argument("--blind-max", type=int, default=300, help="most evaluations the blind search may spend")
     ap.add_argument("--probe-tokens", type=int, default=512)
@@ -98,7 +113,12 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="planner-bench-"))
-    paths = demo_pair() if args.pair == "demo" else planted_pair(tmp)
+    if args.pair == "custom":
+        paths = {k: getattr(args, k) for k in ("base", "adapted", "general", "domain")}
+        if None in paths.values():
+            ap.error("--pair custom needs --base, --adapted, --general and --domain")
+    else:
+        paths = demo_pair() if args.pair == "demo" else planted_pair(tmp)
     pair = open_pair(paths["base"], paths["adapted"])
     probes = load_probes(paths["adapted"], paths["general"], paths["domain"], args.probe_tokens)
     t0 = time.perf_counter()

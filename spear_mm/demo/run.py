@@ -152,11 +152,15 @@ def _fingerprint(base: Path, corpus: list[Path], config: dict[str, Any]) -> str:
     return h.hexdigest()[:16]
 
 
+def cpt_cache_path(base: Path, corpus: list[Path], cache: Path, options: dict[str, Any]) -> Path:
+    """Where the CPT of `base` on `corpus` with these options is cached (its input hash in the name)."""
+    key = _fingerprint(base, corpus, {k: v for k, v in options.items() if k not in ("threads", "logging_steps")})
+    return cache / "demo-cpt" / f"{base.name}-{key}"
+
+
 def cached_cpt(base: Path, corpus: list[Path], cache: Path, options: dict[str, Any]) -> tuple[Path, bool]:
     """CPT of `base` on `corpus`, reused when a result with the same input hash exists; (folder, reused)."""
-
-    key = _fingerprint(base, corpus, {k: v for k, v in options.items() if k not in ("threads", "logging_steps")})
-    out = cache / "demo-cpt" / f"{base.name}-{key}"
+    out = cpt_cache_path(base, corpus, cache, options)
     if (out / "config.json").is_file() and (out / "cost.json").is_file():
         _log.info("reusing the cached CPT result %s (same base, corpus and options)", out)
         return out, True
