@@ -219,6 +219,7 @@ def test_interrupted_run_resumes(pair, suite, tmp_path) -> None:
     # no uniform curve without baselines: no ΔR against the adapted–base chord, no "above the curve" choice
     assert summary.curve_comparisons == [] and "above the uniform curve" not in summary.choice_rule
     assert summary.curve_note.startswith("No uniform-SLERP curve was evaluated")
+    assert "ΔR vs uniform" not in _table_text(summary)
 
 
 def test_missing_suite_file_warns(pair, suite, tmp_path, caplog) -> None:
@@ -358,6 +359,7 @@ def test_run_with_the_measured_planner_and_a_probe_ranking_resumes(pair, suite, 
     assert stage.status == "ran" and "probe evaluations" in stage.detail
     md = (out / "report.md").read_text()
     assert "Measured planner: probes, spend and every unit's t" in md and "effect at t=0.5" in md
+    assert "ΔR vs uniform" in _table_text(summary)  # the CLI's table: each plan against the curve
     assert "measured planner's probes cost" in md and {c.plan for c in summary.curve_comparisons} == {
         "balanced",
         "measured",
@@ -372,3 +374,13 @@ def test_run_with_the_measured_planner_and_a_probe_ranking_resumes(pair, suite, 
     assert Plan.load(out / "plans" / "measured.yaml").provenance.params["granularity"] == "sublayer"
     md = (out / "report.md").read_text()
     assert "| layer.0.attn |" in md and "| layer.0.mlp |" in md
+
+
+def _table_text(summary) -> str:
+    from rich.console import Console
+
+    from spear_mm.cli.run import results_table
+
+    console = Console(width=200, record=True)
+    console.print(results_table(summary))
+    return console.export_text()

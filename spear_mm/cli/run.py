@@ -44,17 +44,19 @@ def _fmt(x: float | None) -> str:
 
 
 def results_table(summary) -> Table:
-    """R, K, ΔR against the uniform curve at equal K, Pareto front, choice and cost of every model of a run."""
+    """R, K, ΔR against the uniform curve at equal K (when one was evaluated), Pareto front, choice and cost."""
     table = Table(title=f"spear-mm run — chosen: {summary.chosen or 'none'} ({summary.choice_rule})")
-    for col in ("model", "kind", "R", "K", "ΔR vs uniform", "front", "cost s"):
-        table.add_column(col, justify="left" if col in ("model", "kind") else "right")
     gap = {c.plan: c.delta_r for c in summary.curve_comparisons}
+    columns = ("model", "kind", "R", "K", *(("ΔR vs uniform",) if gap else ()), "front", "cost s")
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("model", "kind") else "right")
     rows = [*summary.reference.values(), *sorted(summary.candidates.values(), key=lambda e: (e.kind, e.name))]
     for e in rows:
         name = f"[bold green]{e.name} ✓[/]" if e.name == summary.chosen else e.name
         cost = "" if e.cost_seconds is None else f"{e.cost_seconds:.1f}"
         delta = "" if e.name not in gap else "—" if gap[e.name] is None else f"{gap[e.name]:+.3f}"
-        table.add_row(name, e.kind, _fmt(e.retention), _fmt(e.gain_kept), delta, "●" if e.on_front else "", cost)
+        table.add_row(name, e.kind, _fmt(e.retention), _fmt(e.gain_kept), *((delta,) if gap else ()),
+                      "●" if e.on_front else "", cost)  # fmt: skip
     return table
 
 
