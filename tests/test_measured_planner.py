@@ -11,7 +11,7 @@ from planted_pair import DAMAGED_LAYER, DOMAIN_LAYER, open_planted, save_planted
 
 from spear_mm.calibration.planner import PlannerConfig, greedy_knapsack, plan_units
 from spear_mm.calibration.probe import ProbeEvaluator
-from spear_mm.calibration.search import efficiency_order, tier_ts
+from spear_mm.calibration.search import efficiency_order, group_ts, tiers_of
 from spear_mm.errors import SpearError
 from spear_mm.planning.plan import Plan, UnitEffect
 from spear_mm.scoring.layers import analyze
@@ -85,8 +85,9 @@ def test_efficiency_order_and_tiers():
     ]
     ranked = efficiency_order(e, ["d", "e", "a", "b", "c"])
     assert ranked == ["b", "c", "a", "d", "e"]  # free, then by ratio; nothing-recovering and unmeasured last
-    assert tier_ts(ranked, [1.0, 0.5, 0.0]) == {"b": 1.0, "c": 1.0, "a": 0.5, "d": 0.5}
-    assert tier_ts(ranked, [0.3, 0.3, 0.3]) == dict.fromkeys(ranked, 0.3)  # equal tiers: the uniform plan
+    tiers = tiers_of(ranked, 3)
+    assert group_ts(tiers, {"tier0": 1.0, "tier1": 0.5, "tier2": 0.0}) == {"b": 1.0, "c": 1.0, "a": 0.5, "d": 0.5}
+    assert group_ts(tiers, dict.fromkeys(tiers, 0.3)) == dict.fromkeys(ranked, 0.3)  # equal tiers: the uniform plan
 
 
 @pytest.mark.parametrize("refine", ["tiers", "kinds", "units"])

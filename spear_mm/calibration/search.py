@@ -86,16 +86,11 @@ def efficiency_order(effects: list[UnitEffect], order: list[str]) -> list[str]:
     return measured + [u for u in order if u not in best]
 
 
-def _tier(i: int, k: int, n: int) -> int:
-    """The tier (0 … k−1) of the i-th of n ranked units: k contiguous tiers of (nearly) equal size."""
-    return min(i * k // n, k - 1)
-
-
 def tiers_of(ranked: list[str], k: int) -> dict[str, list[str]]:
     """`ranked` cut into k contiguous tiers of (nearly) equal size: {'tier0': [...], …}."""
     out: dict[str, list[str]] = {f"tier{i}": [] for i in range(k)}
     for i, u in enumerate(ranked):
-        out[f"tier{_tier(i, k, len(ranked))}"].append(u)
+        out[f"tier{min(i * k // len(ranked), k - 1)}"].append(u)
     return out
 
 
@@ -113,11 +108,6 @@ def kinds_of(units: list[str]) -> dict[str, list[str]]:
     for u in units:
         out.setdefault(kind_of(u), []).append(u)
     return out
-
-
-def tier_ts(ranked: list[str], ts: list[float]) -> dict[str, float]:
-    """Every unit's t when `ranked` is cut into len(ts) tiers (unit t = its tier's t; zeros left out)."""
-    return group_ts(tiers_of(ranked, len(ts)), dict(zip((f"tier{i}" for i in range(len(ts))), ts, strict=True)))
 
 
 def group_ts(groups: dict[str, list[str]], ts: dict[str, float]) -> dict[str, float]:
