@@ -20,7 +20,8 @@ from spear_mm.io.checkpoint import Checkpoint
 from spear_mm.io.pair import open_pair
 from spear_mm.merging.merge import build_ops, iter_merged, merge, merge_into_model
 from spear_mm.merging.methods import METHODS
-from spear_mm.planning.plan import LayerRule, Plan
+from spear_mm.planning.plan import DATA_AWARE, LayerRule, Plan
+from spear_mm.statistics.collect import collect_statistics, load_probes
 
 PLAN = Plan(
     num_layers=6,
@@ -339,12 +340,19 @@ def test_streaming_merge_equals_the_registered_method_on_every_tensor(tiny_pair,
     """What `merge` writes (streamed, chunked where the method allows) is what the method's whole-tensor
     `merge` computes: the streaming loop and the tests share one implementation per method."""
     base, adapted = tiny_pair
-    plan = Plan.uniform(0.4, 6, include_non_layers=True, method=method, density=0.3)
+    stats = None
+    if method in DATA_AWARE:  # they read probe statistics of the pair (collected here on a short text)
+        stats = str(tmp_path / "stats")
+        (tmp_path / "probe.txt").write_text("Revenue rose 12 percent to 4.2 billion dollars. " * 30)
+        pair = open_pair(base, adapted)
+        probes = load_probes(pair.adapted.path, tmp_path / "probe.txt", tmp_path / "probe.txt", 256)
+        collect_statistics(pair, probes, stats, kinds=(method,))
+    plan = Plan.uniform(0.4, 6, include_non_layers=True, method=method, density=0.3, statistics=stats)
     merge(base, adapted, tmp_path / "out", plan)
     got, a, b = tensors(tmp_path / "out"), tensors(adapted), tensors(base)
     kernel = METHODS[method].from_plan(plan)
     for name, x in got.items():
-        want = kernel.merge(a[name], b[name], 0.4)
+        want = kernel.merge(a[name], b[name], 0.4, name=name)
         assert torch.allclose(x.float(), want.float(), rtol=1e-5, atol=1e-6), (method, name)
     if method == "ties":  # trimming really happened: ~70% of each delta is dropped
         name = next(n for n in got if n.endswith("mlp.up_proj.weight"))

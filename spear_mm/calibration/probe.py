@@ -28,23 +28,11 @@ from spear_mm.io.pair import Pair
 from spear_mm.merging.functional import slerp
 from spear_mm.scoring.probes import read_texts
 from spear_mm.scoring.units import units_of
+from spear_mm.statistics.collect import WINDOW, windows_of
 
 log = logging.getLogger(__name__)
 
-WINDOW = 256
-
-
-def windows_of(tokenizer, texts: list[str], max_tokens: int, window: int = WINDOW) -> list[torch.Tensor]:
-    """Token windows (1 × ≤window) over the texts joined by the EOS token, at most `max_tokens` tokens."""
-    sep = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    ids: list[int] = []
-    for text in texts:
-        ids += tokenizer(text, add_special_tokens=False)["input_ids"] + sep
-        if len(ids) >= max_tokens:
-            break
-    ids = ids[:max_tokens]
-    out = [torch.tensor(ids[i : i + window])[None, :] for i in range(0, len(ids), window)]
-    return [w for w in out if w.shape[1] > 1]
+__all__ = ["WINDOW", "ProbeEvaluator", "ProbeResult", "ProbeSet", "load_probes", "windows_of"]
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,8 @@ class Method(str, Enum):
     lerp = "lerp"
     task_arithmetic = "task_arithmetic"
     ties = "ties"
+    regmean = "regmean"
+    fisher = "fisher"
 
 
 class Aggregate(str, Enum):

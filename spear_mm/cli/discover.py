@@ -24,6 +24,10 @@ _METHODS = {
     "lerp": "linear interpolation (1 - t)·adapted + t·base",
     "task_arithmetic": "base + (1 - t)·Δ, with Δ = adapted - base",
     "ties": "Δ trimmed to its largest `density` share of entries, added back with weight 1 - t",
+    "regmean": "per linear layer, least squares: base outputs on general-probe inputs, adapted outputs on domain-probe "
+    "inputs, weighted t : 1 - t (needs spear-mm stats); other tensors SLERP",
+    "fisher": "per parameter, base and adapted weighted by t·Fisher(general) : (1 - t)·Fisher(domain) (needs spear-mm "
+    "stats --kinds fisher)",
 }
 
 

@@ -19,7 +19,7 @@ from rich.progress import (
 from rich.table import Table
 
 from spear_mm.cli import checks
-from spear_mm.cli.choices import DEVICE_METAVAR
+from spear_mm.cli.choices import DEVICE_METAVAR, Method
 from spear_mm.errors import SpearError
 from spear_mm.io.architecture import for_model_type, num_layers_of
 from spear_mm.io.checkpoint import Checkpoint
@@ -31,17 +31,17 @@ from spear_mm.planning.plan import Plan
 out_console = Console()
 
 
-def _resolve_plan(plan_file: Path | None, t: float | None, num_layers: int, layers_only: bool):
+def _resolve_plan(plan_file: Path | None, t: float | None, num_layers: int, layers_only: bool, method: str | None):
 
     if (plan_file is None) == (t is None):
         raise SpearError("give exactly one of --plan plan.yaml or --t T (the weight of the base, 0..1).")
     if plan_file is not None:
-        if layers_only:
-            raise SpearError("--layers-only goes with --t; a plan file sets every unit's t itself.")
+        if layers_only or method is not None:
+            raise SpearError("--layers-only and --method go with --t; a plan file sets every unit's t and method.")
         return Plan.load(plan_file)
     if not 0.0 <= t <= 1.0:
         raise SpearError(f"--t {t} is outside [0, 1] (t is the weight of the base model).")
-    return Plan.uniform(t, num_layers, include_non_layers=not layers_only)
+    return Plan.uniform(t, num_layers, include_non_layers=not layers_only, method=method or "slerp")
 
 
 def merge_cmd(
@@ -54,6 +54,10 @@ def merge_cmd(
     ),
     layers_only: bool = typer.Option(
         False, "--layers-only", help="With --t: only the transformer layers; embeddings, head, final norm kept."
+    ),
+    method: Method | None = typer.Option(None, help="With --t: the merge method (default slerp; see ls methods)."),
+    stats: Path | None = typer.Option(
+        None, "--stats", help="Statistics folder of `spear-mm stats` (regmean/fisher; overrides the plan's)."
     ),
     all_tensors: bool = typer.Option(False, "--all-tensors", hidden=True, help="Deprecated: now the default."),
     device: str = typer.Option("cpu", metavar=DEVICE_METAVAR, help="Where the kernels run."),
@@ -74,7 +78,9 @@ def merge_cmd(
     pair = open_pair(base, adapted, allow_vocab_extension=allow_vocab_extension)
     if all_tensors and layers_only:
         raise SpearError("--all-tensors and --layers-only contradict each other; --t applies to every tensor.")
-    the_plan = _resolve_plan(plan, t, pair.num_layers, layers_only)
+    the_plan = _resolve_plan(plan, t, pair.num_layers, layers_only, None if method is None else method.value)
+    if stats is not None:
+        the_plan = the_plan.model_copy(update={"statistics": str(stats)})
     ops = build_ops(pair, the_plan, parse_dtype(out_dtype))
     if dry_run:
         table = Table(title=f"dry run: {the_plan.summary()}")

@@ -80,6 +80,7 @@ class Workspace:
     reads: BufferPool | None = None
     outs: BufferPool | None = None
     streamed: set[str] = field(default_factory=set)  # tensors merged/copied chunk by chunk, never whole
+    methods: dict = field(default_factory=dict)  # method name -> MergeMethod built from the plan (streaming.py)
     _work: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
 
     def streams(self, task) -> bool:

@@ -52,7 +52,8 @@ def build_ops(pair: Pair, plan: Plan, out_dtype: torch.dtype | None = None) -> l
         a, b = pair.adapted.infos[name], pair.base.infos[name]
         t = plan.t_for(p)
         ext = pair.vocab_extension.get(name)
-        trimmed = plan.method == "ties" and plan.density < 1
+        method = plan.method_for(p)
+        trimmed = method == "ties" and plan.density < 1
         if not a.dtype.is_floating_point:  # integers cannot be interpolated: t = 1 copies the base, else adapted
             action, t = ("base", 1.0) if t == 1.0 and a.dtype == b.dtype and a.shape == b.shape else ("keep", 0.0)
         elif t == 0.0 and not trimmed:
@@ -62,7 +63,7 @@ def build_ops(pair: Pair, plan: Plan, out_dtype: torch.dtype | None = None) -> l
         else:
             action = "merge"
         dtype = out_dtype if out_dtype is not None and a.dtype.is_floating_point else a.dtype
-        ops.append(TensorOp(p, action, t, dtype, a.shape, ext[0] if ext else None))
+        ops.append(TensorOp(p, action, t, dtype, a.shape, ext[0] if ext else None, method))
     return ops
 
 
@@ -122,6 +123,7 @@ def merge(
     threads: int | None = None,
     progress: Progress | None = None,
     out_dtype: str | torch.dtype | None = None,
+    statistics: str | Path | None = None,
 ) -> MergeReport:
     """Merge `adapted` toward `base` following `plan` into a Hugging Face folder at `out` (streamed, atomic).
 
@@ -133,6 +135,7 @@ def merge(
         threads: torch intra-op threads for the call (default `DEFAULT_THREADS`, see docs/performance.md).
         progress: called as `progress(name, nbytes)` per tensor written.
         out_dtype: 'bf16', 'fp16', 'fp32' or a torch dtype (default: the adapted model's dtype).
+        statistics: the folder of `spear-mm stats` that `regmean`/`fisher` plans read (overrides the plan's).
     Returns:
         The `MergeReport` (also written as `merge_report.json`).
 
@@ -144,8 +147,10 @@ def merge(
     dtype = parse_dtype(out_dtype)
     pair = open_pair(base, adapted, allow_vocab_extension=allow_vocab_extension)
     plan = plan if isinstance(plan, Plan) else Plan.uniform(float(plan), pair.num_layers)
+    if statistics is not None:
+        plan = plan.model_copy(update={"statistics": str(statistics)})
     check_provenance(plan, pair, force=force)
-    inputs = [pair.base.path, pair.adapted.path]
+    inputs = [pair.base.path, pair.adapted.path, *([Path(plan.statistics)] if plan.statistics else [])]
     final = check_output(Path(out), inputs, force)
     ops = build_ops(pair, plan, dtype)
     sides, skipped_links = side_files(pair.adapted.path)

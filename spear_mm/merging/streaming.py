@@ -41,6 +41,7 @@ class TensorOp:
     out_dtype: torch.dtype
     shape: tuple[int, ...]
     shared_rows: int | None = None  # vocabulary extension: rows [0, shared_rows) merged, the rest kept
+    method: str = "slerp"  # the plan's method for this tensor (Plan.method_for)
 
     @property
     def name(self) -> str:
@@ -106,7 +107,7 @@ def _merge_one(
     of = out.view(-1)
     if shared < a.numel():
         of[shared:].copy_(af[shared:])
-    method = method_of(plan)
+    method = method_for(ws, op)
     step = _step(op, method)
     xw, yw = ws.work(min(step, shared))
 
@@ -160,7 +161,7 @@ def _stream_chunks(pair: Pair, plan: Plan, op: TensorOp, ws: Workspace, sink: Si
                 _check_finite(sa[: min(CHUNK, shared - s)], op, pair.adapted)
                 _check_finite(sb[: min(CHUNK, shared - s)], op, pair.base)
             stats = stats + part
-        method = method_of(plan)
+        method = method_for(ws, op)
         ca, cb, fallback = method.coefficients(stats, op.t)
         for s in range(0, shared, CHUNK):
             x, y = load(s)
@@ -174,9 +175,20 @@ def _stream_chunks(pair: Pair, plan: Plan, op: TensorOp, ws: Workspace, sink: Si
         ws.release(ha + hb + ho)
 
 
-def method_of(plan: Plan) -> MergeMethod:
-    """The plan's merge method, built with the plan's options for it."""
-    return METHODS[plan.method].from_plan(plan)
+def methods_of(plan: Plan, pair: Pair) -> dict[str, MergeMethod]:
+    """Every method the plan uses, built with the plan's options; a data-aware one opens its statistics, which
+    must have been collected on this pair."""
+    methods = {m: METHODS[m].from_plan(plan) for m in sorted(plan.methods())}
+    for m in methods.values():
+        stats = getattr(m, "statistics", None)
+        if stats is not None:
+            stats.check_pair(pair.base.fingerprint(), pair.adapted.fingerprint())
+    return methods
+
+
+def method_for(ws: Workspace, op: TensorOp) -> MergeMethod:
+    """The method that merges one tensor, bound to it."""
+    return ws.methods[op.method].bind(op.name, op.shape)
 
 
 def _stat(op: TensorOp, stats: PairStats | None = None, fallback: bool = False) -> TensorStat:
@@ -187,14 +199,16 @@ def _stat(op: TensorOp, stats: PairStats | None = None, fallback: bool = False) 
 
 def workspace_for(pair: Pair, plan: Plan, ops: list[TensorOp], device: torch.device, pooled: bool) -> Workspace:
     merged = [t for t in ops if t.action == "merge"]
-    method = method_of(plan)
-    small = [t for t in merged if not pooled or math.prod(t.shape) <= STREAM_ABOVE or not method.streamable]
-    work = max((min(_step(t, method), math.prod(pair.base.infos[t.name].shape)) for t in small), default=0)
+    methods = methods_of(plan, pair)
+    method = {t.name: methods[t.method].bind(t.name, t.shape) for t in ops}
+    small = [t for t in merged if not pooled or math.prod(t.shape) <= STREAM_ABOVE or not method[t.name].streamable]
+    work = max((min(_step(t, method[t.name]), math.prod(pair.base.infos[t.name].shape)) for t in small), default=0)
     if not pooled:
-        return Workspace(device, work)
-    streamed = {t.name for t in ops if math.prod(t.shape) > STREAM_ABOVE and method.streamable}
+        return Workspace(device, work, methods=methods)
+    streamed = {t.name for t in ops if math.prod(t.shape) > STREAM_ABOVE and method[t.name].streamable}
     work = max([work, *(CHUNK for t in merged if t.name in streamed)])
-    return Workspace(device, work, BufferPool(READ_BUFFERS), BufferPool(OUT_BUFFERS), streamed=streamed)
+    pools = BufferPool(READ_BUFFERS), BufferPool(OUT_BUFFERS)
+    return Workspace(device, work, *pools, streamed=streamed, methods=methods)
 
 
 def produce(

@@ -8,6 +8,7 @@ users review and edit; unknown keys and out-of-range values are errors that name
 from __future__ import annotations
 
 import datetime as _dt
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -20,7 +21,9 @@ from spear_mm.io.architecture import ParamInfo
 from spear_mm.io.files import atomic_write_text
 
 T = Annotated[float, Field(ge=0.0, le=1.0)]
-Method = Literal["slerp", "lerp", "task_arithmetic", "ties"]
+Method = Literal["slerp", "lerp", "task_arithmetic", "ties", "regmean", "fisher"]
+DATA_AWARE = ("regmean", "fisher")  # methods that read probe statistics (spear-mm stats)
+UNIT_IDS = re.compile(r"^(layer\.\d+(\.(attn|mlp))?|embed|head|final_norm|other)$")
 
 
 class _Strict(BaseModel):
@@ -95,6 +98,11 @@ class Plan(_Strict):
     spear_mm_plan: Literal[1] = 1
     method: Method = "slerp"
     density: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0  # `ties`: fraction of |ΔW| entries kept per tensor
+    shrink: Annotated[float, Field(ge=0.0, le=1.0)] = 0.9  # `regmean`: scale of the Grams' off-diagonal entries
+    statistics: str | None = None  # `regmean`/`fisher`: the statistics folder (spear-mm stats; merge --stats)
+    unit_methods: dict[str, Method] = Field(
+        default_factory=dict
+    )  # per-unit method ('layer.3', 'layer.3.attn', 'embed')
     num_layers: Annotated[int, Field(ge=1)]
     default_t: T = 0.0
     layers: list[LayerRule] = Field(default_factory=list)
@@ -116,6 +124,10 @@ class Plan(_Strict):
             if rule.layer in seen:
                 raise ValueError(f"layer {rule.layer} is listed twice")
             seen.add(rule.layer)
+        for unit in self.unit_methods:
+            if not UNIT_IDS.match(unit) or (unit.startswith("layer.") and int(unit.split(".")[1]) >= self.num_layers):
+                raise ValueError(f"unit_methods: '{unit}' is not a unit of a {self.num_layers}-layer model "
+                                 "(layer.N, layer.N.attn, layer.N.mlp, embed, head, final_norm, other)")  # fmt: skip
         return self
 
     # -- per-tensor resolution ---------------------------------------------------------------------------------
@@ -133,6 +145,21 @@ class Plan(_Strict):
                 return 0.0 if self.layer_norms == "keep" else 1.0
             return self.layer_t(p.layer)
         return {"embed": self.embed, "head": self.head, "final_norm": self.final_norm}.get(p.group, self.other)
+
+    def method_for(self, p: ParamInfo) -> Method:
+        """The merge method of one tensor: its sub-layer's, layer's or unit's entry in `unit_methods`, else `method`."""
+        if not self.unit_methods:
+            return self.method
+        if p.group == "layer" and p.layer is not None:
+            half = "attn" if p.module.startswith("attn") else "mlp"
+            keys = (f"layer.{p.layer}.{half}", f"layer.{p.layer}")
+        else:
+            keys = (p.group if p.group in ("embed", "head", "final_norm") else "other",)
+        return next((self.unit_methods[k] for k in keys if k in self.unit_methods), self.method)
+
+    def methods(self) -> set[str]:
+        """Every merge method the plan uses."""
+        return {self.method, *self.unit_methods.values()}
 
     def unit_t(self, unit: str) -> float:
         """t of a unit id ('layer.3', 'embed', 'head', 'final_norm', 'other'; a sub-layer 'layer.3.attn' or

@@ -32,6 +32,11 @@ class MergeMethod:
         """The method with the options a plan sets for it (none by default)."""
         return cls()
 
+    def bind(self, name: str, shape: tuple[int, ...]) -> MergeMethod:
+        """The method as it applies to one tensor (a data-aware method returns one that knows the tensor's
+        statistics, or the method it falls back to for tensors without any); reads nothing yet."""
+        return self
+
     def coefficients(self, stats: PairStats, t: float) -> tuple[float, float, bool]:
         """(ca, cb, lerp_fallback) such that merged = ca·a + cb·b; linear interpolation by default."""
         return 1.0 - t, t, False
@@ -40,12 +45,15 @@ class MergeMethod:
         """Merged values of the float32 chunk pair (x from a, y from b); may overwrite x and y; returns the result."""
         return x.mul_(ca).add_(y, alpha=cb)
 
-    def merge(self, a: torch.Tensor, b: torch.Tensor, t: float, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    def merge(
+        self, a: torch.Tensor, b: torch.Tensor, t: float, out_dtype: torch.dtype | None = None, name: str | None = None
+    ) -> torch.Tensor:
         """The whole-tensor merge, in float32, returned in `out_dtype` (default: a's dtype).
 
         Args:
             a, b: the adapted and base tensors (same shape).
             t: the weight of the base, in [0, 1].
+            name: the tensor's name (data-aware methods look up its statistics by it).
         Returns:
             A new tensor; t = 1 gives `b` and (for most methods) t = 0 gives `a`, bit for bit.
         """
@@ -54,9 +62,10 @@ class MergeMethod:
             return b.to(out_dtype)
         if t <= 0.0 and self.keeps_adapted_at_zero:
             return a.to(out_dtype)
+        method = self if name is None else self.bind(name, tuple(a.shape))
         x, y = a.to(torch.float32, copy=True).reshape(-1), b.to(torch.float32, copy=True).reshape(-1)
-        ca, cb, _ = self.coefficients(pair_stats(x, y), t)
-        return self.combine_(x, y, t, ca, cb).reshape(a.shape).to(out_dtype)
+        ca, cb, _ = method.coefficients(pair_stats(x, y), t)
+        return method.combine_(x, y, t, ca, cb).reshape(a.shape).to(out_dtype)
 
 
 def register(cls: type[MergeMethod]) -> type[MergeMethod]:
