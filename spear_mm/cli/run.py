@@ -81,6 +81,10 @@ def run_cmd(
     ),
     domain_probe: Path | None = DOMAIN_PROBE_OPTION,
     general_probe: Path | None = GENERAL_PROBE_OPTION,
+    operators: str | None = typer.Option(
+        None, "--operators", help="Data-aware operator curves, e.g. 'regmean=0.3,0.5,0.7' (needs --domain-probe)."
+    ),
+    stats_tokens: int | None = typer.Option(None, "--stats-tokens", help="operators: probe tokens per side [4096]."),
     planner_budget: int | None = typer.Option(None, "--planner-budget", help="measured: probe evaluations [30]."),
     probe_tokens: int | None = typer.Option(None, "--probe-tokens", help="measured: tokens per probe [1024]."),
     max_domain_loss: float | None = typer.Option(
@@ -142,6 +146,7 @@ def run_cmd(
                    allow_vocab_extension=allow_vocab_extension, out_dtype=value(out_dtype),
                    backend=value(backend), rank_by=value(rank_by),
                    uniform_grid=_floats(uniform_grid), domain_probe=domain_probe, general_probe=general_probe,
+                   operators=operators, stats_tokens=stats_tokens,
                    planner=_given(budget=planner_budget, probe_tokens=probe_tokens,
                                   max_domain_loss=max_domain_loss, granularity=value(granularity))) | lm_eval  # fmt: skip
     run_config = RunConfig.build(config, **options)

@@ -9,6 +9,7 @@ Every candidate is a named `Plan`; names are stable so a re-run finds its earlie
                                               (default 0.1 … 0.9): the uniform curve every plan must beat
     task-arith-l<λ>                           base + λ·(adapted − base) on every tensor
     ties-d<density>                           base + the top-`density` |ΔW| entries of every tensor (TIES trim)
+    regmean-a<α> | fisher-a<α>                a data-aware operator at α on every tensor (pipeline/operators.py)
 The plain-CPT baseline is the adapted model itself (evaluated as `adapted`).
 """
 
@@ -26,7 +27,7 @@ from spear_mm.planning.plan import Plan, Provenance
 from spear_mm.planning.policies import PRESETS, make_plan
 from spear_mm.scoring.table import ScoreTable
 
-Kind = Literal["policy", "sweep", "baseline"]
+Kind = Literal["policy", "sweep", "baseline", "operator"]
 UNIFORM_TS = UNIFORM_GRID
 TASK_ARITHMETIC_LAMBDAS = (0.5, 0.75)
 TIES_DENSITY = 0.2

@@ -58,6 +58,10 @@ class RunConfig(BaseModel):
     planner: dict[str, Any] = Field(
         default_factory=dict, description="measured planner options (budget, max_domain_loss, probe_tokens, …)"
     )
+    operators: dict[Literal["regmean", "fisher"], list[float]] = Field(
+        {}, description="data-aware operator curves: method -> α grid, e.g. {regmean: [0.3, 0.5, 0.7]}"
+    )
+    stats_tokens: int = Field(4096, ge=16, description="operators: probe tokens per side for the statistics")
     allow_vocab_extension: bool = Field(False, description="the adapted model may add tokens (new rows are kept)")
     out_dtype: Literal["bf16", "fp16", "fp32"] | None = Field(None, description="dtype of written models")
     backend: Literal["builtin", "lm-eval"] = Field("builtin", description="back end for the suites' items")
@@ -73,6 +77,28 @@ class RunConfig(BaseModel):
         if isinstance(v, str):
             return [p.strip() for p in v.split(",") if p.strip()]
         return list(v) if isinstance(v, tuple) else v
+
+    @field_validator("operators", mode="before")
+    @classmethod
+    def _parse_operators(cls, v: Any) -> Any:
+        """'regmean=0.3,0.5;fisher=0.5' as on the command line, or a mapping."""
+        if isinstance(v, str):
+            out: dict[str, list[str]] = {}
+            for part in filter(None, v.replace(" ", "").split(";")):
+                name, sep, values = part.partition("=")
+                if not sep or not values:
+                    raise ValueError(f"'{part}': write operators as 'regmean=0.3,0.5,0.7;fisher=0.5'")
+                out[name] = values.split(",")
+            return out
+        return v
+
+    @field_validator("operators")
+    @classmethod
+    def _check_operators(cls, v: dict) -> dict:
+        for name, grid in v.items():
+            if not grid or any(not 0.0 < a < 1.0 for a in grid):
+                raise ValueError(f"{name}: every α must lie strictly between 0 and 1, e.g. [0.3, 0.5, 0.7]")
+        return v
 
     @field_validator("uniform_grid")
     @classmethod

@@ -53,6 +53,7 @@ from spear_mm.pipeline.jobs import (
     plan_hash,
     tasks_hash,
 )
+from spear_mm.pipeline.operators import operator_candidates, statistics_step
 from spear_mm.pipeline.planner_step import measured_step
 from spear_mm.pipeline.steps import StepRecord, Steps, sidecar
 from spear_mm.pipeline.summary import RunSummary, StageCost, cpt_cost, report_tables, summarise
@@ -95,6 +96,8 @@ def run(
         config = RunConfig.build(config, **given)
     if config.out is None:
         raise SpearError("no run folder: pass -o/--out (or out: in the run config).")
+    if config.operators and not config.domain_probe:
+        raise SpearError("operators need --domain-probe FILE: held-out domain text, read by the adapted model.")
     started = time.perf_counter()
     run_dir = Path(config.out).expanduser().resolve()
     # different families or mismatched tensors fail here, and a CUDA request on a CPU-only torch, before any work
@@ -112,7 +115,7 @@ def _run(config: RunConfig, pair: Pair, run_dir: Path, progress: ProgressCallbac
     tasks, skipped = _load_tasks(config, ctx.lm_eval_tasks)
     n_baselines = N_BASELINES - len(UNIFORM_TS) + len(set(config.uniform_grid))
     n_candidates = len(config.policies) + (len(grid["fractions"]) * len(grid["t"]) if grid else 0)
-    n_candidates += n_baselines * config.baselines
+    n_candidates += n_baselines * config.baselines + sum(len(set(g)) for g in config.operators.values())
     check_free_space(run_dir, pair.adapted.nbytes * (n_candidates if config.keep_all else 1))
     config.save(run_dir / "run.yaml")
     stages.append(StageCost(name="open pair + load tasks", seconds=time.perf_counter() - clock, device="cpu"))
@@ -129,6 +132,10 @@ def _run(config: RunConfig, pair: Pair, run_dir: Path, progress: ProgressCallbac
             candidates.append(measured)
             stages.append(stage)
         candidates += baseline_candidates(pair.num_layers, prov, tuple(config.uniform_grid)) if config.baselines else []
+        if config.operators:
+            stats, meta, stage = statistics_step(ctx)
+            candidates += operator_candidates(pair.num_layers, config.operators, stats, meta, prov)
+            stages.append(stage)
         check_unique(candidates)
         candidates = _write_plans(ctx, candidates, scores)
         results, stage = _evaluate(ctx, _jobs(ctx, candidates, tasks), tasks, skipped, ex)

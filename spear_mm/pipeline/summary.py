@@ -27,7 +27,7 @@ from spear_mm.pipeline.selection import Comparison, choose, compare_to_baselines
 from spear_mm.planning.plan import Plan
 
 log = logging.getLogger(__name__)
-Role = Literal["base", "adapted", "policy", "sweep", "baseline"]
+Role = Literal["base", "adapted", "policy", "sweep", "baseline", "operator"]
 
 
 class ModelEntry(BaseModel):
