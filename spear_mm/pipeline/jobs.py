@@ -24,8 +24,8 @@ from spear_mm.evaluation.tasks import LoadedTask
 from spear_mm.io.pair import open_pair
 from spear_mm.merging.merge import merge_into_model
 from spear_mm.planning.plan import DATA_AWARE, Plan
-from spear_mm.statistics.store import read_meta
 from spear_mm.progress import ProgressCallback, ProgressEvent
+from spear_mm.statistics.store import read_meta
 
 
 @dataclass(frozen=True)
