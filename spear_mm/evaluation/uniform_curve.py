@@ -44,6 +44,20 @@ def curve_from(points: Mapping[str, tuple[float | None, float | None]]) -> list[
     return sorted(out, key=lambda p: p.t)
 
 
+OPERATOR_POINT = re.compile(r"^(?P<op>regmean|fisher)-a(?P<alpha>[0-9.]+)$")  # pipeline/operators.py names
+
+
+def operator_curves(points: Mapping[str, tuple[float | None, float | None]]) -> dict[str, list[CurvePoint]]:
+    """{operator: its curve in α order, from adapted (α 0) to base (α 1)} for the `<op>-a<α>` candidates."""
+    out: dict[str, list[CurvePoint]] = {}
+    for name, (r, k) in points.items():
+        m = OPERATOR_POINT.match(name)
+        if m and r is not None and k is not None:
+            out.setdefault(m["op"], []).append(CurvePoint(float(m["alpha"]), name, r, k))
+    ends = [p for p in curve_from({n: v for n, v in points.items() if n in ("adapted", "base")})]
+    return {op: sorted(pts + ends, key=lambda p: p.t) for op, pts in sorted(out.items())}
+
+
 def r_on_curve(curve: Sequence[CurvePoint], k: float) -> float | None:
     """The curve's R at domain gain kept `k` (linear between neighbouring t); None outside its K range."""
     best = None

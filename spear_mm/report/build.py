@@ -21,7 +21,7 @@ from typing import Any
 
 from spear_mm.errors import SpearError
 from spear_mm.evaluation.metrics import EvalResult, TaskResult, compare, pareto_front, tradeoff
-from spear_mm.evaluation.uniform_curve import curve_from
+from spear_mm.evaluation.uniform_curve import curve_from, operator_curves
 from spear_mm.report.figures import Point, layer_scores_png, tradeoff_png
 from spear_mm.report.render import Block, predictions_cell, to_html, to_markdown
 
@@ -362,8 +362,9 @@ def write_report(
         if r.retention is not None and r.gain_kept is not None
     ]
     if points:
-        curve = curve_from({r.name: (r.retention, r.gain_kept) for r in rows})
-        figures["tradeoff"] = tradeoff_png(points, [r.name for r in rows if r.on_front], curve=curve)
+        rk = {r.name: (r.retention, r.gain_kept) for r in rows}
+        front = [r.name for r in rows if r.on_front]
+        figures["tradeoff"] = tradeoff_png(points, front, curve=curve_from(rk), operators=operator_curves(rk))
     layer_png = layer_figure(run_dir) if layer_figure else None
     if layer_png is None and (records := read_layer_scores(run_dir)):
         layer_png = layer_scores_png(records)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import matplotlib
@@ -55,11 +55,25 @@ def coincident(points: Sequence[Point], rel: float = 1e-3) -> list[list[Point]]:
     return groups
 
 
-def tradeoff_png(points: Sequence[Point], front: Sequence[str] = (), title: str = "", curve: Sequence = ()) -> bytes:
+OPERATOR_COLOURS = ("#2ca02c", "#9467bd", "#8c564b")
+
+
+def tradeoff_png(
+    points: Sequence[Point],
+    front: Sequence[str] = (),
+    title: str = "",
+    curve: Sequence = (),
+    operators: Mapping[str, Sequence] | None = None,
+) -> bytes:
     """Scatter of general retention R (x) against domain gain kept K (y): candidates labelled, baselines
     with their own markers, the Pareto front dashed, the chosen point circled, and the uniform-SLERP curve
-    (`curve`: points with t, retention, gain_kept, in t order) as a line labelled with t."""
+    (`curve`: points with t, retention, gain_kept, in t order) as a line labelled with t; each data-aware
+    operator's curve (`operators`: name -> points in α order) as a line of its own."""
     fig, ax = plt.subplots(figsize=(7.5, 5.5))
+    for (name, pts), colour in zip((operators or {}).items(), OPERATOR_COLOURS * 4, strict=False):
+        if len(pts) > 1:
+            ax.plot([c.retention for c in pts], [c.gain_kept for c in pts], "-", c=colour, alpha=0.7, lw=1.4,
+                    label=f"{name} curve (α = base weight)", zorder=2)  # fmt: skip
     if len(curve) > 1:
         ax.plot([c.retention for c in curve], [c.gain_kept for c in curve], "-", c="#ff7f0e", alpha=0.6, lw=1.4,
                 label="uniform SLERP curve (t = base weight)", zorder=2)  # fmt: skip
