@@ -43,9 +43,10 @@ def suite(tmp_path_factory) -> Path:
 
 
 def _run(pair, suite: Path, out: Path, **kw):
-    return run(*pair, out, suites=str(suite / "suite.yaml"), data_dir=str(suite), policies=["balanced"],
-               uniform_grid=[0.3, 0.7], operators={"regmean": [0.3, 0.7]}, domain_probe=str(suite / "d_probe.txt"),
-               general_probe=str(suite / "g_probe.txt"), stats_tokens=256, **kw)  # fmt: skip
+    options = dict(suites=str(suite / "suite.yaml"), data_dir=str(suite), policies=["balanced"], uniform_grid=[0.3, 0.7],
+                   operators={"regmean": [0.3, 0.7]}, domain_probe=str(suite / "d_probe.txt"),
+                   general_probe=str(suite / "g_probe.txt"), stats_tokens=256)  # fmt: skip
+    return run(*pair, out, **(options | kw))
 
 
 def test_operator_curves_are_candidates_judged_against_the_uniform_curve(pair, suite, tmp_path):
@@ -77,3 +78,14 @@ def test_operators_need_a_domain_probe(pair, suite, tmp_path):
     assert not (tmp_path / "r").exists()
     with pytest.raises(SpearError, match="strictly between 0 and 1"):
         run(*pair, tmp_path / "r", operators="regmean=0.5,1", domain_probe=str(suite / "d_probe.txt"))
+
+
+def test_measured_planner_searches_the_operator_as_well_as_slerp(pair, suite, tmp_path):
+    summary = _run(pair, suite, tmp_path / "run", policies=["measured"], baselines=False,
+                   planner={"budget": 2, "probe_units": 2, "probe_tokens": 256})  # fmt: skip
+    plan = yaml.safe_load((tmp_path / "run" / "plans" / "measured.yaml").read_text())
+    params = plan["provenance"]["params"]
+    values = {m: params[f"probe_value_{m}"] for m in ("slerp", "regmean")}
+    assert params["method"] == plan["method"] == max(values, key=lambda m: (values[m], m == "slerp"))
+    assert (plan.get("statistics") is not None) == (plan["method"] == "regmean")
+    assert summary.candidates["measured"].retention is not None

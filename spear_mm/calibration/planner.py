@@ -211,21 +211,31 @@ def measured_plan(
     probe_tokens: int = 1024,
     device: str = "cpu",
     method: str = "slerp",
+    statistics=None,
 ):
     """A `Plan` whose every unit's t comes from the measured planner; its `measurement` holds the probe
     figures, the evaluations spent and every unit's measured effect. `cache_path` (JSON lines) makes it
-    resumable: evaluations already in the cache are not run again."""
+    resumable: evaluations already in the cache are not run again. With a data-aware `method` (regmean, fisher;
+    `statistics`: its folder) the search runs twice — units moved by SLERP, and by the operator — and the plan
+    that is better on the probes wins (the plan's params record both values and the winner)."""
     from pathlib import Path
 
     config = config or PlannerConfig()
     scores.check_pair(pair.base.fingerprint(), pair.adapted.fingerprint())
     probes = load_probes(pair.adapted.path, Path(general_probe), Path(domain_probe), probe_tokens)
     sublayers = config.granularity == "sublayer"
-    ev = ProbeEvaluator(pair, probes, cache_path=Path(cache_path) if cache_path else None, device=device,
-                        sublayers=sublayers)  # fmt: skip
     order = scores.unit_ranking(rank_by)
     order = split_layers(order) if sublayers else order
-    res = plan_units(ev, order, config)
+    results: dict[str, tuple[PlannerResult, ProbeEvaluator]] = {}
+    for m in dict.fromkeys(("slerp", method)):  # an operator is searched as well as SLERP, never instead
+        ev = ProbeEvaluator(pair, probes, cache_path=Path(cache_path) if cache_path else None, device=device,
+                            sublayers=sublayers, method=m, statistics=statistics if m != "slerp" else None)  # fmt: skip
+        results[m] = (plan_units(ev, order, config), ev)
+        ev.release()  # one model in memory at a time
+    won = max(results, key=lambda m: (results[m][0].feasible, results[m][0].value, m == "slerp"))
+    res, ev = results[won]
+    if len(results) > 1:
+        log.info("measured planner: %s", ", ".join(f"{m} {r.value:.4f}" for m, (r, _) in results.items()))
     refs = res.refs
     measurement = Measurement(
         general_probe=probes.general_source,
@@ -235,8 +245,8 @@ def measured_plan(
         nll_general={"base": refs["base"].general, "adapted": refs["adapted"].general, "plan": res.result.general},
         nll_domain={"base": refs["base"].domain, "adapted": refs["adapted"].domain, "plan": res.result.domain},
         objective=res.objective + ("" if res.feasible else " (NOT met: the closest plan found)"),
-        evaluations=ev.evaluations,
-        cached=ev.cache_hits,
+        evaluations=sum(e.evaluations for _, e in results.values()),
+        cached=sum(e.cache_hits for _, e in results.values()),
         budget=config.budget,
         seconds=round(res.seconds, 3),
         greedy=res.greedy,
@@ -246,5 +256,8 @@ def measured_plan(
     params = {k: v for k, v in params.items() if v is not None}
     params |= {"rank_by": rank_by, "probe_value": round(res.value, 6), "feasible": res.feasible, "start": res.start,
                "evaluations": ev.evaluations, "probe_seconds": round(res.seconds, 3)}  # fmt: skip
-    return plan_from_unit_ts(scores, res.ts, order, policy="measured", params=params, method=method,
+    if len(results) > 1:
+        params |= {"method": won, **{f"probe_value_{m}": round(r.value, 6) for m, (r, _) in results.items()}}
+    plan = plan_from_unit_ts(scores, res.ts, order, policy="measured", params=params, method=won,
                              measurement=measurement)  # fmt: skip
+    return plan.model_copy(update={"statistics": str(statistics)}) if won != "slerp" else plan

@@ -25,7 +25,8 @@ import torch
 from spear_mm.errors import SpearError
 from spear_mm.io.files import content_key
 from spear_mm.io.pair import Pair
-from spear_mm.merging.functional import slerp
+from spear_mm.merging.methods import METHODS
+from spear_mm.planning.plan import Plan
 from spear_mm.scoring.probes import read_texts
 from spear_mm.scoring.units import units_of
 from spear_mm.statistics.collect import WINDOW, windows_of
@@ -94,6 +95,8 @@ class ProbeEvaluator:
     cache_path: Path | None = None
     device: str = "cpu"
     sublayers: bool = False  # units 'layer.N.attn' and 'layer.N.mlp' instead of 'layer.N'
+    method: str = "slerp"  # how a unit moves toward the base: slerp, or a data-aware operator (regmean, fisher)
+    statistics: str | None = None  # the operator's statistics folder (spear-mm stats)
     evaluations: int = 0  # probe evaluations run (cache hits not counted)
     cache_hits: int = 0
     seconds: float = 0.0
@@ -114,10 +117,21 @@ class ProbeEvaluator:
         self.units = {u: [n for n in names if n in self.params] for u, names in units.items()}
         self.units = {u: names for u, names in self.units.items() if names}
         self._current = dict.fromkeys(self.units, 0.0)
-        self._context = content_key(
-            base=self.pair.base.fingerprint(), adapted=self.pair.adapted.fingerprint(), probes=self.probes.key()
-        )
+        stats = None if self.statistics is None else str(self.statistics)
+        plan = Plan(num_layers=self.pair.num_layers, method=self.method, statistics=stats)
+        self.merger = METHODS[self.method].from_plan(plan)
+        context = dict(base=self.pair.base.fingerprint(), adapted=self.pair.adapted.fingerprint(),
+                       probes=self.probes.key())  # fmt: skip
+        stats = getattr(self.merger, "statistics", None)
+        if stats is not None:
+            stats.check_pair(context["base"], context["adapted"])
+            context |= {"method": self.method, "statistics": stats.meta.key}  # SLERP keeps its old cache keys
+        self._context = content_key(**context)
         self._cache = self._read_cache()
+
+    def release(self) -> None:
+        """Drop the in-memory model (the evaluator can no longer evaluate; its history and counts remain)."""
+        self.model, self.params = None, {}
 
     # -- cache ---------------------------------------------------------------------------------------------------
     def _read_cache(self) -> dict[str, tuple[float, float]]:
@@ -138,7 +152,7 @@ class ProbeEvaluator:
 
     # -- evaluation ----------------------------------------------------------------------------------------------
     def evaluate(self, ts: dict[str, float]) -> ProbeResult:
-        """Probe NLLs of the adapted model with each named unit SLERPed toward the base by its t."""
+        """Probe NLLs of the adapted model with each named unit moved toward the base by its t (`method`)."""
         unknown = set(ts) - set(self.units)
         if unknown:
             raise SpearError(f"unknown unit(s) {sorted(unknown)}; this model's units: {', '.join(self.units)}.")
@@ -171,7 +185,7 @@ class ProbeEvaluator:
                 for n in names:  # read per merge: memory stays at one model plus one tensor pair
                     a = self.pair.adapted.read(n).to(torch.float32)
                     b = self.pair.base.read(n).to(torch.float32)
-                    self.params[n].copy_(slerp(a, b, t))
+                    self.params[n].copy_(self.merger.merge(a, b, t, name=n))
                 self._current[unit] = t
         if hasattr(self.model, "tie_weights"):
             self.model.tie_weights()

@@ -33,6 +33,7 @@ from spear_mm.errors import SpearError
 from spear_mm.io.checkpoint import Checkpoint
 from spear_mm.io.outputs import check_not_input, write_file
 from spear_mm.planning.exports import mergekit_yaml, write_freeze_plan
+from spear_mm.planning.plan import DATA_AWARE
 from spear_mm.planning.policies import describe, make_plan
 from spear_mm.scoring.layers import ScoreConfig, analyze
 from spear_mm.scoring.table import ScoreTable
@@ -233,6 +234,9 @@ def plan_cmd(
     head: float | None = typer.Option(None, help="t for lm_head (default: the policy decides)."),
     final_norm: float | None = typer.Option(None, help="t for the final norm (default: the policy decides)."),
     method: Method = typer.Option(Method.slerp, help="How restored units are merged."),
+    stats: Path | None = typer.Option(
+        None, "--stats", help="regmean/fisher: the statistics folder (spear-mm stats), recorded in the plan."
+    ),
     base: Path | None = typer.Option(None, help="Base folder: check the scores belong to this pair."),
     adapted: Path | None = typer.Option(None, help="Adapted folder: check the scores belong to this pair."),
     export_mergekit: Path | None = typer.Option(None, "--export-mergekit", help="Also write a mergekit SLERP config."),
@@ -275,7 +279,7 @@ def plan_cmd(
         knobs = dict(budget=budget, max_domain_loss=max_domain_loss, target_retention=target_retention,
                      probe_units=probe_units, granularity=value(granularity))  # fmt: skip
         plan = measured_from_cli(table, base, adapted, out, domain_probe, general_probe, knobs, rank_by,
-                                 probe_tokens, method)  # fmt: skip
+                                 probe_tokens, method, stats)  # fmt: skip
     else:
         plan = make_plan(
             table,
@@ -290,6 +294,8 @@ def plan_cmd(
             method=method,
             rank_by=rank_by,
         )
+    if stats is not None and plan.statistics is None and plan.methods() & set(DATA_AWARE):
+        plan = plan.model_copy(update={"statistics": str(stats)})
     write_file(out, plan.to_yaml(), inputs, "plan file")
     rows = describe(plan)
     view = Table(title=f"Plan '{policy}': {len(rows)} of {plan.num_layers} layers move toward the base ({method})")

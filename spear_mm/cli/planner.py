@@ -13,7 +13,7 @@ from spear_mm.io.pair import open_pair
 
 
 def measured_from_cli(table, base, adapted, out: Path, domain_probe, general_probe, knobs: dict, rank_by: str,
-                      probe_tokens: int, method: str):  # fmt: skip
+                      probe_tokens: int, method: str, statistics: Path | None = None):  # fmt: skip
     """Open the pair (the scored folders unless --base/--adapted), sample the general probe when none is
     given, and run the planner with its probe cache beside the plan (`<plan>.probes/`)."""
     from pydantic import ValidationError
@@ -23,8 +23,10 @@ def measured_from_cli(table, base, adapted, out: Path, domain_probe, general_pro
             "--policy measured needs --domain-probe FILE: held-out domain text (a slice of the CPT corpus the "
             "model was not trained on, .txt or .jsonl with a 'text' field), to measure what restoring costs."
         )
-    if method not in ("slerp",):
-        raise SpearError("--policy measured measures SLERP restorations; use --method slerp.")
+    if method not in ("slerp", "regmean", "fisher"):
+        raise SpearError(f"--policy measured searches SLERP, or SLERP and an operator (regmean, fisher), not {method}.")
+    if method != "slerp" and statistics is None:
+        raise SpearError(f"--policy measured --method {method} needs --stats STATS (spear-mm stats).")
     try:
         config = PlannerConfig(**{k: v for k, v in knobs.items() if v is not None})
     except ValidationError as exc:
@@ -37,7 +39,8 @@ def measured_from_cli(table, base, adapted, out: Path, domain_probe, general_pro
         bar.add_task("measured planner: sampling the general probe, measuring units, refining", total=None)
         general = general_probe or general_probe_for(pair, cache)
         return measured_plan(table, pair, general, domain_probe, config, rank_by=rank_by,
-                             cache_path=cache / "evaluations.jsonl", probe_tokens=probe_tokens, method=method)  # fmt: skip
+                             cache_path=cache / "evaluations.jsonl", probe_tokens=probe_tokens, method=method,
+                             statistics=statistics)  # fmt: skip
 
 
 def measurement_panel(plan) -> Panel:

@@ -43,8 +43,11 @@ def measured_candidate(
     rank_by: str = "score",
     probe_tokens: int = 1024,
     device: str = "cpu",
+    method: str = "slerp",
+    statistics: tuple[Path, str] | None = None,
 ) -> tuple[Candidate, StageCost]:
-    """The `measured` candidate, planned now or read back from a finished step."""
+    """The `measured` candidate, planned now or read back from a finished step. With a data-aware `method` and
+    `statistics` (folder, content key) the planner searches that operator as well as SLERP."""
     if domain_probe is None:
         raise SpearError(
             "the measured policy needs a domain probe: pass --domain-probe FILE (held-out CPT text, .txt or "
@@ -60,6 +63,8 @@ def measured_candidate(
     out = folder / "measured.yaml"
     key = content_key(scores=scores.content_hash(), general=_file_hash(general), domain=_file_hash(domain),
                       config=config.model_dump(mode="json"), rank_by=rank_by, tokens=probe_tokens)  # fmt: skip
+    if method != "slerp" and statistics is not None:  # runs without an operator keep their old key
+        key = content_key(key=key, method=method, statistics=statistics[1])
     record = steps.finished(out, key)
     if record is not None:
         steps.skipped("measured planner", record)
@@ -67,8 +72,9 @@ def measured_candidate(
         stage = StageCost(name=STAGE, seconds=record.seconds, device=device, status="skipped",
                           detail=record.extra.get("detail", ""))  # fmt: skip
     else:
+        operator = dict(method=method, statistics=statistics[0]) if method != "slerp" and statistics else {}
         plan = measured_plan(scores, pair, general, domain, config, rank_by=rank_by, probe_tokens=probe_tokens,
-                             cache_path=folder / "evaluations.jsonl", device=device)  # fmt: skip
+                             cache_path=folder / "evaluations.jsonl", device=device, **operator)  # fmt: skip
         plan.save(out)
         m = plan.measurement
         seconds = round(time.perf_counter() - started, 3)
@@ -80,8 +86,11 @@ def measured_candidate(
     return Candidate("measured", "policy", plan, f"measured planner: {restored} units restored; {how}"), stage
 
 
-def measured_step(ctx: RunContext, scores: ScoreTable) -> tuple[Candidate, StageCost]:
-    """The measured planner's plan, as a resumable step of its own."""
+def measured_step(
+    ctx: RunContext, scores: ScoreTable, statistics: tuple[Path, str] | None = None
+) -> tuple[Candidate, StageCost]:
+    """The measured planner's plan, as a resumable step of its own; with the run's operators (their statistics:
+    folder and key) it searches the first operator as well as SLERP."""
     c = ctx.config
     knobs = dict(c.planner)
     tokens = int(knobs.pop("probe_tokens", None) or 1024)
@@ -92,4 +101,5 @@ def measured_step(ctx: RunContext, scores: ScoreTable) -> tuple[Candidate, Stage
         raise SpearError(f"measured planner option {err['loc'][0]}: {err['msg']}.") from exc
     return measured_candidate(ctx.pair, scores, ctx.run_dir, ctx.steps, domain_probe=c.domain_probe,
                               general_probe=c.general_probe, config=planner_config, rank_by=c.rank_by,
-                              device=c.device, probe_tokens=tokens)  # fmt: skip
+                              device=c.device, probe_tokens=tokens, method=next(iter(c.operators), "slerp"),
+                              statistics=statistics)  # fmt: skip

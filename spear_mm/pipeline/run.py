@@ -127,15 +127,20 @@ def _run(config: RunConfig, pair: Pair, run_dir: Path, progress: ProgressCallbac
         prov = {"base": ctx.fp_b, "adapted": ctx.fp_a}
         rank_by = config.rank_by
         candidates = policy_candidates(scores, config.policies, rank_by) + sweep_candidates(scores, grid, rank_by)
+        operators, statistics = [], None
+        if config.operators:
+            stats, meta, stage = statistics_step(ctx)
+            operators, statistics = (
+                operator_candidates(pair.num_layers, config.operators, stats, meta, prov),
+                (stats, meta.key),
+            )
+            stages.append(stage)
         if "measured" in config.policies:
-            measured, stage = measured_step(ctx, scores)
+            measured, stage = measured_step(ctx, scores, statistics)
             candidates.append(measured)
             stages.append(stage)
         candidates += baseline_candidates(pair.num_layers, prov, tuple(config.uniform_grid)) if config.baselines else []
-        if config.operators:
-            stats, meta, stage = statistics_step(ctx)
-            candidates += operator_candidates(pair.num_layers, config.operators, stats, meta, prov)
-            stages.append(stage)
+        candidates += operators
         check_unique(candidates)
         candidates = _write_plans(ctx, candidates, scores)
         results, stage = _evaluate(ctx, _jobs(ctx, candidates, tasks), tasks, skipped, ex)
