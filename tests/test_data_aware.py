@@ -235,3 +235,28 @@ def test_per_unit_methods(tiny_pair, tmp_path, stats):
     assert torch.equal(_read(tmp_path / "u", up2), _read(tmp_path / "s", up2))
     with pytest.raises(ValueError, match="not a unit"):
         Plan.uniform(0.5, 6, unit_methods={"layer.9": "regmean"})
+
+
+def test_stats_cli(tiny_pair, tmp_path, monkeypatch, capsys):
+    from common import digest, run_cli
+
+    g, d = _probes(tmp_path)
+    before = digest(*tiny_pair)
+    code, out = run_cli(monkeypatch, capsys, "stats", *tiny_pair, "--domain", d, "--general", g, "--tokens", "256",
+                        "-o", tmp_path / "s")  # fmt: skip
+    assert code == 0 and "merge with them" in out and (tmp_path / "s" / META).is_file()
+    code, out = run_cli(monkeypatch, capsys, "stats", *tiny_pair, "--domain", d, "--general", g, "--tokens", "256",
+                        "-o", tmp_path / "s")  # fmt: skip
+    assert code == 0 and "reused" in out  # same key: nothing collected again
+    d.write_text("Credit spreads widened. " + TEXT)  # within the first 256 tokens: a new key
+    code, out = run_cli(monkeypatch, capsys, "stats", *tiny_pair, "--domain", d, "--general", g, "--tokens", "256",
+                        "-o", tmp_path / "s")  # fmt: skip
+    assert code == 2 and "another pair, probe or kind" in out and "--force" in out
+    code, out = run_cli(monkeypatch, capsys, "stats", *tiny_pair, "--domain", d, "--kinds", "svd", "-o", tmp_path / "x")
+    assert code == 2 and "--kinds" in out
+    code, out = run_cli(monkeypatch, capsys, "stats", *tiny_pair, "--domain", d, "-o", tiny_pair[0] / "stats")
+    assert code == 2 and not (tiny_pair[0] / "stats").exists()
+    code, out = run_cli(monkeypatch, capsys, "merge", *tiny_pair, "--t", "0.5", "--method", "regmean", "--stats",
+                        tmp_path / "s", "-o", tmp_path / "m")  # fmt: skip
+    assert code == 0 and (tmp_path / "m" / "model.safetensors").is_file()
+    assert digest(*tiny_pair) == before
