@@ -26,6 +26,7 @@ from spear_mm.demo.models import cache_root, smollm2_path
 from spear_mm.errors import SpearError
 from spear_mm.evaluation.suites import DEMO_DATA, DEMO_SUITE, resolve_tasks
 from spear_mm.io.files import atomic_write_text
+from spear_mm.io.outputs import check_not_input
 from spear_mm.pipeline.run import run as run_pipeline
 from spear_mm.training.cpt import CptConfig, cpt
 
@@ -236,6 +237,9 @@ def run_demo(
     say = log or _log.info
     out = Path(out)
     cache = cache_root(config.cache_dir)
+    given = [Path(p) for p in (config.base, config.data_dir) if p is not None]
+    check_not_input(cache, given, "--cache-dir")  # before any work: the demo writes samples and CPTs there
+    check_not_input(out, [*given, cache], "demo run folder")
     seconds: dict[str, float] = {}
     t0 = t = time.perf_counter()
     say(

@@ -122,6 +122,7 @@ def merge(
     threads: int | None = None,
     progress: Progress | None = None,
     out_dtype: str | torch.dtype | None = None,
+    inputs: tuple[str | Path, ...] = (),
 ) -> MergeReport:
     """Merge `adapted` toward `base` following `plan` into a Hugging Face folder at `out` (streamed, atomic).
 
@@ -133,6 +134,7 @@ def merge(
         threads: torch intra-op threads for the call (default `DEFAULT_THREADS`, see docs/performance.md).
         progress: called as `progress(name, nbytes)` per tensor written.
         out_dtype: 'bf16', 'fp16', 'fp32' or a torch dtype (default: the adapted model's dtype).
+        inputs: other files the caller read (the plan file): `out` must not overlap them either.
     Returns:
         The `MergeReport` (also written as `merge_report.json`).
 
@@ -145,7 +147,7 @@ def merge(
     pair = open_pair(base, adapted, allow_vocab_extension=allow_vocab_extension)
     plan = plan if isinstance(plan, Plan) else Plan.uniform(float(plan), pair.num_layers)
     check_provenance(plan, pair, force=force)
-    inputs = [pair.base.path, pair.adapted.path]
+    inputs = [pair.base.path, pair.adapted.path, *inputs]
     final = check_output(Path(out), inputs, force)
     ops = build_ops(pair, plan, dtype)
     sides, skipped_links = side_files(pair.adapted.path)
