@@ -1,13 +1,15 @@
 """The one owner of every output a command writes: checks, a lock, a temporary folder, a recoverable commit.
 
 Promises (docs/reliability.md):
-- an output never is, contains or lies inside an input (paths compared after resolving symlinks);
+- an output never is, contains or lies inside an input, nor the target of a link inside an input folder (paths
+  compared after resolving symlinks: `input_paths`); nothing replaces the working folder or a parent of it;
 - one writer per output: an exclusive lock file `.NAME.spear-mm.lock` beside it (a second writer is refused);
 - an existing output is replaced only with `--force`, and never when it changed after the command started;
 - a new folder is written to `.NAME.spear-mm-tmp-PID-XXXX` and renamed when complete; a `--force` swap goes
   through `.NAME.spear-mm-new-PID-XXXX` (complete) and `.NAME.spear-mm-old-PID-XXXX`, so a kill at any point
   leaves a state the next run finishes (`recover`);
 - temporary folders of dead owners (pid no longer alive) are removed by the next run on the same output.
+Resumable folders written in place (analyze, evaluate, run) are `spear_mm.io.workdir.WorkDir`.
 """
 
 from __future__ import annotations

@@ -109,6 +109,7 @@ class WorkDir:
         self.owner, self.force, self.what, self.legacy = owner, force, what, legacy
         self.lock = OutputLock(self.final)
         self.moved_aside: Path | None = None
+        self.created = False
 
     def __enter__(self) -> Path:
         self.lock.acquire()
@@ -116,6 +117,7 @@ class WorkDir:
             recover(self.final)
             if self.final.is_dir():
                 self._open_existing()
+            self.created = not self.final.is_dir()
             self.final.mkdir(parents=True, exist_ok=True)
             meta = read_meta(self.final)
             tokens = set(meta.get("tokens", [])) if isinstance(meta.get("tokens"), list) else set()
@@ -149,6 +151,12 @@ class WorkDir:
         log.warning("%s %s held another %s's results: moved aside to %s", self.what, self.final, "owner", aside)
 
     def __exit__(self, *exc: object) -> None:
+        try:  # a folder this command created and left with nothing but its record (it failed early) goes again
+            if self.created and {p.name for p in self.final.iterdir()} == {META}:
+                (self.final / META).unlink()
+                self.final.rmdir()
+        except OSError:
+            pass
         self.lock.release()
 
 

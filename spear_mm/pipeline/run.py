@@ -107,7 +107,8 @@ def run(
     # different families or mismatched tensors fail here, and a CUDA request on a CPU-only torch, before any work
     pair = open_pair(config.base, config.adapted, allow_vocab_extension=config.allow_vocab_extension)
     resolve_device(config.device)
-    files = [pair.base.path, pair.adapted.path, *inputs]
+    # RUN/run.yaml is the run's own record: `run --config RUN/run.yaml` repeats the run and rewrites it
+    files = [pair.base.path, pair.adapted.path, *(p for p in inputs if Path(p).resolve() != run_dir / "run.yaml")]
     owner = pair_owner(pair.base.fingerprint(), pair.adapted.fingerprint())
     # not an input; one writer; no links out; this pair's (recorded); dead temps cleaned
     with WorkDir(run_dir, files + run_inputs(config), owner=owner, force=force, what="run folder",

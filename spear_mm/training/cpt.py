@@ -142,12 +142,24 @@ def check_work_dir(out: Path) -> Path:
     work = out.with_name(out.name + ".work")
     if work.is_symlink() or (work.exists() and not work.is_dir()):
         raise SpearError(f"{work}: cpt's work folder path is a link or a file. Remove it, or choose another -o.")
-    if work.is_dir() and any(work.iterdir()) and not (work / WORK_MARK).is_file():
+    if work.is_dir() and any(work.iterdir()) and not (work / WORK_MARK).is_file() and not _cpt_layout(work):
         raise SpearError(
             f"{work} exists and was not made by spear-mm cpt (no {WORK_MARK} inside); cpt keeps its checkpoints "
             "there and would delete it. Move it away, or choose another -o."
         )
     return work
+
+
+def _cpt_layout(work: Path) -> bool:
+    """A work folder of a cpt from before the mark: only checkpoints/checkpoint-N/ and train_log.jsonl inside."""
+    names = {p.name for p in work.iterdir()}
+    ckpts = work / "checkpoints"
+    return (
+        names <= {"checkpoints", "train_log.jsonl"}
+        and ckpts.is_dir()
+        and not ckpts.is_symlink()
+        and all(p.name.startswith("checkpoint-") and p.is_dir() for p in ckpts.iterdir())
+    )
 
 
 def _work_dir(out: Path, config: CptConfig) -> Path:

@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from conftest import copy_pair
 from test_hub import add_to_hub_cache
 
 import spear_mm.io.outputs
+from spear_mm.executors import ProcessExecutor
 
 RUN = ["--suite", "demo", "--limit", "2", "--policies", "balanced", "--no-baselines"]
 
@@ -78,8 +80,12 @@ def test_only_temporaries_of_this_folders_runs_are_removed(tiny_pair, tmp_path, 
     assert cli("evaluate", tiny_pair[0], "--suite", "demo", "--limit", "2", "-o", out)[0] == 0
     token = json.loads((out / ".spear-mm-folder").read_text())["tokens"][0]
     pid = dead_pid()
-    theirs = [out / "sub" / f".notes.{pid}.tmp", out / f".base.json.{pid}.x.tmp",
-              out / f".a.spear-mm-{pid}-0123abcd.x.tmp"]  # fmt: skip  (last: a token this folder never recorded)
+    # not spear-mm's: any name without a token this folder recorded (the last has a token, but not a recorded one)
+    theirs = [
+        out / "sub" / f".notes.{pid}.tmp",
+        out / f".base.json.{pid}.x.tmp",
+        out / f".a.spear-mm-{pid}-0123abcd.x.tmp",
+    ]
     for p in theirs:
         p.parent.mkdir(exist_ok=True)
         p.write_text("not spear-mm's")
@@ -135,6 +141,8 @@ def test_run_of_another_pair_into_an_existing_run(tiny_pair, tmp_path, cli, note
     out = tmp_path / "RUN"
     code, text = cli("run", *tiny_pair, "-o", out, *RUN)
     assert code == 0, text
+    code, text = cli("run", "--config", out / "run.yaml")  # the run's own record repeats it (not an input clash)
+    assert code == 0, text
     chosen = sorted(p.name for p in (out / "models").iterdir()) if (out / "models").is_dir() else []
     before = {p.name: p.read_bytes() for p in (out / "eval").glob("*.json")}
     code, text = cli("run", tiny_pair[1], tiny_pair[0], "-o", out, *RUN)
@@ -162,3 +170,20 @@ def test_run_free_space_counts_evaluations_and_the_report(tiny_pair, tmp_path, c
     assert code == 2 and "not enough disk space" in text, text
     assert not any((tmp_path / "RUN").glob("eval/*.json"))
 
+
+# -- 20 smaller: a killed process pool leaves no defunct child ---------------------------------------------------
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("\n")[2].split()[1]  # R, S, Z (defunct), ...
+    except FileNotFoundError:
+        return "gone"
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+def test_an_interrupted_process_pool_reaps_its_workers_at_once():
+    ex = ProcessExecutor(2)
+    ex.map(time.sleep, [0.01, 0.01])
+    workers = list(ex._pool._processes)
+    with pytest.raises(KeyboardInterrupt), ex:  # Ctrl-C / SIGTERM unwinding through the pool
+        raise KeyboardInterrupt
+    assert {pid: _state(pid) for pid in workers} == {pid: "gone" for pid in workers}  # killed and reaped, none Z
