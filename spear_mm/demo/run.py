@@ -230,9 +230,11 @@ def run_demo(
     *,
     progress: Callable[[str, int, int], None] | None = None,
     log: Callable[[str], None] | None = None,
+    force: bool = False,
 ) -> DemoResult:
     """Base model → CPT (cached) → `spear_mm.pipeline.run.run` on the demo (or public) suites → report.html.
-    progress(stage, done, total) receives the run's stages; log(message) the demo's own steps."""
+    progress(stage, done, total) receives the run's stages; log(message) the demo's own steps; `force` moves a run
+    folder of another pair aside (see `spear_mm.pipeline.run.run`)."""
     config = config or DemoConfig()
     say = log or _log.info
     out = Path(out)
@@ -277,6 +279,7 @@ def run_demo(
         threads=config.threads,
         title="spear-mm demo" + (" (public data)" if config.data_dir is not None else ""),
         progress=progress,
+        force=force,
         **({"uniform_grid": DEMO_UNIFORM_GRID} | planner | config.extra_run_options),
     )
     seconds["run"] = time.perf_counter() - t

@@ -72,7 +72,8 @@ def check_not_input(out: str | Path, inputs: list[str | Path], what: str = "outp
             relation = "the same path" if final == inp else ("inside it" if inp in final.parents else "it contains it")
             raise SpearError(
                 f"{what} {final} overlaps the input {inp} ({relation}); spear-mm never writes into or over an input "
-                "(it may be the only copy of a model). Choose an output folder outside every input."
+                "(it may be the only copy of a model). Choose an output path outside every input (and outside what "
+                "their links point to)."
             )
     return final
 
