@@ -54,7 +54,7 @@ def input_paths(inputs: list[str | Path]) -> list[Path]:
                 entry = Path(folder, name)
                 seen += 1
                 if entry.is_symlink():
-                    found[entry.resolve()] = None
+                    found[Path(os.path.realpath(entry))] = None  # never raises, even on a link loop
             if seen > _MAX_WALK:
                 break
     return list(found)

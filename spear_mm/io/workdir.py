@@ -40,7 +40,7 @@ def outside_links(folder: Path) -> list[tuple[Path, Path]]:
         for name in (*dirs, *files):
             entry = Path(parent, name)
             if entry.is_symlink():
-                target = entry.resolve()
+                target = Path(os.path.realpath(entry))  # never raises, even on a link loop
                 if target != root and root not in target.parents:
                     found.append((entry, target))
     return found
@@ -61,8 +61,12 @@ def check_no_outside_links(folder: Path, what: str) -> None:
 def read_meta(folder: Path) -> dict[str, Any]:
     """The folder's record (empty when there is none); an unreadable one is a clear error naming it."""
     path = folder / META
-    if not path.is_file():
+    if not (path.exists() or path.is_symlink()):
         return {}
+    if path.is_symlink() or not path.is_file():
+        raise SpearError(
+            f"{path}: not the record spear-mm writes (a link or a folder). Remove it, or choose another folder."
+        )
     try:
         data = json.loads(path.read_bytes().decode("utf-8"))
     except (UnicodeDecodeError, ValueError):

@@ -114,6 +114,18 @@ def test_run_refuses_a_run_folder_whose_report_links_to_the_base_config(tiny_pai
     assert code == 2 and "report.md" in text and "link" in text, text
 
 
+def test_evaluate_refuses_a_results_folder_whose_result_links_to_an_input(tiny_pair, tmp_path, cli, untouched):
+    base, adapted = copy_pair(tiny_pair, tmp_path / "pair")
+    check = untouched(base, adapted)
+    out = tmp_path / "E"
+    (out / "sub").mkdir(parents=True)
+    (out / "sub" / "cfg").symlink_to(adapted / "config.json")  # anywhere under the folder, not only the result name
+    code, text = cli("evaluate", base, "--suite", "demo", "--limit", "2", "-o", out)
+    check()
+    assert code == 2 and "cfg" in text and "never writes through a link" in text, text
+    assert not (out / "base.json").exists()
+
+
 def test_a_log_hard_linked_to_an_input_is_never_appended_to(tiny_pair, tmp_path, cli, untouched):
     base, adapted = copy_pair(tiny_pair, tmp_path / "pair")
     check = untouched(base, adapted)
