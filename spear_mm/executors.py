@@ -232,12 +232,16 @@ class ProcessExecutor(_Base):
         self.close()
 
     def terminate(self) -> None:
-        """Kill the worker processes (their items are lost; a re-run resumes from the journal)."""
+        """Kill the worker processes and reap them, so no defunct child outlives this call (their items are lost;
+        a re-run resumes from the journal)."""
         if self._pool is None:
             return
-        for proc in list((getattr(self._pool, "_processes", None) or {}).values()):
+        procs = list((getattr(self._pool, "_processes", None) or {}).values())
+        for proc in procs:
             if proc.is_alive():
                 proc.kill()
+        for proc in procs:
+            proc.join(timeout=5)
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._pool = None
 

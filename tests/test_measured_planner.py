@@ -120,8 +120,8 @@ def test_plan_cli_measured_writes_the_measurement_and_resumes(planted, tmp_path,
     out = tmp_path / "plan.yaml"
     argv = ["spear-mm", "plan", str(_scores_dir(planted)), "-o", str(out), "--policy", "measured", "--budget", "6",
             "--domain-probe", str(paths["domain"]), "--general-probe", str(paths["general"])]  # fmt: skip
-    for attempt in range(2):
-        monkeypatch.setattr(sys, "argv", argv)
+    for attempt in range(2):  # the second replaces the plan (--force) and resumes from the probe cache
+        monkeypatch.setattr(sys, "argv", argv + ["--force"] * attempt)
         with pytest.raises(SystemExit) as exc:
             main()
         text = capsys.readouterr().out

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from spear_mm.errors import SpearError
-from spear_mm.io.files import content_key
+from spear_mm.io.files import content_key, open_append
 from spear_mm.io.pair import Pair
 from spear_mm.merging.methods import METHODS
 from spear_mm.planning.plan import Plan
@@ -169,8 +169,7 @@ class ProbeEvaluator:
             self.seconds += result.seconds
             self._cache[key] = (result.general, result.domain)
             if self.cache_path is not None:
-                self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-                with self.cache_path.open("a") as f:  # one line per evaluation: an interrupted run loses nothing
+                with open_append(self.cache_path) as f:  # one line per evaluation: an interrupted run loses nothing
                     row = {"key": key, "general": result.general, "domain": result.domain, "ts": ts}
                     f.write(json.dumps(row) + "\n")
         self.history.append((dict(ts), result))

@@ -31,7 +31,8 @@ from spear_mm.cli.choices import (
 from spear_mm.cli.planner import measured_from_cli, measurement_panel
 from spear_mm.errors import SpearError
 from spear_mm.io.checkpoint import Checkpoint
-from spear_mm.io.outputs import check_not_input, write_file
+from spear_mm.io.outputs import check_new_file, check_not_input, write_file
+from spear_mm.io.workdir import check_no_outside_links
 from spear_mm.planning.exports import mergekit_yaml, write_freeze_plan
 from spear_mm.planning.plan import DATA_AWARE
 from spear_mm.planning.policies import describe, make_plan
@@ -140,6 +141,9 @@ def analyze_cmd(
     allow_vocab_extension: bool = typer.Option(
         False, help="The adapted model added vocabulary rows: score the rows shared with the base."
     ),
+    force: bool = typer.Option(
+        False, "--force", help="-o holds another pair's scores: move that folder aside (NAME.replaced-TIME)."
+    ),
 ) -> None:
     """Score every layer of ADAPTED against BASE from the weights (and optionally probe text)."""
 
@@ -192,6 +196,7 @@ def analyze_cmd(
             config=config,
             probe_tokens=probe_tokens,
             allow_vocab_extension=allow_vocab_extension,
+            force=force,
         )
     out_console.print(_top_table(table))
     extra = _non_layer_table(table)
@@ -257,6 +262,7 @@ def plan_cmd(
         None, "--probe-units", help="measured: measure only the top N units of the ranking (default: all)."
     ),
     granularity: Granularity | None = GRANULARITY_OPTION,
+    force: bool = typer.Option(False, "--force", help="Replace an existing plan file (and export files)."),
 ) -> None:
     """Turn a layer ranking into a restoration plan (reviewable YAML), optionally exported for mergekit/CPT.
 
@@ -270,11 +276,9 @@ def plan_cmd(
         table.check_pair(Checkpoint.open(base).fingerprint(), Checkpoint.open(adapted).fingerprint(), str(scores))
     policy, method, rank_by = value(policy), value(method), value(rank_by)
     inputs = [scores / "scores.json" if scores.is_dir() else scores, table.base, table.adapted]  # the scored pair
-    inputs += [p for p in (base, adapted) if p is not None]
-    if export_mergekit is not None:
-        export_mergekit = check_not_input(export_mergekit, inputs, "--export-mergekit file")
-    if export_freeze is not None:
-        export_freeze = check_not_input(export_freeze, inputs, "--export-freeze file")
+    inputs += [p for p in (base, adapted, domain_probe, general_probe) if p is not None]  # probes are read too
+    out, export_mergekit, export_freeze = check_plan_outputs(out, export_mergekit, export_freeze, inputs, force,
+                                                             measured=policy == "measured")  # fmt: skip
     if policy == "measured":
         knobs = dict(budget=budget, max_domain_loss=max_domain_loss, target_retention=target_retention,
                      probe_units=probe_units, granularity=value(granularity))  # fmt: skip
@@ -296,7 +300,7 @@ def plan_cmd(
         )
     if stats is not None and plan.statistics is None and plan.methods() & set(DATA_AWARE):
         plan = plan.model_copy(update={"statistics": str(stats)})
-    write_file(out, plan.to_yaml(), inputs, "plan file")
+    write_file(out, plan.to_yaml(), inputs, "plan file", force=force)
     rows = describe(plan)
     view = Table(title=f"Plan '{policy}': {len(rows)} of {plan.num_layers} layers move toward the base ({method})")
     for col in ("rank", "unit", "t (base weight)", "action", "score"):
@@ -313,13 +317,35 @@ def plan_cmd(
     out_console.print("units not listed keep the adapted weights (t = 0)")
     out_console.print(f"wrote {out}")
     if export_mergekit is not None:
-        write_file(export_mergekit, mergekit_yaml(plan, table.base, table.adapted), inputs, "--export-mergekit file")
+        write_file(export_mergekit, mergekit_yaml(plan, table.base, table.adapted), inputs, "--export-mergekit file",
+                   force=force)  # fmt: skip
         out_console.print(f"wrote {export_mergekit} (mergekit-yaml {export_mergekit} OUT)")
     if export_freeze is not None:
         write_freeze_plan(plan, export_freeze)
         out_console.print(
             f"wrote {export_freeze} (frozen layers: {plan.frozen_layers() or 'none: no layer has t = 1'})"
         )
+
+
+def check_plan_outputs(out: Path, mergekit: Path | None, freeze: Path | None, inputs: list, force: bool,
+                       measured: bool) -> tuple[Path, Path | None, Path | None]:  # fmt: skip
+    """Every file `plan` writes, checked before any work: not an input, not existing unless --force, distinct;
+    with --policy measured also the planner's cache folder `<plan>.probes/` (not an input, no links out)."""
+    out = check_new_file(out, inputs, force, "plan file")
+    named = {out: "-o"}
+    checked = []
+    for option, path in (("--export-mergekit", mergekit), ("--export-freeze", freeze)):
+        if path is not None:
+            path = check_new_file(path, inputs, force, f"{option} file")
+            if path in named:
+                raise SpearError(f"{option} {path} is also {named[path]}; give each output its own file.")
+            named[path] = option
+        checked.append(path)
+    if measured:
+        cache = check_not_input(out.with_name(out.name + ".probes"), inputs, "planner cache folder")
+        if cache.is_dir():
+            check_no_outside_links(cache, "planner cache folder")
+    return out, checked[0], checked[1]
 
 
 def register(app: typer.Typer) -> None:

@@ -74,6 +74,9 @@ def demo_cmd(
     workers: int = typer.Option(
         1, "--workers", "-j", help="Evaluate N candidates at once in a process pool (for idle cores; default 1)."
     ),
+    force: bool = typer.Option(
+        False, "--force", help="-o holds a run of another pair: move it aside (NAME.replaced-TIME), start afresh."
+    ),
 ) -> None:
     """Run the whole SPEAR-MM story on a real small model: CPT (cached) → score → plan → merge → validate."""
     try:
@@ -98,7 +101,7 @@ def demo_cmd(
     except ValueError as exc:
         raise SpearError(f"demo: invalid option — {exc}") from exc
     with progress_bars() as progress:
-        result = run_demo(out, config, progress=progress, log=console.print)
+        result = run_demo(out, config, progress=progress, log=console.print, force=force)
     summary = result.summary
     wide = out_console if out_console.is_terminal else Console(width=160)  # logs and CI: not squeezed into 80
     wide.print(scores_table(result.run_dir, summary))

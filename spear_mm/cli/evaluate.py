@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 
 import typer
@@ -28,8 +30,9 @@ from spear_mm.evaluation.lm_eval_tasks import check_no_clash, preflight
 from spear_mm.evaluation.metrics import tradeoff
 from spear_mm.io.dtypes import DtypeName, parse_dtype
 from spear_mm.io.hub import resolve_model
-from spear_mm.io.outputs import WorkDir
+from spear_mm.io.workdir import WorkDir
 from spear_mm.report.build import write_report
+from spear_mm.report.guard import check_report_output
 
 out_console = Console()
 
@@ -97,6 +100,9 @@ def evaluate_cmd(
     general_tasks: str | None = GENERAL_TASKS_OPTION,
     domain_tasks: str | None = DOMAIN_TASKS_OPTION,
     lm_eval_include: Path | None = LM_EVAL_INCLUDE_OPTION,
+    force: bool = typer.Option(
+        False, "--force", help="-o holds a result of another model of the same name: move it to OUT/replaced/."
+    ),
 ) -> None:
     """Evaluate MODELS on the general and domain suites (same items for every model) and save the results."""
 
@@ -127,7 +133,10 @@ def evaluate_cmd(
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    with WorkDir(out, models), Progress(*columns, console=console, transient=False) as progress:
+    reads = [*models, *(p for p in (data_dir, lm_eval_include) if p), *([Path(suite)] if _is_file(suite) else [])]
+    with WorkDir(out, reads), Progress(*columns, console=console, transient=False) as progress:
+        for path, name in zip(models, names, strict=True):
+            check_same_model(out / f"{name}.json", path, force)
         for path, name in zip(models, names, strict=True):
             result = evaluate(
                 path,
@@ -154,6 +163,32 @@ def evaluate_cmd(
     console.print(f"results: {', '.join(str(out / f'{r.model}.json') for r in results)}")
 
 
+def _is_file(suite: str | None) -> bool:
+    return bool(suite) and Path(suite).is_file()
+
+
+def check_same_model(result: Path, model: Path, force: bool) -> None:
+    """A result file of another model (same folder name, other path) is not replaced unasked: refused, or with
+    `force` moved to OUT/replaced/NAME-TIME.json."""
+    try:
+        previous = json.loads(result.read_bytes().decode("utf-8")).get("model_path")
+    except (OSError, ValueError, AttributeError):
+        return  # none, or not a result: written afresh as before
+    here = str(Path(model).expanduser().resolve())
+    if not previous or previous == here:
+        return
+    if not force:
+        raise SpearError(
+            f"{result} holds the results of another model ({previous}; this one is {here}, with the same folder "
+            "name). Choose another -o, or pass --force to move the old result to "
+            f"{result.parent / 'replaced'}/ and write this one."
+        )
+    aside = result.parent / "replaced" / f"{result.stem}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    aside.parent.mkdir(exist_ok=True)
+    result.replace(aside)
+    console.print(f"[yellow]note:[/] moved the result of {previous} to {aside}")
+
+
 def report_cmd(
     run_dir: Path = typer.Argument(..., help="Run folder with eval/<model>.json (and optional summary.json)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Where to write report.md/html (default RUN_DIR)."),
@@ -163,6 +198,8 @@ def report_cmd(
 ) -> None:
     """Write report.md and a self-contained report.html (figures embedded) for a run folder."""
 
+    if out is not None:  # the default, RUN_DIR itself, holds what the report reads: only report files are replaced
+        check_report_output(run_dir, out)
     md, html = write_report(run_dir, out_dir=out, base=base, adapted=adapted, chosen=chosen)
     out_console.print(f"wrote {md} and {html}")
 

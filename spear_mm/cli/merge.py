@@ -122,6 +122,7 @@ def merge_cmd(
             threads=threads,
             progress=progress,
             out_dtype=parse_dtype(out_dtype),
+            inputs=(plan,) if plan is not None else (),
         )
     actions = Counter(s.action for s in report.tensors)
     table = Table(title=f"merged → {report.output}")

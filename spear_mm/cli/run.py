@@ -127,6 +127,9 @@ def run_cmd(
     general_tasks: str | None = GENERAL_TASKS_OPTION,
     domain_tasks: str | None = DOMAIN_TASKS_OPTION,
     lm_eval_include: Path | None = LM_EVAL_INCLUDE_OPTION,
+    force: bool = typer.Option(
+        False, "--force", help="-o holds another pair's run: move it aside (NAME.replaced-TIME), start afresh."
+    ),
 ) -> None:
     """Score, plan, merge, validate and choose for one base/adapted pair; writes RUN/report.html."""
     checks.file_option("--config", config)
@@ -153,7 +156,7 @@ def run_cmd(
     checks.device(run_config.device)
     _quiet_per_model_logs()
     with progress_bars() as progress:
-        summary = run(config=run_config, progress=progress)
+        summary = run(config=run_config, progress=progress, force=force, inputs=(config,) if config else ())
     print_summary(summary)
 
 

@@ -14,8 +14,9 @@ from spear_mm.calibration.planner import general_probe_for
 from spear_mm.cli import checks
 from spear_mm.cli.choices import DEVICE_METAVAR
 from spear_mm.errors import SpearError
-from spear_mm.io.outputs import WorkDir, human_bytes
+from spear_mm.io.outputs import human_bytes
 from spear_mm.io.pair import open_pair
+from spear_mm.io.workdir import WorkDir, pair_owner
 from spear_mm.io.writer import parse_size
 from spear_mm.merging.merge import resolve_device
 from spear_mm.progress import ProgressEvent
@@ -52,7 +53,8 @@ def stats_cmd(
     inputs = [pair.base.path, pair.adapted.path, domain, *([general] if general else [])]
     if threads:
         torch.set_num_threads(threads)
-    with WorkDir(out, inputs) as folder:
+    owner = pair_owner(pair.base.fingerprint(), pair.adapted.fingerprint())
+    with WorkDir(out, inputs, owner=owner, force=force, what="statistics folder") as folder:
         if general is None:
             n = math.ceil(tokens / SAMPLE_TOKENS)
             out_console.print(f"general probe: {n} texts of {SAMPLE_TOKENS} tokens sampled from the base (cached)")

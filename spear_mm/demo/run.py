@@ -26,6 +26,7 @@ from spear_mm.demo.models import cache_root, smollm2_path
 from spear_mm.errors import SpearError
 from spear_mm.evaluation.suites import DEMO_DATA, DEMO_SUITE, resolve_tasks
 from spear_mm.io.files import atomic_write_text
+from spear_mm.io.outputs import check_not_input
 from spear_mm.pipeline.run import run as run_pipeline
 from spear_mm.training.cpt import CptConfig, cpt
 
@@ -229,13 +230,18 @@ def run_demo(
     *,
     progress: Callable[[str, int, int], None] | None = None,
     log: Callable[[str], None] | None = None,
+    force: bool = False,
 ) -> DemoResult:
     """Base model → CPT (cached) → `spear_mm.pipeline.run.run` on the demo (or public) suites → report.html.
-    progress(stage, done, total) receives the run's stages; log(message) the demo's own steps."""
+    progress(stage, done, total) receives the run's stages; log(message) the demo's own steps; `force` moves a run
+    folder of another pair aside (see `spear_mm.pipeline.run.run`)."""
     config = config or DemoConfig()
     say = log or _log.info
     out = Path(out)
     cache = cache_root(config.cache_dir)
+    given = [Path(p) for p in (config.base, config.data_dir) if p is not None]
+    check_not_input(cache, given, "--cache-dir")  # before any work: the demo writes samples and CPTs there
+    check_not_input(out, [*given, cache], "demo run folder")
     seconds: dict[str, float] = {}
     t0 = t = time.perf_counter()
     say(
@@ -273,6 +279,7 @@ def run_demo(
         threads=config.threads,
         title="spear-mm demo" + (" (public data)" if config.data_dir is not None else ""),
         progress=progress,
+        force=force,
         **({"uniform_grid": DEMO_UNIFORM_GRID} | planner | config.extra_run_options),
     )
     seconds["run"] = time.perf_counter() - t

@@ -1,15 +1,30 @@
-"""The one atomic file write every stage shares, and content keys of JSON-able inputs (user files are read with
-`spear_mm.errors.read_text`)."""
+"""The one atomic file write every stage shares, appends that never write through a link, and content keys of
+JSON-able inputs (user files are read with `spear_mm.errors.read_text`).
+
+Temporary files are named `.NAME.spear-mm-PID-TOKEN.XXXX.tmp`: TOKEN is this process's `RUN_TOKEN`, which a
+resumable folder records (spear_mm.io.workdir), so a later run removes only temporaries it can prove a spear-mm
+run of that folder made."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import stat
 import tempfile
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
+
+from spear_mm.errors import SpearError
+
+RUN_TOKEN = uuid.uuid4().hex[:8]  # this process's run: its temporary files carry it with the pid
+
+
+def temp_prefix(path: Path) -> str:
+    """`.NAME.spear-mm-PID-TOKEN.`: the start of every temporary file written for `path`."""
+    return f".{path.name}.spear-mm-{os.getpid()}-{RUN_TOKEN}."
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[str]], None], *, newline: str | None = None) -> Path:
@@ -25,12 +40,17 @@ def atomic_write(path: str | Path, write: Callable[[IO[str]], None], *, newline:
     Returns:
         `path`.
     """
+    return _atomic(path, write, "w", newline)
+
+
+def _atomic(path: str | Path, write: Callable[[IO], None], mode: str, newline: str | None = None) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # `.NAME.PID.tmp`-style names (unique per call): the next run removes those of dead processes
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+    # unique per call; the rename replaces a link at `path` itself, never the file it points to
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path), suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline=newline) as f:
+        encoding = None if "b" in mode else "utf-8"
+        with os.fdopen(fd, mode, encoding=encoding, newline=newline) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -44,6 +64,44 @@ def atomic_write(path: str | Path, write: Callable[[IO[str]], None], *, newline:
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """`atomic_write` of a whole string. Returns `path`."""
     return atomic_write(path, lambda f: f.write(text))
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """`atomic_write` of bytes (figures). Returns `path`."""
+    return _atomic(path, lambda f: f.write(data), "wb")
+
+
+def open_append(path: str | Path) -> IO[str]:
+    """Open a log or journal for appending without following a link and without writing a file that has another
+    name elsewhere (a hard link): such an entry is refused, naming it, since it may be an input."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError:
+        if os.path.islink(path):
+            raise SpearError(
+                f"{path} is a link; spear-mm never writes through a link in its output. Remove it."
+            ) from None
+        raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
+        os.close(fd)
+        raise SpearError(
+            f"{path} is not a plain file of its own (it has {st.st_nlink} names: a hard link, maybe to an input); "
+            "spear-mm never appends to it. Remove or rename it, then re-run."
+        )
+    return os.fdopen(fd, "a", encoding="utf-8")
+
+
+def open_fresh(path: str | Path) -> IO[str]:
+    """Open `path` as a new, empty file: whatever sits there (a file, a link) is removed first, so nothing it
+    pointed to is written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    return os.fdopen(fd, "w", encoding="utf-8")
 
 
 def content_key(**inputs: Any) -> str:

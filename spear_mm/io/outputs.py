@@ -1,13 +1,15 @@
 """The one owner of every output a command writes: checks, a lock, a temporary folder, a recoverable commit.
 
 Promises (docs/reliability.md):
-- an output never is, contains or lies inside an input (paths compared after resolving symlinks);
+- an output never is, contains or lies inside an input, nor the target of a link inside an input folder (paths
+  compared after resolving symlinks: `input_paths`); nothing replaces the working folder or a parent of it;
 - one writer per output: an exclusive lock file `.NAME.spear-mm.lock` beside it (a second writer is refused);
 - an existing output is replaced only with `--force`, and never when it changed after the command started;
 - a new folder is written to `.NAME.spear-mm-tmp-PID-XXXX` and renamed when complete; a `--force` swap goes
   through `.NAME.spear-mm-new-PID-XXXX` (complete) and `.NAME.spear-mm-old-PID-XXXX`, so a kill at any point
   leaves a state the next run finishes (`recover`);
 - temporary folders of dead owners (pid no longer alive) are removed by the next run on the same output.
+Resumable folders written in place (analyze, evaluate, run) are `spear_mm.io.workdir.WorkDir`.
 """
 
 from __future__ import annotations
@@ -37,17 +39,62 @@ def resolved(path: str | Path) -> Path:
     return Path(path).expanduser().resolve()
 
 
-def check_not_input(out: str | Path, inputs: list[str | Path], what: str = "output") -> Path:
-    """Refuse an output that is, contains or lies inside an input; returns the resolved output path."""
-    final = resolved(out)
+def input_paths(inputs: list[str | Path]) -> list[Path]:
+    """Every path an input occupies, resolved: the inputs themselves and, inside input folders, the targets of
+    their links (a hub snapshot's files live in `../../blobs/`, adapted weights may link into a store)."""
+    found: dict[Path, None] = {}
     for raw in inputs:
         inp = resolved(raw)
+        found[inp] = None
+        if not inp.is_dir():
+            continue
+        seen = 0
+        for folder, dirs, files in os.walk(inp):  # links are not followed into, only resolved
+            for name in (*dirs, *files):
+                entry = Path(folder, name)
+                seen += 1
+                if entry.is_symlink():
+                    found[Path(os.path.realpath(entry))] = None  # never raises, even on a link loop
+            if seen > _MAX_WALK:
+                break
+    return list(found)
+
+
+_MAX_WALK = 50_000  # entries looked at per input folder (model folders hold a few dozen)
+
+
+def check_not_input(out: str | Path, inputs: list[str | Path], what: str = "output") -> Path:
+    """Refuse an output that is, contains or lies inside an input (or a link target inside an input folder);
+    returns the resolved output path."""
+    final = resolved(out)
+    for inp in input_paths(inputs):
         if final == inp or inp in final.parents or final in inp.parents:
             relation = "the same path" if final == inp else ("inside it" if inp in final.parents else "it contains it")
             raise SpearError(
                 f"{what} {final} overlaps the input {inp} ({relation}); spear-mm never writes into or over an input "
-                "(it may be the only copy of a model). Choose an output folder outside every input."
+                "(it may be the only copy of a model). Choose an output path outside every input (and outside what "
+                "their links point to)."
             )
+    return final
+
+
+def check_not_cwd(final: Path, what: str = "output") -> None:
+    """Refuse replacing the working folder or one of its parents (`-o ''`, `-o .`, `-o ..`: an unset variable)."""
+    cwd = Path.cwd().resolve()
+    if final == cwd or final in cwd.parents:
+        raise SpearError(
+            f"{what} {final} is the current folder or one of its parents; spear-mm never replaces or moves it "
+            "(an empty -o, e.g. an unset variable, means the current folder). Give a new folder's path."
+        )
+
+
+def check_new_file(out: str | Path, inputs: list[str | Path], force: bool, what: str = "output") -> Path:
+    """A single output file: not an input, not a folder, and not an existing file unless `force`."""
+    final = check_not_input(out, inputs, what)
+    if final.is_dir():
+        raise SpearError(f"{what} {final} is a folder; give a file name, e.g. {final / 'plan.yaml'}.")
+    if final.exists() and not force:
+        raise SpearError(f"{what} {final} already exists. Choose another name, or pass --force to replace it.")
     return final
 
 
@@ -55,6 +102,7 @@ def check_output(out: str | Path, inputs: list[str | Path], force: bool) -> Path
     """Refuse outputs that overlap an input, and non-empty outputs without --force; returns the resolved path.
     What a killed spear-mm process left for this output is recovered first (see `recover`)."""
     final = check_not_input(out, inputs)
+    check_not_cwd(final)
     if any(not pid_alive(pid) for _, pid, _ in owned_siblings(final)):
         try:
             with OutputLock(final):
@@ -296,46 +344,7 @@ class AtomicDir:
         self.discard()
 
 
-class WorkDir:
-    """A resumable folder written in place (analyze scores, evaluate results, a run folder): not an input,
-    one writer at a time (lock), and what dead runs left behind is cleaned first."""
-
-    def __init__(self, final: str | Path, inputs: list[str | Path] = ()):
-        self.final = check_not_input(final, list(inputs))
-        if self.final.exists() and not self.final.is_dir():
-            raise SpearError(f"output {self.final} exists and is not a folder. Choose a folder path.")
-        self.lock = OutputLock(self.final)
-
-    def __enter__(self) -> Path:
-        self.lock.acquire()
-        try:
-            recover(self.final)
-            if self.final.is_dir():
-                clean_stale_files(self.final)
-        except BaseException:
-            self.lock.release()
-            raise
-        return self.final
-
-    def __exit__(self, *exc: object) -> None:
-        self.lock.release()
-
-
-# -- files --------------------------------------------------------------------------------------------------------
-_TMP_FILE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.(?:[\w-]+\.)?tmp$")
-
-
-def clean_stale_files(folder: Path) -> None:
-    """Remove `.NAME.PID.tmp` files of dead processes anywhere under `folder`."""
-    for p in folder.rglob(".*.tmp"):
-        m = _TMP_FILE.match(p.name)
-        if m and p.is_file() and not pid_alive(int(m.group("pid"))):
-            p.unlink(missing_ok=True)
-
-
-def write_file(out: str | Path, text: str, inputs: list[str | Path] = (), what: str = "output") -> Path:
-    """A single output file (plan YAML, exports): not an input or inside one, written atomically."""
-    final = check_not_input(out, list(inputs), what)
-    if final.is_dir():
-        raise SpearError(f"{what} {final} is a folder; give a file name, e.g. {final / 'plan.yaml'}.")
-    return atomic_write_text(final, text)
+def write_file(out: str | Path, text: str, inputs: list[str | Path] = (), what: str = "output",
+               force: bool = False) -> Path:  # fmt: skip
+    """A single output file (plan YAML, exports): checked by `check_new_file`, written atomically."""
+    return atomic_write_text(check_new_file(out, list(inputs), force, what), text)

@@ -124,6 +124,7 @@ def merge(
     progress: Progress | None = None,
     out_dtype: str | torch.dtype | None = None,
     statistics: str | Path | None = None,
+    inputs: tuple[str | Path, ...] = (),
 ) -> MergeReport:
     """Merge `adapted` toward `base` following `plan` into a Hugging Face folder at `out` (streamed, atomic).
 
@@ -136,6 +137,7 @@ def merge(
         progress: called as `progress(name, nbytes)` per tensor written.
         out_dtype: 'bf16', 'fp16', 'fp32' or a torch dtype (default: the adapted model's dtype).
         statistics: the folder of `spear-mm stats` that `regmean`/`fisher` plans read (overrides the plan's).
+        inputs: other files the caller read (the plan file): `out` must not overlap them either.
     Returns:
         The `MergeReport` (also written as `merge_report.json`).
 
@@ -150,7 +152,7 @@ def merge(
     if statistics is not None:
         plan = plan.model_copy(update={"statistics": str(statistics)})
     check_provenance(plan, pair, force=force)
-    inputs = [pair.base.path, pair.adapted.path, *([Path(plan.statistics)] if plan.statistics else [])]
+    inputs = [pair.base.path, pair.adapted.path, *([Path(plan.statistics)] if plan.statistics else []), *inputs]
     final = check_output(Path(out), inputs, force)
     ops = build_ops(pair, plan, dtype)
     sides, skipped_links = side_files(pair.adapted.path)

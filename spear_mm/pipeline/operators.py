@@ -26,6 +26,15 @@ def _num(x: float) -> str:
     return f"{x:g}"
 
 
+def operators_step(ctx: RunContext, prov: Mapping) -> tuple[list[Candidate], tuple[Path, str] | None, list[StageCost]]:
+    """The run's operator candidates, the statistics (folder, key) the measured planner may use, and the stage."""
+    if not ctx.config.operators:
+        return [], None, []
+    stats, meta, stage = statistics_step(ctx)
+    candidates = operator_candidates(ctx.pair.num_layers, ctx.config.operators, stats, meta, prov)
+    return candidates, (stats, meta.key), [stage]
+
+
 def statistics_step(ctx: RunContext) -> tuple[Path, StatsMeta, StageCost]:
     """RUN/stats/: the statistics the operators need (general probe: the run's, else base samples; domain
     probe: the run's `domain_probe`), reused when the pair, probes and kinds are unchanged."""

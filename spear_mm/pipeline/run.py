@@ -28,8 +28,9 @@ from spear_mm.evaluation.metrics import EvalResult
 from spear_mm.executors import LazyExecutor
 from spear_mm.io.dtypes import parse_dtype
 from spear_mm.io.files import content_key
-from spear_mm.io.outputs import WorkDir, check_free_space
+from spear_mm.io.outputs import check_free_space
 from spear_mm.io.pair import Pair, open_pair
+from spear_mm.io.workdir import WorkDir, pair_owner, scored_pair
 from spear_mm.merging.merge import merge, resolve_device
 from spear_mm.pipeline.candidates import (
     N_BASELINES,
@@ -53,7 +54,7 @@ from spear_mm.pipeline.jobs import (
     plan_hash,
     tasks_hash,
 )
-from spear_mm.pipeline.operators import operator_candidates, statistics_step
+from spear_mm.pipeline.operators import operators_step
 from spear_mm.pipeline.planner_step import measured_step
 from spear_mm.pipeline.steps import StepRecord, Steps, sidecar
 from spear_mm.pipeline.summary import RunSummary, StageCost, cpt_cost, report_tables, summarise
@@ -74,6 +75,8 @@ def run(
     *,
     config: RunConfig | str | Path | None = None,
     progress: ProgressCallback | None = None,
+    force: bool = False,
+    inputs: tuple[str | Path, ...] = (),
     **options: Any,
 ) -> RunSummary:
     """Score, plan, merge, validate and choose for one base/adapted pair; everything lands in `out` (resumable).
@@ -83,6 +86,9 @@ def run(
         config: a `RunConfig`, or the path of a run.yaml; `options` override its fields (see `RunConfig`:
             suites, policies, sweep, baselines, target_retention, limit, device, executor, …).
         progress: called with a `ProgressEvent` for the stages analyze, evaluate, items and merge.
+        force: `out` holds another pair's run: move it aside (`NAME.replaced-TIME`) and start afresh (without
+            it, such a folder is refused).
+        inputs: more files the run reads (e.g. its config file); `out` must not overlap them or the config's files.
     Returns:
         The `RunSummary` (also RUN/summary.json); RUN/run.yaml keeps the resolved config.
 
@@ -90,6 +96,7 @@ def run(
         >>> run("base/", "adapted/", "run/", data_dir="data/", target_retention=0.9)  # doctest: +SKIP
     """
     given = {k: v for k, v in dict(base=base, adapted=adapted, out=out, **options).items() if v is not None}
+    inputs = (*inputs, *([config] if isinstance(config, (str, Path)) else []))  # a run.yaml is read too
     if isinstance(config, RunConfig):
         config = RunConfig.model_validate({**config.model_dump(), **given})
     else:
@@ -103,8 +110,30 @@ def run(
     # different families or mismatched tensors fail here, and a CUDA request on a CPU-only torch, before any work
     pair = open_pair(config.base, config.adapted, allow_vocab_extension=config.allow_vocab_extension)
     resolve_device(config.device)
-    with WorkDir(run_dir, [pair.base.path, pair.adapted.path]):  # not an input; one writer; dead temps cleaned
+    # RUN/run.yaml is the run's own record: `run --config RUN/run.yaml` repeats the run and rewrites it
+    files = [pair.base.path, pair.adapted.path, *(p for p in inputs if Path(p).resolve() != run_dir / "run.yaml")]
+    owner = pair_owner(pair.base.fingerprint(), pair.adapted.fingerprint())
+    # not an input; one writer; no links out; this pair's (recorded); dead temps cleaned
+    with WorkDir(run_dir, files + run_inputs(config), owner=owner, force=force, what="run folder",
+                 legacy=scored_pair("scores/scores.json")):  # fmt: skip
         return _run(config, pair, run_dir, progress, started)
+
+
+def run_inputs(config: RunConfig) -> list[Path]:
+    """The files and folders a run reads besides the pair: suites, data, probes, plan files, lm-eval tasks."""
+    named = [config.data_dir, config.domain_probe, config.general_probe, config.lm_eval_include]
+    if isinstance(config.suites, str) and config.suites.endswith((".yaml", ".yml")):
+        named.append(config.suites)
+    named += [p for p in config.policies if p.endswith((".yaml", ".yml"))]
+    return [Path(p) for p in named if p]
+
+
+REPORT_BYTES = 2_000_000  # report.md + report.html (figures embedded) + report_files/*.png, with room
+
+
+def eval_file_bytes(n_items: int) -> int:
+    """A bound on one model's eval/<name>.json (+ sidecar): a few kB plus one record per item."""
+    return 8_000 + 400 * n_items
 
 
 def _run(config: RunConfig, pair: Pair, run_dir: Path, progress: ProgressCallback | None, started: float) -> RunSummary:
@@ -116,7 +145,9 @@ def _run(config: RunConfig, pair: Pair, run_dir: Path, progress: ProgressCallbac
     n_baselines = N_BASELINES - len(UNIFORM_TS) + len(set(config.uniform_grid))
     n_candidates = len(config.policies) + (len(grid["fractions"]) * len(grid["t"]) if grid else 0)
     n_candidates += n_baselines * config.baselines + sum(len(set(g)) for g in config.operators.values())
-    check_free_space(run_dir, pair.adapted.nbytes * (n_candidates if config.keep_all else 1))
+    n_items = sum(len(t.items) for t in tasks) if tasks else 0
+    check_free_space(run_dir, pair.adapted.nbytes * (n_candidates if config.keep_all else 1)
+                     + (n_candidates + 2) * eval_file_bytes(n_items) + REPORT_BYTES)  # fmt: skip
     config.save(run_dir / "run.yaml")
     stages.append(StageCost(name="open pair + load tasks", seconds=time.perf_counter() - clock, device="cpu"))
     ctx.steps.event("run", "started", base=str(pair.base.path), adapted=str(pair.adapted.path))
@@ -127,14 +158,8 @@ def _run(config: RunConfig, pair: Pair, run_dir: Path, progress: ProgressCallbac
         prov = {"base": ctx.fp_b, "adapted": ctx.fp_a}
         rank_by = config.rank_by
         candidates = policy_candidates(scores, config.policies, rank_by) + sweep_candidates(scores, grid, rank_by)
-        operators, statistics = [], None
-        if config.operators:
-            stats, meta, stage = statistics_step(ctx)
-            operators, statistics = (
-                operator_candidates(pair.num_layers, config.operators, stats, meta, prov),
-                (stats, meta.key),
-            )
-            stages.append(stage)
+        operators, statistics, op_stages = operators_step(ctx, prov)
+        stages += op_stages
         if "measured" in config.policies:
             measured, stage = measured_step(ctx, scores, statistics)
             candidates.append(measured)
@@ -149,13 +174,8 @@ def _run(config: RunConfig, pair: Pair, run_dir: Path, progress: ProgressCallbac
     summary = summarise(ctx, candidates, results, stages, skipped, suites=_suite_label(config.suites),
                         cpt=cpt_cost(pair.adapted.path, config.cpt_cost_seconds))  # fmt: skip
     summary.stages.append(_write_models(ctx, candidates, summary.chosen))
-    summary.chosen_model_path = (
-        str(run_dir / "models" / summary.chosen)
-        if summary.chosen in {c.name for c in candidates}
-        else str(pair.adapted.path)
-        if summary.chosen == "adapted"
-        else None
-    )
+    written = {c.name: run_dir / "models" / c.name for c in candidates} | {"adapted": pair.adapted.path}
+    summary.chosen_model_path = str(written[summary.chosen]) if summary.chosen in written else None
     summary.tables = report_tables(summary)
     if config.report:
         summary.report_html, summary.report_md = str(run_dir / "report.html"), str(run_dir / "report.md")

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from spear_mm.io.files import atomic_write_text
+from spear_mm.io.files import atomic_write_text, open_append
 
 
 class StepRecord(BaseModel):
@@ -68,8 +68,7 @@ class Steps:
             **extra,
         }
         self.events.append(entry)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("a", encoding="utf-8") as f:
+        with open_append(self.log_path) as f:  # never through a link or a hard link
             f.write(json.dumps(entry) + "\n")
 
     def skipped(self, step: str, record: StepRecord) -> None:

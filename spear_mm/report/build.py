@@ -22,6 +22,7 @@ from typing import Any
 from spear_mm.errors import SpearError
 from spear_mm.evaluation.metrics import EvalResult, TaskResult, compare, pareto_front, tradeoff
 from spear_mm.evaluation.uniform_curve import curve_from, operator_curves
+from spear_mm.io.files import atomic_write_bytes, atomic_write_text
 from spear_mm.report.figures import Point, layer_scores_png, tradeoff_png
 from spear_mm.report.render import Block, predictions_cell, to_html, to_markdown
 
@@ -382,10 +383,9 @@ def write_report(
         significance=_significance(rows, results, info),
         tables=info.tables,
     )
-    (out / "report_files").mkdir(parents=True, exist_ok=True)
-    for name, png in figures.items():
-        (out / "report_files" / f"{name}.png").write_bytes(png)
+    for name, png in figures.items():  # renamed into place: a link there is replaced, never written through
+        atomic_write_bytes(out / "report_files" / f"{name}.png", png)
     md_path, html_path = out / "report.md", out / "report.html"
-    md_path.write_text(md, encoding="utf-8")
-    html_path.write_text(page, encoding="utf-8")
+    atomic_write_text(md_path, md)
+    atomic_write_text(html_path, page)
     return md_path, html_path

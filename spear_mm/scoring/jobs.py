@@ -22,7 +22,9 @@ from pathlib import Path
 
 import torch
 
+from spear_mm.errors import SpearError
 from spear_mm.executors import make_executor
+from spear_mm.io.files import open_fresh
 from spear_mm.io.pair import Pair
 from spear_mm.scoring.table import ModuleScore, ScoreConfig
 from spear_mm.scoring.unit import score_names
@@ -160,8 +162,8 @@ class ScoreJournal:
     def resume(self) -> dict[str, ModuleScore]:
         """Rows of an interrupted run on the same pair and config (else none), then open for appending."""
         rows: dict[str, ModuleScore] = {}
-        if self.path.exists():
-            lines = self.path.read_text().splitlines()
+        if self.path.is_symlink() or self.path.exists():
+            lines = _journal_lines(self.path)
             if lines and _loads(lines[0]) == self.header:
                 for line in lines[1:]:
                     try:
@@ -170,8 +172,7 @@ class ScoreJournal:
                         continue
                     rows[row.name] = row
                 log.info("resuming: %d tensors already scored in %s", len(rows), self.path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("w")
+        self._file = open_fresh(self.path)  # a new file: never written through a link or over another name
         self._file.write(json.dumps(self.header) + "\n")
         self.append(list(rows.values()))
         return rows
@@ -193,6 +194,19 @@ class ScoreJournal:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def _journal_lines(path: Path) -> list[str]:
+    """The journal's lines; a link or undecodable bytes are a clear error naming it (never a traceback)."""
+    if path.is_symlink() or not path.is_file():
+        raise SpearError(f"{path}: the scoring journal is not a plain file (a link or a folder). Remove it and re-run.")
+    try:
+        return path.read_bytes().decode("utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise SpearError(
+            f"{path}: the scoring journal is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+            f"{exc.start}), so spear-mm did not write it. Remove it (scoring then starts over) and re-run."
+        ) from None
 
 
 def _loads(line: str) -> dict | None:

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-from spear_mm.io.outputs import WorkDir
 from spear_mm.io.pair import Pair, open_pair
+from spear_mm.io.workdir import WorkDir, pair_owner, scored_pair
 from spear_mm.scoring.jobs import ScoreJournal, score_on_executor, score_on_threads
 from spear_mm.scoring.plots import save_figures
 from spear_mm.scoring.probes import add_probe_scores
@@ -185,6 +185,7 @@ def analyze(
     config: ScoreConfig | None = None,
     probe_tokens: int = 2048,
     allow_vocab_extension: bool = False,
+    force: bool = False,
 ) -> ScoreTable:
     """Score every layer of `adapted` against `base` from the weights (plus optional probe-data scores).
 
@@ -193,6 +194,7 @@ def analyze(
     With `out_dir`, writes scores.json, scores.csv, layer_scores.csv and the figures; rows are journalled there
     as they arrive, so a run interrupted and restarted with the same pair and config resumes.
     `allow_vocab_extension`: an adapted embedding/head with extra rows is scored on the rows it shares with the base.
+    An `out_dir` holding another pair's scores is refused; with `force` it is moved aside (`NAME.replaced-TIME`).
     """
     given = dict(alpha=alpha, aggregate=aggregate, device=device)
     config = (config or ScoreConfig()).model_copy(update={k: v for k, v in given.items() if v is not None})
@@ -200,8 +202,15 @@ def analyze(
     config = ScoreConfig.model_validate(config.model_dump())
     started = time.perf_counter()
     pair = open_pair(base, adapted, allow_vocab_extension=allow_vocab_extension)
-    # an output folder: not an input, one writer, dead temps cleaned
-    with WorkDir(out_dir, [pair.base.path, pair.adapted.path]) if out_dir is not None else contextlib.nullcontext():
+    # an output folder: not an input (the probe included), one writer, this pair's, dead temps cleaned
+    inputs = [pair.base.path, pair.adapted.path, *([probe] if probe is not None else [])]
+    owner = pair_owner(pair.base.fingerprint(), pair.adapted.fingerprint())
+    work = (
+        contextlib.nullcontext()
+        if out_dir is None
+        else WorkDir(out_dir, inputs, owner=owner, force=force, what="scores folder", legacy=scored_pair("scores.json"))
+    )
+    with work:
         where = dict(workers=workers, progress=progress, executor=executor, ray_address=ray_address)
         probes = dict(probe=probe, ground_truth=ground_truth, max_tokens=probe_tokens)
         return _score(pair, out_dir, config, started, where, probes)

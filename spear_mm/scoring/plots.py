@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 from collections import defaultdict
 from pathlib import Path
 
+from spear_mm.io.files import atomic_write_bytes
 from spear_mm.scoring.table import ScoreTable
 
 _MODULE_ORDER = ["attn.q", "attn.k", "attn.v", "attn.qkv", "attn.o", "mlp.gate", "mlp.up", "mlp.gate_up", "mlp.down"]
@@ -17,6 +19,14 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _save(plt, fig, path: str | Path) -> None:
+    """PNG bytes renamed into place: a link at `path` is replaced, never written through."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _score_label(table: ScoreTable) -> str:
@@ -63,8 +73,7 @@ def plot_heatmap(table: ScoreTable, path: str | Path) -> Path:
     bar = fig.colorbar(im, ax=ax, fraction=0.05, pad=0.03)
     bar.set_label(_score_label(table), fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save(plt, fig, path)
     return Path(path)
 
 
@@ -89,8 +98,7 @@ def plot_layer_scores(table: ScoreTable, path: str | Path, highlight: int | None
     ax.set_ylabel(f"layer score ({table.config.aggregate} of module scores)")
     ax.set_title(f"Layer impact scores, rank above each bar (red: top {top} of {n})", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save(plt, fig, path)
     return Path(path)
 
 

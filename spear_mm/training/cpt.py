@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from spear_mm import __version__
 from spear_mm.errors import SpearError
 from spear_mm.executors import keep_freed_memory
+from spear_mm.io.files import atomic_write_text, open_append
 from spear_mm.io.hub import hub_label, resolve_model
 from spear_mm.io.outputs import AtomicDir, check_not_input
 from spear_mm.planning.exports import apply_freeze_plan
@@ -133,9 +134,37 @@ def _load(base: Path):
     return model, tokenizer, base_dtype if isinstance(base_dtype, torch.dtype) else torch.float32
 
 
+WORK_MARK = ".spear-mm-cpt-work"  # in `<out>.work/`: spear-mm made this folder (it may delete and reuse it)
+
+
+def check_work_dir(out: Path) -> Path:
+    """`<out>.work/` may be used only when it is absent, empty, or made by cpt (its mark inside); else refused."""
+    work = out.with_name(out.name + ".work")
+    if work.is_symlink() or (work.exists() and not work.is_dir()):
+        raise SpearError(f"{work}: cpt's work folder path is a link or a file. Remove it, or choose another -o.")
+    if work.is_dir() and any(work.iterdir()) and not (work / WORK_MARK).is_file() and not _cpt_layout(work):
+        raise SpearError(
+            f"{work} exists and was not made by spear-mm cpt (no {WORK_MARK} inside); cpt keeps its checkpoints "
+            "there and would delete it. Move it away, or choose another -o."
+        )
+    return work
+
+
+def _cpt_layout(work: Path) -> bool:
+    """A work folder of a cpt from before the mark: only checkpoints/checkpoint-N/ and train_log.jsonl inside."""
+    names = {p.name for p in work.iterdir()}
+    ckpts = work / "checkpoints"
+    return (
+        names <= {"checkpoints", "train_log.jsonl"}
+        and ckpts.is_dir()
+        and not ckpts.is_symlink()
+        and all(p.name.startswith("checkpoint-") and p.is_dir() for p in ckpts.iterdir())
+    )
+
+
 def _work_dir(out: Path, config: CptConfig) -> Path:
     """`<out>.work/`: reused when resuming, refused when it holds checkpoints of another run."""
-    work = out.with_name(out.name + ".work")
+    work = check_work_dir(out)
     ckpts = sorted((work / "checkpoints").glob("checkpoint-*"))
     if ckpts and config.resume_from_checkpoint is False:
         raise SpearError(
@@ -145,6 +174,7 @@ def _work_dir(out: Path, config: CptConfig) -> Path:
     if config.resume_from_checkpoint is False:
         shutil.rmtree(work, ignore_errors=True)
     (work / "checkpoints").mkdir(parents=True, exist_ok=True)
+    (work / WORK_MARK).touch()
     return work
 
 
@@ -176,7 +206,7 @@ class _LogCallback:
         self.step0 = self.step_last = state.global_step
         if self.path.exists():  # resumed: drop entries logged after the checkpoint we restart from
             kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= self.step0]
-            self.path.write_text("".join(line + "\n" for line in kept))
+            atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 
     def on_log(self, args, state, control, logs=None, **kw) -> None:
         now, step = time.perf_counter(), state.global_step
@@ -185,7 +215,7 @@ class _LogCallback:
         if step > self.step_last:
             entry["tokens_per_s"] = round((step - self.step_last) * self.tokens_per_step / interval, 1)
         entry["elapsed_s"] = round(now - self.t0, 3)
-        with open(self.path, "a") as f:
+        with open_append(self.path) as f:
             f.write(json.dumps(entry) + "\n")
         self.t_last, self.step_last = now, step
 
@@ -267,7 +297,7 @@ def cpt(base: str | Path, corpus: list[Path], out: Path, config: CptConfig | Non
     if not (base / "config.json").is_file():
         raise SpearError(f"{base}: not a Hugging Face model folder (no config.json).")
     inputs = [base, *corpus, *([config.freeze] if config.freeze else [])]
-    check_not_input(out.with_name(out.name + ".work"), inputs, "work folder")
+    check_not_input(check_work_dir(out), inputs, "work folder")
     device = _device(config.device)
     with AtomicDir(out, inputs, config.overwrite) as staging:  # checks, lock, cleanup of dead runs' temps
         return _cpt(base, corpus, out, config, device, staging)
