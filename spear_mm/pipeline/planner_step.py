@@ -11,8 +11,6 @@ import hashlib
 import time
 from pathlib import Path
 
-from pydantic import ValidationError
-
 from spear_mm.calibration.planner import PlannerConfig, general_probe_for, measured_plan
 from spear_mm.errors import SpearError
 from spear_mm.io.files import content_key
@@ -82,14 +80,7 @@ def measured_candidate(
 
 def measured_step(ctx: RunContext, scores: ScoreTable) -> tuple[Candidate, StageCost]:
     """The measured planner's plan, as a resumable step of its own."""
-    c = ctx.config
-    knobs = dict(c.planner)
-    tokens = int(knobs.pop("probe_tokens", None) or 1024)
-    try:
-        planner_config = PlannerConfig(**{k: v for k, v in knobs.items() if v is not None})
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        raise SpearError(f"measured planner option {err['loc'][0]}: {err['msg']}.") from exc
+    c = ctx.config  # its planner options were validated with the config (pipeline.config.PlannerOptions)
     return measured_candidate(ctx.pair, scores, ctx.run_dir, ctx.steps, domain_probe=c.domain_probe,
-                              general_probe=c.general_probe, config=planner_config, rank_by=c.rank_by,
-                              device=c.device, probe_tokens=tokens)  # fmt: skip
+                              general_probe=c.general_probe, config=c.planner.planner_config(), rank_by=c.rank_by,
+                              device=c.device, probe_tokens=c.planner.probe_tokens)  # fmt: skip
