@@ -11,6 +11,7 @@ from spear_mm.calibration.planner import PlannerConfig, general_probe_for, measu
 from spear_mm.errors import SpearError
 from spear_mm.io.pair import open_pair
 from spear_mm.planning.policies import check_options
+from spear_mm.scoring.probes import read_texts
 
 # `plan` flags read only by --policy measured, and those it does not read (the rule-based policies')
 MEASURED_FLAGS = ("--domain-probe", "--general-probe", "--budget", "--max-domain-loss", "--target-retention",
@@ -44,6 +45,9 @@ def measured_from_cli(table, base, adapted, out: Path, domain_probe, general_pro
             "--policy measured needs --domain-probe FILE: held-out domain text (a slice of the CPT corpus the "
             "model was not trained on, .txt or .jsonl with a 'text' field), to measure what restoring costs."
         )
+    for path in (domain_probe, general_probe):
+        if path is not None:
+            read_texts(path)  # UTF-8 text, not blank: before the pair is opened and the base sampled
     if method not in ("slerp",):
         raise SpearError("--policy measured measures SLERP restorations; use --method slerp.")
     try:

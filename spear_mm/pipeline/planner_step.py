@@ -16,17 +16,33 @@ from spear_mm.errors import SpearError
 from spear_mm.io.files import content_key
 from spear_mm.io.pair import Pair
 from spear_mm.pipeline.candidates import Candidate
+from spear_mm.pipeline.config import RunConfig
 from spear_mm.pipeline.context import RunContext
 from spear_mm.pipeline.steps import Steps
 from spear_mm.pipeline.summary import StageCost
 from spear_mm.planning.plan import Plan
+from spear_mm.scoring.probes import read_texts
 from spear_mm.scoring.table import ScoreTable
 
 STAGE = "measured planner (probes)"
+_NO_DOMAIN_PROBE = ("the measured policy needs a domain probe: pass --domain-probe FILE (held-out CPT text, .txt or "
+                    ".jsonl with a 'text' field) to `spear-mm run`, or drop 'measured' from --policies.")  # fmt: skip
 
 
 def _file_hash(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def check_probes(config: RunConfig) -> None:
+    """Before any work: the measured planner (when among the policies) has a domain probe, and its probe files
+    are UTF-8 text (their token counts are checked when the planner tokenises them)."""
+    if "measured" not in config.policies:
+        return
+    if config.domain_probe is None:
+        raise SpearError(_NO_DOMAIN_PROBE)
+    for path in (config.domain_probe, config.general_probe):
+        if path is not None:
+            read_texts(path)
 
 
 def measured_candidate(
@@ -44,10 +60,7 @@ def measured_candidate(
 ) -> tuple[Candidate, StageCost]:
     """The `measured` candidate, planned now or read back from a finished step."""
     if domain_probe is None:
-        raise SpearError(
-            "the measured policy needs a domain probe: pass --domain-probe FILE (held-out CPT text, .txt or "
-            ".jsonl with a 'text' field) to `spear-mm run`, or drop 'measured' from --policies."
-        )
+        raise SpearError(_NO_DOMAIN_PROBE)
     config = config or PlannerConfig()
     folder = run_dir / "planner"
     started = time.perf_counter()
