@@ -71,7 +71,8 @@ def test_a_run_config_mistake_fails_before_any_work(tiny_pair, scored, tmp_path,
 
 
 def test_a_yaml_alias_bomb_is_refused_unexpanded(tiny_pair, tmp_path, cli, untouched):
-    """427 bytes that a plain YAML loader resolves to ~17.6 MB (×10 per level): refused at the first anchor."""
+    """334 bytes of aliases that a plain YAML loader resolves to 10^8 strings (×10 per level; 6 levels already
+    give 8 MB as JSON): refused at the first anchor, before anything is expanded."""
     levels = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
     for prev, name in zip("abcdefg", "bcdefgh", strict=True):
         levels.append(f"{name}: &{name} [" + ",".join([f"*{prev}"] * 10) + "]")
