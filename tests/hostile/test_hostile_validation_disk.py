@@ -17,7 +17,11 @@ from pathlib import Path
 import pytest
 from conftest import hidden_siblings, spear_subprocess
 
-from spear_mm.io.scratch import _start_ticks
+
+def _start_ticks(pid: int) -> str:
+    """A process's start time (field 22 of /proc/PID/stat): with the pid, it names one process for good."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+
 
 CPT = ["--max-steps", "1", "--seq-len", "16", "--batch-size", "1"]
 
@@ -73,6 +77,7 @@ def test_cpt_file_size_limit_is_a_clear_error(tiny_pair, corpus, tmp_path):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("lm_eval") is None, reason="lm_eval not installed")
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc (Linux)")
 def test_a_killed_lm_eval_scratch_folder_is_removed_by_the_next_run(tiny_pair, tmp_path, cli, monkeypatch, note):
     scratch = tmp_path / "tmpdir"
     scratch.mkdir()
