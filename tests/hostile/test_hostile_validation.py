@@ -34,6 +34,7 @@ def scored(tiny_pair, tmp_path_factory) -> Path:
 
 
 def _run_yaml(path: Path, pair, out: Path, extra: str) -> Path:
+    path.parent.mkdir(exist_ok=True)
     path.write_text(f"base: {pair[0]}\nadapted: {pair[1]}\nout: {out}\nsuites: demo\nlimit: 2\n{extra}")
     return path
 
@@ -61,8 +62,8 @@ CONFIGS = {
 def test_a_run_config_mistake_fails_before_any_work(tiny_pair, scored, tmp_path, cli, untouched, case):
     extra, expected = CONFIGS[case]
     out = tmp_path / "run"
-    config = _run_yaml(tmp_path / "run.yaml", tiny_pair, out, extra.format(domain=scored / "domain.txt"))
-    check = untouched(*tiny_pair, tmp_path, scored)
+    config = _run_yaml(tmp_path / "in" / "run.yaml", tiny_pair, out, extra.format(domain=scored / "domain.txt"))
+    check = untouched(*tiny_pair, config.parent, scored)
     code, text = cli("run", "--config", config)
     check()
     assert code == 2 and str(config) in text, text
@@ -78,8 +79,8 @@ def test_a_yaml_alias_bomb_is_refused_unexpanded(tiny_pair, tmp_path, cli, untou
         levels.append(f"{name}: &{name} [" + ",".join([f"*{prev}"] * 10) + "]")
     bomb = "\n".join(levels) + "\n"
     out = tmp_path / "run"
-    config = _run_yaml(tmp_path / "run.yaml", tiny_pair, out, bomb)
-    check = untouched(*tiny_pair, tmp_path)
+    config = _run_yaml(tmp_path / "in" / "run.yaml", tiny_pair, out, bomb)
+    check = untouched(*tiny_pair, config.parent)
     code, text = cli("run", "--config", config)
     check()
     assert code == 2 and "anchors and aliases" in text and "line 6" in text, text
@@ -168,9 +169,10 @@ PROBES = {
 @pytest.mark.parametrize("case", list(PROBES))
 def test_probe_files_must_be_text_with_enough_tokens(tiny_pair, scored, tmp_path, cli, untouched, case):
     name, data, expected = PROBES[case]
-    probe = tmp_path / name
+    probe = tmp_path / "in" / name
+    probe.parent.mkdir()
     probe.write_bytes(data)
-    check = untouched(*tiny_pair, scored, tmp_path)
+    check = untouched(*tiny_pair, scored, probe.parent)
     code, text = cli("plan", scored / "scores", "--policy", "measured", "--domain-probe", probe,
                      "--general-probe", scored / "general.txt", "--budget", "1", "-o", tmp_path / "out" / "p.yaml")  # fmt: skip
     check()
