@@ -91,7 +91,7 @@ def load_probes(tokenizer_dir: Path, general: Path, domain: Path, max_tokens: in
     out = {}
     for what, path in (("general", general), ("domain", domain)):
         out[what] = windows_of(tok, read_texts(path), max_tokens)
-        check_probe_tokens(path, sum(w.shape[1] for w in out[what]), f"{what} probe")
+        check_probe_tokens(path, sum(w.shape[1] for w in out[what]), f"{what} probe", limit=max_tokens)
     return ProbeSet(out["general"], out["domain"], str(general), str(domain))
 
 

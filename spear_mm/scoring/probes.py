@@ -64,8 +64,9 @@ def probe_windows(model_dir: Path, probe: Path, max_tokens: int) -> list[torch.T
         tok = AutoTokenizer.from_pretrained(model_dir)
     except (OSError, ValueError) as exc:
         raise SpearError(f"{model_dir}: no usable tokenizer for the probe ({exc}); save one with the model.") from exc
-    ids = tok(text, return_tensors="pt", add_special_tokens=False)["input_ids"][0][:max_tokens]
-    check_probe_tokens(probe, ids.numel())
+    ids = tok(text, return_tensors="pt", add_special_tokens=False)["input_ids"][0]
+    check_probe_tokens(probe, ids.numel(), limit=max_tokens)
+    ids = ids[:max_tokens]
     return [ids[i : i + WINDOW][None, :] for i in range(0, ids.numel() - 1, WINDOW) if ids[i : i + WINDOW].numel() > 1]
 
 
@@ -191,10 +192,12 @@ def _jsonl_texts(text: str, path: Path) -> list[str]:
     return texts
 
 
-def check_probe_tokens(path: str | Path, n: int, what: str = "probe") -> None:
-    """Refuse a probe too short to measure an NLL on (e.g. one word)."""
-    if n < MIN_PROBE_TOKENS:
+def check_probe_tokens(path: str | Path, n: int, what: str = "probe", limit: int | None = None) -> None:
+    """Refuse a probe too short to measure an NLL on (e.g. one word): fewer than MIN_PROBE_TOKENS tokens, or
+    than `limit` when the user asked for fewer tokens than that."""
+    need = min(MIN_PROBE_TOKENS, limit or MIN_PROBE_TOKENS)
+    if n < need:
         raise SpearError(
-            f"{path}: the {what} has {n} token(s); at least {MIN_PROBE_TOKENS} are needed to measure a loss on it. "
+            f"{path}: the {what} has {n} token(s); at least {need} are needed to measure a loss on it. "
             "Give a longer text (a few paragraphs of held-out text)."
         )
