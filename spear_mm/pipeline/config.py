@@ -108,10 +108,11 @@ class RunConfig(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _python_values(cls, data: Any) -> Any:
-        """Tuples and paths given through the Python API are lists and strings (strict types otherwise)."""
+        """Tuples, paths and a `PlannerConfig` given through the Python API are lists, strings and a dict (strict
+        types otherwise)."""
         if not isinstance(data, dict):
             return data
-        plain = {tuple: list, Path: str}
+        plain = {tuple: list, Path: str, PlannerConfig: lambda c: c.model_dump(exclude_unset=True)}
         return {k: next((f(v) for t, f in plain.items() if isinstance(v, t)), v) for k, v in data.items()}
 
     @model_validator(mode="after")
