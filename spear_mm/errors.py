@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
+from collections.abc import Iterator
+
 
 class SpearError(Exception):
     """A problem with the user's input or environment. The CLI prints the message and exits with code 2."""
@@ -32,6 +37,22 @@ def describe_os_error(exc: OSError) -> str:
         f"{where}: {exc.strerror or exc} ({code or type(exc).__name__}); {fix}. Inputs were not changed and no "
         "partial output was published (temporary files are removed, or by the next run if this one was killed)."
     )
+
+
+@contextlib.contextmanager
+def library_os_errors(where: object) -> Iterator[None]:
+    """Turn a library error that wraps an OS error only in its text (safetensors' `SafetensorError: … No space
+    left on device (os error 28)`) into that `OSError` on `where`, so it is reported like any disk error."""
+    try:
+        yield
+    except (OSError, SpearError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        found = re.search(r"os error (\d+)", str(exc))
+        if found is None:
+            raise
+        code = int(found.group(1))
+        raise OSError(code, os.strerror(code), str(where)) from exc
 
 
 def describe_unicode_error(exc: UnicodeDecodeError, path: object) -> SpearError:

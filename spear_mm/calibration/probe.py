@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,13 +28,19 @@ from spear_mm.io.files import content_key, open_append
 from spear_mm.io.pair import Pair
 from spear_mm.merging.methods import METHODS
 from spear_mm.planning.plan import Plan
-from spear_mm.scoring.probes import read_texts
+from spear_mm.scoring.probes import check_probe_tokens, read_texts
 from spear_mm.scoring.units import units_of
 from spear_mm.statistics.collect import WINDOW, windows_of
 
 log = logging.getLogger(__name__)
 
 __all__ = ["WINDOW", "ProbeEvaluator", "ProbeResult", "ProbeSet", "load_probes", "windows_of"]
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with path.open("rb") as f:
+        f.seek(-1, 2)
+        return f.read(1) == b"\n"
 
 
 @dataclass(frozen=True)
@@ -73,8 +80,7 @@ def load_probes(tokenizer_dir: Path, general: Path, domain: Path, max_tokens: in
     out = {}
     for what, path in (("general", general), ("domain", domain)):
         out[what] = windows_of(tok, read_texts(path), max_tokens)
-        if not out[what]:
-            raise SpearError(f"{path}: the {what} probe has fewer than 2 tokens; give a longer text.")
+        check_probe_tokens(path, sum(w.shape[1] for w in out[what]), f"{what} probe", limit=max_tokens)
     return ProbeSet(out["general"], out["domain"], str(general), str(domain))
 
 
@@ -138,12 +144,14 @@ class ProbeEvaluator:
         if self.cache_path is None or not self.cache_path.is_file():
             return {}
         out = {}
-        for line in self.cache_path.read_text().splitlines():
+        for line in self.cache_path.read_bytes().splitlines():
             try:
-                row = json.loads(line)
-                out[row["key"]] = (float(row["general"]), float(row["domain"]))
-            except (ValueError, KeyError, TypeError):
-                continue  # a line cut by an interrupted run: evaluated again
+                row = json.loads(line.decode("utf-8"))
+                nll = (float(row["general"]), float(row["domain"]))
+            except (ValueError, KeyError, TypeError, AttributeError):  # UnicodeDecodeError is a ValueError
+                continue  # a line cut by an interrupted run, or damaged: that evaluation is run again
+            if isinstance(row.get("key"), str) and all(math.isfinite(x) for x in nll):
+                out[row["key"]] = nll
         return out
 
     def _key(self, ts: dict[str, float]) -> str:
@@ -169,7 +177,9 @@ class ProbeEvaluator:
             self.seconds += result.seconds
             self._cache[key] = (result.general, result.domain)
             if self.cache_path is not None:
-                with open_append(self.cache_path) as f:  # one line per evaluation: an interrupted run loses nothing
+                with open_append(self.cache_path) as f:  # a line per evaluation: nothing lost
+                    if self.cache_path.stat().st_size and not _ends_with_newline(self.cache_path):
+                        f.write("\n")  # after a line cut by a kill: keep this one whole
                     row = {"key": key, "general": result.general, "domain": result.domain, "ts": ts}
                     f.write(json.dumps(row) + "\n")
         self.history.append((dict(ts), result))

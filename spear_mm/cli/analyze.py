@@ -28,7 +28,7 @@ from spear_mm.cli.choices import (
     SnrNormalize,
     value,
 )
-from spear_mm.cli.planner import measured_from_cli, measurement_panel
+from spear_mm.cli.planner import measured_from_cli, measurement_panel, refuse_ignored
 from spear_mm.errors import SpearError
 from spear_mm.io.checkpoint import Checkpoint
 from spear_mm.io.outputs import check_new_file, check_not_input, write_file
@@ -157,6 +157,7 @@ def analyze_cmd(
         raise SpearError("--ground-truth needs --probe FILE (general text the NLL is measured on).")
     try:
         config = ScoreConfig(
+            alpha=alpha,
             normalize=normalize,
             edge=edge,
             precision=precision,
@@ -164,7 +165,8 @@ def analyze_cmd(
             delta_spectrum=delta_spectrum,
         )
     except ValueError as exc:
-        raise SpearError(f"invalid option: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}") from exc
+        err = exc.errors()[0]
+        raise SpearError(f"--{str(err['loc'][0]).replace('_', '-')} {err['input']}: {err['msg']}.") from exc
     if ray_address is not None and executor != "ray":
         raise SpearError("--ray-address needs --executor ray.")
     columns = (
@@ -250,14 +252,14 @@ def plan_cmd(
     ),
     domain_probe: Path | None = DOMAIN_PROBE_OPTION,
     general_probe: Path | None = GENERAL_PROBE_OPTION,
-    budget: int = typer.Option(30, "--budget", help="measured: probe evaluations for the optuna refinement."),
-    max_domain_loss: float = typer.Option(
-        0.1, "--max-domain-loss", help="measured: share of the domain-probe gain the plan may lose."
+    budget: int | None = typer.Option(None, "--budget", help="measured: probe evaluations for the refinement [30]."),
+    max_domain_loss: float | None = typer.Option(
+        None, "--max-domain-loss", help="measured: share of the domain-probe gain the plan may lose [0.1]."
     ),
     target_retention: float | None = typer.Option(
         None, "--target-retention", help="measured: reach this share of the general-probe damage recovered."
     ),
-    probe_tokens: int = typer.Option(1024, "--probe-tokens", help="measured: tokens per probe."),
+    probe_tokens: int | None = typer.Option(None, "--probe-tokens", help="measured: tokens per probe [1024]."),
     probe_units: int | None = typer.Option(
         None, "--probe-units", help="measured: measure only the top N units of the ranking (default: all)."
     ),
@@ -269,6 +271,11 @@ def plan_cmd(
     Check a plan against a model without merging: spear-mm plan validate PLAN.yaml MODEL.
     """
 
+    refuse_ignored(value(policy), {"--fraction": fraction, "--t": t, "--k": k, "--layers": layers, "--embed": embed,
+                   "--head": head, "--final-norm": final_norm, "--domain-probe": domain_probe,
+                   "--general-probe": general_probe, "--budget": budget, "--max-domain-loss": max_domain_loss,
+                   "--target-retention": target_retention, "--probe-tokens": probe_tokens,
+                   "--probe-units": probe_units, "--granularity": granularity})  # fmt: skip
     table = ScoreTable.load(scores)
     if (base is None) != (adapted is None):
         raise SpearError("give both --base and --adapted (to check the scores belong to that pair), or neither.")

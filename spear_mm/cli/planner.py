@@ -10,6 +10,28 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from spear_mm.calibration.planner import PlannerConfig, general_probe_for, measured_plan
 from spear_mm.errors import SpearError
 from spear_mm.io.pair import open_pair
+from spear_mm.planning.policies import check_options
+from spear_mm.scoring.probes import read_texts
+
+# `plan` flags read only by --policy measured, and those it does not read (the rule-based policies')
+MEASURED_FLAGS = ("--domain-probe", "--general-probe", "--budget", "--max-domain-loss", "--target-retention",
+                  "--probe-tokens", "--probe-units", "--granularity")  # fmt: skip
+RULE_FLAGS = {"fraction": "--fraction", "t": "--t", "k": "--k", "layer_ts": "--layers", "embed": "--embed",
+              "head": "--head", "final_norm": "--final-norm"}  # fmt: skip
+
+
+def refuse_ignored(policy: str, given: dict[str, object]) -> None:
+    """Refuse `plan` options (`given`: flag -> value, None when not given) that `policy` would ignore."""
+    if policy == "measured":
+        ignored = [f for f in RULE_FLAGS.values() if given.get(f) is not None]
+        why = "the measured planner chooses every unit's t from the probes"
+    else:
+        ignored = [f for f in MEASURED_FLAGS if given.get(f) is not None]
+        why = "they are read only by --policy measured"
+        check_options(policy, {k: given.get(f) for k, f in RULE_FLAGS.items() if k in ("fraction", "t", "k",
+                      "layer_ts")}, flag=RULE_FLAGS)  # fmt: skip
+    if ignored:
+        raise SpearError(f"--policy {policy} does not use {', '.join(ignored)} ({why}); drop them or change --policy.")
 
 
 def measured_from_cli(table, base, adapted, out: Path, domain_probe, general_probe, knobs: dict, rank_by: str,
@@ -23,6 +45,9 @@ def measured_from_cli(table, base, adapted, out: Path, domain_probe, general_pro
             "--policy measured needs --domain-probe FILE: held-out domain text (a slice of the CPT corpus the "
             "model was not trained on, .txt or .jsonl with a 'text' field), to measure what restoring costs."
         )
+    for path in (domain_probe, general_probe):
+        if path is not None:
+            read_texts(path)  # UTF-8 text, not blank: before the pair is opened and the base sampled
     if method not in ("slerp", "regmean", "fisher"):
         raise SpearError(f"--policy measured searches SLERP, or SLERP and an operator (regmean, fisher), not {method}.")
     if method != "slerp" and statistics is None:
@@ -39,7 +64,7 @@ def measured_from_cli(table, base, adapted, out: Path, domain_probe, general_pro
         bar.add_task("measured planner: sampling the general probe, measuring units, refining", total=None)
         general = general_probe or general_probe_for(pair, cache)
         return measured_plan(table, pair, general, domain_probe, config, rank_by=rank_by,
-                             cache_path=cache / "evaluations.jsonl", probe_tokens=probe_tokens, method=method,
+                             cache_path=cache / "evaluations.jsonl", probe_tokens=probe_tokens or 1024, method=method,
                              statistics=statistics)  # fmt: skip
 
 

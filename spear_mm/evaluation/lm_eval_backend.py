@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -26,8 +25,10 @@ from spear_mm.evaluation import aggregate
 from spear_mm.evaluation.builtin import Engine, model_max_length
 from spear_mm.evaluation.metrics import TaskResult
 from spear_mm.evaluation.tasks import GenItem, LoadedTask, MCItem, TextItem
+from spear_mm.io.scratch import scratch_dir
 
 log = logging.getLogger(__name__)
+SCRATCH_PREFIX = "spear-lm-eval-"  # $TMPDIR/spear-lm-eval-<pid>-<start>-<token> (spear_mm.io.scratch)
 
 
 def lm_eval_name(task: LoadedTask) -> str:
@@ -139,7 +140,7 @@ def run_lm_eval(
     counter = Engine(model, tokenizer, torch.device(device), max_length=max_length)  # token accounting only
     manager = TaskManager(include_defaults=False)
     results: dict[str, TaskResult] = {}
-    with tempfile.TemporaryDirectory(prefix="spear-lm-eval-") as tmp:
+    with scratch_dir(SCRATCH_PREFIX) as tmp:  # a killed run's folder is removed by the next one
         for task in tasks:
             bar = progress.add_task(f"lm-eval · {task.name}", total=len(task.items)) if progress else None
             config = task_dict(task, write_items(task, Path(tmp) / f"{task.name}.jsonl"))

@@ -22,6 +22,7 @@ from spear_mm.evaluation.lm_eval_tasks import check_no_clash, preflight, run_reg
 from spear_mm.evaluation.metrics import EvalResult, TaskResult
 from spear_mm.evaluation.suites import load_tasks
 from spear_mm.evaluation.tasks import GenItem, LoadedTask, MCItem, TextItem
+from spear_mm.io.checkpoint import Checkpoint, read_config
 from spear_mm.io.hub import resolve_model
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,13 @@ def load_model(path: str | Path, device: str = "cpu", dtype: torch.dtype | None 
     path = resolve_model(path)
     if not (path / "config.json").is_file():
         raise SpearError(f"model folder {path} has no config.json: expected a Hugging Face model folder")
+    # the checks merge and analyze make, before transformers sees the folder: a config that is a JSON object, a
+    # weights-only .bin, no overlapping tensors, one unambiguous weight set (transformers' choice = spear-mm's);
+    # a folder without weights is left to transformers (e.g. a custom-code model: its message says why)
+    if any(next(path.glob(p), None) for p in ("*.safetensors", "*.bin", "*.index.json")):
+        Checkpoint.open(path)
+    else:
+        read_config(path / "config.json")
     dtype = dtype or (torch.float32 if device == "cpu" else "auto")
     key = "dtype" if _TRANSFORMERS >= (4, 56) else "torch_dtype"  # renamed in transformers 4.56
     try:

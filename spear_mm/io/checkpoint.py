@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from spear_mm.errors import SpearError
+from spear_mm.errors import SpearError, read_text
 from spear_mm.io.hub import hub_ref, resolve_model
 
 log = logging.getLogger(__name__)
@@ -98,12 +98,40 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str
             )
         infos[name] = info
         end = max(end, stop)
+    _refuse_overlaps(path, infos)
     if 8 + n + end > size:
         raise SpearError(
             f"{path}: truncated safetensors file ({size} bytes, header needs {8 + n + end}). "
             "An interrupted copy or download; fetch the file again."
         )
     return infos, meta
+
+
+def _refuse_overlaps(path: Path, infos: dict[str, TensorInfo]) -> None:
+    """Two tensors sharing bytes would alias each other's data (the safetensors library refuses such files)."""
+    spans = sorted((i.offset, i.offset + i.nbytes, i.name) for i in infos.values() if i.nbytes)
+    for (_, end, first), (begin, _, second) in zip(spans, spans[1:], strict=False):
+        if begin < end:
+            raise SpearError(
+                f"{path}: tensors '{first}' and '{second}' declare overlapping byte ranges in the safetensors "
+                "header (a crafted or corrupt file; the safetensors library refuses it). Re-export the weights "
+                "with save_pretrained()."
+            )
+
+
+def read_config(config_file: Path) -> dict:
+    """A model's config.json as a dict, or a SpearError naming the file: not UTF-8, not JSON, not an object."""
+    text = read_text(config_file, "model config")
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SpearError(f"{config_file}: invalid JSON ({exc}). Restore the model's config.json.") from exc
+    if not isinstance(config, dict):
+        raise SpearError(
+            f'{config_file}: a model config is a JSON object ({{"model_type": …}}), not a '
+            f"{type(config).__name__}. Restore the model's config.json."
+        )
+    return config
 
 
 def _load_bin(path: Path) -> dict[str, torch.Tensor]:
@@ -152,10 +180,7 @@ class Checkpoint:
         config_file = path / "config.json"
         if not config_file.exists():
             raise SpearError(f"{path}: no config.json. Pass a Hugging Face model folder (save_pretrained output).")
-        try:
-            config = json.loads(config_file.read_text())
-        except json.JSONDecodeError as exc:
-            raise SpearError(f"{config_file}: invalid JSON ({exc}).") from exc
+        config = read_config(config_file)
         ckpt = cls(path, config, {})
         ckpt.infos = ckpt._scan()
         return ckpt
@@ -180,6 +205,7 @@ class Checkpoint:
                         f"{index}: points at missing shard(s) {', '.join(missing)}. Copy the missing files "
                         "into the folder (an incomplete download?)."
                     )
+                self._refuse_strays(index, files)
                 return [self.path / f for f in files], weight_map
         for pattern in ("model.safetensors", "pytorch_model.bin", "*.safetensors", "pytorch_model*.bin"):
             found = sorted(self.path.glob(pattern))
@@ -198,6 +224,20 @@ class Checkpoint:
             f"{self.path}: no weights found (looked for model.safetensors, *.safetensors with an index, "
             f"pytorch_model*.bin).{hint}"
         )
+
+    def _refuse_strays(self, index: Path, shards: list[str]) -> None:
+        """Shards with an index beside a single-file checkpoint: spear-mm would read the shards, transformers the
+        single file, so merge and evaluate would disagree about which weights the folder holds."""
+        singles = (
+            ("model.safetensors", "pytorch_model.bin") if index.name.startswith("pytorch") else ("model.safetensors",)
+        )
+        strays = [n for n in singles if (self.path / n).exists() and n not in shards]  # transformers' order
+        if strays:
+            raise SpearError(
+                f"{self.path}: ambiguous weights: {index.name} lists shards, and {' and '.join(strays)} is there "
+                "too (transformers would load that file, the index's shards would be merged). Remove the stale "
+                "one: the single file or the index with its shards."
+            )
 
     def _scan(self) -> dict[str, TensorInfo]:
         infos: dict[str, TensorInfo] = {}

@@ -109,6 +109,8 @@ class ShardedWriter:
         slot = self.slots[name]
         if slot.dtype is not None and chunk.dtype != slot.dtype and chunk.dtype.is_floating_point:
             chunk = chunk.to(slot.dtype)  # --out-dtype: the merge computes in float32, kept tensors are cast here
+        if chunk.dtype == torch.float16:
+            _refuse_overflow(name, chunk)
         data = chunk.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
         at = start * chunk.element_size()
         if at + data.nbytes > slot.nbytes:
@@ -138,6 +140,16 @@ class ShardedWriter:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+
+
+def _refuse_overflow(name: str, chunk: torch.Tensor) -> None:
+    """float16 holds at most ±65504: larger weights become ±inf (inputs are checked finite, so an inf here is an
+    overflow of the narrowing cast, e.g. --out-dtype fp16 of a bf16/fp32 model)."""
+    if not torch.isfinite(chunk).all():
+        raise SpearError(
+            f"tensor '{name}': values beyond ±65504 do not fit in float16 and would be written as ±inf. Write "
+            "this model as bf16 or fp32 (--out-dtype bf16 / fp32, or leave --out-dtype unset)."
+        )
 
 
 def _reserve(fd: int, size: int) -> None:

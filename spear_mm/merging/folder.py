@@ -57,9 +57,11 @@ class MergeReport(BaseModel):
 
 def side_files(folder: Path) -> tuple[list[Path], list[str]]:
     """Config/tokenizer/generation files of the adapted model to copy, and notes on links that leave the folder
-    (skipped: a link to e.g. /etc/hostname must not be copied into a model folder that may be published)."""
+    (skipped: a link to e.g. /etc/hostname must not be copied into a model folder that may be published). In a
+    hub cache snapshot every file links into the repository's `blobs/`: links that stay in that repository
+    folder are copied (as the files they point at)."""
     files, notes = [], []
-    root = folder.resolve()
+    root = link_root(folder)
     for src in sorted(folder.iterdir()):
         if any(src.match(p) for p in _WEIGHT_PATTERNS) or not src.is_file():
             continue
@@ -68,6 +70,15 @@ def side_files(folder: Path) -> tuple[list[Path], list[str]]:
             continue
         files.append(src)
     return files, notes
+
+
+def link_root(folder: Path) -> Path:
+    """Where a model folder's links may lead: the folder, or for a hub snapshot (`models--org--name/snapshots/
+    <commit>`) its repository folder `models--org--name` (snapshot files link to `../../blobs/<hash>`)."""
+    resolved = folder.resolve()
+    if resolved.parent.name == "snapshots" and resolved.parent.parent.name.startswith("models--"):
+        return resolved.parent.parent
+    return resolved
 
 
 def set_config_dtype(config: Path, dtype: str) -> None:

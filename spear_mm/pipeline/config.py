@@ -10,21 +10,40 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from spear_mm.calibration.objective import PlannerConfig
 from spear_mm.errors import SpearError, read_text
 from spear_mm.executors import KINDS
 from spear_mm.io.files import atomic_write_text
+from spear_mm.io.strict_yaml import load_strict_yaml
 from spear_mm.scoring.table import ScoreConfig
 
 ExecutorKind = Literal["local", "process", "ray"]
 assert set(KINDS) == {"local", "process", "ray"}
 
 
+class PlannerOptions(PlannerConfig):
+    """The measured planner's options in a run config: `PlannerConfig`'s fields and the probe length; strict
+    types (no "true" strings), unknown keys refused, checked whether or not the planner runs."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    probe_tokens: int = Field(1024, ge=2, description="tokens per probe")
+
+    @field_validator("uniform_seeds", mode="before")
+    @classmethod
+    def _seeds(cls, v: Any) -> Any:
+        return tuple(v) if isinstance(v, list) else v  # YAML has lists, not tuples
+
+    def planner_config(self) -> PlannerConfig:
+        return PlannerConfig(**self.model_dump(exclude={"probe_tokens"}))
+
+
 class RunConfig(BaseModel):
     """What to compare and how to choose. Paths are kept as written (relative to the working folder)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     base: str = Field(description="base model folder (before CPT)")
     adapted: str = Field(description="adapted model folder (after CPT)")
@@ -55,8 +74,8 @@ class RunConfig(BaseModel):
     )
     domain_probe: str | None = Field(None, description="measured planner: held-out domain text (.txt or .jsonl)")
     general_probe: str | None = Field(None, description="measured planner: general text (default: base samples)")
-    planner: dict[str, Any] = Field(
-        default_factory=dict, description="measured planner options (budget, max_domain_loss, probe_tokens, …)"
+    planner: PlannerOptions = Field(
+        default_factory=PlannerOptions, description="measured planner options (budget, max_domain_loss, …)"
     )
     operators: dict[Literal["regmean", "fisher"], list[float]] = Field(
         {}, description="data-aware operator curves: method -> α grid, e.g. {regmean: [0.3, 0.5, 0.7]}"
@@ -83,12 +102,15 @@ class RunConfig(BaseModel):
     def _parse_operators(cls, v: Any) -> Any:
         """'regmean=0.3,0.5;fisher=0.5' as on the command line, or a mapping."""
         if isinstance(v, str):
-            out: dict[str, list[str]] = {}
+            out: dict[str, list[float]] = {}
             for part in filter(None, v.replace(" ", "").split(";")):
                 name, sep, values = part.partition("=")
+                try:
+                    out[name] = [float(a) for a in values.split(",")]
+                except ValueError:
+                    sep = ""
                 if not sep or not values:
                     raise ValueError(f"'{part}': write operators as 'regmean=0.3,0.5,0.7;fisher=0.5'")
-                out[name] = values.split(",")
             return out
         return v
 
@@ -112,6 +134,27 @@ class RunConfig(BaseModel):
     def _path_str(cls, v: Any) -> Any:
         return str(v) if isinstance(v, Path) else v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _python_values(cls, data: Any) -> Any:
+        """Tuples, paths and a `PlannerConfig` given through the Python API are lists, strings and a dict (strict
+        types otherwise)."""
+        if not isinstance(data, dict):
+            return data
+        plain = {tuple: list, Path: str, PlannerConfig: lambda c: c.model_dump(exclude_unset=True)}
+        return {k: next((f(v) for t, f in plain.items() if isinstance(v, t)), v) for k, v in data.items()}
+
+    @model_validator(mode="after")
+    def _planner_is_used(self) -> RunConfig:
+        changed = sorted(k for k, v in self.planner if v != PlannerOptions.model_fields[k].default)
+        if changed and "measured" not in self.policies:
+            raise ValueError(
+                f"planner options ({', '.join(changed)}) are used only by the measured policy, which is not among "
+                f"the policies ({', '.join(self.policies) or 'none'}); add 'measured' to policies (it needs "
+                "domain_probe) or remove the planner options"
+            )
+        return self
+
     @classmethod
     def build(cls, source: str | Path | None = None, /, **overrides: Any) -> RunConfig:
         """A config from an optional YAML file, then `overrides` (None values leave the file's value).
@@ -124,11 +167,7 @@ class RunConfig(BaseModel):
         """
         data: dict[str, Any] = {}
         if source is not None:
-            text = read_text(Path(source), what="run config")
-            try:
-                loaded = yaml.safe_load(text)
-            except yaml.YAMLError as exc:
-                raise SpearError(f"{source}: not valid YAML ({exc}).") from exc
+            loaded = load_strict_yaml(read_text(Path(source), what="run config"), str(source))
             if not isinstance(loaded, dict):
                 raise SpearError(f"{source}: a run config is a mapping of fields (base:, adapted:, suites:, …).")
             data = loaded
@@ -137,13 +176,10 @@ class RunConfig(BaseModel):
             given["planner"] = {**data["planner"], **given["planner"]}  # a flag changes one planner option
         data.update(given)
         try:
-            return cls.model_validate(data)
+            return cls.model_validate(data, strict=True)  # strict: nested models (scoring) too
         except ValidationError as exc:
             where = f"{source}" if source is not None else "run options"
-            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(top)'}: {e['msg']}" for e in exc.errors())
-            unknown = any(e["type"] == "extra_forbidden" for e in exc.errors())
-            fields = f" Fields: {', '.join(cls.model_fields)}." if unknown else ""
-            raise SpearError(f"{where}: {problems}.{fields}") from exc
+            raise SpearError(f"{where}: {_problems(exc)}") from exc
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
@@ -152,3 +188,25 @@ class RunConfig(BaseModel):
         atomic_write_text(path, "# the resolved configuration of this run: `spear-mm run --config` re-runs it\n"
                           + self.to_yaml())  # fmt: skip
         return path
+
+
+_SECTIONS: dict[str, type[BaseModel]] = {"planner": PlannerOptions, "scoring": ScoreConfig}
+
+
+def _problems(exc: ValidationError) -> str:
+    """One sentence per mistake, naming the field; an unknown key lists the fields of its section."""
+    problems, sections = [], []
+    for e in exc.errors():
+        where = ".".join(map(str, e["loc"]))
+        msg = e["msg"].removeprefix("Value error, ")
+        if isinstance(e.get("input"), str) and e["type"] in _QUOTED:
+            msg += f" (got the string {e['input']!r}: {_QUOTED[e['type']]}, without quotes)"
+        problems.append(f"{where}: {msg}" if where else msg)
+        if e["type"] == "extra_forbidden":
+            section = str(e["loc"][0]) if len(e["loc"]) > 1 else ""
+            model = _SECTIONS.get(section, RunConfig)
+            sections.append(f" Fields{' of ' + section if section else ''}: {', '.join(model.model_fields)}.")
+    return "; ".join(problems) + "." + "".join(dict.fromkeys(sections))
+
+
+_QUOTED = {"bool_type": "write true or false", "int_type": "write a whole number", "float_type": "write a number"}

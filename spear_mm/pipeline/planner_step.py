@@ -11,24 +11,38 @@ import hashlib
 import time
 from pathlib import Path
 
-from pydantic import ValidationError
-
 from spear_mm.calibration.planner import PlannerConfig, general_probe_for, measured_plan
 from spear_mm.errors import SpearError
 from spear_mm.io.files import content_key
 from spear_mm.io.pair import Pair
 from spear_mm.pipeline.candidates import Candidate
+from spear_mm.pipeline.config import RunConfig
 from spear_mm.pipeline.context import RunContext
 from spear_mm.pipeline.steps import Steps
 from spear_mm.pipeline.summary import StageCost
 from spear_mm.planning.plan import Plan
+from spear_mm.scoring.probes import read_texts
 from spear_mm.scoring.table import ScoreTable
 
 STAGE = "measured planner (probes)"
+_NO_DOMAIN_PROBE = ("the measured policy needs a domain probe: pass --domain-probe FILE (held-out CPT text, .txt or "
+                    ".jsonl with a 'text' field) to `spear-mm run`, or drop 'measured' from --policies.")  # fmt: skip
 
 
 def _file_hash(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def check_probes(config: RunConfig) -> None:
+    """Before any work: the measured planner (when among the policies) has a domain probe, and its probe files
+    are UTF-8 text (their token counts are checked when the planner tokenises them)."""
+    if "measured" not in config.policies:
+        return
+    if config.domain_probe is None:
+        raise SpearError(_NO_DOMAIN_PROBE)
+    for path in (config.domain_probe, config.general_probe):
+        if path is not None:
+            read_texts(path)
 
 
 def measured_candidate(
@@ -49,10 +63,7 @@ def measured_candidate(
     """The `measured` candidate, planned now or read back from a finished step. With a data-aware `method` and
     `statistics` (folder, content key) the planner searches that operator as well as SLERP."""
     if domain_probe is None:
-        raise SpearError(
-            "the measured policy needs a domain probe: pass --domain-probe FILE (held-out CPT text, .txt or "
-            ".jsonl with a 'text' field) to `spear-mm run`, or drop 'measured' from --policies."
-        )
+        raise SpearError(_NO_DOMAIN_PROBE)
     config = config or PlannerConfig()
     folder = run_dir / "planner"
     started = time.perf_counter()
@@ -91,15 +102,8 @@ def measured_step(
 ) -> tuple[Candidate, StageCost]:
     """The measured planner's plan, as a resumable step of its own; with the run's operators (their statistics:
     folder and key) it searches the first operator as well as SLERP."""
-    c = ctx.config
-    knobs = dict(c.planner)
-    tokens = int(knobs.pop("probe_tokens", None) or 1024)
-    try:
-        planner_config = PlannerConfig(**{k: v for k, v in knobs.items() if v is not None})
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        raise SpearError(f"measured planner option {err['loc'][0]}: {err['msg']}.") from exc
+    c = ctx.config  # its planner options were validated with the config (pipeline.config.PlannerOptions)
     return measured_candidate(ctx.pair, scores, ctx.run_dir, ctx.steps, domain_probe=c.domain_probe,
-                              general_probe=c.general_probe, config=planner_config, rank_by=c.rank_by,
-                              device=c.device, probe_tokens=tokens, method=next(iter(c.operators), "slerp"),
-                              statistics=statistics)  # fmt: skip
+                              general_probe=c.general_probe, config=c.planner.planner_config(), rank_by=c.rank_by,
+                              device=c.device, probe_tokens=c.planner.probe_tokens,
+                              method=next(iter(c.operators), "slerp"), statistics=statistics)  # fmt: skip

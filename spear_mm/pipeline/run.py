@@ -55,7 +55,7 @@ from spear_mm.pipeline.jobs import (
     tasks_hash,
 )
 from spear_mm.pipeline.operators import operators_step
-from spear_mm.pipeline.planner_step import measured_step
+from spear_mm.pipeline.planner_step import check_probes, measured_step
 from spear_mm.pipeline.steps import StepRecord, Steps, sidecar
 from spear_mm.pipeline.summary import RunSummary, StageCost, cpt_cost, report_tables, summarise
 from spear_mm.planning.plan import Plan
@@ -142,6 +142,7 @@ def _run(config: RunConfig, pair: Pair, run_dir: Path, progress: ProgressCallbac
                      progress)  # fmt: skip
     grid = parse_sweep(config.sweep)
     tasks, skipped = _load_tasks(config, ctx.lm_eval_tasks)
+    check_probes(config)  # the planner's probe files, before any scoring
     n_baselines = N_BASELINES - len(UNIFORM_TS) + len(set(config.uniform_grid))
     n_candidates = len(config.policies) + (len(grid["fractions"]) * len(grid["t"]) if grid else 0)
     n_candidates += n_baselines * config.baselines + sum(len(set(g)) for g in config.operators.values())

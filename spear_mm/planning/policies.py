@@ -25,6 +25,11 @@ PRESETS: dict[str, tuple[float, float]] = {
 AGGRESSIVE_TOP_T = 0.9
 AGGRESSIVE_TOP_FRACTION = 0.25
 POLICIES = (*PRESETS, "uniform", "custom", "top-k", "fraction")
+# The options (make_plan's keywords) each policy reads; any other one given would be silently ignored.
+USES: dict[str, set[str]] = {"custom": {"layer_ts"}, "uniform": {"t"}, "top-k": {"t", "k"},
+                             "fraction": {"t", "fraction"}} | {p: {"fraction", "t", "k"} for p in PRESETS}  # fmt: skip
+_READ_BY = {"layer_ts": "custom", "t": "uniform, top-k, fraction and the presets",
+            "k": "top-k and the presets", "fraction": "fraction and the presets"}  # fmt: skip
 
 
 def count_layers(fraction: float, num_layers: int) -> int:
@@ -34,6 +39,20 @@ def count_layers(fraction: float, num_layers: int) -> int:
     if fraction == 0.0:
         return 0
     return min(num_layers, max(1, math.floor(fraction * num_layers + 0.5 + 1e-9)))
+
+
+def check_options(policy: str, given: dict[str, object], flag: dict[str, str] | None = None) -> None:
+    """Refuse options that `policy` would ignore (naming the policies that read them), and a preset given both
+    `k` and `fraction` (k wins). `flag` maps keyword names to how the user wrote them (CLI flags)."""
+    name = (flag or {}).get
+    ignored = [k for k, v in given.items() if v is not None and policy in USES and k not in USES[policy]]
+    if ignored:
+        why = "; ".join(f"{name(k, k)} is read by {_READ_BY[k]}" for k in ignored)
+        raise SpearError(f"policy {policy} does not use {', '.join(name(k, k) for k in ignored)} ({why}); drop it "
+                         "or choose a policy that reads it.")  # fmt: skip
+    if policy in PRESETS and given.get("k") is not None and given.get("fraction") is not None:
+        raise SpearError(f"policy {policy}: give {name('k', 'k')} (a count of units) or {name('fraction', 'fraction')}"
+                         " (a share of them), not both: the count would win and the share be ignored.")  # fmt: skip
 
 
 def _check_t(t: float | None, what: str) -> float:
@@ -101,7 +120,8 @@ def make_plan(
     uniform (t), custom (`layer_ts`), top-k (k, t), fraction (fraction, t). Presets, top-k and fraction restore
     the top of the joint ranking of all units (`rank_by`: score | restore_gain | activation_drift), embeddings,
     head and final norm included; `embed`, `head`, `final_norm` override their t. Every layer is listed with
-    its score and rank so the YAML is reviewable."""
+    its score and rank so the YAML is reviewable. Options the policy would ignore are refused."""
+    check_options(policy, {"fraction": fraction, "t": t, "k": k, "layer_ts": layer_ts})
     ts, params = _unit_ts(scores, policy, fraction, t, k, layer_ts, rank_by)
     explicit = {"embed": embed, "head": head, "final_norm": final_norm}
     for what, value in explicit.items():

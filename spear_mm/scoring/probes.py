@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from spear_mm.errors import SpearError
+from spear_mm.errors import SpearError, describe_unicode_error
 from spear_mm.io.pair import Pair
 from spear_mm.scoring.table import ProbeReport, ScoreTable
 from spear_mm.scoring.units import units_of
@@ -26,6 +26,7 @@ from spear_mm.scoring.units import units_of
 log = logging.getLogger(__name__)
 
 WINDOW = 256
+MIN_PROBE_TOKENS = 32  # fewer cannot tell a restoration's effect from noise (a one-word probe is a mistake)
 
 
 def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -63,9 +64,9 @@ def probe_windows(model_dir: Path, probe: Path, max_tokens: int) -> list[torch.T
         tok = AutoTokenizer.from_pretrained(model_dir)
     except (OSError, ValueError) as exc:
         raise SpearError(f"{model_dir}: no usable tokenizer for the probe ({exc}); save one with the model.") from exc
-    ids = tok(text, return_tensors="pt", add_special_tokens=False)["input_ids"][0][:max_tokens]
-    if ids.numel() < 2:
-        raise SpearError(f"{probe}: the probe text has fewer than 2 tokens.")
+    ids = tok(text, return_tensors="pt", add_special_tokens=False)["input_ids"][0]
+    check_probe_tokens(probe, ids.numel(), limit=max_tokens)
+    ids = ids[:max_tokens]
     return [ids[i : i + WINDOW][None, :] for i in range(0, ids.numel() - 1, WINDOW) if ids[i : i + WINDOW].numel() > 1]
 
 
@@ -156,21 +157,47 @@ def add_probe_scores(
 
 
 def read_texts(path: str | Path) -> list[str]:
-    """Texts of a probe file: .txt (the whole file), .jsonl / .jsonl.gz (the `text` field of every line)."""
+    """Texts of a probe file: .txt (the whole file), .jsonl / .jsonl.gz (the `text` field of every line). The file
+    must be UTF-8 text (no replacement characters are invented) with some non-blank text."""
     path = Path(path)
     if not path.is_file():
         raise SpearError(f"{path}: probe text file not found. Pass a .txt or a .jsonl with a 'text' field per line.")
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8", errors="replace") as f:
-        if ".jsonl" not in path.name:
-            return [f.read()]
-        texts = []
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                texts.append(str(row["text"] if "text" in row else row["body"]))
-            except (ValueError, KeyError, TypeError) as exc:
-                raise SpearError(f"{path}, line {n}: not a JSON object with a 'text' field ({exc}).") from exc
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise describe_unicode_error(exc, f"probe file {path}") from None
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise SpearError(f"probe file {path}: unreadable ({exc}). Pass a .txt, .jsonl or .jsonl.gz file.") from None
+    texts = [text] if ".jsonl" not in path.name else _jsonl_texts(text, path)
+    if not any(t.strip() for t in texts):
+        raise SpearError(f"probe file {path}: no text in it (blank). Give held-out text of at least "
+                         f"{MIN_PROBE_TOKENS} tokens.")  # fmt: skip
     return texts
+
+
+def _jsonl_texts(text: str, path: Path) -> list[str]:
+    texts = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            value = row["text"] if "text" in row else row["body"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SpearError(f"{path}, line {n}: not a JSON object with a 'text' field ({exc}).") from exc
+        if not isinstance(value, str):
+            raise SpearError(f"{path}, line {n}: the 'text' field is a {type(value).__name__}, not a string of text.")
+        texts.append(value)
+    return texts
+
+
+def check_probe_tokens(path: str | Path, n: int, what: str = "probe", limit: int | None = None) -> None:
+    """Refuse a probe too short to measure an NLL on (e.g. one word): fewer than MIN_PROBE_TOKENS tokens, or
+    than `limit` when the user asked for fewer tokens than that."""
+    need = min(MIN_PROBE_TOKENS, limit or MIN_PROBE_TOKENS)
+    if n < need:
+        raise SpearError(
+            f"{path}: the {what} has {n} token(s); at least {need} are needed to measure a loss on it. "
+            "Give a longer text (a few paragraphs of held-out text)."
+        )

@@ -21,11 +21,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from spear_mm import __version__
-from spear_mm.errors import SpearError
+from spear_mm.errors import SpearError, library_os_errors
 from spear_mm.executors import keep_freed_memory
 from spear_mm.io.files import atomic_write_text, open_append
 from spear_mm.io.hub import hub_label, resolve_model
-from spear_mm.io.outputs import AtomicDir, check_not_input
+from spear_mm.io.outputs import AtomicDir, check_free_space, check_not_input
 from spear_mm.planning.exports import apply_freeze_plan
 from spear_mm.planning.freeze import FreezeSummary, apply_freeze, is_freeze_yaml, load_freeze_yaml
 from spear_mm.planning.freeze import summarize_freeze as _summarize
@@ -319,9 +319,12 @@ def _cpt(base: Path, corpus: list[Path], out: Path, config: CptConfig, device: s
         if summary.trainable_params == 0:
             raise SpearError(f"{config.freeze}: freezes every parameter; nothing would train.")
         log.info("parameters: %s", summary)
-        work = _work_dir(out, config)
-        stats = run_trainer(model, tokenizer, PackedDataset(blocks), work, config, device, _resume_arg(config, work))
         save_dtype = _save_dtype(config.save_dtype, device, base_dtype)
+        check_free_space(out.parent, _bytes_to_save(model, save_dtype, base))  # before training, as merge does
+        work = _work_dir(out, config)
+        with library_os_errors(work):  # a checkpoint that fills the disk: one paragraph, not a SafetensorError
+            stats = run_trainer(model, tokenizer, PackedDataset(blocks), work, config, device,
+                                _resume_arg(config, work))  # fmt: skip
         result = CptResult(
             out=out,
             steps=stats["steps"],
@@ -341,6 +344,21 @@ def _cpt(base: Path, corpus: list[Path], out: Path, config: CptConfig, device: s
         return result.model_copy(update={"wall_seconds": cost["wall_seconds"]})
     finally:
         torch.set_num_threads(old_threads)
+
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+def _bytes_to_save(model, dtype: torch.dtype, base: Path) -> int:
+    """What publishing writes: the weights in `dtype` (shared tensors once), the base's side files (tokenizer,
+    config), and 64 kB for the log and cost files."""
+    seen, weights = set(), 0
+    for t in model.state_dict().values():
+        if t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            weights += t.numel() * (dtype.itemsize if t.is_floating_point() else t.element_size())
+    sides = sum(p.stat().st_size for p in base.iterdir() if p.is_file() and p.suffix not in _WEIGHT_SUFFIXES)
+    return weights + sides + 64 * 1024
 
 
 def _save_dtype(choice: str, device: str, base_dtype: torch.dtype) -> torch.dtype:
@@ -379,8 +397,9 @@ def _cpu_name() -> str:
 def _publish(model, tokenizer, work: Path, staging, cost: dict, started: float) -> None:
     """Write model, tokenizer, log and cost to the staging folder, then publish it (spear_mm.io.outputs.AtomicDir)."""
     tmp = staging.tmp
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
+    with library_os_errors(tmp / "model.safetensors"):  # ENOSPC, EFBIG, EROFS: one paragraph (errors.py)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     if (work / "train_log.jsonl").exists():
         shutil.copy2(work / "train_log.jsonl", tmp / "train_log.jsonl")
     cost["wall_seconds"] = round(time.time() - started, 3)  # load + tokenise + train + save
