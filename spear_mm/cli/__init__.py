@@ -11,7 +11,7 @@ import typer
 from rich.logging import RichHandler
 
 from spear_mm import __version__
-from spear_mm.cli import analyze, demo, discover, evaluate, merge, run, train
+from spear_mm.cli import analyze, compare, demo, discover, evaluate, merge, run, train
 from spear_mm.cli.output import console
 from spear_mm.errors import SpearError, describe_os_error
 
@@ -45,7 +45,16 @@ def _root(
     )
 
 
-for _module in (merge, analyze, evaluate, train, run, demo, discover):  # each stage's commands; an import error is loud
+for _module in (
+    merge,
+    analyze,
+    evaluate,
+    compare,
+    train,
+    run,
+    demo,
+    discover,
+):  # each stage's commands; an import error is loud
     _module.register(app)
 
 

@@ -160,10 +160,15 @@ def report_cmd(
     base: str | None = typer.Option(None, help="Base model name (default: summary.json, else 'base')."),
     adapted: str | None = typer.Option(None, help="Adapted model name (default: summary.json, else 'adapted')."),
     chosen: str | None = typer.Option(None, help="Candidate to circle as chosen (default: summary.json)."),
+    against: str | None = typer.Option(None, "--against", help="Also test every model against this one (paired)."),
+    keep_chance_tasks: bool | None = typer.Option(
+        None, "--keep-chance-tasks/--drop-chance-tasks", help="Keep tasks at chance level in R and K [summary.json]."
+    ),
 ) -> None:
     """Write report.md and a self-contained report.html (figures embedded) for a run folder."""
 
-    md, html = write_report(run_dir, out_dir=out, base=base, adapted=adapted, chosen=chosen)
+    md, html = write_report(run_dir, out_dir=out, base=base, adapted=adapted, chosen=chosen, against=against,
+                            keep_chance_tasks=keep_chance_tasks)  # fmt: skip
     out_console.print(f"wrote {md} and {html}")
 
 

@@ -99,6 +99,9 @@ def run_cmd(
     choose_from: ChooseFrom | None = typer.Option(
         None, "--choose-from", help="all: plans, sweep, baselines, CPT (default); plans: SPEAR-MM plans only."
     ),
+    keep_chance_tasks: bool | None = typer.Option(
+        None, "--keep-chance-tasks", help="Keep tasks at chance level in R and K (default: flagged, left out)."
+    ),
     limit: int | None = typer.Option(None, "--limit", help="Items per task (seeded, stratified by label)."),
     seed: int | None = typer.Option(None, help="Seed of the --limit sample [0]."),
     device: str | None = typer.Option(None, metavar=DEVICE_METAVAR, help="Where merges and evaluation run [cpu]."),
@@ -136,7 +139,7 @@ def run_cmd(
     }  # fmt: skip
     options = dict(base=base, adapted=adapted, out=out, data_dir=data_dir, suites=suite, policies=policies,
                    sweep=sweep, baselines=baselines, target_retention=target_retention,
-                   choose_from=value(choose_from), limit=limit, seed=seed, device=device, threads=threads,
+                   choose_from=value(choose_from), keep_chance_tasks=keep_chance_tasks, limit=limit, seed=seed, device=device, threads=threads,
                    workers=workers, batch_size=batch_size, keep_all=keep_all, executor=value(executor),
                    ray_address=ray_address, cpt_cost_seconds=cpt_cost_seconds, title=title,
                    allow_vocab_extension=allow_vocab_extension, out_dtype=value(out_dtype),

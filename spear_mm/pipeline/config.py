@@ -36,6 +36,7 @@ class RunConfig(BaseModel):
     baselines: bool = Field(True, description="uniform SLERP, task arithmetic and TIES baselines")
     target_retention: float | None = Field(None, gt=0, le=2, description="choose the most K among R ≥ this")
     choose_from: Literal["all", "plans"] = "all"
+    keep_chance_tasks: bool = Field(False, description="keep tasks at chance level in R and K (default: left out)")
     limit: int | None = Field(None, ge=1, description="items per task (seeded, stratified by label)")
     seed: int = 0
     device: str = "cpu"
