@@ -21,7 +21,6 @@ from spear_mm.pipeline.config import RunConfig
 from spear_mm.pipeline.run import _load_tasks
 from spear_mm.pipeline.summary import RunSummary
 from spear_mm.progress import ProgressEvent
-from spear_mm.training.cpt import CptConfig, cpt
 
 UNIFORM = {f"uniform-t{i / 10:g}" for i in range(1, 10)}  # the uniform curve, t = 0.1 … 0.9
 BASELINES = UNIFORM | {"task-arith-l0.5", "task-arith-l0.75", "ties-d0.2"}
@@ -361,3 +360,22 @@ def _table_text(summary) -> str:
     console = Console(width=200, record=True)
     console.print(results_table(summary))
     return console.export_text()
+
+
+def test_a_limit_8_choice_that_ties_with_a_uniform_point_says_so(pair, tmp_path) -> None:
+    """At --limit 8 the balance rule picks a plan on a one-item R difference (McNemar p = 1): the noise check
+    hands the choice to the simpler uniform point, and the report's first paragraph says why."""
+    out = tmp_path / "run"
+    summary = run(*pair, out, suites="demo", limit=8, policies=["balanced", "aggressive"], threads=1)
+    assert summary.first_pick in POLICIES and summary.chosen in UNIFORM, summary.choice_reason
+    assert f"not distinguishable from {summary.chosen}" in summary.choice_reason
+    assert "McNemar p = 1, n = 8" in summary.choice_reason
+    # the finance multiple-choice task is at chance for base and adapted: flagged, left out of K
+    assert list(summary.excluded_tasks) == ["demo_finance_mc"]
+    assert "demo_finance_mc" not in summary.entry("balanced").gain_kept_per_task
+    verdict = (out / "report.md").read_text().split("\n\n")[1]
+    assert verdict.startswith(f"Chosen: {summary.chosen} — R = ") and "uniform-SLERP curve" in verdict
+    assert f"not distinguishable from {summary.chosen}" in verdict
+    kept = run(*pair, tmp_path / "kept", suites="demo", limit=8, policies=["balanced"], threads=1,
+               keep_chance_tasks=True)  # fmt: skip
+    assert kept.excluded_tasks == {} and "demo_finance_mc" in kept.entry("balanced").gain_kept_per_task

@@ -21,7 +21,9 @@ BROWSER_ARGS = [
 ]
 
 
-FIRST_SCREEN = "els => els.map(e => { const r = e.getBoundingClientRect(); return {top: r.top, bottom: r.bottom, h: r.height}; })"
+FIRST_SCREEN = (
+    "els => els.map(e => { const r = e.getBoundingClientRect(); return {top: r.top, bottom: r.bottom, h: r.height}; })"
+)
 
 
 def open_page(html: Path, screenshot: Path | None = None, width: int = 1280) -> dict:

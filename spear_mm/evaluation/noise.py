@@ -123,7 +123,7 @@ def beats(tests: Iterable[TaskTest], a: str, b: str) -> bool:
     )
 
 
-def tests_text(tests: Iterable[TaskTest], a: str, b: str) -> str:
+def axes_text(tests: Iterable[TaskTest], a: str, b: str) -> str:
     """Per axis, what the tests say of a against b: `R: not distinguishable from b (…); K: b better (…)`."""
     parts = []
     for group, axis in (("general", "R"), ("domain", "K")):

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from spear_mm.evaluation.metrics import EvalResult
-from spear_mm.evaluation.noise import beats, deciding_tasks, paired_tests, tests_text
+from spear_mm.evaluation.noise import axes_text, beats, deciding_tasks, paired_tests
 from spear_mm.evaluation.uniform_curve import uniform_t
 from spear_mm.pipeline.candidates import Candidate
 from spear_mm.pipeline.selection import Choice, Point, choose, prefer_simpler
@@ -49,7 +49,7 @@ def noisy_choice(
 
     def better(a: str, b: str) -> tuple[bool, str]:
         tests = paired_tests(results[a], results[b], deciding, names=(a, b))
-        return beats(tests, a, b), tests_text(tests, a, b)
+        return beats(tests, a, b), axes_text(tests, a, b)
 
     ranks = {n: simplicity(n, by_name.get(n)) for n in pool if n in results}
     return prefer_simpler(choice, {n: points[n] for n in ranks}, ranks, better, target)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from spear_mm.evaluation.metrics import EvalResult
-from spear_mm.evaluation.noise import deciding_tasks, paired_tests, tests_text
+from spear_mm.evaluation.noise import axes_text, deciding_tasks, paired_tests
 from spear_mm.evaluation.uniform_curve import curve_from, r_on_curve
 
 Points = Mapping[str, tuple[float | None, float | None]]
@@ -44,7 +44,7 @@ def verdict(
             tests = paired_tests(results[chosen], results[near.name], deciding_tasks(results[base], excluded),
                                  names=(chosen, near.name))  # fmt: skip
             text += f". Against the nearest uniform point in K, {near.name} (K = {near.gain_kept:.3f}): "
-            text += tests_text(tests, chosen, near.name)
+            text += axes_text(tests, chosen, near.name)
         text += "."
     return text + (f" Choice: {reason}." if reason else "")
 
