@@ -72,6 +72,12 @@ def test_paired_tests_say_which_model_is_better_per_axis():
     assert by["g"].p_value == 1.0 and by["g"].favours == "a" and not by["g"].significant  # one item: noise
     assert by["d"].significant and by["d"].favours == "a"  # lower NLL on every item
     assert beats(tests, "a", "b") and not beats(tests, "b", "a")
+    # a trade-off (a better on R, b on K, both beyond noise) is not noise: a's advantage stands
+    c = _result("c", _mc("g", [True] * 8), _ppl("d", [4.0, 4.1, 3.9, 4.0, 4.2, 4.0, 3.8, 4.0]))
+    d = _result("d", _mc("g", [False] * 8), _ppl("d", [2.0] * 8))
+    trade = paired_tests(c, d, ["g", "d"])
+    assert beats(trade, "c", "d") and beats(trade, "d", "c")
+    assert axes_text(trade, "c", "d").startswith("R: c better (g McNemar p = 0.0078, n = 8); K: d better")
     text = axes_text(tests, "a", "b")
     assert text.startswith("R: not distinguishable from b (g McNemar p = 1, n = 8); K: a better (d paired bootstrap")
 

@@ -140,10 +140,13 @@ def plan_units(ev: ProbeEvaluator, order: list[str], config: PlannerConfig, *, r
     """Measure, knapsack and refine on one evaluator; `order` is the weight-only (or probe) ranking of units."""
     started = time.perf_counter()
     trace: list[Trace] = []
-    base, adapted = ev.evaluate(dict.fromkeys(ev.units, 1.0)), ev.evaluate({})
-    obj = Objective(base, adapted, config)
     order = [u for u in order if u in ev.units] + [u for u in ev.units if u not in order]
     measured = order[: config.probe_units] if config.probe_units else order
+    # for progress: references, two per measured unit, the knapsack's feasibility search, seeds, refinement budget
+    refining = config.budget if refine else 0
+    ev.planned = 2 + 2 * len(measured) + len(measured).bit_length() + 1 + len(config.uniform_seeds) + refining
+    base, adapted = ev.evaluate(dict.fromkeys(ev.units, 1.0)), ev.evaluate({})
+    obj = Objective(base, adapted, config)
     effects = measure_effects(ev, measured, config.t_mid, adapted)
 
     def run(ts: dict[str, float]) -> ProbeResult:
@@ -211,10 +214,12 @@ def measured_plan(
     probe_tokens: int = 1024,
     device: str = "cpu",
     method: str = "slerp",
+    progress=None,
 ):
     """A `Plan` whose every unit's t comes from the measured planner; its `measurement` holds the probe
     figures, the evaluations spent and every unit's measured effect. `cache_path` (JSON lines) makes it
-    resumable: evaluations already in the cache are not run again."""
+    resumable: evaluations already in the cache are not run again. `progress(done, total)` is called after each
+    probe evaluation (cached ones count as done; total is the planned count, raised if exceeded)."""
     from pathlib import Path
 
     config = config or PlannerConfig()
@@ -222,7 +227,7 @@ def measured_plan(
     probes = load_probes(pair.adapted.path, Path(general_probe), Path(domain_probe), probe_tokens)
     sublayers = config.granularity == "sublayer"
     ev = ProbeEvaluator(pair, probes, cache_path=Path(cache_path) if cache_path else None, device=device,
-                        sublayers=sublayers)  # fmt: skip
+                        sublayers=sublayers, progress=progress)  # fmt: skip
     order = scores.unit_ranking(rank_by)
     order = split_layers(order) if sublayers else order
     res = plan_units(ev, order, config)

@@ -38,11 +38,13 @@ def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=logging.INFO,
         format="%(message)s",
         handlers=[RichHandler(console=console, show_path=False, show_time=False)],
         force=True,
     )
+    # -v: spear-mm's own debug lines only (not matplotlib's font search or other libraries' internals)
+    logging.getLogger("spear_mm").setLevel(logging.DEBUG if verbose else logging.NOTSET)
 
 
 for _module in (

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from spear_mm.cli import checks
@@ -22,6 +22,7 @@ from spear_mm.cli.choices import (
     lm_eval_selection,
 )
 from spear_mm.cli.output import console
+from spear_mm.cli.progress import bars
 from spear_mm.errors import SpearError
 from spear_mm.evaluation import evaluate, load_tasks
 from spear_mm.evaluation.lm_eval_tasks import check_no_clash, preflight
@@ -127,7 +128,7 @@ def evaluate_cmd(
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    with WorkDir(out, models), Progress(*columns, console=console, transient=False) as progress:
+    with WorkDir(out, models), bars(*columns, console=console) as progress:
         for path, name in zip(models, names, strict=True):
             result = evaluate(
                 path,

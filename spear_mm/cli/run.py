@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from spear_mm.cli import checks
@@ -29,6 +29,7 @@ from spear_mm.cli.choices import (
     value,
 )
 from spear_mm.cli.output import console, out_console
+from spear_mm.cli.progress import bars
 from spear_mm.errors import SpearError
 from spear_mm.io.dtypes import DtypeName
 from spear_mm.pipeline.config import RunConfig
@@ -36,7 +37,11 @@ from spear_mm.pipeline.run import run
 from spear_mm.pipeline.summary import RunSummary
 from spear_mm.progress import ProgressEvent
 
-_LABELS = {"analyze": "score tensors", "evaluate": "evaluate models", "merge": "write chosen model (bytes)"}
+_LABELS = {"analyze": "score tensors", "evaluate": "evaluate models", "merge": "write chosen model (bytes)",
+           "planner": "measured planner: probe evaluations"}  # fmt: skip
+# without a terminal: a line per model evaluated and per probe evaluation; per-task item counts every 30 s only
+_FIELDS = {"evaluate": {"per_unit": True}, "planner": {"per_unit": True}, "items": {"detail": True},
+           "merge": {"unit": "bytes"}}  # fmt: skip
 
 
 def _fmt(x: float | None) -> str:
@@ -178,7 +183,7 @@ class _Bars:
     def __enter__(self):
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    TimeRemainingColumn())  # fmt: skip
-        self.bars = Progress(*columns, console=console, transient=False)
+        self.bars = bars(*columns, console=console)
         self.ids: dict[str, int] = {}
         return self.update
 
@@ -188,7 +193,7 @@ class _Bars:
             self.bars.start()
         if event.stage not in self.ids:
             self.ids[event.stage] = self.bars.add_task(
-                label or _LABELS.get(event.stage, event.stage), total=event.total
+                label or _LABELS.get(event.stage, event.stage), total=event.total, **_FIELDS.get(event.stage, {})
             )
         extra = {"description": label} if label else {}
         self.bars.update(self.ids[event.stage], completed=event.done, total=event.total, **extra)
@@ -221,7 +226,7 @@ def _grid(text: str) -> tuple[float, ...]:
 
 def _quiet_per_model_logs() -> None:
     """One line per task and model, and transformers' loading bars, drown the run's bars: keep them for -v."""
-    if logging.getLogger().level > logging.DEBUG:
+    if not logging.getLogger("spear_mm").isEnabledFor(logging.DEBUG):
         logging.getLogger("spear_mm.evaluation").setLevel(logging.WARNING)
         from transformers.utils import logging as hf_logging
 

@@ -174,6 +174,9 @@ def run_registered(
     import torch
     from lm_eval.models.huggingface import HFLM
 
+    from spear_mm.evaluation.lm_eval_backend import quiet_lm_eval
+
+    quiet_lm_eval()
     sizes = preflight(spec)
     manager = task_manager(spec.include_path)
     max_length = max_length or model_max_length(model)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -43,6 +44,7 @@ def measured_candidate(
     rank_by: str = "score",
     probe_tokens: int = 1024,
     device: str = "cpu",
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[Candidate, StageCost]:
     """The `measured` candidate, planned now or read back from a finished step."""
     if domain_probe is None:
@@ -68,7 +70,7 @@ def measured_candidate(
                           detail=record.extra.get("detail", ""))  # fmt: skip
     else:
         plan = measured_plan(scores, pair, general, domain, config, rank_by=rank_by, probe_tokens=probe_tokens,
-                             cache_path=folder / "evaluations.jsonl", device=device)  # fmt: skip
+                             cache_path=folder / "evaluations.jsonl", device=device, progress=progress)  # fmt: skip
         plan.save(out)
         m = plan.measurement
         seconds = round(time.perf_counter() - started, 3)
@@ -92,4 +94,5 @@ def measured_step(ctx: RunContext, scores: ScoreTable) -> tuple[Candidate, Stage
         raise SpearError(f"measured planner option {err['loc'][0]}: {err['msg']}.") from exc
     return measured_candidate(ctx.pair, scores, ctx.run_dir, ctx.steps, domain_probe=c.domain_probe,
                               general_probe=c.general_probe, config=planner_config, rank_by=c.rank_by,
-                              device=c.device, probe_tokens=tokens)  # fmt: skip
+                              device=c.device, probe_tokens=tokens,
+                              progress=lambda done, total: ctx.report("planner", done, total))  # fmt: skip

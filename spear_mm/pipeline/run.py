@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import math
 import shutil
 import time
 from collections.abc import Callable
@@ -30,7 +31,7 @@ from spear_mm.io.dtypes import parse_dtype
 from spear_mm.io.files import content_key
 from spear_mm.io.outputs import WorkDir, check_free_space
 from spear_mm.io.pair import Pair, open_pair
-from spear_mm.merging.merge import merge, resolve_device
+from spear_mm.merging.merge import build_ops, merge, resolve_device
 from spear_mm.pipeline.candidates import (
     N_BASELINES,
     UNIFORM_TS,
@@ -363,7 +364,7 @@ def _write_models(ctx: RunContext, candidates: list[Candidate], chosen: str | No
             steps.skipped(f"merge {c.name}", record)
             seconds, reused = seconds + record.seconds, reused + 1
             continue
-        cb = _bytes_progress(ctx, pair.adapted.nbytes) if ctx.progress else None
+        cb = _bytes_progress(ctx, _written_bytes(pair, c.plan, out_dtype)) if ctx.progress else None
         report = merge(pair.base.path, pair.adapted.path, out, c.plan, device=device, force=True,
                        threads=ctx.config.threads, progress=cb, out_dtype=out_dtype,
                        allow_vocab_extension=bool(pair.vocab_extension))  # fmt: skip
@@ -372,6 +373,12 @@ def _write_models(ctx: RunContext, candidates: list[Candidate], chosen: str | No
     status = "skipped" if reused and not written else "ran"
     return StageCost(name="write chosen model" + ("s" if keep_all else ""), seconds=seconds, device=device,
                      status=status, detail=f"{written} written, {reused} reused")  # fmt: skip
+
+
+def _written_bytes(pair: Pair, plan: Plan, out_dtype: str | None) -> int:
+    """The bytes the merge will report writing (a bf16 output of an fp32 pair is half the input)."""
+    ops = build_ops(pair, plan, parse_dtype(out_dtype) if out_dtype else None)
+    return sum(math.prod(op.shape) * op.out_dtype.itemsize for op in ops)
 
 
 def _bytes_progress(ctx: RunContext, total: int) -> Callable[[str, int], None]:

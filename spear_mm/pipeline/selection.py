@@ -11,7 +11,7 @@ Models with an undefined R or K (e.g. no domain gain to keep) cannot be chosen b
 
 Noise (`prefer_simpler`): the rule's pick W gives way to the best simpler candidate S (uniform over selective,
 less restoration over more; with a met target, S must meet it too) unless W is better than S beyond the
-paired-test noise on the tasks that decide R and K: significantly better on one of them, worse on none.
+paired-test noise on the tasks that decide R and K: significantly better (p < 0.05) on at least one of them.
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ from spear_mm.planning.exports import apply_freeze_plan
 from spear_mm.planning.freeze import FreezeSummary, apply_freeze, is_freeze_yaml, load_freeze_yaml
 from spear_mm.planning.freeze import summarize_freeze as _summarize
 from spear_mm.planning.plan import Plan
+from spear_mm.progress import ProgressCallback, ProgressEvent
 from spear_mm.training.corpus import PackedDataset, pack_corpus
 
 log = logging.getLogger(__name__)
@@ -166,8 +167,8 @@ def _resume_arg(config: CptConfig, work: Path) -> str | None:
 class _LogCallback:
     """Appends every Trainer log (loss, lr, grad norm) with tokens seen and tokens/s to `train_log.jsonl`."""
 
-    def __init__(self, path: Path, tokens_per_step: int) -> None:
-        self.path, self.tokens_per_step = path, tokens_per_step
+    def __init__(self, path: Path, tokens_per_step: int, progress: ProgressCallback | None = None) -> None:
+        self.path, self.tokens_per_step, self.progress = path, tokens_per_step, progress
         self.t0 = self.t_last = 0.0
         self.step0 = self.step_last = 0
 
@@ -189,6 +190,10 @@ class _LogCallback:
             f.write(json.dumps(entry) + "\n")
         self.t_last, self.step_last = now, step
 
+    def on_step_end(self, args, state, control, **kw) -> None:
+        if self.progress is not None:
+            self.progress(ProgressEvent("cpt", state.global_step, state.max_steps, "cpt: optimizer steps"))
+
     def throughput(self, state) -> tuple[int, float, float]:
         """Steps run in this session, their wall seconds, and tokens/s."""
         seconds = time.perf_counter() - self.t0
@@ -196,7 +201,8 @@ class _LogCallback:
         return steps, seconds, steps * self.tokens_per_step / max(seconds, 1e-9)
 
 
-def run_trainer(model, tokenizer, dataset, work: Path, config: CptConfig, device: str, resume: str | None) -> dict:
+def run_trainer(model, tokenizer, dataset, work: Path, config: CptConfig, device: str, resume: str | None,
+                progress: ProgressCallback | None = None) -> dict:  # fmt: skip
     """Train with the Hugging Face Trainer; returns steps, seconds, tokens/s and the last logged loss."""
     import importlib.util
 
@@ -206,7 +212,7 @@ def run_trainer(model, tokenizer, dataset, work: Path, config: CptConfig, device
         raise SpearError("cpt: the Hugging Face Trainer needs `accelerate`; run `pip install accelerate`.")
 
     callback = type("SpearLogCallback", (_LogCallback, TrainerCallback), {})(
-        work / "train_log.jsonl", config.tokens_per_step
+        work / "train_log.jsonl", config.tokens_per_step, progress
     )
     use_bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
     args = TrainingArguments(
@@ -257,8 +263,15 @@ def run_trainer(model, tokenizer, dataset, work: Path, config: CptConfig, device
     }
 
 
-def cpt(base: str | Path, corpus: list[Path], out: Path, config: CptConfig | None = None) -> CptResult:
-    """Continually pre-train `base` on `corpus` files; write the trained HF folder to `out`."""
+def cpt(
+    base: str | Path,
+    corpus: list[Path],
+    out: Path,
+    config: CptConfig | None = None,
+    progress: ProgressCallback | None = None,
+) -> CptResult:
+    """Continually pre-train `base` on `corpus` files; write the trained HF folder to `out`. `progress` gets a
+    `cpt` event after every optimizer step (with `config.progress=False` for no tqdm bar of its own)."""
     config = config or CptConfig()
     base, out, corpus = resolve_model(base), Path(out), [Path(p) for p in corpus]
     if not corpus:
@@ -270,10 +283,11 @@ def cpt(base: str | Path, corpus: list[Path], out: Path, config: CptConfig | Non
     check_not_input(out.with_name(out.name + ".work"), inputs, "work folder")
     device = _device(config.device)
     with AtomicDir(out, inputs, config.overwrite) as staging:  # checks, lock, cleanup of dead runs' temps
-        return _cpt(base, corpus, out, config, device, staging)
+        return _cpt(base, corpus, out, config, device, staging, progress)
 
 
-def _cpt(base: Path, corpus: list[Path], out: Path, config: CptConfig, device: str, staging) -> CptResult:
+def _cpt(base: Path, corpus: list[Path], out: Path, config: CptConfig, device: str, staging,
+         progress: ProgressCallback | None = None) -> CptResult:  # fmt: skip
     old_threads = torch.get_num_threads()
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -290,7 +304,8 @@ def _cpt(base: Path, corpus: list[Path], out: Path, config: CptConfig, device: s
             raise SpearError(f"{config.freeze}: freezes every parameter; nothing would train.")
         log.info("parameters: %s", summary)
         work = _work_dir(out, config)
-        stats = run_trainer(model, tokenizer, PackedDataset(blocks), work, config, device, _resume_arg(config, work))
+        stats = run_trainer(model, tokenizer, PackedDataset(blocks), work, config, device, _resume_arg(config, work),
+                            progress)  # fmt: skip
         save_dtype = _save_dtype(config.save_dtype, device, base_dtype)
         result = CptResult(
             out=out,
