@@ -89,7 +89,7 @@ def test_run_to_a_log_prints_progress_lines_and_the_merge_reaches_100_percent_in
     assert re.search(LINE.format("score tensors", r"\d+", r"\d+"), text)
     for i in (1, 2, 3):  # base, adapted, balanced: a line each
         assert re.search(LINE.format("evaluate models", i, 3), text), text
-    merge = re.findall(r"write chosen model \(bytes\): [\d/]+ MB \((\d+)%\)", text)
+    merge = re.findall(r"write chosen model \(bytes\): [\d./]+ MB \((\d+)%\)", text)
     assert merge and merge[-1] == "100", text  # output bytes against output bytes: bf16 is not stuck at 50%
     assert "\r" not in text and "━" not in text  # no bar drawn for a log file
 
@@ -98,7 +98,7 @@ def test_merge_and_cpt_without_a_terminal(cpt_pair, tmp_path, monkeypatch, capsy
     code, text = run_cli(monkeypatch, capsys, "merge", *cpt_pair, "--t", "0.5", "--out-dtype", "bf16", "-o",
                          tmp_path / "m")  # fmt: skip
     assert code == 0, text
-    assert re.search(r"merge: [\d/]+ MB \(100%\), elapsed", text), text
+    assert re.search(r"merge: [\d./]+ MB \(100%\), elapsed", text), text
     corpus = tmp_path / "fin.txt"
     corpus.write_text("\n\n".join(FINANCE * 4) + "\n")
     code, text = run_cli(monkeypatch, capsys, "cpt", cpt_pair[0], "--corpus", corpus, "-o", tmp_path / "c",
@@ -106,3 +106,15 @@ def test_merge_and_cpt_without_a_terminal(cpt_pair, tmp_path, monkeypatch, capsy
     assert code == 0, text
     assert re.search(LINE.format("cpt: optimizer steps", 3, 3), text), text
     assert "\r" not in text and "it/s]" not in text  # no tqdm bar
+
+
+def test_verbose_shows_spear_mm_debug_lines_only(tmp_path, monkeypatch, capsys):
+    import logging
+
+    code, text = run_cli(monkeypatch, capsys, "-v", "compare", tmp_path / "a.json", tmp_path / "b.json")
+    assert code == 2 and "no such file" in text
+    assert logging.getLogger("spear_mm.report.figures").isEnabledFor(logging.DEBUG)
+    for noisy in ("matplotlib.font_manager", "urllib3", "filelock"):  # 370 findfont lines before
+        assert not logging.getLogger(noisy).isEnabledFor(logging.DEBUG), noisy
+    run_cli(monkeypatch, capsys, "compare", tmp_path / "a.json", tmp_path / "b.json")
+    assert not logging.getLogger("spear_mm.report.figures").isEnabledFor(logging.DEBUG)

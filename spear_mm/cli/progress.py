@@ -100,10 +100,14 @@ class PlainProgress:
         """`step: done/total (pct), elapsed H:MM:SS, ETA H:MM:SS` (ETA once something is done)."""
         elapsed = now - task.started
         scale, suffix = (1e6, " MB") if task.fields.get("unit") == "bytes" else (1, "")
-        done = f"{task.completed / scale:.0f}" if scale > 1 else f"{task.completed:g}"
-        text = f"{task.description.strip()}: {done}"
+        digits = 1 if scale > 1 and (task.total or task.completed) < 100e6 else 0  # 0.7/1.5 MB, 269/538 MB
+
+        def num(x: float) -> str:
+            return f"{x / scale:.{digits}f}" if scale > 1 else f"{x:g}"
+
+        text = f"{task.description.strip()}: {num(task.completed)}"
         if task.total:
-            total = f"{task.total / scale:.0f}" if scale > 1 else f"{task.total:g}"
+            total = num(task.total)
             text += f"/{total}{suffix} ({100 * task.completed / task.total:.0f}%)"
             eta = elapsed / task.completed * (task.total - task.completed) if task.completed else None
         else:
