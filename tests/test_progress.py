@@ -66,7 +66,7 @@ def test_bytes_and_sub_steps():
     p.update(merge, completed=269e6)
     p.update(merge, completed=538e6)
     items = p.add_task("  base · task_a", total=8, detail=True)
-    p.update(items, completed=8)  # a sub-step's end: no line of its own
+    p.update(items, completed=8)  # a sub-step's end: one line
     clock.now = 70  # the next sub-step starts; 39 s since the last line: a heartbeat
     p.update(items, completed=0, description="  adapted · task_b")
     clock.now = 101
@@ -74,6 +74,7 @@ def test_bytes_and_sub_steps():
     assert buf.getvalue().splitlines() == [
         "write chosen model (bytes): 269/538 MB (50%), elapsed 0:00:31, ETA 0:00:31",
         "write chosen model (bytes): 538/538 MB (100%), elapsed 0:00:31",
+        "base · task_a: 8/8 (100%), elapsed 0:00:00",
         "adapted · task_b: 0/8 (0%), elapsed 0:00:00",
         "adapted · task_b: 4/8 (50%), elapsed 0:00:31, ETA 0:00:31",
     ]

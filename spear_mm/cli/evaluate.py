@@ -27,6 +27,7 @@ from spear_mm.errors import SpearError
 from spear_mm.evaluation import evaluate, load_tasks
 from spear_mm.evaluation.lm_eval_tasks import check_no_clash, preflight
 from spear_mm.evaluation.metrics import tradeoff
+from spear_mm.evaluation.noise import excluded_tasks
 from spear_mm.io.dtypes import DtypeName, parse_dtype
 from spear_mm.io.hub import resolve_model
 from spear_mm.io.outputs import WorkDir
@@ -66,7 +67,10 @@ def _table(results: list, base: str | None, adapted: str | None) -> Table:
         table.add_row(f"{t} [dim]({first.group}, n={first.n})[/]", metric, *cells)
     by_name = {r.model: r for r in results}
     if base in by_name and adapted in by_name:
-        rk = [tradeoff(r, by_name[base], by_name[adapted]) for r in results]
+        left_out = list(excluded_tasks(by_name[base], by_name[adapted]))  # chance-level tasks, as run and report
+        rk = [tradeoff(r, by_name[base], by_name[adapted], exclude=left_out) for r in results]
+        if left_out:
+            table.caption = f"left out of R and K (at chance level for base and adapted): {', '.join(left_out)}"
         table.add_row("[bold]R[/] general retention", "mean ratio", *[_fmt(x.retention) for x in rk])
         table.add_row("[bold]K[/] domain gain kept", "mean", *[_fmt(x.gain_kept) for x in rk])
     return table

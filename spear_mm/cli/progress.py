@@ -1,11 +1,11 @@
 """Progress on the command line: rich bars on a terminal; without one (`… > run.log`, CI, nohup, a batch job)
 plain lines, one per finished unit of work (tasks added with `per_unit=True`) or every 30 s otherwise, and
-one when a step finishes:
+one when a step (or a sub-step: one model's task) finishes:
 
     evaluate models: 5/16 (31%), elapsed 0:00:42, ETA 0:01:32
 
 `bars(...)` picks one of the two; both take the same calls (`add_task`, `update`, `advance`, `start`, `stop`,
-and `with`). Task fields: `per_unit` (a line per unit done), `detail` (a sub-step: lines every 30 s only),
+and `with`). Task fields: `per_unit` (a line per unit done), `detail` (a bar reused for one sub-step after another: its clock restarts with each new description),
 `unit="bytes"` (counts shown in MB)."""
 
 from __future__ import annotations
@@ -90,9 +90,8 @@ class PlainProgress:
         done = task.total is not None and task.completed >= task.total
         if done and task.finished and task.completed <= before:
             return
-        detail = task.fields.get("detail", False)
         due = now - task.last_line >= self.interval
-        if due or (done and not detail) or (task.fields.get("per_unit") and task.completed > before):
+        if due or done or (task.fields.get("per_unit") and task.completed > before):
             task.last_line, task.finished = now, done
             self.console.print(self.line(task, now), markup=False, highlight=False, soft_wrap=True)
 

@@ -39,7 +39,7 @@ from spear_mm.progress import ProgressEvent
 
 _LABELS = {"analyze": "score tensors", "evaluate": "evaluate models", "merge": "write chosen model (bytes)",
            "planner": "measured planner: probe evaluations"}  # fmt: skip
-# without a terminal: a line per model evaluated and per probe evaluation; per-task item counts every 30 s only
+# without a terminal: a line per model evaluated, per probe evaluation and per model's task; counts within every 30 s
 _FIELDS = {"evaluate": {"per_unit": True}, "planner": {"per_unit": True}, "items": {"detail": True},
            "merge": {"unit": "bytes"}}  # fmt: skip
 
@@ -207,6 +207,10 @@ def print_summary(summary: RunSummary) -> None:
     out_console.print(results_table(summary))
     if summary.curve_note:
         out_console.print(summary.curve_note)
+    if summary.first_pick:  # the rule's pick gave way to a simpler model: say why
+        out_console.print(f"choice: {summary.choice_reason}")
+    if summary.excluded_tasks:
+        out_console.print(f"left out of R and K (at chance level): {', '.join(summary.excluded_tasks)}")
     c = summary.cost
     ratio = f"; ratio to one CPT run {c.ratio:.3f}" if c.ratio is not None else " (no CPT cost known)"
     out_console.print(f"cost per configuration {c.per_configuration_seconds:.1f} s on {c.device}{ratio}")

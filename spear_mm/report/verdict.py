@@ -26,7 +26,9 @@ def verdict(
 ) -> str:
     """One paragraph: what was chosen, where it lies against the uniform curve, and whether that is noise."""
     if chosen is None or chosen not in points:
-        return "No model was chosen" + (f": {reason}." if reason else " (no chosen model named in summary.json).")
+        if reason:
+            return f"No model was chosen: {reason}."
+        return "No model was chosen (summary.json names none): `spear-mm report RUN --chosen NAME` gives its verdict."
     r, k = points[chosen]
     text = f"Chosen: {chosen} — R = {_f(r)}, K = {_f(k)}"
     curve = curve_from(points)
