@@ -119,3 +119,15 @@ def test_verbose_shows_spear_mm_debug_lines_only(tmp_path, monkeypatch, capsys):
         assert not logging.getLogger(noisy).isEnabledFor(logging.DEBUG), noisy
     run_cli(monkeypatch, capsys, "compare", tmp_path / "a.json", tmp_path / "b.json")
     assert not logging.getLogger("spear_mm.report.figures").isEnabledFor(logging.DEBUG)
+
+
+def test_analyze_and_evaluate_without_a_terminal(tiny_pair, tmp_path, monkeypatch, capsys):
+    code, text = run_cli(monkeypatch, capsys, "analyze", *tiny_pair, "-o", tmp_path / "scores", "--workers", "1")
+    assert code == 0, text
+    assert re.search(r"scoring tensors: (\d+)/\1 \(100%\), elapsed", text), text  # the step's last line
+    code, text = run_cli(monkeypatch, capsys, "evaluate", *tiny_pair, "--suite", "demo", "--limit", "2", "-o",
+                         tmp_path / "eval")  # fmt: skip
+    assert code == 0, text
+    for model in ("base", "adapted"):  # one line per model and task
+        assert re.search(LINE.format(f"{model} · demo_finance_ppl", 2, 2), text), text
+    assert "━" not in text

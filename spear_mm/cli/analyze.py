@@ -30,7 +30,7 @@ from spear_mm.cli.choices import (
 )
 from spear_mm.cli.output import console
 from spear_mm.cli.planner import measured_from_cli, measurement_panel
-from spear_mm.cli.progress import bars
+from spear_mm.cli.progress import PlainProgress, bars
 from spear_mm.errors import SpearError
 from spear_mm.io.checkpoint import Checkpoint
 from spear_mm.io.outputs import check_not_input, write_file
@@ -175,7 +175,8 @@ def analyze_cmd(
         task = bar.add_task("scoring tensors", total=None)
 
         def progress(name: str, done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total, description=f"scoring {name[-48:]}")
+            named = {} if isinstance(bar, PlainProgress) else {"description": f"scoring {name[-48:]}"}  # log: step
+            bar.update(task, completed=done, total=total, **named)
 
         table = analyze(
             base,

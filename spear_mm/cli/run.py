@@ -38,7 +38,7 @@ from spear_mm.pipeline.summary import RunSummary
 from spear_mm.progress import ProgressEvent
 
 _LABELS = {"analyze": "score tensors", "evaluate": "evaluate models", "merge": "write chosen model (bytes)",
-           "planner": "measured planner: probe evaluations"}  # fmt: skip
+           "planner": "measured planner: probe evaluations", "cpt": "cpt: optimizer steps"}  # fmt: skip
 # without a terminal: a line per model evaluated, per probe evaluation and per model's task; counts within every 30 s
 _FIELDS = {"evaluate": {"per_unit": True}, "planner": {"per_unit": True}, "items": {"detail": True},
            "merge": {"unit": "bytes"}}  # fmt: skip
