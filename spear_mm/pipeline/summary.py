@@ -25,7 +25,6 @@ from spear_mm.io.files import atomic_write_text
 from spear_mm.io.hub import hub_label
 from spear_mm.pipeline.context import RunContext
 from spear_mm.pipeline.selection import Comparison, compare_to_baselines
-from spear_mm.pipeline.verdict import choose_above_curve as _choose_above_curve  # noqa: F401 - tests import it
 from spear_mm.pipeline.verdict import noisy_choice
 from spear_mm.planning.plan import Plan
 
