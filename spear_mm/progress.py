@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-Stage = Literal["analyze", "evaluate", "items", "merge", "stats"]
+Stage = Literal["analyze", "cpt", "evaluate", "items", "merge", "planner", "stats"]
 
 
 @dataclass(frozen=True)

@@ -117,3 +117,34 @@ def run_cli(monkeypatch, capsys, *args) -> tuple[int, str]:
         spear_mm.cli.main()
     out = capsys.readouterr()
     return exc.value.code or 0, " ".join(re.sub(r"[\u2500-\u257f]", " ", out.out + out.err).split())
+
+
+FINANCE = [
+    "Revenue rose 12 percent to 4.2 billion dollars, and operating margin improved.",
+    "The central bank held its policy rate at 5.25 percent. Credit spreads narrowed.",
+    "Net income and loan loss provisions were discussed with the credit committee.",
+    "The company issued bonds and the rating agency kept its outlook stable.",
+]
+GENERAL = [
+    "The quick brown fox jumps over the lazy dog. Water boils at 100 degrees Celsius.",
+    "Question: What is two plus two? Answer: four. The dog sleeps in the sun.",
+    "The cat sat on the mat and looked at the birds in the garden.",
+    "Children play in the park after school while their parents talk.",
+]
+
+
+def save_cpt_pair(root: Path) -> tuple[Path, Path]:
+    """A 4-layer pico Llama pre-trained briefly on general text (the base), then CPT on a small finance corpus
+    (the adapted model): two real Trainer runs (seconds); the second writes the cost.json a run compares against."""
+    from spear_mm.training.cpt import CptConfig, cpt
+
+    tok = make_tokenizer()
+    init = root / "init"
+    make_tiny_model("llama", vocab_size=len(tok), num_hidden_layers=4).save_pretrained(init)
+    tok.save_pretrained(init)
+    fast = dict(lr=3e-3, seq_len=32, batch_size=4, logging_steps=10, progress=False, threads=1)
+    (root / "general.txt").write_text("\n\n".join(GENERAL * 8) + "\n")
+    cpt(init, [root / "general.txt"], root / "base", CptConfig(max_steps=60, **fast))
+    (root / "finance.txt").write_text("\n\n".join(FINANCE * 8) + "\n")
+    cpt(root / "base", [root / "finance.txt"], root / "adapted", CptConfig(max_steps=30, **fast))
+    return root / "base", root / "adapted"

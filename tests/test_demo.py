@@ -63,6 +63,7 @@ def test_demo_cli_runs_the_whole_story(first, pico_base) -> None:
     assert set(summary["candidates"]) == {"balanced", "measured"}
     assert (out / "report.html").is_file() and str(out / "report.html") in output.replace("\n", "")
     assert "demo_finance_ppl" in output and "balanced" in output
+    assert "cpt: optimizer steps: 4/4 (100%)" in output and "it/s]" not in output  # plain lines, no tqdm bar
     record = json.loads((out / "demo.jsonl").read_text())
     assert record["cpt_reused"] is False and record["cpt"]["max_steps"] == 4
     adapted = Path(record["adapted"])

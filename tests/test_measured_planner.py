@@ -3,6 +3,7 @@ and the embeddings fixes the general probe; restoring the trained layer loses th
 
 from __future__ import annotations
 
+import re
 import sys
 
 import pytest
@@ -124,8 +125,13 @@ def test_plan_cli_measured_writes_the_measurement_and_resumes(planted, tmp_path,
         monkeypatch.setattr(sys, "argv", argv + ["--force"] * attempt)
         with pytest.raises(SystemExit) as exc:
             main()
-        text = capsys.readouterr().out
+        captured = capsys.readouterr()
+        text = captured.out
         assert (exc.value.code or 0) == 0, text
+        # not a terminal: a line per probe evaluation, `n/total probe evaluations, elapsed, ETA`
+        counts = re.findall(r"measured planner: probe evaluations: (\d+)/(\d+) \(\d+%\), elapsed", captured.err)
+        assert counts and [int(d) for d, _ in counts] == list(range(1, len(counts) + 1)), captured.err
+        assert all(int(d) <= int(t) for d, t in counts)
         plan = Plan.load(out)
         m = plan.measurement
         assert plan.provenance.policy == "measured" and m.budget == 6

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from common import make_tiny_model, make_tokenizer
+from common import FINANCE, GENERAL, make_tiny_model, make_tokenizer
 from typer.testing import CliRunner
 
 from spear_mm import run
@@ -21,40 +21,16 @@ from spear_mm.pipeline.config import RunConfig
 from spear_mm.pipeline.run import _load_tasks
 from spear_mm.pipeline.summary import RunSummary
 from spear_mm.progress import ProgressEvent
-from spear_mm.training.cpt import CptConfig, cpt
 
-FINANCE = [
-    "Revenue rose 12 percent to 4.2 billion dollars, and operating margin improved.",
-    "The central bank held its policy rate at 5.25 percent. Credit spreads narrowed.",
-    "Net income and loan loss provisions were discussed with the credit committee.",
-    "The company issued bonds and the rating agency kept its outlook stable.",
-]
-GENERAL = [
-    "The quick brown fox jumps over the lazy dog. Water boils at 100 degrees Celsius.",
-    "Question: What is two plus two? Answer: four. The dog sleeps in the sun.",
-    "The cat sat on the mat and looked at the birds in the garden.",
-    "Children play in the park after school while their parents talk.",
-]
 UNIFORM = {f"uniform-t{i / 10:g}" for i in range(1, 10)}  # the uniform curve, t = 0.1 … 0.9
 BASELINES = UNIFORM | {"task-arith-l0.5", "task-arith-l0.75", "ties-d0.2"}
 POLICIES = {"conservative", "balanced", "aggressive"}
 
 
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory) -> tuple[Path, Path]:
-    """A 4-layer pico Llama pre-trained briefly on general text (the base), then CPT on a small finance corpus
-    (the adapted model): two real Trainer runs; the second writes the cost.json the run compares against."""
-    root = tmp_path_factory.mktemp("pipeline")
-    tok = make_tokenizer()
-    init = root / "init"
-    make_tiny_model("llama", vocab_size=len(tok), num_hidden_layers=4).save_pretrained(init)
-    tok.save_pretrained(init)
-    fast = dict(lr=3e-3, seq_len=32, batch_size=4, logging_steps=10, progress=False, threads=1)
-    (root / "general.txt").write_text("\n\n".join(GENERAL * 8) + "\n")
-    cpt(init, [root / "general.txt"], root / "base", CptConfig(max_steps=60, **fast))
-    (root / "finance.txt").write_text("\n\n".join(FINANCE * 8) + "\n")
-    cpt(root / "base", [root / "finance.txt"], root / "adapted", CptConfig(max_steps=30, **fast))
-    return root / "base", root / "adapted"
+def pair(cpt_pair) -> tuple[Path, Path]:
+    """A 4-layer pico Llama pre-trained on general text, then CPT on finance text (tests/common.py)."""
+    return cpt_pair
 
 
 @pytest.fixture(scope="module")
@@ -384,3 +360,22 @@ def _table_text(summary) -> str:
     console = Console(width=200, record=True)
     console.print(results_table(summary))
     return console.export_text()
+
+
+def test_a_limit_8_choice_that_ties_with_a_uniform_point_says_so(pair, tmp_path) -> None:
+    """At --limit 8 the balance rule picks a plan on a one-item R difference (McNemar p = 1): the noise check
+    hands the choice to the simpler uniform point, and the report's first paragraph says why."""
+    out = tmp_path / "run"
+    summary = run(*pair, out, suites="demo", limit=8, policies=["balanced", "aggressive"], threads=1)
+    assert summary.first_pick in POLICIES and summary.chosen in UNIFORM, summary.choice_reason
+    assert f"not distinguishable from {summary.chosen}" in summary.choice_reason
+    assert "McNemar p = 1, n = 8" in summary.choice_reason
+    # the finance multiple-choice task is at chance for base and adapted: flagged, left out of K
+    assert list(summary.excluded_tasks) == ["demo_finance_mc"]
+    assert "demo_finance_mc" not in summary.entry("balanced").gain_kept_per_task
+    verdict = (out / "report.md").read_text().split("\n\n")[1]
+    assert verdict.startswith(f"Chosen: {summary.chosen} — R = ") and "uniform-SLERP curve" in verdict
+    assert f"not distinguishable from {summary.chosen}" in verdict
+    kept = run(*pair, tmp_path / "kept", suites="demo", limit=8, policies=["balanced"], threads=1,
+               keep_chance_tasks=True)  # fmt: skip
+    assert kept.excluded_tasks == {} and "demo_finance_mc" in kept.entry("balanced").gain_kept_per_task

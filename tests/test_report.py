@@ -149,3 +149,39 @@ def test_predictions_cell_is_readable():
     assert predictions_cell({"212 degrees": 2, "4": 2}, [], True) == "“212 degrees” × 2, “4” × 2"
     lls = [[-1.0, -2.0, -3.0], [-3.0, -1.0, -2.0], [-1.0, -5.0, -9.0], None]
     assert predictions_cell({"x": 1, "y": 1, "z": 1}, lls, same_choices=False) == "position #1 × 2, #2 × 1"
+
+
+def test_report_leads_with_the_verdict_then_the_figure_then_the_per_task_table(tmp_path):
+    md = write_report(_run_dir(tmp_path))[0].read_text()
+    verdict = md.split("\n\n")[1]
+    assert verdict.startswith("Chosen: balanced — R = ") and "ΔR at equal K against the uniform-SLERP curve" in verdict
+    assert "Against the nearest uniform point in K, uniform-t0.5" in verdict and "McNemar p = " in verdict
+    order = [md.index(s) for s in ("Chosen: balanced", "![tradeoff]", "## Results", "## Paired tests", "## Notes")]
+    assert order == sorted(order)
+    assert "n = 200" not in md and "Items per task: n = 8–40." in md  # the run's own n and stderr
+    assert "largest accuracy stderr here is 5.0 points (arc_easy)" in md
+
+
+def test_compare_two_result_files_and_report_against_one_model(tmp_path, monkeypatch):
+    import spear_mm.cli.compare
+
+    monkeypatch.setattr(spear_mm.cli.compare.out_console, "width", 200)
+    run = _run_dir(tmp_path)
+    a, b = run / "eval" / "adapted.json", run / "eval" / "base.json"
+    got = CliRunner().invoke(app, ["compare", str(a), str(b)])
+    assert got.exit_code == 0, got.output
+    assert "adapted (A) against base (B)" in got.output and "McNemar" in got.output and "bootstrap" in got.output
+    assert "base better (p < 0.05) on: wikitext2" in got.output  # lower NLL on every item
+    # 16 of 40 right against 20: 4 discordant items, McNemar p = 0.125
+    cells = r"\s+│\s+".join(
+        ["arc_easy \\(general, acc\\)", "0.4000", "0.5000", "-0.1000", "McNemar", "0.125", "40", "—"]
+    )
+    assert re.search(cells, got.output), got.output
+    assert "not distinguishable on: arc_easy, fpb" in got.output
+    bad = CliRunner().invoke(app, ["compare", str(a), str(run / "summary.json")])
+    assert isinstance(bad.exception, SpearError) and "not an evaluation result" in str(bad.exception)
+    CliRunner().invoke(app, ["report", str(run), "--against", "uniform-t0.5"])
+    md = (run / "report.md").read_text()
+    assert "| balanced | arc_easy | uniform-t0.5 | mcnemar-exact |" in md
+    missing = CliRunner().invoke(app, ["report", str(run), "--against", "nope"])
+    assert isinstance(missing.exception, SpearError) and "--against 'nope'" in str(missing.exception)

@@ -21,6 +21,11 @@ BROWSER_ARGS = [
 ]
 
 
+FIRST_SCREEN = (
+    "els => els.map(e => { const r = e.getBoundingClientRect(); return {top: r.top, bottom: r.bottom, h: r.height}; })"
+)
+
+
 def open_page(html: Path, screenshot: Path | None = None, width: int = 1280) -> dict:
     """Load `html` in Chromium; return console errors, page errors, images and tables as the browser sees them."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed (the dev extra has it)")
@@ -41,19 +46,27 @@ def open_page(html: Path, screenshot: Path | None = None, width: int = 1280) -> 
         )
         tables = page.eval_on_selector_all("table", "els => els.map(t => t.innerText)")
         headings = page.eval_on_selector_all("h1, h2", "els => els.map(h => h.innerText)")
+        verdict = page.eval_on_selector("h1 + p", "e => e.innerText")
+        boxes = {sel: page.eval_on_selector_all(sel, FIRST_SCREEN) for sel in ("h1 + p", 'img[alt="tradeoff"]')}
         if screenshot is not None:
             page.screenshot(path=str(screenshot), full_page=False)
         browser.close()
-    return {"console": console, "errors": errors, "images": images, "tables": tables, "headings": headings}
+    return {"console": console, "errors": errors, "images": images, "tables": tables, "headings": headings,
+            "verdict": verdict, "boxes": boxes}  # fmt: skip
 
 
 @pytest.mark.slow
-def test_report_html_renders_in_a_real_browser(tiny_pair, tmp_path, monkeypatch, capsys):
+def test_report_html_renders_in_a_real_browser(cpt_pair, tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
     args = ["--suite", "demo", "--limit", "8", "--policies", "balanced,aggressive", "-o", run]
-    code, text = run_cli(monkeypatch, capsys, "run", *tiny_pair, *args)
+    code, text = run_cli(monkeypatch, capsys, "run", *cpt_pair, *args)
     assert code == 0, text
-    seen = open_page(run / "report.html", tmp_path / "shot.png")
+    seen = open_page(run / "report.html", tmp_path / "shot.png", width=1400)
+    # the first screen (1400 × 900) shows the verdict and the whole trade-off figure
+    assert seen["verdict"].startswith("Chosen: ") or seen["verdict"].startswith("No model was chosen"), seen["verdict"]
+    (verdict,), (figure,) = seen["boxes"]["h1 + p"], seen["boxes"]['img[alt="tradeoff"]']
+    assert 0 <= verdict["top"] < verdict["bottom"] <= figure["top"] and figure["bottom"] <= 900, seen["boxes"]
+    assert figure["h"] > 300  # readable, not shrunk to a stamp
     assert [m for m in seen["console"] if m[0] in ("error", "warning")] == [] and seen["errors"] == []
     assert len(seen["images"]) == (run / "report.html").read_text().count("<img") >= 1
     for img in seen["images"]:

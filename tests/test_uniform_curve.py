@@ -13,7 +13,7 @@ from spear_mm.evaluation.uniform_curve import (
     r_on_curve,
     uniform_t,
 )
-from spear_mm.pipeline.summary import _choose_above_curve
+from spear_mm.pipeline.verdict import choose_above_curve as _choose_above_curve
 
 # (R, K): adapted (t 0) forgets, base (t 1) keeps no gain; the curve is concave in between
 POINTS = {

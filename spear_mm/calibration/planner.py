@@ -140,10 +140,13 @@ def plan_units(ev: ProbeEvaluator, order: list[str], config: PlannerConfig, *, r
     """Measure, knapsack and refine on one evaluator; `order` is the weight-only (or probe) ranking of units."""
     started = time.perf_counter()
     trace: list[Trace] = []
-    base, adapted = ev.evaluate(dict.fromkeys(ev.units, 1.0)), ev.evaluate({})
-    obj = Objective(base, adapted, config)
     order = [u for u in order if u in ev.units] + [u for u in ev.units if u not in order]
     measured = order[: config.probe_units] if config.probe_units else order
+    # for progress: references, two per measured unit, the knapsack's feasibility search, seeds, refinement budget
+    refining = config.budget if refine else 0
+    ev.planned = 2 + 2 * len(measured) + len(measured).bit_length() + 1 + len(config.uniform_seeds) + refining
+    base, adapted = ev.evaluate(dict.fromkeys(ev.units, 1.0)), ev.evaluate({})
+    obj = Objective(base, adapted, config)
     effects = measure_effects(ev, measured, config.t_mid, adapted)
 
     def run(ts: dict[str, float]) -> ProbeResult:
@@ -212,12 +215,15 @@ def measured_plan(
     device: str = "cpu",
     method: str = "slerp",
     statistics=None,
+    progress=None,
 ):
     """A `Plan` whose every unit's t comes from the measured planner; its `measurement` holds the probe
     figures, the evaluations spent and every unit's measured effect. `cache_path` (JSON lines) makes it
     resumable: evaluations already in the cache are not run again. With a data-aware `method` (regmean, fisher;
     `statistics`: its folder) the search runs twice — units moved by SLERP, and by the operator — and the plan
-    that is better on the probes wins (the plan's params record both values and the winner)."""
+    that is better on the probes wins (the plan's params record both values and the winner). `progress(done,
+    total)` is called after each probe evaluation (cached ones count as done; total is the planned count of all
+    searches, raised if exceeded)."""
     from pathlib import Path
 
     config = config or PlannerConfig()
@@ -227,10 +233,14 @@ def measured_plan(
     order = scores.unit_ranking(rank_by)
     order = split_layers(order) if sublayers else order
     results: dict[str, tuple[PlannerResult, ProbeEvaluator]] = {}
-    for m in dict.fromkeys(("slerp", method)):  # an operator is searched as well as SLERP, never instead
+    methods, offset = list(dict.fromkeys(("slerp", method))), 0  # an operator is searched as well, never instead
+    for i, m in enumerate(methods):
+        bar = (lambda d, t, o=offset, k=len(methods) - i: progress(o + d, o + t * k)) if progress else None
         ev = ProbeEvaluator(pair, probes, cache_path=Path(cache_path) if cache_path else None, device=device,
-                            sublayers=sublayers, method=m, statistics=statistics if m != "slerp" else None)  # fmt: skip
+                            sublayers=sublayers, method=m, statistics=statistics if m != "slerp" else None,
+                            progress=bar)  # fmt: skip
         results[m] = (plan_units(ev, order, config), ev)
+        offset += ev.evaluations + ev.cache_hits
         ev.release()  # one model in memory at a time
     won = max(results, key=lambda m: (results[m][0].feasible, results[m][0].value, m == "slerp"))
     res, ev = results[won]

@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -107,6 +108,8 @@ class ProbeEvaluator:
     cache_hits: int = 0
     seconds: float = 0.0
     history: list[tuple[dict[str, float], ProbeResult]] = field(default_factory=list)
+    progress: Callable[[int, int], None] | None = None  # (done, planned) after every evaluation, cached or run
+    planned: int = 0  # the evaluations the planner expects to make (for progress)
 
     def __post_init__(self) -> None:
         from transformers import AutoModelForCausalLM
@@ -183,6 +186,9 @@ class ProbeEvaluator:
                     row = {"key": key, "general": result.general, "domain": result.domain, "ts": ts}
                     f.write(json.dumps(row) + "\n")
         self.history.append((dict(ts), result))
+        if self.progress is not None:
+            done = self.evaluations + self.cache_hits
+            self.progress(done, max(self.planned, done))
         return result
 
     def _apply(self, ts: dict[str, float]) -> None:

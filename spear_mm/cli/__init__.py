@@ -11,7 +11,7 @@ import typer
 from rich.logging import RichHandler
 
 from spear_mm import __version__
-from spear_mm.cli import analyze, demo, discover, evaluate, merge, run, stats, train
+from spear_mm.cli import analyze, compare, demo, discover, evaluate, merge, run, stats, train
 from spear_mm.cli.output import console
 from spear_mm.errors import SpearError, describe_os_error
 
@@ -38,11 +38,13 @@ def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=logging.INFO,
         format="%(message)s",
         handlers=[RichHandler(console=console, show_path=False, show_time=False)],
         force=True,
     )
+    # -v: spear-mm's own debug lines only (not matplotlib's font search or other libraries' internals)
+    logging.getLogger("spear_mm").setLevel(logging.DEBUG if verbose else logging.NOTSET)
 
 
 for _module in (
@@ -50,6 +52,7 @@ for _module in (
     analyze,
     stats,
     evaluate,
+    compare,
     train,
     run,
     demo,

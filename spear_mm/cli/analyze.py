@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.panel import Panel
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from spear_mm.cli import checks
@@ -28,7 +28,9 @@ from spear_mm.cli.choices import (
     SnrNormalize,
     value,
 )
+from spear_mm.cli.output import console
 from spear_mm.cli.planner import measured_from_cli, measurement_panel, refuse_ignored
+from spear_mm.cli.progress import PlainProgress, bars
 from spear_mm.errors import SpearError
 from spear_mm.io.checkpoint import Checkpoint
 from spear_mm.io.outputs import check_new_file, check_not_input, write_file
@@ -176,11 +178,12 @@ def analyze_cmd(
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, transient=True) as bar:
+    with bars(*columns, console=console, transient=True) as bar:
         task = bar.add_task("scoring tensors", total=None)
 
         def progress(name: str, done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total, description=f"scoring {name[-48:]}")
+            named = {} if isinstance(bar, PlainProgress) else {"description": f"scoring {name[-48:]}"}  # log: step
+            bar.update(task, completed=done, total=total, **named)
 
         table = analyze(
             base,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from spear_mm.cli import checks
@@ -24,10 +24,12 @@ from spear_mm.cli.choices import (
     lm_eval_selection,
 )
 from spear_mm.cli.output import console
+from spear_mm.cli.progress import bars
 from spear_mm.errors import SpearError
 from spear_mm.evaluation import evaluate, load_tasks
 from spear_mm.evaluation.lm_eval_tasks import check_no_clash, preflight
 from spear_mm.evaluation.metrics import tradeoff
+from spear_mm.evaluation.noise import excluded_tasks
 from spear_mm.io.dtypes import DtypeName, parse_dtype
 from spear_mm.io.hub import resolve_model
 from spear_mm.io.workdir import WorkDir
@@ -68,7 +70,10 @@ def _table(results: list, base: str | None, adapted: str | None) -> Table:
         table.add_row(f"{t} [dim]({first.group}, n={first.n})[/]", metric, *cells)
     by_name = {r.model: r for r in results}
     if base in by_name and adapted in by_name:
-        rk = [tradeoff(r, by_name[base], by_name[adapted]) for r in results]
+        left_out = list(excluded_tasks(by_name[base], by_name[adapted]))  # chance-level tasks, as run and report
+        rk = [tradeoff(r, by_name[base], by_name[adapted], exclude=left_out) for r in results]
+        if left_out:
+            table.caption = f"left out of R and K (at chance level for base and adapted): {', '.join(left_out)}"
         table.add_row("[bold]R[/] general retention", "mean ratio", *[_fmt(x.retention) for x in rk])
         table.add_row("[bold]K[/] domain gain kept", "mean", *[_fmt(x.gain_kept) for x in rk])
     return table
@@ -134,7 +139,7 @@ def evaluate_cmd(
         TimeRemainingColumn(),
     )
     reads = [*models, *(p for p in (data_dir, lm_eval_include) if p), *([Path(suite)] if _is_file(suite) else [])]
-    with WorkDir(out, reads), Progress(*columns, console=console, transient=False) as progress:
+    with WorkDir(out, reads), bars(*columns, console=console) as progress:
         for path, name in zip(models, names, strict=True):
             check_same_model(out / f"{name}.json", path, force)
         for path, name in zip(models, names, strict=True):
@@ -195,12 +200,17 @@ def report_cmd(
     base: str | None = typer.Option(None, help="Base model name (default: summary.json, else 'base')."),
     adapted: str | None = typer.Option(None, help="Adapted model name (default: summary.json, else 'adapted')."),
     chosen: str | None = typer.Option(None, help="Candidate to circle as chosen (default: summary.json)."),
+    against: str | None = typer.Option(None, "--against", help="Also test every model against this one (paired)."),
+    keep_chance_tasks: bool | None = typer.Option(
+        None, "--keep-chance-tasks/--drop-chance-tasks", help="Keep tasks at chance level in R and K [summary.json]."
+    ),
 ) -> None:
     """Write report.md and a self-contained report.html (figures embedded) for a run folder."""
 
     if out is not None:  # the default, RUN_DIR itself, holds what the report reads: only report files are replaced
         check_report_output(run_dir, out)
-    md, html = write_report(run_dir, out_dir=out, base=base, adapted=adapted, chosen=chosen)
+    md, html = write_report(run_dir, out_dir=out, base=base, adapted=adapted, chosen=chosen, against=against,
+                            keep_chance_tasks=keep_chance_tasks)  # fmt: skip
     out_console.print(f"wrote {md} and {html}")
 
 

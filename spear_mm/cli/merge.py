@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from pathlib import Path
 
@@ -11,7 +12,6 @@ from rich.progress import (
     BarColumn,
     DownloadColumn,
     MofNCompleteColumn,
-    Progress,
     TextColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
@@ -20,6 +20,7 @@ from rich.table import Table
 
 from spear_mm.cli import checks
 from spear_mm.cli.choices import DEVICE_METAVAR, Method
+from spear_mm.cli.progress import bars
 from spear_mm.errors import SpearError
 from spear_mm.io.architecture import for_model_type, num_layers_of
 from spear_mm.io.checkpoint import Checkpoint
@@ -92,7 +93,7 @@ def merge_cmd(
             table.add_row(p.name, layer, p.module, op.action, f"{op.t:g}", dtype)
         out_console.print(table)
         return
-    total = sum(pair.adapted.infos[x.name].nbytes for x in ops)
+    total = sum(math.prod(x.shape) * x.out_dtype.itemsize for x in ops)  # bytes written (as merge reports them)
     columns = (
         TextColumn("[bold]merge"),
         BarColumn(),
@@ -102,8 +103,8 @@ def merge_cmd(
         TimeRemainingColumn(),
         TextColumn("{task.fields[name]}", style="dim"),
     )
-    with Progress(*columns, console=out_console, transient=False) as bar:
-        job = bar.add_task("merge", total=total, name="")
+    with bars(*columns, console=out_console) as bar:
+        job = bar.add_task("merge", total=total, name="", unit="bytes")
         done = {"n": 0}
 
         def progress(name: str, nbytes: int) -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.panel import Panel
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from spear_mm.calibration.planner import PlannerConfig, general_probe_for, measured_plan
+from spear_mm.cli.output import console
+from spear_mm.cli.progress import bars
 from spear_mm.errors import SpearError
 from spear_mm.io.pair import open_pair
 from spear_mm.planning.policies import check_options
@@ -59,13 +61,15 @@ def measured_from_cli(table, base, adapted, out: Path, domain_probe, general_pro
         raise SpearError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}.") from exc
     pair = open_pair(base or table.base, adapted or table.adapted)
     cache = out.with_name(out.name + ".probes")
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
-    with Progress(*columns, transient=True) as bar:
-        bar.add_task("measured planner: sampling the general probe, measuring units, refining", total=None)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TimeRemainingColumn())  # fmt: skip
+    with bars(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("measured planner: probe evaluations", total=None, per_unit=True)
         general = general_probe or general_probe_for(pair, cache)
         return measured_plan(table, pair, general, domain_probe, config, rank_by=rank_by,
                              cache_path=cache / "evaluations.jsonl", probe_tokens=probe_tokens or 1024, method=method,
-                             statistics=statistics)  # fmt: skip
+                             statistics=statistics,
+                             progress=lambda done, total: bar.update(task, completed=done, total=total))  # fmt: skip
 
 
 def measurement_panel(plan) -> Panel:

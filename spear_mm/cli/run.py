@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from spear_mm.cli import checks
@@ -29,6 +29,7 @@ from spear_mm.cli.choices import (
     value,
 )
 from spear_mm.cli.output import console, out_console
+from spear_mm.cli.progress import bars
 from spear_mm.errors import SpearError
 from spear_mm.io.dtypes import DtypeName
 from spear_mm.pipeline.config import RunConfig
@@ -36,7 +37,11 @@ from spear_mm.pipeline.run import run
 from spear_mm.pipeline.summary import RunSummary
 from spear_mm.progress import ProgressEvent
 
-_LABELS = {"analyze": "score tensors", "evaluate": "evaluate models", "merge": "write chosen model (bytes)"}
+_LABELS = {"analyze": "score tensors", "evaluate": "evaluate models", "merge": "write chosen model (bytes)",
+           "planner": "measured planner: probe evaluations", "cpt": "cpt: optimizer steps"}  # fmt: skip
+# without a terminal: a line per model evaluated, per probe evaluation and per model's task; counts within every 30 s
+_FIELDS = {"evaluate": {"per_unit": True}, "planner": {"per_unit": True}, "items": {"detail": True},
+           "merge": {"unit": "bytes"}}  # fmt: skip
 
 
 def _fmt(x: float | None) -> str:
@@ -103,6 +108,9 @@ def run_cmd(
     choose_from: ChooseFrom | None = typer.Option(
         None, "--choose-from", help="all: plans, sweep, baselines, CPT (default); plans: SPEAR-MM plans only."
     ),
+    keep_chance_tasks: bool | None = typer.Option(
+        None, "--keep-chance-tasks", help="Keep tasks at chance level in R and K (default: flagged, left out)."
+    ),
     limit: int | None = typer.Option(None, "--limit", help="Items per task (seeded, stratified by label)."),
     seed: int | None = typer.Option(None, help="Seed of the --limit sample [0]."),
     device: str | None = typer.Option(None, metavar=DEVICE_METAVAR, help="Where merges and evaluation run [cpu]."),
@@ -143,7 +151,7 @@ def run_cmd(
     }  # fmt: skip
     options = dict(base=base, adapted=adapted, out=out, data_dir=data_dir, suites=suite, policies=policies,
                    sweep=sweep, baselines=baselines, target_retention=target_retention,
-                   choose_from=value(choose_from), limit=limit, seed=seed, device=device, threads=threads,
+                   choose_from=value(choose_from), keep_chance_tasks=keep_chance_tasks, limit=limit, seed=seed, device=device, threads=threads,
                    workers=workers, batch_size=batch_size, keep_all=keep_all, executor=value(executor),
                    ray_address=ray_address, cpt_cost_seconds=cpt_cost_seconds, title=title,
                    allow_vocab_extension=allow_vocab_extension, out_dtype=value(out_dtype),
@@ -183,7 +191,7 @@ class _Bars:
     def __enter__(self):
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    TimeRemainingColumn())  # fmt: skip
-        self.bars = Progress(*columns, console=console, transient=False)
+        self.bars = bars(*columns, console=console)
         self.ids: dict[str, int] = {}
         return self.update
 
@@ -193,7 +201,7 @@ class _Bars:
             self.bars.start()
         if event.stage not in self.ids:
             self.ids[event.stage] = self.bars.add_task(
-                label or _LABELS.get(event.stage, event.stage), total=event.total
+                label or _LABELS.get(event.stage, event.stage), total=event.total, **_FIELDS.get(event.stage, {})
             )
         extra = {"description": label} if label else {}
         self.bars.update(self.ids[event.stage], completed=event.done, total=event.total, **extra)
@@ -207,6 +215,10 @@ def print_summary(summary: RunSummary) -> None:
     out_console.print(results_table(summary))
     if summary.curve_note:
         out_console.print(summary.curve_note)
+    if summary.first_pick:  # the rule's pick gave way to a simpler model: say why
+        out_console.print(f"choice: {summary.choice_reason}")
+    if summary.excluded_tasks:
+        out_console.print(f"left out of R and K (at chance level): {', '.join(summary.excluded_tasks)}")
     c = summary.cost
     ratio = f"; ratio to one CPT run {c.ratio:.3f}" if c.ratio is not None else " (no CPT cost known)"
     out_console.print(f"cost per configuration {c.per_configuration_seconds:.1f} s on {c.device}{ratio}")
@@ -226,7 +238,7 @@ def _grid(text: str) -> tuple[float, ...]:
 
 def _quiet_per_model_logs() -> None:
     """One line per task and model, and transformers' loading bars, drown the run's bars: keep them for -v."""
-    if logging.getLogger().level > logging.DEBUG:
+    if not logging.getLogger("spear_mm").isEnabledFor(logging.DEBUG):
         logging.getLogger("spear_mm.evaluation").setLevel(logging.WARNING)
         from transformers.utils import logging as hf_logging
 

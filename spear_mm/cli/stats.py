@@ -8,11 +8,12 @@ from pathlib import Path
 import torch
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
 from spear_mm.calibration.planner import general_probe_for
 from spear_mm.cli import checks
 from spear_mm.cli.choices import DEVICE_METAVAR
+from spear_mm.cli.progress import bars
 from spear_mm.errors import SpearError
 from spear_mm.io.outputs import human_bytes
 from spear_mm.io.pair import open_pair
@@ -67,8 +68,8 @@ def stats_cmd(
                 "pass --force to replace them."
             )
         columns = (TextColumn("[bold]stats {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        with Progress(*columns, console=out_console, transient=True) as bar:
-            task = bar.add_task("", total=None)
+        with bars(*columns, console=out_console, transient=True) as bar:
+            task = bar.add_task("", total=None, per_unit=True)
 
             def progress(ev: ProgressEvent) -> None:
                 bar.update(task, completed=ev.done, total=ev.total, description=ev.label)

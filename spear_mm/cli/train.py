@@ -9,6 +9,8 @@ from rich.console import Console
 from rich.table import Table
 
 from spear_mm.cli import checks
+from spear_mm.cli.output import console
+from spear_mm.cli.progress import PlainProgress
 from spear_mm.errors import SpearError
 from spear_mm.io.llama2c import convert_llama2c
 from spear_mm.training.cpt import CptConfig, cpt
@@ -80,7 +82,15 @@ def cpt_cmd(
         )
     except ValueError as exc:
         raise SpearError(f"cpt: invalid option — {exc}") from exc
-    result = cpt(base, files, out, config)
+    if console.is_terminal:
+        result = cpt(base, files, out, config)  # the Trainer's own bar
+    else:  # no terminal: no carriage-return bar, plain lines (every 30 s and at the end)
+        with PlainProgress(console) as lines:
+            task = lines.add_task("cpt: optimizer steps", total=config.max_steps)
+            config = config.model_copy(update={"progress": False})
+            result = cpt(
+                base, files, out, config, progress=lambda e: lines.update(task, completed=e.done, total=e.total)
+            )
     table = Table(title=f"CPT → {result.out}", show_header=False)
     for key, value in [
         ("steps", result.steps),

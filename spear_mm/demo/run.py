@@ -28,6 +28,7 @@ from spear_mm.evaluation.suites import DEMO_DATA, DEMO_SUITE, resolve_tasks
 from spear_mm.io.files import atomic_write_text
 from spear_mm.io.outputs import check_not_input
 from spear_mm.pipeline.run import run as run_pipeline
+from spear_mm.progress import ProgressCallback
 from spear_mm.training.cpt import CptConfig, cpt
 
 _log = logging.getLogger(__name__)
@@ -159,8 +160,11 @@ def cpt_cache_path(base: Path, corpus: list[Path], cache: Path, options: dict[st
     return cache / "demo-cpt" / f"{base.name}-{key}"
 
 
-def cached_cpt(base: Path, corpus: list[Path], cache: Path, options: dict[str, Any]) -> tuple[Path, bool]:
-    """CPT of `base` on `corpus`, reused when a result with the same input hash exists; (folder, reused)."""
+def cached_cpt(
+    base: Path, corpus: list[Path], cache: Path, options: dict[str, Any], progress: ProgressCallback | None = None
+) -> tuple[Path, bool]:
+    """CPT of `base` on `corpus`, reused when a result with the same input hash exists; (folder, reused).
+    With `progress`, the optimizer steps go there as `cpt` events instead of the Trainer's own bar."""
     out = cpt_cache_path(base, corpus, cache, options)
     if (out / "config.json").is_file() and (out / "cost.json").is_file():
         _log.info("reusing the cached CPT result %s (same base, corpus and options)", out)
@@ -168,7 +172,8 @@ def cached_cpt(base: Path, corpus: list[Path], cache: Path, options: dict[str, A
     out.parent.mkdir(parents=True, exist_ok=True)
     work = out.with_name(out.name + ".work")
     resume = any((work / "checkpoints").glob("checkpoint-*"))
-    cpt(base, corpus, out, CptConfig(**options, resume_from_checkpoint=resume))
+    quiet = {"progress": False} if progress is not None else {}
+    cpt(base, corpus, out, CptConfig(**options, resume_from_checkpoint=resume, **quiet), progress=progress)
     return out, False
 
 
@@ -228,13 +233,13 @@ def run_demo(
     out: str | Path,
     config: DemoConfig | None = None,
     *,
-    progress: Callable[[str, int, int], None] | None = None,
+    progress: ProgressCallback | None = None,
     log: Callable[[str], None] | None = None,
     force: bool = False,
 ) -> DemoResult:
     """Base model → CPT (cached) → `spear_mm.pipeline.run.run` on the demo (or public) suites → report.html.
-    progress(stage, done, total) receives the run's stages; log(message) the demo's own steps; `force` moves a run
-    folder of another pair aside (see `spear_mm.pipeline.run.run`)."""
+    `progress` receives the CPT's steps and the run's stages as `ProgressEvent`s; log(message) the demo's own
+    steps; `force` moves a run folder of another pair aside (see `spear_mm.pipeline.run.run`)."""
     config = config or DemoConfig()
     say = log or _log.info
     out = Path(out)
@@ -261,7 +266,7 @@ def run_demo(
     say(f"[3/4] CPT on {corpus.name}: {options['max_steps']} steps × {options['batch_size']}×{options['seq_len']} "
         f"tokens, lr {options['lr']:g} (cached by input hash)")  # fmt: skip
     t = time.perf_counter()
-    adapted, reused = cached_cpt(base, [corpus], cache, options)
+    adapted, reused = cached_cpt(base, [corpus], cache, options, progress)
     seconds["cpt_reused" if reused else "cpt"] = time.perf_counter() - t
     say(f"[4/4] spear-mm run → {out}: score, plan ({', '.join(policies)}), merge, validate, choose, report")
     t = time.perf_counter()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -121,7 +122,29 @@ def _import_lm_eval() -> Any:
         from lm_eval.tasks import TaskManager
     except ImportError as exc:
         raise SpearError("--backend lm-eval needs lm-evaluation-harness: pip install 'spear-mm[lm-eval]'") from exc
+    quiet_lm_eval()
     return lm_eval, HFLM, TaskManager
+
+
+def _git_hash_quietly() -> str | None:
+    """lm-eval's `git describe` of the working folder, without git's `fatal: not a git repository` on stderr."""
+    try:
+        out = subprocess.run(["git", "describe", "--always"], capture_output=True, text=True, check=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def quiet_lm_eval() -> None:
+    """One line per warning, no git noise: huggingface_hub and datasets log through a handler of their own and
+    also propagate to the root handler (every retry warning twice); lm-eval asks git about the working folder."""
+    import lm_eval.evaluator
+
+    for name in ("huggingface_hub", "datasets"):
+        logger = logging.getLogger(name)
+        if logger.handlers and logging.getLogger().handlers:
+            logger.propagate = False
+    lm_eval.evaluator.get_git_commit_hash = _git_hash_quietly
 
 
 def run_lm_eval(

@@ -22,6 +22,7 @@ from typing import Any
 from spear_mm.errors import SpearError
 from spear_mm.evaluation import aggregate as scoring
 from spear_mm.evaluation.builtin import Engine, model_max_length
+from spear_mm.evaluation.lm_eval_backend import quiet_lm_eval
 from spear_mm.evaluation.metrics import ItemRecord, TaskResult
 from spear_mm.evaluation.tasks import LoadedTask, TaskSpec, TextItem
 
@@ -174,6 +175,7 @@ def run_registered(
     import torch
     from lm_eval.models.huggingface import HFLM
 
+    quiet_lm_eval()
     sizes = preflight(spec)
     manager = task_manager(spec.include_path)
     max_length = max_length or model_max_length(model)

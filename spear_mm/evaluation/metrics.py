@@ -156,10 +156,14 @@ def domain_gain_kept(
     return _mean(per), per
 
 
-def tradeoff(model: EvalResult, base: EvalResult, adapted: EvalResult, eps: float = K_EPS) -> Tradeoff:
-    """R and K of `model` in one value."""
-    r, r_per = general_retention(model, base)
-    k, k_per = domain_gain_kept(model, base, adapted, eps=eps)
+def tradeoff(
+    model: EvalResult, base: EvalResult, adapted: EvalResult, eps: float = K_EPS, exclude: Sequence[str] = ()
+) -> Tradeoff:
+    """R and K of `model` in one value; `exclude`: tasks left out of both (e.g. those at chance level)."""
+    general = [t for t in base.task_names("general") if t not in exclude]
+    domain = [t for t in base.task_names("domain") if t not in exclude]
+    r, r_per = general_retention(model, base, general)
+    k, k_per = domain_gain_kept(model, base, adapted, domain, eps=eps)
     return Tradeoff(model.model, r, k, r_per, k_per)
 
 

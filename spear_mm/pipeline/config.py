@@ -55,6 +55,7 @@ class RunConfig(BaseModel):
     baselines: bool = Field(True, description="uniform SLERP, task arithmetic and TIES baselines")
     target_retention: float | None = Field(None, gt=0, le=2, description="choose the most K among R ≥ this")
     choose_from: Literal["all", "plans"] = "all"
+    keep_chance_tasks: bool = Field(False, description="keep tasks at chance level in R and K (default: left out)")
     limit: int | None = Field(None, ge=1, description="items per task (seeded, stratified by label)")
     seed: int = 0
     device: str = "cpu"
@@ -183,6 +184,14 @@ class RunConfig(BaseModel):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+    def inputs(self) -> list[Path]:
+        """The files and folders a run reads besides the pair: suites, data, probes, plan files, lm-eval tasks."""
+        named = [self.data_dir, self.domain_probe, self.general_probe, self.lm_eval_include]
+        if isinstance(self.suites, str) and self.suites.endswith((".yaml", ".yml")):
+            named.append(self.suites)
+        named += [p for p in self.policies if p.endswith((".yaml", ".yml"))]
+        return [Path(p) for p in named if p]
 
     def save(self, path: Path) -> Path:
         atomic_write_text(path, "# the resolved configuration of this run: `spear-mm run --config` re-runs it\n"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from spear_mm.calibration.planner import PlannerConfig, general_probe_for, measured_plan
@@ -59,6 +60,7 @@ def measured_candidate(
     device: str = "cpu",
     method: str = "slerp",
     statistics: tuple[Path, str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[Candidate, StageCost]:
     """The `measured` candidate, planned now or read back from a finished step. With a data-aware `method` and
     `statistics` (folder, content key) the planner searches that operator as well as SLERP."""
@@ -85,7 +87,8 @@ def measured_candidate(
     else:
         operator = dict(method=method, statistics=statistics[0]) if method != "slerp" and statistics else {}
         plan = measured_plan(scores, pair, general, domain, config, rank_by=rank_by, probe_tokens=probe_tokens,
-                             cache_path=folder / "evaluations.jsonl", device=device, **operator)  # fmt: skip
+                             cache_path=folder / "evaluations.jsonl", device=device, progress=progress,
+                             **operator)  # fmt: skip
         plan.save(out)
         m = plan.measurement
         seconds = round(time.perf_counter() - started, 3)
@@ -106,4 +109,5 @@ def measured_step(
     return measured_candidate(ctx.pair, scores, ctx.run_dir, ctx.steps, domain_probe=c.domain_probe,
                               general_probe=c.general_probe, config=c.planner.planner_config(), rank_by=c.rank_by,
                               device=c.device, probe_tokens=c.planner.probe_tokens,
-                              method=next(iter(c.operators), "slerp"), statistics=statistics)  # fmt: skip
+                              method=next(iter(c.operators), "slerp"), statistics=statistics,
+                              progress=lambda done, total: ctx.report("planner", done, total))  # fmt: skip

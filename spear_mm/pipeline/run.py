@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import math
 import shutil
 import time
 from collections.abc import Callable
@@ -31,7 +32,7 @@ from spear_mm.io.files import content_key
 from spear_mm.io.outputs import check_free_space
 from spear_mm.io.pair import Pair, open_pair
 from spear_mm.io.workdir import WorkDir, pair_owner, scored_pair
-from spear_mm.merging.merge import merge, resolve_device
+from spear_mm.merging.merge import build_ops, merge, resolve_device
 from spear_mm.pipeline.candidates import (
     N_BASELINES,
     UNIFORM_TS,
@@ -114,18 +115,9 @@ def run(
     files = [pair.base.path, pair.adapted.path, *(p for p in inputs if Path(p).resolve() != run_dir / "run.yaml")]
     owner = pair_owner(pair.base.fingerprint(), pair.adapted.fingerprint())
     # not an input; one writer; no links out; this pair's (recorded); dead temps cleaned
-    with WorkDir(run_dir, files + run_inputs(config), owner=owner, force=force, what="run folder",
+    with WorkDir(run_dir, files + config.inputs(), owner=owner, force=force, what="run folder",
                  legacy=scored_pair("scores/scores.json")):  # fmt: skip
         return _run(config, pair, run_dir, progress, started)
-
-
-def run_inputs(config: RunConfig) -> list[Path]:
-    """The files and folders a run reads besides the pair: suites, data, probes, plan files, lm-eval tasks."""
-    named = [config.data_dir, config.domain_probe, config.general_probe, config.lm_eval_include]
-    if isinstance(config.suites, str) and config.suites.endswith((".yaml", ".yml")):
-        named.append(config.suites)
-    named += [p for p in config.policies if p.endswith((".yaml", ".yml"))]
-    return [Path(p) for p in named if p]
 
 
 REPORT_BYTES = 2_000_000  # report.md + report.html (figures embedded) + report_files/*.png, with room
@@ -396,7 +388,7 @@ def _write_models(ctx: RunContext, candidates: list[Candidate], chosen: str | No
             steps.skipped(f"merge {c.name}", record)
             seconds, reused = seconds + record.seconds, reused + 1
             continue
-        cb = _bytes_progress(ctx, pair.adapted.nbytes) if ctx.progress else None
+        cb = _bytes_progress(ctx, _written_bytes(pair, c.plan, out_dtype)) if ctx.progress else None
         report = merge(pair.base.path, pair.adapted.path, out, c.plan, device=device, force=True,
                        threads=ctx.config.threads, progress=cb, out_dtype=out_dtype,
                        allow_vocab_extension=bool(pair.vocab_extension))  # fmt: skip
@@ -405,6 +397,12 @@ def _write_models(ctx: RunContext, candidates: list[Candidate], chosen: str | No
     status = "skipped" if reused and not written else "ran"
     return StageCost(name="write chosen model" + ("s" if keep_all else ""), seconds=seconds, device=device,
                      status=status, detail=f"{written} written, {reused} reused")  # fmt: skip
+
+
+def _written_bytes(pair: Pair, plan: Plan, out_dtype: str | None) -> int:
+    """The bytes the merge will report writing (a bf16 output of an fp32 pair is half the input)."""
+    ops = build_ops(pair, plan, parse_dtype(out_dtype) if out_dtype else None)
+    return sum(math.prod(op.shape) * op.out_dtype.itemsize for op in ops)
 
 
 def _bytes_progress(ctx: RunContext, total: int) -> Callable[[str, int], None]:

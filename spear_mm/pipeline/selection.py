@@ -8,11 +8,15 @@ Choice rule (documented in docs/pipeline.md):
   a model that over-shoots one axis (R > 1 happens) from buying a low value on the other; the harmonic mean
   punishes a low value on either axis.
 Models with an undefined R or K (e.g. no domain gain to keep) cannot be chosen by either rule.
+
+Noise (`prefer_simpler`): the rule's pick W gives way to the best simpler candidate S (uniform over selective,
+less restoration over more; with a met target, S must meet it too) unless W is better than S beyond the
+paired-test noise on the tasks that decide R and K: significantly better (p < 0.05) on at least one of them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from pydantic import BaseModel
 
@@ -30,6 +34,49 @@ class Choice(BaseModel):
     rule: str
     met_target: bool | None = None
     reason: str = ""
+    first_pick: str | None = None  # the rule's pick, when a simpler candidate not distinguishable from it won
+    tests: str = ""  # the paired tests behind the noise check
+
+
+def _key(p: tuple[float, float], target: float | None, met: bool | None):
+    if target is None:
+        return (balance(*p), *p)
+    return (p[1], p[0]) if met else (p[0], p[1])
+
+
+def prefer_simpler(
+    choice: Choice,
+    points: Mapping[str, Point],
+    simplicity: Mapping[str, tuple[int, float]],
+    beats: Callable[[str, str], tuple[bool, str]],
+    target_retention: float | None = None,
+) -> Choice:
+    """The choice after the noise check: `simplicity[name]` = (0 uniform or plain CPT / 1 selective, amount
+    restored); `beats(a, b)` = (a better than b beyond noise, the tests as text)."""
+    w = choice.chosen
+    if w is None or w not in simplicity:
+        return choice
+    simpler = {
+        n: (r, k)
+        for n, (r, k) in points.items()
+        if n in simplicity and simplicity[n] < simplicity[w] and r is not None and k is not None
+        and (not choice.met_target or target_retention is None or r >= target_retention)
+    }  # fmt: skip
+    if not simpler:
+        return choice
+    s = max(simpler, key=lambda n: (_key(simpler[n], target_retention, choice.met_target), n))
+    better, tests = beats(w, s)
+    if better:
+        why = f"; better than the simpler {s} beyond noise — {tests}"
+        return choice.model_copy(update={"reason": choice.reason + why, "tests": tests})
+    r, k = simpler[s]
+    kind = "uniform merge" if simplicity[s][0] == 0 < simplicity[w][0] else "model restoring less"
+    reason = (
+        f"the rule's pick {w} is not better than {s} beyond noise on the tasks that decide R and K — {tests}; "
+        f"the simpler {kind} {s} is chosen (R={r:.3f}, K={k:.3f})"
+    )
+    return Choice(chosen=s, rule=choice.rule + "; the simpler model where the difference is noise",
+                  met_target=choice.met_target, reason=reason, first_pick=w, tests=tests)  # fmt: skip
 
 
 def choose(points: Mapping[str, Point], target_retention: float | None = None) -> Choice:

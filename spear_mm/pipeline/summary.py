@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 
 from spear_mm import __version__
 from spear_mm.evaluation.metrics import pareto_front, tradeoff
+from spear_mm.evaluation.noise import excluded_tasks, kept_chance_notes
 from spear_mm.evaluation.uniform_curve import (
     CurveComparison,
     CurvePoint,
@@ -23,7 +24,8 @@ from spear_mm.evaluation.uniform_curve import (
 from spear_mm.io.files import atomic_write_text
 from spear_mm.io.hub import hub_label
 from spear_mm.pipeline.context import RunContext
-from spear_mm.pipeline.selection import Comparison, choose, compare_to_baselines
+from spear_mm.pipeline.selection import Comparison, compare_to_baselines
+from spear_mm.pipeline.verdict import noisy_choice
 from spear_mm.planning.plan import Plan
 
 log = logging.getLogger(__name__)
@@ -100,6 +102,10 @@ class RunSummary(BaseModel):
     chosen_model_path: str | None = None
     choice_rule: str
     choice_reason: str = ""
+    first_pick: str | None = None  # the rule's pick when a simpler model not distinguishable from it was chosen
+    choice_tests: str = ""  # the paired tests of the noise check
+    excluded_tasks: dict[str, str] = Field(default_factory=dict)  # chance-level tasks left out of R and K
+    keep_chance_tasks: bool = False
     target_retention: float | None = None
     baselines: list[str] = Field(default_factory=list)
     candidates: dict[str, ModelEntry] = Field(default_factory=dict)  # policies, sweep and baselines
@@ -181,8 +187,9 @@ def summarise(ctx: RunContext, candidates, results, stages, skipped, *, suites: 
     base, adapted = results["base"], results["adapted"]
     by_name = {c.name: c for c in candidates}
     entries: dict[str, ModelEntry] = {}
+    excluded = excluded_tasks(base, adapted, config.keep_chance_tasks)
     for name, r in results.items():
-        t = tradeoff(r, base, adapted)
+        t = tradeoff(r, base, adapted, exclude=list(excluded))
         c = by_name.get(name)
         entries[name] = ModelEntry(
             name=name,
@@ -215,7 +222,7 @@ def summarise(ctx: RunContext, candidates, results, stages, skipped, *, suites: 
     curve_cmp = compare_to_curve({n: points[n] for n in plan_names}, curve, results,
                                  {n: tr.group for n, tr in base.tasks.items()}) if n_uniform else []  # fmt: skip
     curve_note = curve_sentence(curve_cmp, n_uniform)  # no uniform point: no curve, not the adapted–base chord
-    choice = _choose_above_curve(points, pool, above_curve(curve_cmp), target_retention)
+    choice = noisy_choice(points, pool, above_curve(curve_cmp), target_retention, candidates, results, excluded)
     if choice.chosen is None:
         log.warning("no model could be chosen: %s", choice.reason)
     baseline_names = ["adapted", *(c.name for c in candidates if c.kind == "baseline")]
@@ -228,7 +235,8 @@ def summarise(ctx: RunContext, candidates, results, stages, skipped, *, suites: 
     reference = {n: entries.pop(n) for n in ("base", "adapted")}
     cost = cost_summary(entries, reference, score_seconds, device, cpt)
     fallback = [(e.n_lerp_fallback or 0, e.n_merged or 0) for e in entries.values() if e.method == "slerp"]
-    notes = [f"Choice: {choice.rule} — {choice.reason}.", curve_note]
+    notes = [f"Choice: {choice.rule} — {choice.reason}.", curve_note, *excluded.values(),
+             *kept_chance_notes(base, adapted, config.keep_chance_tasks)]  # fmt: skip
     if fallback and sum(m for _, m in fallback):
         notes.append(
             f"SLERP fell back to LERP (|cos| > 0.9995) on {sum(f for f, _ in fallback)} of "
@@ -253,6 +261,10 @@ def summarise(ctx: RunContext, candidates, results, stages, skipped, *, suites: 
         chosen=choice.chosen,
         choice_rule=choice.rule,
         choice_reason=choice.reason,
+        first_pick=choice.first_pick,
+        choice_tests=choice.tests,
+        excluded_tasks=excluded,
+        keep_chance_tasks=config.keep_chance_tasks,
         target_retention=target_retention,
         baselines=baseline_names,
         candidates=entries,
@@ -267,16 +279,6 @@ def summarise(ctx: RunContext, candidates, results, stages, skipped, *, suites: 
         stages=stages,
         notes=notes,
     )
-
-
-def _choose_above_curve(points, pool: list[str], above: list[str], target: float | None):
-    """The choice rule, restricted to the plans above the uniform curve when there are any (and, with a target,
-    when one of them meets it); otherwise over the whole pool."""
-    if above:
-        choice = choose({n: points[n] for n in above if n in pool}, target)
-        if choice.chosen is not None and choice.met_target is not False:
-            return choice.model_copy(update={"rule": choice.rule + ", among the plans above the uniform curve"})
-    return choose({n: points[n] for n in pool}, target)
 
 
 def _curve_table(summary: RunSummary) -> dict[str, Any]:

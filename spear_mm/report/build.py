@@ -21,10 +21,12 @@ from typing import Any
 
 from spear_mm.errors import SpearError
 from spear_mm.evaluation.metrics import EvalResult, TaskResult, compare, pareto_front, tradeoff
+from spear_mm.evaluation.noise import excluded_tasks
 from spear_mm.evaluation.uniform_curve import curve_from, operator_curves
 from spear_mm.io.files import atomic_write_bytes, atomic_write_text
 from spear_mm.report.figures import Point, layer_scores_png, tradeoff_png
 from spear_mm.report.render import Block, predictions_cell, to_html, to_markdown
+from spear_mm.report.verdict import noise_sentence, result_warnings, verdict
 
 log = logging.getLogger(__name__)
 LayerRecords = list[tuple[int, str | None, float]]
@@ -37,6 +39,9 @@ class RunInfo:
     base: str = "base"
     adapted: str = "adapted"
     chosen: str | None = None
+    choice_reason: str = ""
+    keep_chance_tasks: bool = False
+    excluded: dict[str, str] = field(default_factory=dict)  # chance-level tasks left out of R and K
     baselines: set[str] = field(default_factory=set)
     descriptions: dict[str, str] = field(default_factory=dict)
     costs: dict[str, float] = field(default_factory=dict)
@@ -72,6 +77,8 @@ def read_summary(run_dir: Path) -> RunInfo:
     data = json.loads(path.read_text(encoding="utf-8"))
     info.base, info.adapted = str(data.get("base", info.base)), str(data.get("adapted", info.adapted))
     info.chosen = data.get("chosen") or data.get("selected")
+    info.choice_reason = str(data.get("choice_reason") or "")
+    info.keep_chance_tasks = bool(data.get("keep_chance_tasks", False))
     info.baselines = set(data.get("baselines", []))
     cands = data.get("candidates", {})
     if isinstance(cands, list):
@@ -146,6 +153,7 @@ def build_rows(results: dict[str, EvalResult], info: RunInfo) -> list[ReportRow]
     if info.base not in results:
         raise SpearError(f"no result for the base model {info.base!r} among {sorted(results)} (set --base)")
     base, adapted = results[info.base], results.get(info.adapted)
+    info.excluded = excluded_tasks(base, adapted, info.keep_chance_tasks)
     rows = []
     for name, r in results.items():
         role = {info.base: "base", info.adapted: "adapted"}.get(
@@ -161,7 +169,7 @@ def build_rows(results: dict[str, EvalResult], info: RunInfo) -> list[ReportRow]
             chosen=name == info.chosen,
         )
         if adapted is not None:
-            t = tradeoff(r, base, adapted)
+            t = tradeoff(r, base, adapted, exclude=list(info.excluded))
             row.retention, row.gain_kept = t.retention, t.gain_kept
             row.retention_per_task, row.gain_kept_per_task = t.retention_per_task, t.gain_kept_per_task
         rows.append(row)
@@ -244,22 +252,27 @@ def _tables(rows: list[ReportRow], base: ReportRow) -> list[tuple[str, list[str]
     ]
 
 
-def _significance(rows: list[ReportRow], results: dict[str, EvalResult], info: RunInfo) -> list[list[str]]:
-    """General tasks against the base (what was lost), domain tasks against the adapted model (what was kept)."""
+def _significance(
+    rows: list[ReportRow], results: dict[str, EvalResult], info: RunInfo, against: str | None = None
+) -> list[list[str]]:
+    """General tasks against the base (what was lost), domain tasks against the adapted model (what was kept);
+    with `against`, every model against that one on every task too."""
     out = []
     for r in rows:
-        if r.role == "base":
+        if r.role == "base" and against is None:
             continue
         for t, tr in r.tasks.items():
             ref = info.adapted if tr.group == "domain" and info.adapted in results else info.base
-            if r.name == ref or t not in results[ref].tasks:
-                continue
-            try:
-                test = compare(results[r.name], results[ref], t, n_resamples=2000)
-            except ValueError:
-                continue
-            p = "<0.001" if test.p_value < 0.001 else f"{test.p_value:.3f}"
-            out.append([r.name, t, ref, test.test, f"{test.diff:+.4f}", p, str(test.n)])
+            refs = ([ref] if r.role != "base" else []) + ([against] if against not in (None, ref) else [])
+            for other in refs:
+                if r.name == other or t not in results[other].tasks:
+                    continue
+                try:
+                    test = compare(results[r.name], results[other], t, n_resamples=2000)
+                except ValueError:
+                    continue
+                p = "<0.001" if test.p_value < 0.001 else f"{test.p_value:.3f}"
+                out.append([r.name, t, other, test.test, f"{test.diff:+.4f}", p, str(test.n)])
     return out
 
 
@@ -273,65 +286,56 @@ def render_report(
     significance: Sequence[Sequence[str]] = (),
     figure_dir: str = "report_files",
     tables: Sequence[tuple[str, str, list[str], list[list[str]]]] = (),
+    verdict_text: str = "",
+    noise: str = "",
 ) -> tuple[str, str]:
-    """Markdown (figures as files under `figure_dir`) and self-contained HTML (figures inlined as base64)."""
+    """Markdown (figures as files under `figure_dir`) and self-contained HTML (figures inlined as base64).
+
+    Order: the verdict, the trade-off figure, the per-task tables; then the definitions, the paired tests,
+    the run's extra tables (comparisons, cost), the predictions, the layer scores and the notes."""
     rows = list(rows)
     base = next((r for r in rows if r.role == "base"), rows[0])
     chosen = next((r for r in rows if r.chosen), None)
+    if not verdict_text and chosen is not None:
+        verdict_text = f"Chosen: {chosen.name} — R = {_f(chosen.retention)}, K = {_f(chosen.gain_kept)}."
     intro = [
         "R (general retention) = score_G(M) / score_G(B) per general task, then the mean. K (domain gain kept) = "
         "(D(M) − D(B)) / (D(A) − D(B)) per domain task, then the mean over tasks where it is defined; K is "
-        "*undefined* when the adapted model gained nothing on a task (D(A) − D(B) ≤ 0.001).",
+        "*undefined* when the adapted model gained nothing on a task (D(A) − D(B) ≤ 0.001). Tasks at chance level "
+        "for both base and adapted are left out of R and K (see the notes).",
         "Perplexity tasks enter as exp(−NLL/token) = 1/perplexity (higher is better), so R on such a task is "
-        "ppl(B)/ppl(M). Accuracies: acc (argmax log-likelihood); stderr = sqrt(p(1−p)/(n−1)).",
+        "ppl(B)/ppl(M). Accuracies: acc (argmax log-likelihood); stderr = sqrt(p(1−p)/(n−1)). " + noise,
     ]
-    if chosen is not None:
-        intro.insert(0, f"Chosen: {chosen.name} — R = {_f(chosen.retention)}, K = {_f(chosen.gain_kept)}.")
-    blocks: list[Block] = [("h1", title), *[("p", s) for s in intro]]
+    blocks: list[Block] = [("h1", title), *([("p", verdict_text)] if verdict_text else [])]
     blocks += [("warn", w) for w in warnings]
-    for caption, head, body in _tables(rows, base):
+    if "tradeoff" in figures:
+        blocks += [("img", "tradeoff")]
+    named = _tables(rows, base)
+    for caption, head, body in named[:2]:
         if body:
             blocks += [("h2", caption), ("table", (head, body))]
-    for caption, text, head, body in tables:
-        blocks += [("h2", caption), *([("p", text)] if text else []), ("table", (head, body))]
+    blocks += [("h2", "Definitions"), *[("p", s) for s in intro]]
     if significance:
         blocks += [
             ("h2", "Paired tests on the same items"),
             (
                 "p",
-                "General tasks against the base, domain tasks against the adapted model. McNemar (exact) for "
-                "accuracy (diff = accuracy difference); paired bootstrap of NLL/token for perplexity (diff < 0: "
-                "the model predicts the text better). With n = 200 an accuracy's stderr is about 3.5 points.",
+                "General tasks against the base, domain tasks against the adapted model (and every model against "
+                "the --against model, when given). McNemar (exact) for accuracy (diff = accuracy difference); "
+                "paired bootstrap of NLL/token for perplexity (diff < 0: the model predicts the text better). " + noise,
             ),
             ("table", (["model", "task", "against", "test", "diff", "p", "n"], [list(s) for s in significance])),
         ]
-    for name, caption in (("tradeoff", "Retention–domain trade-off"), ("layer_scores", "Layer scores")):
-        if name in figures:
-            blocks += [("h2", caption), ("img", name)]
+    for caption, text, head, body in tables:
+        blocks += [("h2", caption), *([("p", text)] if text else []), ("table", (head, body))]
+    for caption, head, body in named[2:]:
+        if body:
+            blocks += [("h2", caption), ("table", (head, body))]
+    if "layer_scores" in figures:
+        blocks += [("h2", "Layer scores"), ("img", "layer_scores")]
     if notes:
         blocks += [("h2", "Notes"), *[("p", n) for n in notes]]
     return to_markdown(blocks, figure_dir), to_html(blocks, figures, title)
-
-
-def _warnings(results: dict[str, EvalResult]) -> list[str]:
-    out = []
-    if len({r.tokenizer for r in results.values()}) > 1:
-        out.append(
-            "the models use different tokenizers: per-token perplexities are not comparable "
-            "(compare bits_per_byte in the JSON results)."
-        )
-    for task in {t for r in results.values() for t in r.tasks}:
-        ids = {tuple(i.id for i in r.tasks[task].items) for r in results.values() if task in r.tasks}
-        if len(ids) > 1:
-            out.append(f"{task}: the models were evaluated on different items; paired tests use the shared ones.")
-    skipped: dict[tuple[str, str], list[str]] = {}
-    for m, r in results.items():
-        for t, why in r.skipped.items():
-            skipped.setdefault((t, why.split(". ")[0]), []).append(m)
-    for (t, why), models in skipped.items():
-        who = "every model" if len(models) == len(results) and len(results) > 1 else ", ".join(models)
-        out.append(f"task {t} skipped for {who} ({why})")
-    return out
 
 
 def write_report(
@@ -342,10 +346,14 @@ def write_report(
     adapted: str | None = None,
     chosen: str | None = None,
     layer_figure: Callable[[Path], bytes | None] | None = None,
+    against: str | None = None,
+    keep_chance_tasks: bool | None = None,
 ) -> tuple[Path, Path]:
     """Read the run folder, write report.md (+ report_files/*.png) and report.html; returns both paths.
 
-    `layer_figure(run_dir) -> PNG bytes` replaces the built-in layer-score figure (read from scores/)."""
+    `layer_figure(run_dir) -> PNG bytes` replaces the built-in layer-score figure (read from scores/);
+    `against`: also test every model against this one; `keep_chance_tasks`: keep tasks at chance level in R
+    and K (default: summary.json's setting, else left out)."""
 
     run_dir = Path(run_dir)
     out = Path(out_dir) if out_dir is not None else run_dir
@@ -355,6 +363,10 @@ def write_report(
     info = read_summary(run_dir)
     info.base, info.adapted = base or info.base, adapted or info.adapted
     info.chosen = chosen or info.chosen
+    if keep_chance_tasks is not None:
+        info.keep_chance_tasks = keep_chance_tasks
+    if against is not None and against not in results:
+        raise SpearError(f"--against {against!r}: no result of that name in {run_dir} (have: {sorted(results)})")
     rows = build_rows(results, info)
     figures: dict[str, bytes] = {}
     points = [
@@ -371,17 +383,26 @@ def write_report(
         layer_png = layer_scores_png(records)
     if layer_png:
         figures["layer_scores"] = layer_png
-    warnings = _warnings(results)
+    warnings = result_warnings(results)
     if info.adapted not in results:
         warnings.append(f"no result for the adapted model {info.adapted!r}: K and the trade-off plot are omitted")
     md, page = render_report(
         rows,
         figures,
         title=info.title,
-        notes=info.notes,
+        notes=[*info.notes, *(n for n in info.excluded.values() if n not in info.notes)],
         warnings=warnings,
-        significance=_significance(rows, results, info),
+        significance=_significance(rows, results, info, against),
         tables=info.tables,
+        verdict_text=verdict(
+            info.chosen,
+            {r.name: (r.retention, r.gain_kept) for r in rows},
+            results,
+            info.base,
+            info.excluded,
+            info.choice_reason,
+        ),  # fmt: skip
+        noise=noise_sentence(results, info.base),
     )
     for name, png in figures.items():  # renamed into place: a link there is replaced, never written through
         atomic_write_bytes(out / "report_files" / f"{name}.png", png)

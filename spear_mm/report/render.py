@@ -51,7 +51,7 @@ def to_html(blocks: list[Block], figures: dict[str, bytes], title: str) -> str:
         "body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
         "table{border-collapse:collapse;margin:1em 0;font-size:13px}th,td{border:1px solid #ccc;padding:4px 8px;"
         "text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}"
-        "img{max-width:100%}.warn{background:#fff3cd;padding:6px 10px;border-left:4px solid #f0ad4e}"
+        "img{max-width:100%}img[alt=tradeoff]{max-height:62vh}.warn{background:#fff3cd;padding:6px 10px;border-left:4px solid #f0ad4e}"
     )
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'

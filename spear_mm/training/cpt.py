@@ -30,7 +30,9 @@ from spear_mm.planning.exports import apply_freeze_plan
 from spear_mm.planning.freeze import FreezeSummary, apply_freeze, is_freeze_yaml, load_freeze_yaml
 from spear_mm.planning.freeze import summarize_freeze as _summarize
 from spear_mm.planning.plan import Plan
+from spear_mm.progress import ProgressCallback, ProgressEvent
 from spear_mm.training.corpus import PackedDataset, pack_corpus
+from spear_mm.training.workdir import check_work_dir, resume_arg, work_dir
 
 log = logging.getLogger(__name__)
 
@@ -134,70 +136,11 @@ def _load(base: Path):
     return model, tokenizer, base_dtype if isinstance(base_dtype, torch.dtype) else torch.float32
 
 
-WORK_MARK = ".spear-mm-cpt-work"  # in `<out>.work/`: spear-mm made this folder (it may delete and reuse it)
-
-
-def check_work_dir(out: Path) -> Path:
-    """`<out>.work/` may be used only when it is absent, empty, or made by cpt (its mark inside); else refused."""
-    work = out.with_name(out.name + ".work")
-    if work.is_symlink() or (work.exists() and not work.is_dir()):
-        raise SpearError(f"{work}: cpt's work folder path is a link or a file. Remove it, or choose another -o.")
-    if work.is_dir() and any(work.iterdir()) and not (work / WORK_MARK).is_file() and not _cpt_layout(work):
-        raise SpearError(
-            f"{work} exists and was not made by spear-mm cpt (no {WORK_MARK} inside); cpt keeps its checkpoints "
-            "there and would delete it. Move it away, or choose another -o."
-        )
-    return work
-
-
-def _cpt_layout(work: Path) -> bool:
-    """A work folder of a cpt from before the mark: only checkpoints/checkpoint-N/ and train_log.jsonl inside."""
-    names = {p.name for p in work.iterdir()}
-    ckpts = work / "checkpoints"
-    return (
-        names <= {"checkpoints", "train_log.jsonl"}
-        and ckpts.is_dir()
-        and not ckpts.is_symlink()
-        and all(p.name.startswith("checkpoint-") and p.is_dir() for p in ckpts.iterdir())
-    )
-
-
-def _work_dir(out: Path, config: CptConfig) -> Path:
-    """`<out>.work/`: reused when resuming, refused when it holds checkpoints of another run."""
-    work = check_work_dir(out)
-    ckpts = sorted((work / "checkpoints").glob("checkpoint-*"))
-    if ckpts and config.resume_from_checkpoint is False:
-        raise SpearError(
-            f"{work}: checkpoints of an interrupted run exist; pass --resume-from-checkpoint latest "
-            "to continue it, or delete the folder to start over."
-        )
-    if config.resume_from_checkpoint is False:
-        shutil.rmtree(work, ignore_errors=True)
-    (work / "checkpoints").mkdir(parents=True, exist_ok=True)
-    (work / WORK_MARK).touch()
-    return work
-
-
-def _resume_arg(config: CptConfig, work: Path) -> str | None:
-    if config.resume_from_checkpoint is False:
-        return None
-    if config.resume_from_checkpoint is True:
-        ckpts = sorted((work / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-        if not ckpts:
-            log.warning("no checkpoint in %s: starting from the base model", work / "checkpoints")
-            return None
-        return str(ckpts[-1])
-    path = Path(config.resume_from_checkpoint)
-    if not path.is_dir():
-        raise SpearError(f"{path}: checkpoint folder not found.")
-    return str(path)
-
-
 class _LogCallback:
     """Appends every Trainer log (loss, lr, grad norm) with tokens seen and tokens/s to `train_log.jsonl`."""
 
-    def __init__(self, path: Path, tokens_per_step: int) -> None:
-        self.path, self.tokens_per_step = path, tokens_per_step
+    def __init__(self, path: Path, tokens_per_step: int, progress: ProgressCallback | None = None) -> None:
+        self.path, self.tokens_per_step, self.progress = path, tokens_per_step, progress
         self.t0 = self.t_last = 0.0
         self.step0 = self.step_last = 0
 
@@ -219,6 +162,10 @@ class _LogCallback:
             f.write(json.dumps(entry) + "\n")
         self.t_last, self.step_last = now, step
 
+    def on_step_end(self, args, state, control, **kw) -> None:
+        if self.progress is not None:
+            self.progress(ProgressEvent("cpt", state.global_step, state.max_steps, "cpt: optimizer steps"))
+
     def throughput(self, state) -> tuple[int, float, float]:
         """Steps run in this session, their wall seconds, and tokens/s."""
         seconds = time.perf_counter() - self.t0
@@ -226,7 +173,8 @@ class _LogCallback:
         return steps, seconds, steps * self.tokens_per_step / max(seconds, 1e-9)
 
 
-def run_trainer(model, tokenizer, dataset, work: Path, config: CptConfig, device: str, resume: str | None) -> dict:
+def run_trainer(model, tokenizer, dataset, work: Path, config: CptConfig, device: str, resume: str | None,
+                progress: ProgressCallback | None = None) -> dict:  # fmt: skip
     """Train with the Hugging Face Trainer; returns steps, seconds, tokens/s and the last logged loss."""
     import importlib.util
 
@@ -236,7 +184,7 @@ def run_trainer(model, tokenizer, dataset, work: Path, config: CptConfig, device
         raise SpearError("cpt: the Hugging Face Trainer needs `accelerate`; run `pip install accelerate`.")
 
     callback = type("SpearLogCallback", (_LogCallback, TrainerCallback), {})(
-        work / "train_log.jsonl", config.tokens_per_step
+        work / "train_log.jsonl", config.tokens_per_step, progress
     )
     use_bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
     args = TrainingArguments(
@@ -287,8 +235,15 @@ def run_trainer(model, tokenizer, dataset, work: Path, config: CptConfig, device
     }
 
 
-def cpt(base: str | Path, corpus: list[Path], out: Path, config: CptConfig | None = None) -> CptResult:
-    """Continually pre-train `base` on `corpus` files; write the trained HF folder to `out`."""
+def cpt(
+    base: str | Path,
+    corpus: list[Path],
+    out: Path,
+    config: CptConfig | None = None,
+    progress: ProgressCallback | None = None,
+) -> CptResult:
+    """Continually pre-train `base` on `corpus` files; write the trained HF folder to `out`. `progress` gets a
+    `cpt` event after every optimizer step (with `config.progress=False` for no tqdm bar of its own)."""
     config = config or CptConfig()
     base, out, corpus = resolve_model(base), Path(out), [Path(p) for p in corpus]
     if not corpus:
@@ -300,10 +255,11 @@ def cpt(base: str | Path, corpus: list[Path], out: Path, config: CptConfig | Non
     check_not_input(check_work_dir(out), inputs, "work folder")
     device = _device(config.device)
     with AtomicDir(out, inputs, config.overwrite) as staging:  # checks, lock, cleanup of dead runs' temps
-        return _cpt(base, corpus, out, config, device, staging)
+        return _cpt(base, corpus, out, config, device, staging, progress)
 
 
-def _cpt(base: Path, corpus: list[Path], out: Path, config: CptConfig, device: str, staging) -> CptResult:
+def _cpt(base: Path, corpus: list[Path], out: Path, config: CptConfig, device: str, staging,
+         progress: ProgressCallback | None = None) -> CptResult:  # fmt: skip
     old_threads = torch.get_num_threads()
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -321,10 +277,10 @@ def _cpt(base: Path, corpus: list[Path], out: Path, config: CptConfig, device: s
         log.info("parameters: %s", summary)
         save_dtype = _save_dtype(config.save_dtype, device, base_dtype)
         check_free_space(out.parent, _bytes_to_save(model, save_dtype, base))  # before training, as merge does
-        work = _work_dir(out, config)
+        work = work_dir(out, config.resume_from_checkpoint)
         with library_os_errors(work):  # a checkpoint that fills the disk: one paragraph, not a SafetensorError
             stats = run_trainer(model, tokenizer, PackedDataset(blocks), work, config, device,
-                                _resume_arg(config, work))  # fmt: skip
+                                resume_arg(config.resume_from_checkpoint, work), progress)  # fmt: skip
         result = CptResult(
             out=out,
             steps=stats["steps"],
