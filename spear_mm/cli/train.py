@@ -46,6 +46,12 @@ def cpt_cmd(
     device: str = typer.Option("auto", metavar="[auto|cpu|cuda|cuda:N]", help="Where training runs."),
     logging_steps: int = typer.Option(10, help="Log loss and tokens/s every N steps."),
     max_corpus_tokens: int | None = typer.Option(None, help="Tokens to read (default: what max-steps uses)."),
+    save_dtype: str = typer.Option(
+        "auto",
+        "--save-dtype",
+        metavar="[auto|base|bf16|fp16|fp32|bfloat16|float16|float32]",
+        help="dtype of the saved model (auto: float32 on CPU, the base's dtype on CUDA).",
+    ),
     force: bool = typer.Option(False, "--force", "--overwrite", help="Replace an existing OUT when done."),
 ) -> None:
     """Continually pre-train BASE on the corpus with the Hugging Face Trainer; writes OUT with cost.json."""
@@ -76,6 +82,7 @@ def cpt_cmd(
             device=device,
             logging_steps=logging_steps,
             max_corpus_tokens=max_corpus_tokens,
+            save_dtype=save_dtype,
             overwrite=force,
         )
     except ValueError as exc:

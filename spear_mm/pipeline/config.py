@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from spear_mm.errors import SpearError, read_text
 from spear_mm.executors import KINDS
+from spear_mm.io.dtypes import DtypeName
 from spear_mm.io.files import atomic_write_text
 from spear_mm.scoring.table import ScoreConfig
 
@@ -59,7 +60,7 @@ class RunConfig(BaseModel):
         default_factory=dict, description="measured planner options (budget, max_domain_loss, probe_tokens, …)"
     )
     allow_vocab_extension: bool = Field(False, description="the adapted model may add tokens (new rows are kept)")
-    out_dtype: Literal["bf16", "fp16", "fp32"] | None = Field(None, description="dtype of written models")
+    out_dtype: DtypeName | None = Field(None, description="dtype of written models (bf16 or bfloat16, …)")
     backend: Literal["builtin", "lm-eval"] = Field("builtin", description="back end for the suites' items")
     general_tasks: list[str] = Field([], description="lm-eval registered tasks counted in R (e.g. arc_easy)")
     domain_tasks: list[str] = Field([], description="lm-eval registered tasks counted in K")

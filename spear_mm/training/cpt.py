@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from spear_mm import __version__
 from spear_mm.errors import SpearError
 from spear_mm.executors import keep_freed_memory
+from spear_mm.io.dtypes import DtypeName, parse_dtype
 from spear_mm.io.hub import hub_label, resolve_model
 from spear_mm.io.outputs import AtomicDir, check_not_input
 from spear_mm.planning.exports import apply_freeze_plan
@@ -61,7 +62,7 @@ class CptConfig(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     logging_steps: int = Field(10, ge=1)
     max_corpus_tokens: int | None = Field(None, ge=1)  # None: exactly what max_steps consumes (one pass)
-    save_dtype: Literal["auto", "float32", "base"] = "auto"  # auto: float32 on CPU, the base's dtype on CUDA
+    save_dtype: Literal["auto", "base"] | DtypeName = "auto"  # auto: float32 on CPU, the base's dtype on CUDA
     keep_freed_memory: bool = True  # glibc: no mmap/munmap per large tensor (executors.keep_freed_memory)
     overwrite: bool = False
     progress: bool = True
@@ -314,9 +315,9 @@ def _cpt(base: Path, corpus: list[Path], out: Path, config: CptConfig, device: s
 
 
 def _save_dtype(choice: str, device: str, base_dtype: torch.dtype) -> torch.dtype:
-    if choice == "float32" or (choice == "auto" and device == "cpu"):
+    if choice == "auto" and device == "cpu":
         return torch.float32
-    return base_dtype
+    return base_dtype if choice in ("auto", "base") else parse_dtype(choice)
 
 
 def _cost(result: CptResult, config: CptConfig, base: Path, corpus: list[Path], blocks: int, dtype) -> dict:
