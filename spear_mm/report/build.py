@@ -6,7 +6,8 @@ Run-folder layout read here (written by `spear-mm evaluate -o RUN/eval` or the p
                             cost_seconds}}, costs{name: seconds}, title, notes, tables[{title, text, columns,
                             rows}] (extra tables, e.g. the pipeline's baseline comparison and cost accounting)
     RUN/scores/scores.csv   optional: columns layer, module, score  (or scores/scores.json, read leniently)
-Without summary.json the models named 'base' and 'adapted' play those roles.
+Without summary.json the results that `evaluate --base/--adapted` marked (their `role`) play those roles, else
+the models named 'base' and 'adapted'.
 """
 
 from __future__ import annotations
@@ -352,7 +353,9 @@ def write_report(
     if not results:
         raise SpearError(f"{run_dir}: no evaluation results (expected eval/<model>.json, see docs/evaluation.md)")
     info = read_summary(run_dir)
-    info.base, info.adapted = base or info.base, adapted or info.adapted
+    marked = {r.role: name for name, r in results.items() if r.role}  # evaluate --base/--adapted
+    info.base = base or (info.base if info.base in results else marked.get("base", info.base))
+    info.adapted = adapted or (info.adapted if info.adapted in results else marked.get("adapted", info.adapted))
     info.chosen = chosen or info.chosen
     rows = build_rows(results, info)
     figures: dict[str, bytes] = {}
