@@ -1,12 +1,14 @@
-"""The one atomic file write every stage shares, and content keys of JSON-able inputs (user files are read with
-`spear_mm.errors.read_text`)."""
+"""The one atomic file write every stage shares, a uniquely named temporary folder, and content keys of JSON-able
+inputs (user files are read with `spear_mm.errors.read_text`). Both follow the umask (0644 / 0755 under 022) like
+any file a tool writes: `tempfile.mkstemp`/`mkdtemp` would leave 0600 / 0700 after the rename, which a teammate,
+a worker running as another user or a model server cannot read."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -27,8 +29,9 @@ def atomic_write(path: str | Path, write: Callable[[IO[str]], None], *, newline:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # `.NAME.PID.tmp`-style names (unique per call): the next run removes those of dead processes
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+    # `.NAME.PID.XXXXXXXX.tmp` (unique per call): the next run removes those of dead processes
+    fd, tmp = _create(lambda name: os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), path.parent,
+                      f".{path.name}.{os.getpid()}.", ".tmp")  # fmt: skip
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline=newline) as f:
             write(f)
@@ -39,6 +42,22 @@ def atomic_write(path: str | Path, write: Callable[[IO[str]], None], *, newline:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _create(make: Callable[[str], Any], folder: Path, prefix: str, suffix: str) -> tuple[Any, str]:
+    """`make(name)` for a fresh unique name in `folder` (O_EXCL / mkdir semantics: a clash tries another name)."""
+    for _ in range(100):
+        name = str(folder / f"{prefix}{secrets.token_hex(4)}{suffix}")
+        try:
+            return make(name), name
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name {prefix}*{suffix} in {folder}")
+
+
+def temp_dir(parent: str | Path, prefix: str) -> Path:
+    """A new, uniquely named folder `parent/PREFIX<hex>` with the umask's mode (not mkdtemp's 0700)."""
+    return Path(_create(lambda name: os.mkdir(name, 0o777), Path(parent), prefix, "")[1])
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
