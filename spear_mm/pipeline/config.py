@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from spear_mm.errors import SpearError, read_text
 from spear_mm.executors import KINDS
@@ -20,6 +20,27 @@ from spear_mm.scoring.table import ScoreConfig
 
 ExecutorKind = Literal["local", "process", "ray"]
 assert set(KINDS) == {"local", "process", "ray"}
+
+
+_ALIASES = {"suite": "suites", "tasks": "general_tasks"}  # flag spelling -> key
+
+
+def flag_spellings(data: dict[str, Any]) -> dict[str, Any]:
+    """Keys as the flags spell them, as their run.yaml keys: `suite:` (--suite) is `suites:`, `tasks:` (--tasks)
+    `general_tasks:`, `planner_budget: 8` (--planner-budget) `planner: {budget: 8}`. Both spellings at once are
+    refused; RUN/run.yaml keeps the keys."""
+    data = dict(data)
+    for alias, key in _ALIASES.items():
+        if alias in data and key in data:
+            raise ValueError(f"{key} and {alias} are the same option (--{alias}): give one")
+        if alias in data:
+            data[key] = data.pop(alias)
+    if "planner_budget" in data:
+        budget, planner = data.pop("planner_budget"), data.get("planner") or {}
+        if not isinstance(planner, dict) or planner.get("budget", budget) != budget:
+            raise ValueError("planner_budget and planner.budget are the same option (--planner-budget): give one")
+        data["planner"] = {**planner, "budget": budget}
+    return data
 
 
 class RunConfig(BaseModel):
@@ -68,6 +89,11 @@ class RunConfig(BaseModel):
     title: str | None = None
     report: bool = True
 
+    @model_validator(mode="before")
+    @classmethod
+    def _flag_spellings(cls, data: Any) -> Any:
+        return flag_spellings(data) if isinstance(data, dict) else data
+
     @field_validator("policies", "general_tasks", "domain_tasks", mode="before")
     @classmethod
     def _split_policies(cls, v: Any) -> Any:
@@ -106,7 +132,10 @@ class RunConfig(BaseModel):
                 raise SpearError(f"{source}: not valid YAML ({exc}).") from exc
             if not isinstance(loaded, dict):
                 raise SpearError(f"{source}: a run config is a mapping of fields (base:, adapted:, suites:, …).")
-            data = loaded
+            try:
+                data = flag_spellings(loaded)
+            except ValueError as exc:
+                raise SpearError(f"{source}: {exc}.") from exc
         given = {k: v for k, v in overrides.items() if v is not None}
         if isinstance(given.get("planner"), dict) and isinstance(data.get("planner"), dict):
             given["planner"] = {**data["planner"], **given["planner"]}  # a flag changes one planner option
