@@ -32,7 +32,7 @@ from spear_mm.cli.planner import measured_from_cli, measurement_panel
 from spear_mm.errors import SpearError
 from spear_mm.io.checkpoint import Checkpoint
 from spear_mm.io.outputs import check_not_input, write_file
-from spear_mm.planning.exports import mergekit_yaml, write_freeze_plan
+from spear_mm.planning.exports import check_mergekit, mergekit_yaml, write_freeze_plan
 from spear_mm.planning.policies import describe, make_plan
 from spear_mm.scoring.layers import ScoreConfig, analyze
 from spear_mm.scoring.table import ScoreTable
@@ -269,6 +269,7 @@ def plan_cmd(
     inputs += [p for p in (base, adapted) if p is not None]
     if export_mergekit is not None:
         export_mergekit = check_not_input(export_mergekit, inputs, "--export-mergekit file")
+        check_mergekit(method)  # a TIES / task-arithmetic plan: refused before any work or write
     if export_freeze is not None:
         export_freeze = check_not_input(export_freeze, inputs, "--export-freeze file")
     if policy == "measured":
@@ -290,7 +291,8 @@ def plan_cmd(
             method=method,
             rank_by=rank_by,
         )
-    write_file(out, plan.to_yaml(), inputs, "plan file")
+    mergekit = mergekit_yaml(plan, table.base, table.adapted) if export_mergekit is not None else None
+    write_file(out, plan.to_yaml(), inputs, "plan file")  # after the export is known to work: all or nothing
     rows = describe(plan)
     view = Table(title=f"Plan '{policy}': {len(rows)} of {plan.num_layers} layers move toward the base ({method})")
     for col in ("rank", "unit", "t (base weight)", "action", "score"):
@@ -306,8 +308,8 @@ def plan_cmd(
         out_console.print(f"embed t={plan.embed:g}, head t={plan.head:g}, final norm t={plan.final_norm:g}")
     out_console.print("units not listed keep the adapted weights (t = 0)")
     out_console.print(f"wrote {out}")
-    if export_mergekit is not None:
-        write_file(export_mergekit, mergekit_yaml(plan, table.base, table.adapted), inputs, "--export-mergekit file")
+    if export_mergekit is not None and mergekit is not None:
+        write_file(export_mergekit, mergekit, inputs, "--export-mergekit file")
         out_console.print(f"wrote {export_mergekit} (mergekit-yaml {export_mergekit} OUT)")
     if export_freeze is not None:
         write_freeze_plan(plan, export_freeze)
