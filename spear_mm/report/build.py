@@ -6,6 +6,7 @@ Run-folder layout read here (written by `spear-mm evaluate -o RUN/eval` or the p
                             cost_seconds}}, costs{name: seconds}, title, notes, tables[{title, text, columns,
                             rows}] (extra tables, e.g. the pipeline's baseline comparison and cost accounting)
     RUN/scores/scores.csv   optional: columns layer, module, score  (or scores/scores.json, read leniently)
+    RUN/scores/scores.json  optional: `units` (every unit with its joint rank): the unit table and bars
 Without summary.json the results that `evaluate --base/--adapted` marked (their `role`) play those roles, else
 the models named 'base' and 'adapted'.
 """
@@ -25,6 +26,7 @@ from spear_mm.evaluation.metrics import EvalResult, TaskResult, compare, pareto_
 from spear_mm.evaluation.uniform_curve import curve_from
 from spear_mm.report.figures import Point, layer_scores_png, tradeoff_png
 from spear_mm.report.render import Block, predictions_cell, to_html, to_markdown
+from spear_mm.report.units import read_units, unit_table
 
 log = logging.getLogger(__name__)
 LayerRecords = list[tuple[int, str | None, float]]
@@ -368,8 +370,9 @@ def write_report(
         curve = curve_from({r.name: (r.retention, r.gain_kept) for r in rows})
         figures["tradeoff"] = tradeoff_png(points, [r.name for r in rows if r.on_front], curve=curve)
     layer_png = layer_figure(run_dir) if layer_figure else None
+    units = read_units(run_dir)
     if layer_png is None and (records := read_layer_scores(run_dir)):
-        layer_png = layer_scores_png(records)
+        layer_png = layer_scores_png(records, units=[(u.unit, u.score) for u in units if u.group != "layer"])
     if layer_png:
         figures["layer_scores"] = layer_png
     warnings = _warnings(results)
@@ -382,7 +385,7 @@ def write_report(
         notes=info.notes,
         warnings=warnings,
         significance=_significance(rows, results, info),
-        tables=info.tables,
+        tables=[*info.tables, *([unit_table(units)] if units else [])],
     )
     (out / "report_files").mkdir(parents=True, exist_ok=True)
     for name, png in figures.items():
