@@ -55,3 +55,30 @@ def test_evaluate_refuses_a_role_name_that_no_result_has(tiny_pair, tmp_path, mo
     out = tmp_path / "eval"
     code, text = run_cli(monkeypatch, capsys, "evaluate", adapted, "--suite", "demo", "--base", "base", "-o", out)
     assert code == 2 and "--base 'base'" in text and "named adapted" in text and not out.exists()
+
+
+def test_report_roles_come_from_the_flag_then_summary_then_evaluate(tmp_path):
+    import json
+
+    from spear_mm.evaluation.metrics import TaskResult
+    from spear_mm.report.build import write_report
+
+    def result(name: str, score: float, role: str | None = None) -> None:
+        task = TaskResult(task="t", kind="multiple_choice", metric="acc", score=score, n=4)
+        EvalResult(model=name, role=role, tasks={"t": task}).save(tmp_path / "eval" / f"{name}.json")
+
+    result("base", 0.5)  # named like the default, but evaluate marked another model as the base
+    result("orig", 0.8, "base")
+    result("cpt", 0.6, "adapted")
+
+    def roles() -> dict[str, str]:  # model -> role, from the results table of report.md
+        cells = [[c.strip() for c in r.split("|")[1:-1]] for r in (tmp_path / "report.md").read_text().splitlines()]
+        return {c[0]: c[1] for c in cells if len(c) == 7 and c[1] in ("base", "adapted", "candidate")}
+
+    write_report(tmp_path)
+    assert roles() == {"orig": "base", "cpt": "adapted", "base": "candidate"}
+    (tmp_path / "summary.json").write_text(json.dumps({"base": "base"}))  # summary.json names the base
+    write_report(tmp_path)
+    assert roles() == {"base": "base", "cpt": "adapted", "orig": "candidate"}
+    write_report(tmp_path, base="orig", adapted="base")  # the flags win
+    assert roles() == {"orig": "base", "base": "adapted", "cpt": "candidate"}

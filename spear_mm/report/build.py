@@ -45,6 +45,7 @@ class RunInfo:
     title: str = "SPEAR-MM validation report"
     notes: list[str] = field(default_factory=list)
     tables: list[tuple[str, str, list[str], list[list[str]]]] = field(default_factory=list)  # title, text, head, rows
+    named: set[str] = field(default_factory=set)  # the roles summary.json names ('base', 'adapted')
 
 
 @dataclass
@@ -73,6 +74,7 @@ def read_summary(run_dir: Path) -> RunInfo:
         return info
     data = json.loads(path.read_text(encoding="utf-8"))
     info.base, info.adapted = str(data.get("base", info.base)), str(data.get("adapted", info.adapted))
+    info.named = {role for role in ("base", "adapted") if role in data}
     info.chosen = data.get("chosen") or data.get("selected")
     info.baselines = set(data.get("baselines", []))
     cands = data.get("candidates", {})
@@ -356,8 +358,8 @@ def write_report(
         raise SpearError(f"{run_dir}: no evaluation results (expected eval/<model>.json, see docs/evaluation.md)")
     info = read_summary(run_dir)
     marked = {r.role: name for name, r in results.items() if r.role}  # evaluate --base/--adapted
-    info.base = base or (info.base if info.base in results else marked.get("base", info.base))
-    info.adapted = adapted or (info.adapted if info.adapted in results else marked.get("adapted", info.adapted))
+    info.base = base or (info.base if "base" in info.named else marked.get("base", info.base))
+    info.adapted = adapted or (info.adapted if "adapted" in info.named else marked.get("adapted", info.adapted))
     info.chosen = chosen or info.chosen
     rows = build_rows(results, info)
     figures: dict[str, bytes] = {}
