@@ -9,6 +9,7 @@ restoring one unit at t = 1; `analyze --probe P --ground-truth`) on real or plan
 Candidates (layers keep their score; only the units outside the blocks move), each on two drifts: (rc) the
 unit's relative change, (row) the median row drift for embedding/head matrices (the relative change otherwise):
     rc_z             robust z against the layers' relative changes (rc_z(rc): the scale before issue 22)
+    log_ratio        median layer score + log2(drift / median layer change) x robust spread of the layer scores
     quantile         the score of the k-th least-scored layer, k = the number of layers that moved less
     like_layers      the mean score of the max(1, L // 10) layers that moved most like it (log scale);
                      like_layers(row) is spear-mm's scale since issue 22
@@ -19,6 +20,7 @@ score and restore_gain over all units.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import tempfile
 from pathlib import Path
@@ -52,8 +54,12 @@ def candidates(table: ScoreTable) -> dict[str, dict[str, float]]:
     """{candidate: {unit: score}} for every unit of the table."""
     layers = [u for u in table.units if u.group == "layer"]
     changes, scores = [u.rel_change for u in layers], [u.score for u in layers]
+    s_med = sorted(scores)[len(scores) // 2]
+    s_spread = 1.4826 * sorted(abs(x - s_med) for x in scores)[len(scores) // 2] or 1.0
+    r_med = sorted(changes)[len(changes) // 2]
     rules = {
         "rc_z": lambda d: _robust_z(d, changes),
+        "log_ratio": lambda d: s_med + math.log2(max(d, 1e-12) / r_med) * s_spread,
         "quantile": lambda d: _at_quantile(drift_quantile(d, changes), scores),
         "like_layers": lambda d: like_layers_score(d, changes, scores),
     }
@@ -102,10 +108,11 @@ def main() -> None:
     ap.add_argument("--pair", nargs=2, type=Path, metavar=("BASE", "ADAPTED"), help="analyse this pair first")
     ap.add_argument("--probe", type=Path, help="general probe text for --pair")
     ap.add_argument("--probe-tokens", type=int, default=1024)
+    ap.add_argument("--keep", type=Path, help="with --pair: keep the scores folder here (re-read with --scores)")
     args = ap.parse_args()
     if args.pair:
         with tempfile.TemporaryDirectory() as tmp:
-            table = analyze(*args.pair, Path(tmp) / "scores", probe=args.probe, ground_truth=True,
+            table = analyze(*args.pair, args.keep or Path(tmp) / "scores", probe=args.probe, ground_truth=True,
                             probe_tokens=args.probe_tokens)  # fmt: skip
             report(f"{args.pair[1].name} vs {args.pair[0].name}", table)
     for folder in args.scores:
