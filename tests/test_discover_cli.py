@@ -36,7 +36,7 @@ def test_choice_enums_match_the_library():
     [
         ("suites", [*SUITES, "arc_easy", "reuters_ppl"]),
         ("tasks", ["arc_challenge", "multiple_choice", "perplexity", "inv_ppl", "embedded", "gsm8k_cot"]),
-        ("policies", ["conservative", "balanced", "aggressive", "top-k", "fraction", "t=0.7"]),
+        ("policies", ["conservative", "balanced", "aggressive", "top-k", "fraction", "measured", "t=0.7"]),
         ("methods", ["slerp", "lerp", "task_arithmetic", "ties", "0.9995"]),
         ("architectures", ["llama", "qwen2", "gpt2", "attn.q"]),
     ],
@@ -46,6 +46,8 @@ def test_ls(cli, what, expect):
     assert code == 0, text
     for word in expect:
         assert word in text, (word, text)
+    if what == "policies":  # presets rank every unit, not only the layers
+        assert "top 25% units" in text and "highest-ranked units" in text and " layers by" not in text
 
 
 def test_ls_unknown_lists_the_choices(cli):

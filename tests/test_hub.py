@@ -104,7 +104,7 @@ def test_every_command_takes_hub_ids_and_records_the_revision(hub, cli, tmp_path
     report = json.loads((tmp_path / "m" / "merge_report.json").read_text())
     assert report["adapted_hub"] == f"org/adapted@{COMMIT}" and report["base_hub"] == f"org/base@{COMMIT}"
     card = (tmp_path / "m" / "README.md").read_text()
-    assert f"hub `org/adapted@{COMMIT}`" in card and "base_model: org/base\n" in card
+    assert f"hub `org/adapted@{COMMIT}`" in card and "base_model:\n- org/base\n- org/adapted\n" in card
     assert not (tmp_path / "m" / "model.safetensors").is_symlink()  # the output holds data, not cache links
     code, text = cli("evaluate", "org/adapted", "--suite", "demo", "--limit", "2", "-o", tmp_path / "eval")
     assert code == 0, text

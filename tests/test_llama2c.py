@@ -116,3 +116,14 @@ def test_bad_inputs(tmp_path: Path, converted: Path) -> None:
         convert_llama2c(BIN, TOK, converted)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["short.bin"]  # no temporary folders left behind
+
+
+def test_cli_takes_the_tokenizer_as_the_readme_writes_it(tmp_path: Path, monkeypatch, capsys) -> None:
+    from common import run_cli
+
+    code, text = run_cli(monkeypatch, capsys, "convert-llama2c", BIN, TOK, "-o", tmp_path / "a")
+    assert code == 0 and (tmp_path / "a" / "tokenizer.json").is_file(), text
+    code, text = run_cli(monkeypatch, capsys, "convert-llama2c", BIN, "--tokenizer", TOK, "-o", tmp_path / "b")
+    assert code == 0 and (tmp_path / "b" / "config.json").is_file(), text
+    code, text = run_cli(monkeypatch, capsys, "convert-llama2c", BIN, "-o", tmp_path / "c")
+    assert code == 2 and "MODEL.bin TOK.bin -o OUT" in text and not (tmp_path / "c").exists()

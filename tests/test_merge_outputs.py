@@ -16,7 +16,11 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
 import spear_mm.merging.streaming
+from spear_mm.errors import SpearError
 from spear_mm.io.checkpoint import Checkpoint
+from spear_mm.io.dtypes import parse_dtype
+from spear_mm.pipeline.config import RunConfig
+from spear_mm.training.cpt import CptConfig, _save_dtype
 
 
 @pytest.fixture()
@@ -40,7 +44,9 @@ def test_t0_in_the_same_dtype_is_bit_exact(tiny_pair, tmp_path, cli, out_dtype):
         assert tensor.dtype == merged[name].dtype and torch.equal(tensor, merged[name]), name
 
 
-@pytest.mark.parametrize(("name", "dtype"), [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+@pytest.mark.parametrize(
+    ("name", "dtype"), [("bf16", torch.bfloat16), ("fp16", torch.float16), ("bfloat16", torch.bfloat16)]
+)
 def test_out_dtype_writes_that_dtype(tiny_pair, tmp_path, cli, monkeypatch, name, dtype):
     base, adapted = tiny_pair
     code, text = cli("merge", base, adapted, "--t", "0.5", "-o", tmp_path / "fp32")
@@ -77,6 +83,21 @@ def test_evaluate_dtype(tiny_pair, tmp_path, cli):
     assert json.loads((out / "adapted.json").read_text())["dtype"] == "bfloat16"
     code, text = cli("evaluate", adapted, "--suite", "demo", "--limit", "2", "-o", out)
     assert json.loads((out / "adapted.json").read_text())["dtype"] == "float32"
+    code, text = cli("evaluate", adapted, "--suite", "demo", "--limit", "2", "--dtype", "float16", "-o", out)
+    assert code == 0, text  # transformers' / lm-eval's spelling too
+    assert json.loads((out / "adapted.json").read_text())["dtype"] == "float16"
+
+
+def test_both_dtype_spellings_everywhere():
+    for short, long, dtype in (("bf16", "bfloat16", torch.bfloat16), ("fp16", "float16", torch.float16),
+                               ("fp32", "float32", torch.float32)):  # fmt: skip
+        assert parse_dtype(short) == parse_dtype(long) == parse_dtype(long.upper()) == dtype
+        assert parse_dtype(RunConfig(base="b", adapted="a", out_dtype=long).out_dtype) == dtype
+        assert _save_dtype(CptConfig(save_dtype=long).save_dtype, "cpu", torch.float32) == dtype
+    assert _save_dtype(CptConfig().save_dtype, "cpu", torch.bfloat16) == torch.float32  # auto on CPU
+    assert _save_dtype(CptConfig(save_dtype="base").save_dtype, "cpu", torch.bfloat16) == torch.bfloat16
+    with pytest.raises(SpearError, match="bfloat16"):
+        parse_dtype("int8")
 
 
 def test_merged_folder_keeps_tokenizer_and_generation_config_but_not_training_records(tiny_pair, tmp_path, cli):

@@ -35,7 +35,7 @@ from spear_mm.errors import SpearError
 from spear_mm.io.checkpoint import Checkpoint
 from spear_mm.io.outputs import check_new_file, check_not_input, write_file
 from spear_mm.io.workdir import check_no_outside_links
-from spear_mm.planning.exports import mergekit_yaml, write_freeze_plan
+from spear_mm.planning.exports import check_mergekit, mergekit_yaml, write_freeze_plan
 from spear_mm.planning.plan import DATA_AWARE
 from spear_mm.planning.policies import describe, make_plan
 from spear_mm.scoring.layers import ScoreConfig, analyze
@@ -289,6 +289,8 @@ def plan_cmd(
     inputs += [p for p in (base, adapted, domain_probe, general_probe) if p is not None]  # probes are read too
     out, export_mergekit, export_freeze = check_plan_outputs(out, export_mergekit, export_freeze, inputs, force,
                                                              measured=policy == "measured")  # fmt: skip
+    if export_mergekit is not None:
+        check_mergekit(method)  # a TIES / task-arithmetic / data-aware plan: refused before any work or write
     if policy == "measured":
         knobs = dict(budget=budget, max_domain_loss=max_domain_loss, target_retention=target_retention,
                      probe_units=probe_units, granularity=value(granularity))  # fmt: skip
@@ -310,7 +312,8 @@ def plan_cmd(
         )
     if stats is not None and plan.statistics is None and plan.methods() & set(DATA_AWARE):
         plan = plan.model_copy(update={"statistics": str(stats)})
-    write_file(out, plan.to_yaml(), inputs, "plan file", force=force)
+    mergekit = mergekit_yaml(plan, table.base, table.adapted) if export_mergekit is not None else None
+    write_file(out, plan.to_yaml(), inputs, "plan file", force=force)  # after the export is known to work
     rows = describe(plan)
     view = Table(title=f"Plan '{policy}': {len(rows)} of {plan.num_layers} layers move toward the base ({method})")
     for col in ("rank", "unit", "t (base weight)", "action", "score"):
@@ -326,9 +329,8 @@ def plan_cmd(
         out_console.print(f"embed t={plan.embed:g}, head t={plan.head:g}, final norm t={plan.final_norm:g}")
     out_console.print("units not listed keep the adapted weights (t = 0)")
     out_console.print(f"wrote {out}")
-    if export_mergekit is not None:
-        write_file(export_mergekit, mergekit_yaml(plan, table.base, table.adapted), inputs, "--export-mergekit file",
-                   force=force)  # fmt: skip
+    if export_mergekit is not None and mergekit is not None:
+        write_file(export_mergekit, mergekit, inputs, "--export-mergekit file", force=force)
         out_console.print(f"wrote {export_mergekit} (mergekit-yaml {export_mergekit} OUT)")
     if export_freeze is not None:
         write_freeze_plan(plan, export_freeze)

@@ -8,14 +8,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from spear_mm.cli.choices import Listing
+from spear_mm.cli.choices import Listing, Policy
 from spear_mm.evaluation.lm_eval_tasks import SHIPPED_EQUIVALENTS
 from spear_mm.evaluation.suites import SUITES, get_suite
 from spear_mm.io.architecture import _table
 from spear_mm.io.checkpoint import Checkpoint
 from spear_mm.planning.check import validate_plan
 from spear_mm.planning.plan import Method, Plan
-from spear_mm.planning.policies import AGGRESSIVE_TOP_FRACTION, AGGRESSIVE_TOP_T, POLICIES, PRESETS
+from spear_mm.planning.policies import AGGRESSIVE_TOP_FRACTION, AGGRESSIVE_TOP_T, PRESETS
 
 out_console = Console()
 
@@ -61,22 +61,26 @@ def _tasks() -> Table:
 
 def _policies() -> Table:
 
-    table = Table(title="plan policies (spear-mm plan --policy; spear-mm run --policies)")
+    table = Table(
+        title="plan policies (spear-mm plan --policy; spear-mm run --policies). Units: the layers, the "
+        "embeddings, the head and the final norm, ranked together (--rank-by)"
+    )
     for col in ("policy", "what it restores"):
         table.add_column(col)
-    for name in POLICIES:
+    rules = {
+        "uniform": "every unit at --t",
+        "custom": "one t per layer from --layers (--embed/--head/--final-norm for the other units)",
+        "top-k": "the --k highest-ranked units at --t",
+        "fraction": "the top --fraction of units at --t",
+        "measured": "a t per unit chosen from measured probe effects (--domain-probe; the measured planner)",
+    }
+    for name in (p.value for p in Policy):
         if name in PRESETS:
             fraction, t = PRESETS[name]
             extra = f"; the top {AGGRESSIVE_TOP_FRACTION:.0%} at t={AGGRESSIVE_TOP_T}" if name == "aggressive" else ""
-            table.add_row(name, f"the top {fraction:.0%} layers by impact score at t={t}{extra}")
+            table.add_row(name, f"the top {fraction:.0%} units of the ranking at t={t}{extra}")
         else:
-            what = {
-                "uniform": "every layer at --t",
-                "custom": "one t per layer from --layers",
-                "top-k": "the --k highest-scored layers at --t",
-                "fraction": "the top --fraction of layers at --t",
-            }[name]
-            table.add_row(name, what)
+            table.add_row(name, rules[name])
     return table
 
 

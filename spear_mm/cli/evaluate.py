@@ -79,6 +79,23 @@ def _table(results: list, base: str | None, adapted: str | None) -> Table:
     return table
 
 
+def _roles(names: list[str], base: str | None, adapted: str | None) -> dict[str, str]:
+    """{result name: 'base' | 'adapted'} from --base/--adapted, saved in the results so `report` needs no flags."""
+    roles: dict[str, str] = {}
+    for flag, name, role in (("--base", base, "base"), ("--adapted", adapted, "adapted")):
+        if name is None:
+            continue
+        if name not in names:
+            raise SpearError(
+                f"{flag} {name!r}: no model of this evaluation has that name; the results are named "
+                f"{', '.join(names)} (a folder's name, or a hub id's last part). Pass one of these."
+            )
+        if name in roles:
+            raise SpearError(f"--base and --adapted both name {name!r}: name two different models.")
+        roles[name] = role
+    return roles
+
+
 def _fmt(x: float | None) -> str:
     return "undefined" if x is None else f"{x:.3f}"
 
@@ -98,8 +115,12 @@ def evaluate_cmd(
     batch_size: int = typer.Option(16, "--batch-size", help="Items per batch."),
     max_length: int | None = typer.Option(None, "--max-length", help="Context length cap (default: model's, ≤2048)."),
     seed: int = typer.Option(0, help="Seed of the --limit sample."),
-    base: str | None = typer.Option(None, help="Name of the base model's result: adds R to the table."),
-    adapted: str | None = typer.Option(None, help="Name of the adapted model's result: adds K to the table."),
+    base: str | None = typer.Option(
+        None, help="Name of the base model's result: adds R to the table; recorded for `report`."
+    ),
+    adapted: str | None = typer.Option(
+        None, help="Name of the adapted model's result: adds K to the table; recorded for `report`."
+    ),
     skip_missing: bool = typer.Option(False, "--skip-missing", help="Skip tasks whose data file is absent."),
     tasks: str | None = TASKS_OPTION,
     general_tasks: str | None = GENERAL_TASKS_OPTION,
@@ -123,6 +144,7 @@ def evaluate_cmd(
     if registered is not None:
         preflight(registered)  # datasets loaded (or a clear error) before any model work
     names = _names(models)
+    roles = _roles(names, base, adapted)
     models = [resolve_model(m) for m in models]  # every hub id fetched (or found offline) before any evaluation
     skipped: dict[str, str] = {}
     loaded = load_tasks(suite, data_dir, limit, seed, skip_missing=skip_missing, skipped=skipped) if suite else []
@@ -159,6 +181,7 @@ def evaluate_cmd(
                 lm_eval_tasks=registered,
             )
             result.skipped.update(skipped)
+            result.role = roles.get(name)
             result.save(out / f"{name}.json")
             results.append(result)
     out_console.print(_table(results, base, adapted))
@@ -197,8 +220,12 @@ def check_same_model(result: Path, model: Path, force: bool) -> None:
 def report_cmd(
     run_dir: Path = typer.Argument(..., help="Run folder with eval/<model>.json (and optional summary.json)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Where to write report.md/html (default RUN_DIR)."),
-    base: str | None = typer.Option(None, help="Base model name (default: summary.json, else 'base')."),
-    adapted: str | None = typer.Option(None, help="Adapted model name (default: summary.json, else 'adapted')."),
+    base: str | None = typer.Option(
+        None, help="Base model name (default: summary.json, else the one `evaluate --base` named, else 'base')."
+    ),
+    adapted: str | None = typer.Option(
+        None, help="Adapted model name (default: summary.json, else `evaluate --adapted`'s, else 'adapted')."
+    ),
     chosen: str | None = typer.Option(None, help="Candidate to circle as chosen (default: summary.json)."),
     against: str | None = typer.Option(None, "--against", help="Also test every model against this one (paired)."),
     keep_chance_tasks: bool | None = typer.Option(

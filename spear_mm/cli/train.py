@@ -48,6 +48,12 @@ def cpt_cmd(
     device: str = typer.Option("auto", metavar="[auto|cpu|cuda|cuda:N]", help="Where training runs."),
     logging_steps: int = typer.Option(10, help="Log loss and tokens/s every N steps."),
     max_corpus_tokens: int | None = typer.Option(None, help="Tokens to read (default: what max-steps uses)."),
+    save_dtype: str = typer.Option(
+        "auto",
+        "--save-dtype",
+        metavar="[auto|base|bf16|fp16|fp32|bfloat16|float16|float32]",
+        help="dtype of the saved model (auto: float32 on CPU, the base's dtype on CUDA).",
+    ),
     force: bool = typer.Option(False, "--force", "--overwrite", help="Replace an existing OUT when done."),
 ) -> None:
     """Continually pre-train BASE on the corpus with the Hugging Face Trainer; writes OUT with cost.json."""
@@ -78,6 +84,7 @@ def cpt_cmd(
             device=device,
             logging_steps=logging_steps,
             max_corpus_tokens=max_corpus_tokens,
+            save_dtype=save_dtype,
             overwrite=force,
         )
     except ValueError as exc:
@@ -108,12 +115,24 @@ def cpt_cmd(
 
 def convert_llama2c_cmd(
     checkpoint: Path = typer.Argument(..., help="llama2.c v0 checkpoint, e.g. stories260K.bin."),
-    tokenizer: Path = typer.Option(..., "--tokenizer", help="llama2.c tokenizer, e.g. tok512.bin."),
+    tokenizer_file: Path | None = typer.Argument(
+        None, metavar="[TOKENIZER]", help="llama2.c tokenizer, e.g. tok512.bin."
+    ),
+    tokenizer: Path | None = typer.Option(None, "--tokenizer", help="The tokenizer, as an option (same as TOKENIZER)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output Hugging Face folder (must not exist)."),
 ) -> None:
-    """Convert a llama2.c checkpoint and tokenizer into a Hugging Face Llama folder."""
+    """Convert a llama2.c checkpoint and tokenizer into a Hugging Face Llama folder:
+    spear-mm convert-llama2c MODEL.bin TOK.bin -o OUT."""
 
-    out_console.print(f"wrote {convert_llama2c(checkpoint, tokenizer, out)}")
+    if tokenizer_file is not None and tokenizer is not None and tokenizer_file != tokenizer:
+        raise SpearError(f"two tokenizers given ({tokenizer_file} and --tokenizer {tokenizer}): give one.")
+    tok = tokenizer_file or tokenizer
+    if tok is None:
+        raise SpearError(
+            "convert-llama2c needs the llama2.c tokenizer too: spear-mm convert-llama2c MODEL.bin TOK.bin -o OUT "
+            "(e.g. stories260K.bin tok512.bin; llama2.c's tokenizer.bin for its 32000-token models)."
+        )
+    out_console.print(f"wrote {convert_llama2c(checkpoint, tok, out)}")
 
 
 def register(app: typer.Typer) -> None:

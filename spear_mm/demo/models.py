@@ -11,10 +11,10 @@ import importlib.util
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from spear_mm.errors import SpearError
+from spear_mm.io.files import follow_umask, temp_dir
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def smollm2_path(cache_dir: str | Path | None = None) -> Path:
         raise SpearError("converting the GGUF needs the 'gguf' package: pip install 'spear-mm[demo]'") from exc
     log.info("converting %s to an fp32 Hugging Face folder at %s", gguf.name, target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{SMOLLM2_DIRNAME}-", dir=target.parent))
+    tmp = temp_dir(target.parent, f".{SMOLLM2_DIRNAME}-")  # 0755 under umask 022: a shared cache
     try:
         model = AutoModelForCausalLM.from_pretrained(
             gguf.parent, gguf_file=gguf.name, quantization_config=GgufConfig(dequantize=True), dtype=torch.float32
@@ -68,6 +68,7 @@ def smollm2_path(cache_dir: str | Path | None = None) -> Path:
             del model.config.quantization_config
         model.save_pretrained(tmp)
         AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(tmp)
+        follow_umask(tmp)  # safetensors leaves model.safetensors 0600: a shared cache needs 0644
         if _complete(target):  # another process finished first
             shutil.rmtree(tmp)
         else:

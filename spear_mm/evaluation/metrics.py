@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -73,6 +74,7 @@ class EvalResult(BaseModel):
 
     model: str
     model_path: str | None = None
+    role: Literal["base", "adapted"] | None = None  # `evaluate --base/--adapted`: what `report` reads back
     backend: str = "builtin"
     device: str = "cpu"
     dtype: str = "float32"

@@ -1,5 +1,6 @@
-"""Floating-point dtypes as users write them (`bf16`, `fp16`, `fp32`, or torch's names), for `--out-dtype`
-and `--dtype`: one parser, one list of choices shown by `--help`."""
+"""Floating-point dtypes as users write them (`bf16`, `fp16`, `fp32`, or the names transformers, mergekit and
+lm-eval use: `bfloat16`, `float16`, `float32`), for `merge --out-dtype`, `evaluate --dtype`, `cpt --save-dtype` and
+run.yaml's `out_dtype`: one parser, one list of choices shown by `--help`."""
 
 from __future__ import annotations
 
@@ -11,11 +12,14 @@ from spear_mm.errors import SpearError
 
 
 class DtypeName(str, Enum):
-    """The dtypes a merged model can be written in, or a model evaluated in."""
+    """The dtypes a merged model can be written in, or a model evaluated in (both spellings of each)."""
 
     bf16 = "bf16"
     fp16 = "fp16"
     fp32 = "fp32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+    float32 = "float32"
 
 
 _ALIASES: dict[str, torch.dtype] = {
@@ -36,7 +40,8 @@ def parse_dtype(value: str | DtypeName | torch.dtype | None) -> torch.dtype | No
         return value
     key = value.value if isinstance(value, DtypeName) else str(value).strip().lower().removeprefix("torch.")
     if key not in _ALIASES:
-        raise SpearError(f"dtype {value!r} is not understood; use one of bf16, fp16 or fp32.")
+        names = ", ".join(d.value for d in DtypeName)
+        raise SpearError(f"dtype {value!r} is not understood; use one of {names}.")
     return _ALIASES[key]
 
 

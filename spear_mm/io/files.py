@@ -1,17 +1,19 @@
-"""The one atomic file write every stage shares, appends that never write through a link, and content keys of
-JSON-able inputs (user files are read with `spear_mm.errors.read_text`).
+"""The one atomic file write every stage shares, a uniquely named temporary folder, appends that never write
+through a link, and content keys of JSON-able inputs (user files are read with `spear_mm.errors.read_text`).
 
 Temporary files are named `.NAME.spear-mm-PID-TOKEN.XXXX.tmp`: TOKEN is this process's `RUN_TOKEN`, which a
 resumable folder records (spear_mm.io.workdir), so a later run removes only temporaries it can prove a spear-mm
-run of that folder made."""
+run of that folder made. Files and folders follow the umask (0644 / 0755 under 022) like any file a tool writes:
+`tempfile.mkstemp`/`mkdtemp` would leave 0600 / 0700 after the rename, which a teammate, a worker running as
+another user or a model server cannot read."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import secrets
 import stat
-import tempfile
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -46,8 +48,7 @@ def atomic_write(path: str | Path, write: Callable[[IO[str]], None], *, newline:
 def _atomic(path: str | Path, write: Callable[[IO], None], mode: str, newline: str | None = None) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # unique per call; the rename replaces a link at `path` itself, never the file it points to
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path), suffix=".tmp")
+    fd, tmp = _open_temp(path)  # unique per call; the rename replaces a link at `path`, never its target
     try:
         encoding = None if "b" in mode else "utf-8"
         with os.fdopen(fd, mode, encoding=encoding, newline=newline) as f:
@@ -59,6 +60,58 @@ def _atomic(path: str | Path, write: Callable[[IO], None], mode: str, newline: s
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _open_temp(path: Path) -> tuple[int, str]:
+    return _create(lambda name: os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), path.parent,
+                   temp_prefix(path), ".tmp")  # fmt: skip
+
+
+def temp_file(path: str | Path) -> Path:
+    """An empty, uniquely named temporary file beside `path` (umask mode, this run's token) for a writer that
+    needs a file name (safetensors): write it, then `os.replace` it onto `path`."""
+    fd, tmp = _open_temp(Path(path))
+    os.close(fd)
+    return Path(tmp)
+
+
+def _create(make: Callable[[str], Any], folder: Path, prefix: str, suffix: str) -> tuple[Any, str]:
+    """`make(name)` for a fresh unique name in `folder` (O_EXCL / mkdir semantics: a clash tries another name)."""
+    for _ in range(100):
+        name = str(folder / f"{prefix}{secrets.token_hex(4)}{suffix}")
+        try:
+            return make(name), name
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name {prefix}*{suffix} in {folder}")
+
+
+def temp_dir(parent: str | Path, prefix: str) -> Path:
+    """A new, uniquely named folder `parent/PREFIX<hex>` with the umask's mode (not mkdtemp's 0700)."""
+    return Path(_create(lambda name: os.mkdir(name, 0o777), Path(parent), prefix, "")[1])
+
+
+def umask() -> int:
+    """This process's umask (read from /proc, so no thread sees it changed; else set and restored)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def follow_umask(folder: str | Path) -> None:
+    """Give the plain files in `folder` (recursively, links not followed) the umask's mode: libraries that write
+    through their own temporary file (safetensors ≥ 0.8, hence `save_pretrained`) leave 0600."""
+    mode = 0o666 & ~umask()
+    for path in Path(folder).rglob("*"):
+        st = path.lstat()
+        if stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) != mode:
+            os.chmod(path, mode)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

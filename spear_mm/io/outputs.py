@@ -25,7 +25,7 @@ import uuid
 from pathlib import Path
 
 from spear_mm.errors import SpearError
-from spear_mm.io.files import atomic_write_text
+from spear_mm.io.files import atomic_write_text, follow_umask
 
 log = logging.getLogger(__name__)
 
@@ -307,6 +307,7 @@ class AtomicDir:
 
     def commit(self) -> Path:
         """Publish `tmp` as `final`; refuse to replace an output that appeared or changed since the start."""
+        follow_umask(self.tmp)  # what save_pretrained wrote as 0600 is readable like every other output
         now = _identity(self.final)
         if now is not None and (now != self.start_identity or (not self.force and not _empty_dir(self.final))):
             kept = self.final.with_name(f"{self.final.name}.spear-mm-new-{os.getpid()}")

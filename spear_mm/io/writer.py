@@ -89,7 +89,7 @@ class ShardedWriter:
             for name, dtype, _, nbytes in shard:
                 begin = header[name]["data_offsets"][0]
                 self.slots[name] = Slot(file, base + begin, nbytes, dtype)
-            fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)  # the umask decides (0644 under 022)
             os.write(fd, len(raw).to_bytes(8, "little") + raw)
             _reserve(fd, base + offset)
             self._fds[file] = fd

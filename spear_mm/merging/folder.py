@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import yaml
 from pydantic import BaseModel
 
 from spear_mm import __version__
@@ -98,9 +99,15 @@ def model_card(pair: Pair, plan: Plan, report: MergeReport) -> str:
     rows = "\n".join(f"| {i} | {plan.layer_t(i):g} |" for i in restored) or "| – | – |"
     fallback = f"{report.n_lerp_fallback} of {report.n_merged}" if report.n_merged else "0"
     notes = "".join(f"\nNote: {n}\n" for n in report.notes)
+    parents = [_repo(pair.base.path), _repo(pair.adapted.path)]
+    front = {
+        "library_name": "transformers",
+        "tags": ["spear-mm", "merge", plan.method],
+        "base_model": list(dict.fromkeys(parents)),
+        "base_model_relation": "merge",
+    }
     return f"""---
-tags: [spear-mm, merge, slerp]
-base_model: {(hub_label(pair.base.path) or "").split("@")[0] or pair.base.path.name}
+{yaml.safe_dump(front, sort_keys=False).strip()}
 ---
 # {Path(report.output or "merged").name}
 
@@ -127,5 +134,11 @@ on {fallback} interpolated tensors.
 """
 
 
+def _repo(path: Path) -> str:
+    """The hub id a model came from (the card's `base_model`), else its folder's name: never a local path."""
+    return (hub_label(path) or "").split("@")[0] or path.name
+
+
 def _where(path: Path, hub: str | None) -> str:
-    return f"hub `{hub}` (`{path}`)" if hub else f"`{path}`"
+    """Hub id and commit, or the folder's name: a card travels with the model, so no path of this machine."""
+    return f"hub `{hub}`" if hub else f"local folder `{path.name}`"

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from spear_mm.calibration.objective import PlannerConfig
 from spear_mm.errors import SpearError, read_text
 from spear_mm.executors import KINDS
+from spear_mm.io.dtypes import DtypeName
 from spear_mm.io.files import atomic_write_text
 from spear_mm.io.strict_yaml import load_strict_yaml
 from spear_mm.scoring.table import ScoreConfig
@@ -38,6 +39,27 @@ class PlannerOptions(PlannerConfig):
 
     def planner_config(self) -> PlannerConfig:
         return PlannerConfig(**self.model_dump(exclude={"probe_tokens"}))
+
+
+_ALIASES = {"suite": "suites", "tasks": "general_tasks"}  # flag spelling -> key
+
+
+def flag_spellings(data: dict[str, Any]) -> dict[str, Any]:
+    """Keys as the flags spell them, as their run.yaml keys: `suite:` (--suite) is `suites:`, `tasks:` (--tasks)
+    `general_tasks:`, `planner_budget: 8` (--planner-budget) `planner: {budget: 8}`. Both spellings at once are
+    refused; RUN/run.yaml keeps the keys."""
+    data = dict(data)
+    for alias, key in _ALIASES.items():
+        if alias in data and key in data:
+            raise ValueError(f"{key} and {alias} are the same option (--{alias}): give one")
+        if alias in data:
+            data[key] = data.pop(alias)
+    if "planner_budget" in data:
+        budget, planner = data.pop("planner_budget"), data.get("planner") or {}
+        if not isinstance(planner, dict) or planner.get("budget", budget) != budget:
+            raise ValueError("planner_budget and planner.budget are the same option (--planner-budget): give one")
+        data["planner"] = {**planner, "budget": budget}
+    return data
 
 
 class RunConfig(BaseModel):
@@ -83,13 +105,18 @@ class RunConfig(BaseModel):
     )
     stats_tokens: int = Field(4096, ge=16, description="operators: probe tokens per side for the statistics")
     allow_vocab_extension: bool = Field(False, description="the adapted model may add tokens (new rows are kept)")
-    out_dtype: Literal["bf16", "fp16", "fp32"] | None = Field(None, description="dtype of written models")
+    out_dtype: DtypeName | None = Field(None, description="dtype of written models (bf16 or bfloat16, …)")
     backend: Literal["builtin", "lm-eval"] = Field("builtin", description="back end for the suites' items")
     general_tasks: list[str] = Field([], description="lm-eval registered tasks counted in R (e.g. arc_easy)")
     domain_tasks: list[str] = Field([], description="lm-eval registered tasks counted in K")
     lm_eval_include: str | None = Field(None, description="folder of extra lm-eval task YAMLs")
     title: str | None = None
     report: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flag_spellings(cls, data: Any) -> Any:
+        return flag_spellings(data) if isinstance(data, dict) else data
 
     @field_validator("policies", "general_tasks", "domain_tasks", mode="before")
     @classmethod
@@ -171,7 +198,10 @@ class RunConfig(BaseModel):
             loaded = load_strict_yaml(read_text(Path(source), what="run config"), str(source))
             if not isinstance(loaded, dict):
                 raise SpearError(f"{source}: a run config is a mapping of fields (base:, adapted:, suites:, …).")
-            data = loaded
+            try:
+                data = flag_spellings(loaded)
+            except ValueError as exc:
+                raise SpearError(f"{source}: {exc}.") from exc
         given = {k: v for k, v in overrides.items() if v is not None}
         if isinstance(given.get("planner"), dict) and isinstance(data.get("planner"), dict):
             given["planner"] = {**data["planner"], **given["planner"]}  # a flag changes one planner option

@@ -12,6 +12,7 @@ import yaml
 from spear_mm.errors import SpearError
 from spear_mm.io.architecture import ParamInfo, for_model_type, layer_map
 from spear_mm.io.checkpoint import Checkpoint
+from spear_mm.io.hub import hub_label
 from spear_mm.planning.freeze import YAML_KEY, FreezeSummary, apply_freeze, freeze_patterns, write_freeze_yaml
 from spear_mm.planning.plan import Plan
 
@@ -53,8 +54,8 @@ def to_mergekit_config(
     values in every rule set (mergekit takes them from the first/last slice). Filters are substrings of tensor
     names, the first match wins.
     """
-    if plan.method not in ("slerp", "lerp"):
-        raise SpearError(f"mergekit export supports slerp and lerp plans, not '{plan.method}'.")
+    for method in sorted(plan.methods()):  # per-unit methods too: a regmean unit has no mergekit form
+        check_mergekit(method)
     params, model_type = _tensor_names(adapted_path)
     n = plan.num_layers
     fixed: list[dict] = [
@@ -78,7 +79,7 @@ def to_mergekit_config(
 
     per_layer = [layer_rules(i) for i in range(n)]
     ranges = [(0, n)] if all(r == per_layer[0] for r in per_layer) else [(i, i + 1) for i in range(n)]
-    adapted, base = str(Path(adapted_path)), str(Path(base_path))
+    adapted, base = model_ref(adapted_path), model_ref(base_path)
     slices = []
     for lo, hi in ranges:
         rules = per_layer[lo]
@@ -99,13 +100,37 @@ def to_mergekit_config(
     return config
 
 
+def check_mergekit(method: str) -> None:
+    """Refuse a plan method mergekit cannot perform (called before anything is written)."""
+    if method not in ("slerp", "lerp"):
+        raise SpearError(
+            f"the mergekit export supports slerp and lerp plans, not '{method}': mergekit's own "
+            f"{method} merges differently (no per-unit t toward the base). Merge with `spear-mm merge "
+            "--plan`, or make the plan with --method slerp for the export; nothing was written."
+        )
+
+
+def model_ref(path: str | Path) -> str:
+    """How the export names a model: `org/name@<commit>` for a hub cache snapshot (mergekit fetches that
+    revision on any machine), else the path as given."""
+    return hub_label(path) or str(Path(path))
+
+
+class _NoAliases(yaml.SafeDumper):
+    """Repeated rule lists written out in full: anchors (`&id001`) make an export unreadable."""
+
+    def ignore_aliases(self, data) -> bool:
+        return True
+
+
 def _one_minus(v):
     return [round(1 - x, 6) for x in v] if isinstance(v, list) else round(1 - v, 6)
 
 
 def mergekit_yaml(plan: Plan, base_path: str | Path, adapted_path: str | Path, **kw) -> str:
     header = f"# mergekit config exported by spear-mm: {plan.summary()}\n"
-    return header + yaml.safe_dump(to_mergekit_config(plan, base_path, adapted_path, **kw), sort_keys=False)
+    config = to_mergekit_config(plan, base_path, adapted_path, **kw)
+    return header + yaml.dump(config, Dumper=_NoAliases, sort_keys=False, width=1000)
 
 
 # -- freeze list -------------------------------------------------------------------------------------------------

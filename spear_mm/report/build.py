@@ -6,7 +6,9 @@ Run-folder layout read here (written by `spear-mm evaluate -o RUN/eval` or the p
                             cost_seconds}}, costs{name: seconds}, title, notes, tables[{title, text, columns,
                             rows}] (extra tables, e.g. the pipeline's baseline comparison and cost accounting)
     RUN/scores/scores.csv   optional: columns layer, module, score  (or scores/scores.json, read leniently)
-Without summary.json the models named 'base' and 'adapted' play those roles.
+    RUN/scores/scores.json  optional: `units` (every unit with its joint rank): the unit table and bars
+Without summary.json the results that `evaluate --base/--adapted` marked (their `role`) play those roles, else
+the models named 'base' and 'adapted'.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from spear_mm.evaluation.uniform_curve import curve_from, operator_curves
 from spear_mm.io.files import atomic_write_bytes, atomic_write_text
 from spear_mm.report.figures import Point, layer_scores_png, tradeoff_png
 from spear_mm.report.render import Block, predictions_cell, to_html, to_markdown
+from spear_mm.report.units import read_units, unit_table
 from spear_mm.report.verdict import noise_sentence, result_warnings, verdict
 
 log = logging.getLogger(__name__)
@@ -48,6 +51,7 @@ class RunInfo:
     title: str = "SPEAR-MM validation report"
     notes: list[str] = field(default_factory=list)
     tables: list[tuple[str, str, list[str], list[list[str]]]] = field(default_factory=list)  # title, text, head, rows
+    named: set[str] = field(default_factory=set)  # the roles summary.json names ('base', 'adapted')
 
 
 @dataclass
@@ -76,6 +80,7 @@ def read_summary(run_dir: Path) -> RunInfo:
         return info
     data = json.loads(path.read_text(encoding="utf-8"))
     info.base, info.adapted = str(data.get("base", info.base)), str(data.get("adapted", info.adapted))
+    info.named = {role for role in ("base", "adapted") if role in data}
     info.chosen = data.get("chosen") or data.get("selected")
     info.choice_reason = str(data.get("choice_reason") or "")
     info.keep_chance_tasks = bool(data.get("keep_chance_tasks", False))
@@ -361,7 +366,9 @@ def write_report(
     if not results:
         raise SpearError(f"{run_dir}: no evaluation results (expected eval/<model>.json, see docs/evaluation.md)")
     info = read_summary(run_dir)
-    info.base, info.adapted = base or info.base, adapted or info.adapted
+    marked = {r.role: name for name, r in results.items() if r.role}  # evaluate --base/--adapted
+    info.base = base or (info.base if "base" in info.named else marked.get("base", info.base))
+    info.adapted = adapted or (info.adapted if "adapted" in info.named else marked.get("adapted", info.adapted))
     info.chosen = chosen or info.chosen
     if keep_chance_tasks is not None:
         info.keep_chance_tasks = keep_chance_tasks
@@ -379,8 +386,9 @@ def write_report(
         front = [r.name for r in rows if r.on_front]
         figures["tradeoff"] = tradeoff_png(points, front, curve=curve_from(rk), operators=operator_curves(rk))
     layer_png = layer_figure(run_dir) if layer_figure else None
+    units = read_units(run_dir)
     if layer_png is None and (records := read_layer_scores(run_dir)):
-        layer_png = layer_scores_png(records)
+        layer_png = layer_scores_png(records, units=[(u.unit, u.score) for u in units if u.group != "layer"])
     if layer_png:
         figures["layer_scores"] = layer_png
     warnings = result_warnings(results)
@@ -393,7 +401,7 @@ def write_report(
         notes=[*info.notes, *(n for n in info.excluded.values() if n not in info.notes)],
         warnings=warnings,
         significance=_significance(rows, results, info, against),
-        tables=info.tables,
+        tables=[*info.tables, *([unit_table(units)] if units else [])],
         verdict_text=verdict(
             info.chosen,
             {r.name: (r.retention, r.gain_kept) for r in rows},

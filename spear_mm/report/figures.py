@@ -142,14 +142,21 @@ def tradeoff_png(
     return _png(fig)
 
 
-def layer_scores_png(records: Sequence[tuple[int, str | None, float]], top_k: int | None = None) -> bytes:
+def layer_scores_png(
+    records: Sequence[tuple[int, str | None, float]],
+    top_k: int | None = None,
+    units: Sequence[tuple[str, float]] = (),
+) -> bytes:
     """Heatmap of scores per (module type, layer) when modules are given, and a bar chart of layer scores
-    (mean over modules) with the `top_k` highest highlighted."""
+    (mean over modules) with the `top_k` highest highlighted; `units` (name, score) — the embeddings, head and
+    final norm on the layers' scale — are bars after the layers, ranked with them."""
     layers = sorted({r[0] for r in records})
     modules = sorted({r[1] for r in records if r[1] is not None})
     layer_score = {layer: float(np.mean([s for lay, _, s in records if lay == layer])) for layer in layers}
-    ranked = sorted(layers, key=lambda lay: -layer_score[lay])
-    top = set(ranked[: top_k if top_k is not None else max(1, len(layers) // 4)])
+    names = [str(lay) for lay in layers] + [u for u, _ in units]
+    values = [layer_score[lay] for lay in layers] + [s for _, s in units]
+    ranked = sorted(range(len(names)), key=lambda i: -values[i])
+    top = set(ranked[: top_k if top_k is not None else max(1, len(names) // 4)])
     rows = 2 if modules else 1
     fig, axes = plt.subplots(rows, 1, figsize=(max(7.0, 0.28 * len(layers) + 2), 3.2 * rows + 0.6), squeeze=False)
     if modules:
@@ -165,12 +172,13 @@ def layer_scores_png(records: Sequence[tuple[int, str | None, float]], top_k: in
         ax.set_title("impact score per module (higher = more damaging drift)")
         fig.colorbar(im, ax=ax, fraction=0.025, pad=0.01)
     ax = axes[-1][0]
-    colours = ["#d62728" if lay in top else "#1f77b4" for lay in layers]
-    ax.bar(range(len(layers)), [layer_score[lay] for lay in layers], color=colours)
-    ax.set_xticks(range(len(layers)), [str(lay) for lay in layers])
-    ax.set_xlabel("layer")
-    ax.set_ylabel("layer score")
-    ax.set_title(f"layer scores (red: top {len(top)} by score, restored first)")
+    colours = ["#d62728" if i in top else "#1f77b4" if i < len(layers) else "#17becf" for i in range(len(names))]
+    xs = [i + (i >= len(layers)) for i in range(len(names))]  # a gap before the units outside the blocks
+    ax.bar(xs, values, color=colours)
+    ax.set_xticks(xs, names)
+    ax.set_xlabel("layer" + (", then the units outside the blocks" if units else ""))
+    ax.set_ylabel("score")
+    ax.set_title(f"unit scores (red: top {len(top)} by score, restored first)")
     ax.tick_params(axis="x", labelsize=7)
     ax.grid(axis="y", alpha=0.25)
     fig.tight_layout()

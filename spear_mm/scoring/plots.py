@@ -77,26 +77,39 @@ def plot_heatmap(table: ScoreTable, path: str | Path) -> Path:
     return Path(path)
 
 
+def _bars(table: ScoreTable) -> list[tuple[str, float, int, bool]]:
+    """(label, score, rank, is a layer) of every ranked unit: the layers in order, then embed / head / final norm
+    (the joint ranking of scores.json `units`); old layer-only tables give the layers."""
+    if table.units:
+        return [(u.unit.removeprefix("layer."), u.score, u.rank, u.group == "layer") for u in table.units]
+    return [(str(s.layer), s.score, s.rank, True) for s in sorted(table.layers, key=lambda s: s.layer)]
+
+
 def plot_layer_scores(table: ScoreTable, path: str | Path, highlight: int | None = None) -> Path:
-    """Bar per layer (score), the rank above each bar; the top quarter (or `highlight`) in a strong colour."""
+    """Bar per unit (score) — the layers, then the units outside the blocks after a gap —, the joint rank above
+    each bar; the top quarter of the units (or the top `highlight`) in a strong colour."""
     plt = _plt()
-    n = table.num_layers
+    bars = _bars(table)
+    n = len(bars)
     top = highlight if highlight is not None else max(1, round(0.25 * n))
-    layers = sorted(table.layers, key=lambda s: s.layer)
-    colours = ["#c0392b" if s.rank <= top else "#7f8c8d" for s in layers]
+    xs = [i + (0 if layer else 1) for i, (*_, layer) in enumerate(bars)]  # a gap before the units
+    colours = ["#c0392b" if rank <= top else "#7f8c8d" if layer else "#2471a3" for _, _, rank, layer in bars]
     fig, ax = plt.subplots(figsize=(max(6.0, 0.38 * n + 2), 4.2), dpi=110)
-    ax.bar([s.layer for s in layers], [s.score for s in layers], color=colours)
-    lo, hi = min(0.0, *(s.score for s in layers)), max(0.0, *(s.score for s in layers))
+    ax.bar(xs, [b[1] for b in bars], color=colours)
+    lo, hi = min(0.0, *(b[1] for b in bars)), max(0.0, *(b[1] for b in bars))
     pad = 0.03 * ((hi - lo) or 1.0)
-    for s in layers:
-        y = s.score + pad if s.score >= 0 else s.score - pad
-        ax.text(s.layer, y, f"#{s.rank}", ha="center", va="bottom" if s.score >= 0 else "top", fontsize=7)
+    for x, (_, s, rank, _) in zip(xs, bars, strict=True):
+        y = s + pad if s >= 0 else s - pad
+        ax.text(x, y, f"#{rank}", ha="center", va="bottom" if s >= 0 else "top", fontsize=7)
     ax.set_ylim(lo - 4 * pad, hi + 5 * pad)
     ax.axhline(0, color="black", linewidth=0.6)
-    ax.set_xticks([s.layer for s in layers][:: max(1, n // 32)])
-    ax.set_xlabel("layer")
-    ax.set_ylabel(f"layer score ({table.config.aggregate} of module scores)")
-    ax.set_title(f"Layer impact scores, rank above each bar (red: top {top} of {n})", fontsize=10)
+    step = max(1, table.num_layers // 32)
+    ticks = [(x, label) for j, (x, (label, _, _, layer)) in enumerate(zip(xs, bars, strict=True))
+             if not layer or j % step == 0]  # fmt: skip
+    ax.set_xticks([x for x, _ in ticks], [label for _, label in ticks], rotation=0, fontsize=7)
+    ax.set_xlabel("layer, then the units outside the blocks (placed on the layers' scale: docs/scoring.md)")
+    ax.set_ylabel(f"unit score ({table.config.aggregate} of module scores)")
+    ax.set_title(f"Unit impact scores, joint rank above each bar (red: top {top} of {n} units)", fontsize=10)
     fig.tight_layout()
     _save(plt, fig, path)
     return Path(path)

@@ -109,8 +109,8 @@ def check_rank_by(rank_by: str) -> str:
 class UnitScore(BaseModel):
     """One plannable unit (a layer, the embeddings, lm_head, the final norm) in the joint ranking of all units.
 
-    Layers carry their layer score; the units outside the blocks are placed on the same scale by the robust z
-    of their relative change against the layers' (see spear_mm/scoring/units.py)."""
+    Layers carry their layer score; a unit outside the blocks gets the layers' score at the quantile its drift
+    takes among the layers' relative changes (`drift_quantile`; see spear_mm/scoring/units.py)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -125,6 +125,7 @@ class UnitScore(BaseModel):
     n_tensors: int = 0
     row_drift_median: float | None = None
     row_drift_p99: float | None = None
+    drift_quantile: float | None = None  # units outside the blocks: share of layers that moved less
     swc: float | None = None
     drop: float | None = None
     activation_drift: float | None = None

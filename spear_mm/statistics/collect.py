@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ import torch
 from safetensors.torch import save_file
 
 from spear_mm.errors import SpearError
-from spear_mm.io.files import atomic_write_text, content_key
+from spear_mm.io.files import atomic_write_text, content_key, temp_file, umask
 from spear_mm.io.pair import Pair
 from spear_mm.progress import ProgressEvent
 from spear_mm.scoring.probes import read_texts
@@ -189,10 +188,10 @@ def collect_fisher(model: torch.nn.Module, names: list[str], windows: list[torch
 
 def _save(path: Path, tensors: dict[str, torch.Tensor], key: str) -> None:
     """Write a safetensors file atomically (temp file in the folder, then rename), tagged with the content key."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
-    os.close(fd)
+    tmp = temp_file(path)  # umask mode, this run's token: a later run can prove it stale
     try:
         save_file(tensors, tmp, metadata={"key": key})
+        os.chmod(tmp, 0o666 & ~umask())  # safetensors leaves 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

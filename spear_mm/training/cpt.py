@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from spear_mm import __version__
 from spear_mm.errors import SpearError, library_os_errors
 from spear_mm.executors import keep_freed_memory
+from spear_mm.io.dtypes import DtypeName, parse_dtype
 from spear_mm.io.files import atomic_write_text, open_append
 from spear_mm.io.hub import hub_label, resolve_model
 from spear_mm.io.outputs import AtomicDir, check_free_space, check_not_input
@@ -64,7 +65,7 @@ class CptConfig(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     logging_steps: int = Field(10, ge=1)
     max_corpus_tokens: int | None = Field(None, ge=1)  # None: exactly what max_steps consumes (one pass)
-    save_dtype: Literal["auto", "float32", "base"] = "auto"  # auto: float32 on CPU, the base's dtype on CUDA
+    save_dtype: Literal["auto", "base"] | DtypeName = "auto"  # auto: float32 on CPU, the base's dtype on CUDA
     keep_freed_memory: bool = True  # glibc: no mmap/munmap per large tensor (executors.keep_freed_memory)
     overwrite: bool = False
     progress: bool = True
@@ -318,9 +319,9 @@ def _bytes_to_save(model, dtype: torch.dtype, base: Path) -> int:
 
 
 def _save_dtype(choice: str, device: str, base_dtype: torch.dtype) -> torch.dtype:
-    if choice == "float32" or (choice == "auto" and device == "cpu"):
+    if choice == "auto" and device == "cpu":
         return torch.float32
-    return base_dtype
+    return base_dtype if choice in ("auto", "base") else parse_dtype(choice)
 
 
 def _cost(result: CptResult, config: CptConfig, base: Path, corpus: list[Path], blocks: int, dtype) -> dict:
