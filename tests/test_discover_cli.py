@@ -86,9 +86,9 @@ def test_verbose_after_the_subcommand(tiny_pair, cli):
     for args in (("inspect", tiny_pair[0], "-v"), ("--verbose", "inspect", tiny_pair[0])):
         code, text = cli(*args)
         assert code == 0 and "model_type=llama" in text
-        assert logging.getLogger().level == logging.DEBUG
+        assert logging.getLogger("spear_mm").getEffectiveLevel() == logging.DEBUG  # spear-mm's lines only
     code, _ = cli("inspect", tiny_pair[0])
-    assert logging.getLogger().level == logging.INFO
+    assert logging.getLogger("spear_mm").getEffectiveLevel() == logging.INFO
 
 
 def test_plan_validate(tiny_pair, tmp_path, cli):

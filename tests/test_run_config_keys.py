@@ -17,21 +17,22 @@ def _write(path, data) -> str:
 
 
 def test_the_flag_spellings_are_keys_and_the_resolved_copy_keeps_the_keys(tmp_path):
-    flags = _write(tmp_path / "flags.yaml", {"base": "b", "adapted": "a", "suite": "demo", "tasks": "arc_easy",
-                                             "planner_budget": 8})  # fmt: skip
-    keys = _write(tmp_path / "keys.yaml", {"base": "b", "adapted": "a", "suites": "demo", "general_tasks": ["arc_easy"],
+    measured = {"base": "b", "adapted": "a", "policies": "measured", "domain_probe": "d.txt"}  # planner options need it
+    flags = _write(tmp_path / "flags.yaml", {**measured, "suite": "demo", "tasks": "arc_easy", "planner_budget": 8})
+    keys = _write(tmp_path / "keys.yaml", {**measured, "suites": "demo", "general_tasks": ["arc_easy"],
                                            "planner": {"budget": 8}})  # fmt: skip
     a, b = RunConfig.build(flags), RunConfig.build(keys)
-    assert a == b and a.suites == "demo" and a.general_tasks == ["arc_easy"] and a.planner == {"budget": 8}
+    assert a == b and a.suites == "demo" and a.general_tasks == ["arc_easy"] and a.planner.budget == 8
     resolved = yaml.safe_load(a.to_yaml())
-    assert "suites" in resolved and "suite" not in resolved and resolved["planner"] == {"budget": 8}
+    assert "suites" in resolved and "suite" not in resolved and resolved["planner"]["budget"] == 8
 
 
 def test_flags_win_over_either_spelling(tmp_path):
     path = _write(tmp_path / "run.yaml", {"base": "b", "adapted": "a", "suite": "demo", "planner_budget": 8,
-                                          "planner": {"probe_tokens": 256}})  # fmt: skip
+                                          "planner": {"probe_tokens": 256}, "policies": "measured",
+                                          "domain_probe": "d.txt"})  # fmt: skip
     config = RunConfig.build(path, suites="general", planner={"budget": 3})  # what the CLI passes for the flags
-    assert config.suites == "general" and config.planner == {"budget": 3, "probe_tokens": 256}
+    assert config.suites == "general" and (config.planner.budget, config.planner.probe_tokens) == (3, 256)
 
 
 @pytest.mark.parametrize(

@@ -92,6 +92,9 @@ def cpt_cmd(
     if console.is_terminal:
         result = cpt(base, files, out, config)  # the Trainer's own bar
     else:  # no terminal: no carriage-return bar, plain lines (every 30 s and at the end)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # save_pretrained's "Writing model shards" bar too
         with PlainProgress(console) as lines:
             task = lines.add_task("cpt: optimizer steps", total=config.max_steps)
             config = config.model_copy(update={"progress": False})

@@ -150,6 +150,17 @@ class RunConfig(BaseModel):
                 raise ValueError(f"{name}: every α must lie strictly between 0 and 1, e.g. [0.3, 0.5, 0.7]")
         return v
 
+    @field_validator("out_dtype", mode="before")
+    @classmethod
+    def _dtype_name(cls, v: Any) -> Any:
+        """'bf16' or 'bfloat16', … (any case) as the enum: strict mode takes no plain string."""
+        if isinstance(v, str) and not isinstance(v, DtypeName):
+            names = {d.value: d for d in DtypeName}
+            if v.strip().lower() not in names:
+                raise ValueError(f"{v!r}: use one of {', '.join(names)}")
+            return names[v.strip().lower()]
+        return v
+
     @field_validator("uniform_grid")
     @classmethod
     def _check_grid(cls, v: list[float]) -> list[float]:
