@@ -60,7 +60,8 @@ def test_demo_cli_runs_the_whole_story(first, pico_base) -> None:
     assert {"demo_general_mc", "demo_base_sample_ppl", "demo_finance_mc", "demo_finance_ppl"} <= set(summary["tasks"])
     assert summary["tasks"]["demo_base_sample_ppl"] == "general"
     assert summary["tasks"]["demo_finance_ppl"] == "domain"
-    assert set(summary["candidates"]) == {"balanced", "measured"}
+    assert set(summary["candidates"]) == {"balanced", "measured", "regmean-a0.5", "regmean-a0.75"}  # + its curve
+    assert summary["candidates"]["regmean-a0.5"]["kind"] == "operator" and (out / "stats" / "stats.json").is_file()
     assert (out / "report.html").is_file() and str(out / "report.html") in output.replace("\n", "")
     assert "demo_finance_ppl" in output and "balanced" in output
     assert "cpt: optimizer steps: 4/4 (100%)" in output and "it/s]" not in output  # plain lines, no tqdm bar

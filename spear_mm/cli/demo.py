@@ -10,7 +10,7 @@ from rich.table import Table
 
 from spear_mm.cli.choices import DEVICE_METAVAR
 from spear_mm.cli.output import console, out_console
-from spear_mm.cli.run import progress_bars, results_table
+from spear_mm.cli.run import progress_bars, quiet_per_model_logs, results_table
 from spear_mm.demo.run import DemoConfig, run_demo
 from spear_mm.errors import SpearError
 from spear_mm.report.build import read_results
@@ -100,6 +100,7 @@ def demo_cmd(
         )
     except ValueError as exc:
         raise SpearError(f"demo: invalid option — {exc}") from exc
+    quiet_per_model_logs()  # transformers' loading bars (base samples, CPT, the planner) would drown the stages
     with progress_bars() as progress:
         result = run_demo(out, config, progress=progress, log=console.print, force=force)
     summary = result.summary

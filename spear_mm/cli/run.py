@@ -162,7 +162,7 @@ def run_cmd(
                                   max_domain_loss=max_domain_loss, granularity=value(granularity))) | lm_eval  # fmt: skip
     run_config = RunConfig.build(config, **options)
     checks.device(run_config.device)
-    _quiet_per_model_logs()
+    quiet_per_model_logs()
     with progress_bars() as progress:
         summary = run(config=run_config, progress=progress, force=force, inputs=(config,) if config else ())
     print_summary(summary)
@@ -236,7 +236,7 @@ def _grid(text: str) -> tuple[float, ...]:
         raise SpearError(f"--uniform-grid must be comma-separated numbers in (0, 1), got {text!r}.") from exc
 
 
-def _quiet_per_model_logs() -> None:
+def quiet_per_model_logs() -> None:
     """One line per task and model, and transformers' loading bars, drown the run's bars: keep them for -v."""
     if not logging.getLogger("spear_mm").isEnabledFor(logging.DEBUG):
         logging.getLogger("spear_mm.evaluation").setLevel(logging.WARNING)

@@ -47,6 +47,9 @@ PRESETS = ("conservative", "balanced", "aggressive")
 # The measured planner's probe settings in the demo: the top `probe_units` units of the weight-only ranking are
 # measured (2 probe evaluations each), then `budget` evaluations refine; docs/demo.md says how they were chosen.
 DEMO_PLANNER = {"probe_units": 6, "budget": 8, "probe_tokens": 512, "max_domain_loss": 0.1}
+# The data-aware operator's curve beside the uniform one (docs/data-aware.md): regmean at two α of the uniform
+# grid, its statistics from the planner's probes (≈ 10 s, then 2 evaluations ≈ 60 s: the 15-minute budget).
+DEMO_OPERATORS = {"regmean": (0.5, 0.75)}
 PROBE_SAMPLES = (4, 160)  # the planner's general probe: 4 base samples of 160 tokens (seed PROBE_SEED)
 PROFILES: dict[str, dict[str, Any]] = {
     "full": {"steps": 24, "lr": 3e-4, "seq_len": 256, "batch_size": 4, "limit": 32, "sample_n": 8, "sample_tokens": 160, "baselines": True, "policies": (*PRESETS, "measured")},
@@ -200,7 +203,8 @@ def demo_tasks(config: DemoConfig, base: Path) -> tuple[list[Any], Path | None]:
 
 def corpus_and_probes(config: DemoConfig, base: Path, cache: Path, say: Callable[[str], None]) -> tuple[Path, dict]:
     """The CPT corpus and, when 'measured' is among the policies, the planner's run options: its domain probe is
-    CPT text held out of the corpus, its general probe base samples of another seed than the evaluated ones."""
+    CPT text held out of the corpus, its general probe base samples of another seed than the evaluated ones; the
+    regmean operator curve reads the same probes."""
     if config.data_dir is not None:
         corpus, domain_probe = reuters_train_corpus(config.data_dir, cache)
     else:
@@ -210,7 +214,8 @@ def corpus_and_probes(config: DemoConfig, base: Path, cache: Path, say: Callable
     say(f"      planner probes: {domain_probe.name} (held out of the CPT) and {PROBE_SAMPLES[0]} base samples "
         f"(seed {PROBE_SEED}, apart from the evaluated ones)")  # fmt: skip
     general = sample_base_text(base, *PROBE_SAMPLES, config.threads, seed=PROBE_SEED)
-    return corpus, {"domain_probe": str(domain_probe), "general_probe": str(general), "planner": DEMO_PLANNER}
+    options = {"domain_probe": str(domain_probe), "general_probe": str(general), "planner": DEMO_PLANNER}
+    return corpus, options | {"operators": DEMO_OPERATORS}
 
 
 def cpt_options(config: DemoConfig) -> dict[str, Any]:

@@ -140,6 +140,8 @@ class RunConfig(BaseModel):
                 if not sep or not values:
                     raise ValueError(f"'{part}': write operators as 'regmean=0.3,0.5,0.7;fisher=0.5'")
             return out
+        if isinstance(v, dict):  # the Python API's tuples are lists (strict mode)
+            return {k: list(g) if isinstance(g, tuple) else g for k, g in v.items()}
         return v
 
     @field_validator("operators")
