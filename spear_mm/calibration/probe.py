@@ -29,9 +29,8 @@ from spear_mm.io.files import content_key, open_append
 from spear_mm.io.pair import Pair
 from spear_mm.merging.methods import METHODS
 from spear_mm.planning.plan import Plan
-from spear_mm.scoring.probes import check_probe_tokens, read_texts
 from spear_mm.scoring.units import units_of
-from spear_mm.statistics.collect import WINDOW, windows_of
+from spear_mm.statistics.collect import WINDOW, Probes, probe_windows, windows_of
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +44,9 @@ def _ends_with_newline(path: Path) -> bool:
 
 
 @dataclass(frozen=True)
-class ProbeSet:
-    """Tokenised general and domain probes, and where they came from."""
-
-    general: list[torch.Tensor]
-    domain: list[torch.Tensor]
-    general_source: str
-    domain_source: str
+class ProbeSet(Probes):
+    """Tokenised general and domain probes and where they came from (the statistics' `Probes`), with the token
+    counts and content key the planner records."""
 
     @property
     def general_tokens(self) -> int:
@@ -70,18 +65,7 @@ class ProbeSet:
 
 def load_probes(tokenizer_dir: Path, general: Path, domain: Path, max_tokens: int = 1024) -> ProbeSet:
     """Tokenise both probe files with the adapted model's tokenizer (at most `max_tokens` tokens each)."""
-    from transformers import AutoTokenizer
-
-    try:
-        tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    except (OSError, ValueError) as exc:
-        raise SpearError(
-            f"{tokenizer_dir}: no usable tokenizer for the probes ({exc}); save one with the model."
-        ) from exc
-    out = {}
-    for what, path in (("general", general), ("domain", domain)):
-        out[what] = windows_of(tok, read_texts(path), max_tokens)
-        check_probe_tokens(path, sum(w.shape[1] for w in out[what]), f"{what} probe", limit=max_tokens)
+    out = probe_windows(tokenizer_dir, general, domain, max_tokens)
     return ProbeSet(out["general"], out["domain"], str(general), str(domain))
 
 

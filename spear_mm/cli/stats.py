@@ -58,7 +58,11 @@ def stats_cmd(
     with WorkDir(out, inputs, owner=owner, force=force, what="statistics folder") as folder:
         if general is None:
             n = math.ceil(tokens / SAMPLE_TOKENS)
-            out_console.print(f"general probe: {n} texts of {SAMPLE_TOKENS} tokens sampled from the base (cached)")
+            out_console.print(
+                f"general probe: {n} texts of {SAMPLE_TOKENS} tokens sampled from the base (cached). Measured: a "
+                "base-sample probe restores what text like the samples needs, real general text (--general FILE) "
+                "restores what general text needs (docs/data-aware.md, 'Which general probe')."
+            )
             general = general_probe_for(pair, folder / "probes", n=n, tokens=SAMPLE_TOKENS)
         probes = load_probes(pair.adapted.path, general, domain, tokens)
         old = read_meta(folder)

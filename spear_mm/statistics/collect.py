@@ -27,7 +27,7 @@ from spear_mm.errors import SpearError
 from spear_mm.io.files import atomic_write_text, content_key, temp_file, umask
 from spear_mm.io.pair import Pair
 from spear_mm.progress import ProgressEvent
-from spear_mm.scoring.probes import read_texts
+from spear_mm.scoring.probes import check_probe_tokens, read_texts
 from spear_mm.statistics.store import META, SIDES, Kind, ProbeInfo, Side, StatsMeta, file_key, read_meta
 
 log = logging.getLogger(__name__)
@@ -222,8 +222,9 @@ class Probes:
         return ProbeInfo(source=src, tokens=sum(x.shape[1] for x in w), key=probe_key(w))
 
 
-def load_probes(tokenizer_dir: Path, general: Path, domain: Path, max_tokens: int = DEFAULT_TOKENS) -> Probes:
-    """Tokenise both probe files with the adapted model's tokenizer (at most `max_tokens` tokens each)."""
+def probe_windows(tokenizer_dir: Path, general: Path, domain: Path, max_tokens: int) -> dict[Side, list[torch.Tensor]]:
+    """Both probe files tokenised with the adapted model's tokenizer, at most `max_tokens` tokens each, checked
+    (UTF-8 text, enough tokens); the probes of the statistics and of the measured planner alike."""
     from transformers import AutoTokenizer
 
     try:
@@ -232,11 +233,16 @@ def load_probes(tokenizer_dir: Path, general: Path, domain: Path, max_tokens: in
         raise SpearError(
             f"{tokenizer_dir}: no usable tokenizer for the probes ({exc}); save one with the model."
         ) from exc
-    out = {}
+    out: dict[Side, list[torch.Tensor]] = {}
     for what, path in (("general", general), ("domain", domain)):
         out[what] = windows_of(tok, read_texts(path), max_tokens)
-        if not out[what]:
-            raise SpearError(f"{path}: the {what} probe has fewer than 2 tokens; give a longer text.")
+        check_probe_tokens(path, sum(w.shape[1] for w in out[what]), f"{what} probe", limit=max_tokens)
+    return out
+
+
+def load_probes(tokenizer_dir: Path, general: Path, domain: Path, max_tokens: int = DEFAULT_TOKENS) -> Probes:
+    """The statistics' probes (see `probe_windows`)."""
+    out = probe_windows(tokenizer_dir, general, domain, max_tokens)
     return Probes(out["general"], out["domain"], str(general), str(domain))
 
 
