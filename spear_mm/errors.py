@@ -6,6 +6,10 @@ import contextlib
 import os
 import re
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 
 class SpearError(Exception):
@@ -78,3 +82,15 @@ def read_text(path: object, what: str = "file", encoding: str = "utf-8") -> str:
         if encoding.replace("-", "").lower() != "utf8":
             raise SpearError(f"{what} {p}: not {encoding} text (byte offset {exc.start}); fix its encoding.") from None
         raise describe_unicode_error(exc, f"{what} {p}") from None
+
+
+def validation_message(exc: ValidationError, prefix: str = "--") -> str:
+    """Pydantic's first error as one sentence naming the field and the value given. With the prefix "--" the field
+    is a command-line option (`--alpha 5.0: Input should be less than or equal to 1.`); with another prefix, an
+    option of the Python API (`scoring option alpha = 5.0: …`)."""
+    err = exc.errors()[0]
+    field = ".".join(map(str, err["loc"]))
+    msg = err["msg"].removeprefix("Value error, ")
+    if prefix == "--":
+        return f"--{field.replace('_', '-')} {err['input']}: {msg}."
+    return f"{prefix}{field} = {err['input']!r}: {msg}."

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 import torch
@@ -37,9 +36,23 @@ def test_smallest_fitting_buffer_and_growth_by_trading():
     assert huge.numel() == 5000 and huge is not big and huge is not small
 
 
+def _watch_waits(pool: BufferPool) -> threading.Event:
+    """An Event set when a `take` is about to block on the pool's condition (set under its lock, so no wake-up is lost)."""
+    waiting = threading.Event()
+    wait = pool._cond.wait
+
+    def spy(timeout=None):
+        waiting.set()
+        return wait(timeout)
+
+    pool._cond.wait = spy
+    return waiting
+
+
 def test_take_blocks_at_the_limit_and_close_wakes_waiters():
     pool = BufferPool(limit=1)
     _, buf = pool.take(torch.uint8, (10,))
+    waiting = _watch_waits(pool)
     got = []
 
     def waiter():
@@ -50,14 +63,15 @@ def test_take_blocks_at_the_limit_and_close_wakes_waiters():
 
     th = threading.Thread(target=waiter)
     th.start()
-    time.sleep(0.2)
+    assert waiting.wait(5)
     assert not got  # blocked while the only buffer is in flight
     pool.give(buf)
     th.join(5)
     assert got == [buf]
+    waiting.clear()
     th = threading.Thread(target=waiter)
     th.start()
-    time.sleep(0.1)
+    assert waiting.wait(5)  # blocked again: the buffer it got was never given back
     pool.close()
     th.join(5)
     assert got[-1] == "closed" and not th.is_alive()

@@ -157,6 +157,19 @@ def test_plan_cli_measured_without_domain_probe_is_a_clear_error(planted, tmp_pa
     assert not (tmp_path / "p.yaml").exists()
 
 
+def test_plan_cli_bad_planner_option_names_the_flag_and_value(planted, tmp_path, monkeypatch, capsys):
+    from spear_mm.cli import main
+
+    paths, *_ = planted
+    argv = ["spear-mm", "plan", str(_scores_dir(planted)), "-o", str(tmp_path / "p.yaml"), "--policy", "measured"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--domain-probe", str(paths["domain"]), "--budget", "-1"])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    err = " ".join(capsys.readouterr().err.split())
+    assert exc.value.code == 2 and "--budget -1: Input should be greater than or equal to 0." in err, err
+    assert not (tmp_path / "p.yaml").exists()
+
+
 def test_rank_by_restore_gain_needs_the_probe_scores(planted):
     from spear_mm.planning.policies import make_plan
 

@@ -94,9 +94,10 @@ def test_run_end_to_end(first, pair, suite) -> None:
     assert {c.plan for c in summary.curve_comparisons} == POLICIES
     from spear_mm.evaluation.uniform_curve import r_on_curve
 
-    for c in summary.curve_comparisons:
-        if c.curve_r is not None:
-            assert c.delta_r == pytest.approx(c.retention - r_on_curve(summary.uniform_curve, c.gain_kept))
+    for c in summary.curve_comparisons:  # every plan's K lies on the curve (adapted K 1 … base K 0): ΔR is defined
+        assert c.curve_r is not None, (c.plan, c.gain_kept, summary.uniform_curve)
+        assert c.curve_r == pytest.approx(r_on_curve(summary.uniform_curve, c.gain_kept))
+        assert c.delta_r == pytest.approx(c.retention - c.curve_r), c.plan
         assert c.nearest in UNIFORM and {t.task for t in c.tests} == {"gen_ppl", "gen_mc", "fin_ppl"}
     assert summary.curve_note in md and "uniform-SLERP curve (ΔR at equal K)" in md
     # every candidate was evaluated on the same items as the base

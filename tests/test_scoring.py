@@ -156,6 +156,13 @@ def test_no_recognisable_layers_is_an_error(tmp_path):
         analyze(d, d, workers=1)
 
 
+def test_bad_scoring_option_names_the_option_and_value(tmp_path):
+    """Checked before the pair is opened (these folders do not exist): one sentence, option = value: the rule."""
+    with pytest.raises(SpearError) as exc:
+        analyze(tmp_path / "base", tmp_path / "adapted", alpha=5.0)
+    assert str(exc.value) == "scoring option alpha = 5.0: Input should be less than or equal to 1."
+
+
 def test_scores_from_another_pair_are_refused(scored):
     table, _ = scored
     with pytest.raises(SpearError, match="another pair"):

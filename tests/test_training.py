@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from common import make_tiny_model, make_tokenizer
+from common import make_tiny_model, make_tokenizer, run_cli
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
@@ -147,6 +147,19 @@ def test_bad_inputs(tmp_path: Path, base: Path, corpus: Path) -> None:
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this torch sees a GPU")
+def test_cuda_n_is_checked_as_merge_checks_it(tmp_path: Path, base: Path, corpus: Path, monkeypatch, capsys) -> None:
+    """`cpt --device cuda:N` is offered like merge's: on a CPU-only torch, merge's one-paragraph error and rc 2."""
+    args = ["-o", tmp_path / "o", "--device", "cuda:0"]
+    cpt_code, cpt_text = run_cli(monkeypatch, capsys, "cpt", base, "--corpus", corpus, *args)
+    merge_code, merge_text = run_cli(monkeypatch, capsys, "merge", base, base, "--t", "0.5", *args)
+    assert cpt_code == merge_code == 2 and cpt_text == merge_text, (cpt_text, merge_text)
+    assert cpt_text.startswith("error: --device cuda:0 was requested but torch sees no CUDA GPU"), cpt_text
+    with pytest.raises(SpearError, match="torch sees no CUDA GPU"):  # the Python API: the same check
+        cpt(base, [corpus], tmp_path / "o", CptConfig(**{**FAST, "device": "cuda:1"}))
+    assert not (tmp_path / "o").exists()
+
+
 STORIES = Path(__file__).resolve().parents[2] / "shared" / "models" / "stories260K"
 FINANCE = Path(__file__).resolve().parents[1] / "spear_mm" / "_data" / "demo" / "finance_train.txt"
 
@@ -173,3 +186,15 @@ def test_stories260k_cpt_forgets_stories(tmp_path: Path) -> None:
             return AutoModelForCausalLM.from_pretrained(path)(input_ids=ids, labels=ids).loss.item()
 
     assert story_nll(out) > story_nll(base) + 0.2
+
+
+def test_cuda_n_pins_the_trainer_to_that_gpu(tmp_path: Path, monkeypatch) -> None:
+    """The Trainer alone takes cuda:0 (DataParallel over every GPU); for cuda:N its arguments name GPU N alone."""
+    from spear_mm.training import cpt as cpt_module
+
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)  # no GPU here: the choice is recorded
+    args = cpt_module._training_args("cuda:1", output_dir=str(tmp_path), report_to="none")
+    assert (args.device, args.n_gpu, chosen) == (torch.device("cuda", 1), 1, [1])
+    plain = cpt_module._training_args("cpu", output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    assert type(plain).__name__ == "TrainingArguments" and plain.device == torch.device("cpu")

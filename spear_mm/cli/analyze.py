@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -31,7 +32,7 @@ from spear_mm.cli.choices import (
 from spear_mm.cli.output import console
 from spear_mm.cli.planner import measured_from_cli, measurement_panel, refuse_ignored
 from spear_mm.cli.progress import PlainProgress, bars
-from spear_mm.errors import SpearError
+from spear_mm.errors import SpearError, validation_message
 from spear_mm.io.checkpoint import Checkpoint
 from spear_mm.io.outputs import check_new_file, check_not_input, write_file
 from spear_mm.io.workdir import check_no_outside_links
@@ -166,9 +167,8 @@ def analyze_cmd(
             snr_normalize=value(snr_normalize),
             delta_spectrum=delta_spectrum,
         )
-    except ValueError as exc:
-        err = exc.errors()[0]
-        raise SpearError(f"--{str(err['loc'][0]).replace('_', '-')} {err['input']}: {err['msg']}.") from exc
+    except ValidationError as exc:
+        raise SpearError(validation_message(exc)) from exc
     if ray_address is not None and executor != "ray":
         raise SpearError("--ray-address needs --executor ray.")
     columns = (

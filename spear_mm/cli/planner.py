@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsed
 from spear_mm.calibration.planner import PlannerConfig, general_probe_for, measured_plan
 from spear_mm.cli.output import console
 from spear_mm.cli.progress import bars
-from spear_mm.errors import SpearError
+from spear_mm.errors import SpearError, validation_message
 from spear_mm.io.pair import open_pair
 from spear_mm.planning.policies import check_options
 from spear_mm.scoring.probes import read_texts
@@ -57,8 +57,7 @@ def measured_from_cli(table, base, adapted, out: Path, domain_probe, general_pro
     try:
         config = PlannerConfig(**{k: v for k, v in knobs.items() if v is not None})
     except ValidationError as exc:
-        err = exc.errors()[0]
-        raise SpearError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}.") from exc
+        raise SpearError(validation_message(exc)) from exc
     pair = open_pair(base or table.base, adapted or table.adapted)
     cache = out.with_name(out.name + ".probes")
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

@@ -230,13 +230,6 @@ def print_summary(summary: RunSummary) -> None:
     out_console.print(f"report: {summary.report_html}")
 
 
-def _grid(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(x) for x in text.replace(" ", "").split(",") if x)
-    except ValueError as exc:
-        raise SpearError(f"--uniform-grid must be comma-separated numbers in (0, 1), got {text!r}.") from exc
-
-
 def quiet_per_model_logs() -> None:
     """One line per task and model, and transformers' loading bars, drown the run's bars: keep them for -v."""
     if not logging.getLogger("spear_mm").isEnabledFor(logging.DEBUG):

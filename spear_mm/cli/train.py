@@ -59,6 +59,8 @@ def cpt_cmd(
     """Continually pre-train BASE on the corpus with the Hugging Face Trainer; writes OUT with cost.json."""
 
     checks.positive("--threads", threads)
+    if device != "auto":
+        checks.device(device)  # cuda:N too, refused as merge refuses it, before the corpus or the model is read
     files = [*(corpus or []), *(more_corpus or [])]
     if not files:
         raise SpearError("cpt: no corpus given; pass --corpus FILE [FILE ...].")

@@ -61,6 +61,8 @@ class TensorInfo:
         return self.numel * self.dtype.itemsize
 
 
+# Parsed here, not with the safetensors library: we need each tensor's byte offset to pread element ranges straight
+# into reused (pooled) buffers without mmapping the file, and to refuse a bad header with a message naming the file.
 def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
     """Parse and validate a safetensors header: tensor infos and the `__metadata__` dict."""
     try:

@@ -22,6 +22,7 @@ import torch
 
 from spear_mm.errors import SpearError
 from spear_mm.io.checkpoint import Checkpoint
+from spear_mm.io.devices import resolve_device
 from spear_mm.io.dtypes import dtype_label, parse_dtype
 from spear_mm.io.hub import hub_label
 from spear_mm.io.outputs import AtomicDir, check_free_space, check_output
@@ -89,25 +90,6 @@ def iter_merged(
     ws = workspace_for(pair, plan, ops, resolve_device(device), pooled=False)
     for op, tensor, stat, _ in produce(pair, plan, ops, ws, prefetch):
         yield op, tensor, stat
-
-
-def resolve_device(device: str) -> torch.device:
-    """A torch device for the kernels; a clear error when CUDA is asked for but torch sees no GPU."""
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise SpearError(f"--device {device!r} is not a torch device; use cpu, cuda or cuda:N.") from exc
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise SpearError(
-                f"--device {device} was requested but torch sees no CUDA GPU (torch {torch.__version__}); "
-                "use --device cpu, or install a CUDA build of torch on a machine with a GPU."
-            )
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise SpearError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) visible.")
-    elif dev.type != "cpu":
-        raise SpearError(f"--device {device}: spear-mm merges on cpu or cuda.")
-    return dev
 
 
 def merge(

@@ -28,10 +28,9 @@ from spear_mm.planning.policies import PRESETS, make_plan
 from spear_mm.scoring.table import ScoreTable
 
 Kind = Literal["policy", "sweep", "baseline", "operator"]
-UNIFORM_TS = UNIFORM_GRID
 TASK_ARITHMETIC_LAMBDAS = (0.5, 0.75)
 TIES_DENSITY = 0.2
-N_BASELINES = len(UNIFORM_TS) + len(TASK_ARITHMETIC_LAMBDAS) + 1  # + TIES
+N_FIXED_BASELINES = len(TASK_ARITHMETIC_LAMBDAS) + 1  # + TIES; the uniform curve adds one per point of its grid
 DEFAULT_SWEEP = {"fractions": (0.1, 0.25, 0.5), "t": (0.5, 0.7, 0.9)}
 
 
@@ -123,7 +122,7 @@ def sweep_candidates(
 
 
 def baseline_candidates(
-    num_layers: int, provenance: Mapping[str, str | None] | None = None, uniform_ts: Sequence[float] = UNIFORM_TS
+    num_layers: int, provenance: Mapping[str, str | None] | None = None, uniform_ts: Sequence[float] = UNIFORM_GRID
 ) -> list[Candidate]:
     """Uniform SLERP on the `uniform_ts` grid (the uniform curve), task arithmetic and a TIES-trimmed delta,
     applied to every tensor (embeddings included). Points equal to another candidate are evaluated once."""

@@ -34,8 +34,7 @@ from spear_mm.io.pair import Pair, open_pair
 from spear_mm.io.workdir import WorkDir, pair_owner, scored_pair
 from spear_mm.merging.merge import build_ops, merge, resolve_device
 from spear_mm.pipeline.candidates import (
-    N_BASELINES,
-    UNIFORM_TS,
+    N_FIXED_BASELINES,
     Candidate,
     baseline_candidates,
     check_unique,
@@ -135,7 +134,7 @@ def _run(config: RunConfig, pair: Pair, run_dir: Path, progress: ProgressCallbac
     grid = parse_sweep(config.sweep)
     tasks, skipped = _load_tasks(config, ctx.lm_eval_tasks)
     check_probes(config)  # the planner's probe files, before any scoring
-    n_baselines = N_BASELINES - len(UNIFORM_TS) + len(set(config.uniform_grid))
+    n_baselines = N_FIXED_BASELINES + len(set(config.uniform_grid))
     n_candidates = len(config.policies) + (len(grid["fractions"]) * len(grid["t"]) if grid else 0)
     n_candidates += n_baselines * config.baselines + sum(len(set(g)) for g in config.operators.values())
     n_items = sum(len(t.items) for t in tasks) if tasks else 0

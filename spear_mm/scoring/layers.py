@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from pydantic import ValidationError
 
-from spear_mm.errors import SpearError
+from spear_mm.errors import SpearError, validation_message
 from spear_mm.io.pair import Pair, open_pair
 from spear_mm.io.workdir import WorkDir, pair_owner, scored_pair
 from spear_mm.scoring.jobs import ScoreJournal, score_on_executor, score_on_threads
@@ -204,8 +204,7 @@ def analyze(
     try:
         config = ScoreConfig.model_validate(config.model_dump())
     except ValidationError as exc:
-        err = exc.errors()[0]
-        raise SpearError(f"scoring option {err['loc'][0]} = {err['input']!r}: {err['msg']}.") from None
+        raise SpearError(validation_message(exc, "scoring option ")) from None
     started = time.perf_counter()
     pair = open_pair(base, adapted, allow_vocab_extension=allow_vocab_extension)
     # an output folder: not an input (the probe included), one writer, this pair's, dead temps cleaned

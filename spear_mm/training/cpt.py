@@ -13,6 +13,7 @@ import logging
 import platform
 import shutil
 import time
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -23,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from spear_mm import __version__
 from spear_mm.errors import SpearError, library_os_errors
 from spear_mm.executors import keep_freed_memory
+from spear_mm.io.devices import resolve_device
 from spear_mm.io.dtypes import DtypeName, parse_dtype
 from spear_mm.io.files import atomic_write_text, open_append
 from spear_mm.io.hub import hub_label, resolve_model
@@ -62,7 +64,7 @@ class CptConfig(BaseModel):
     save_total_limit: int = Field(2, ge=1)
     resume_from_checkpoint: bool | Path = False  # True: the latest checkpoint in `<out>.work/`
     seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: str = "auto"  # auto (cuda when torch sees a GPU), cpu, cuda or cuda:N: checked by _device
     logging_steps: int = Field(10, ge=1)
     max_corpus_tokens: int | None = Field(None, ge=1)  # None: exactly what max_steps consumes (one pass)
     save_dtype: Literal["auto", "base"] | DtypeName = "auto"  # auto: float32 on CPU, the base's dtype on CUDA
@@ -113,11 +115,31 @@ def apply_freeze_file(model, path: Path) -> FreezeSummary:
 
 # -- the run -----------------------------------------------------------------------------------------------------
 def _device(choice: str) -> str:
+    """auto → cuda or cpu; cpu, cuda and cuda:N are checked as merge checks them (the same errors)."""
     if choice == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise SpearError("--device cuda: no CUDA device is visible to torch; use --device cpu.")
+    resolve_device(choice, "trains")
     return choice
+
+
+def _training_args(device: str, **kwargs):
+    """TrainingArguments on `device`. The Trainer alone always takes cuda:0 (and DataParallel over every visible
+    GPU); for cuda:N it is pinned to that one GPU (accelerate's plain "cuda" is the current device, set here)."""
+    from transformers import TrainingArguments
+
+    index = torch.device(device).index
+    if index is None:
+        return TrainingArguments(**kwargs)
+
+    class OneGpuArguments(TrainingArguments):
+        @cached_property
+        def _setup_devices(self) -> torch.device:
+            TrainingArguments._setup_devices.func(self)  # accelerate's state, as the Trainer sets it up
+            torch.cuda.set_device(index)
+            self._n_gpu = 1
+            return torch.device("cuda", index)
+
+    return OneGpuArguments(**kwargs)
 
 
 def _load(base: Path):
@@ -179,7 +201,7 @@ def run_trainer(model, tokenizer, dataset, work: Path, config: CptConfig, device
     """Train with the Hugging Face Trainer; returns steps, seconds, tokens/s and the last logged loss."""
     import importlib.util
 
-    from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
+    from transformers import Trainer, TrainerCallback, default_data_collator
 
     if importlib.util.find_spec("accelerate") is None:
         raise SpearError("cpt: the Hugging Face Trainer needs `accelerate`; run `pip install accelerate`.")
@@ -187,8 +209,10 @@ def run_trainer(model, tokenizer, dataset, work: Path, config: CptConfig, device
     callback = type("SpearLogCallback", (_LogCallback, TrainerCallback), {})(
         work / "train_log.jsonl", config.tokens_per_step, progress
     )
-    use_bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
-    args = TrainingArguments(
+    cuda = torch.device(device).type == "cuda"
+    use_bf16 = cuda and torch.cuda.is_bf16_supported()
+    args = _training_args(
+        device,
         output_dir=str(work / "checkpoints"),
         max_steps=config.max_steps,
         per_device_train_batch_size=config.batch_size,
@@ -208,7 +232,7 @@ def run_trainer(model, tokenizer, dataset, work: Path, config: CptConfig, device
         bf16=use_bf16,
         report_to="none",
         dataloader_num_workers=0,
-        dataloader_pin_memory=device == "cuda",
+        dataloader_pin_memory=cuda,
         remove_unused_columns=False,
         disable_tqdm=not config.progress,
     )
@@ -327,7 +351,7 @@ def _save_dtype(choice: str, device: str, base_dtype: torch.dtype) -> torch.dtyp
 def _cost(result: CptResult, config: CptConfig, base: Path, corpus: list[Path], blocks: int, dtype) -> dict:
     import transformers
 
-    device_name = torch.cuda.get_device_name() if result.device == "cuda" else _cpu_name()
+    device_name = torch.cuda.get_device_name(result.device) if result.device.startswith("cuda") else _cpu_name()
     return {
         **result.model_dump(mode="json", exclude={"out"}),
         "device_name": device_name,
