@@ -88,7 +88,7 @@ def _run(model, windows: list[torch.Tensor], hidden: bool) -> tuple[float, list[
 def _load(path: Path):
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32).eval()
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
 
 
 def restore_gains(model, pair: Pair, windows: list[torch.Tensor], nll_adapted: float) -> dict[str, float]:
