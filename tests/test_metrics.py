@@ -52,7 +52,10 @@ def test_gain_kept_arithmetic_and_division_guard():
     assert per["reuters_ppl"] == pytest.approx((1 / 25 - 1 / 40) / (1 / 20 - 1 / 40))
     assert k == pytest.approx((per["fpb"] + per["reuters_ppl"]) / 2)
     assert gain_kept(0.5, 0.4, 0.4) is None  # adapted gained nothing: undefined, not a division by zero
-    assert gain_kept(0.5, 0.4, 0.4005) is None  # below eps
+    assert gain_kept(0.5, 0.4, 0.4005) is None  # below eps (0.5% of the scores)
+    # perplexity scale (1/ppl): 47.8 -> 45.8 is a real gain although the raw difference is 0.0009
+    assert gain_kept(1 / 46.8, 1 / 47.8, 1 / 45.8) == pytest.approx(0.5, abs=0.03)
+    assert gain_kept(1 / 47.7, 1 / 47.8, 1 / 47.75) is None  # 0.1%: nothing to keep
     assert gain_kept(0.5, 0.4, 0.3) is None  # adapted got worse: nothing to keep
     assert gain_kept(0.4, 0.4, 0.6) == 0.0 and gain_kept(0.6, 0.4, 0.6) == 1.0
 

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from spear_mm.io.files import atomic_write_text
 
-K_EPS = 1e-3  # |score_D(A) - score_D(B)| below this: the adapted model gained nothing, K is undefined
+K_EPS = 5e-3  # gain A - B below this share of the scores: the adapted model gained nothing, K is undefined
 
 
 class ItemRecord(BaseModel):
@@ -136,9 +136,10 @@ def general_retention(
 
 
 def gain_kept(model: float, base: float, adapted: float, eps: float = K_EPS) -> float | None:
-    """K = (M - B) / (A - B); None when the adapted model did not gain (A - B <= eps): nothing to keep."""
+    """K = (M - B) / (A - B); None when the adapted model did not gain, i.e. A - B <= eps · max(|A|, |B|): nothing to
+    keep. Relative, so that perplexity scores (1/ppl ≈ 0.02) and accuracies (≈ 0.5) are judged alike."""
     gain = adapted - base
-    if not math.isfinite(gain) or gain <= eps:
+    if not math.isfinite(gain) or gain <= eps * max(abs(adapted), abs(base)):
         return None
     return (model - base) / gain
 
