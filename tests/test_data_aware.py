@@ -23,7 +23,7 @@ from spear_mm.merging.merge import merge
 from spear_mm.merging.methods.regmean import regmean_projection
 from spear_mm.planning.plan import Plan
 from spear_mm.statistics.collect import collect_statistics, load_probes, site_groups
-from spear_mm.statistics.store import META, ProbeInfo, Statistics, StatsMeta
+from spear_mm.statistics.store import META, ProbeInfo, Statistics, StatsMeta, read_meta
 
 TEXT = "Revenue rose 12 percent to 4.2 billion dollars. The central bank held its policy rate. " * 20
 GENERAL = "The quick brown fox jumps over the lazy dog. Water boils at 100 degrees Celsius. " * 20
@@ -251,7 +251,11 @@ def test_stats_cli(tiny_pair, tmp_path, monkeypatch, capsys):
     d.write_text("Credit spreads widened. " + TEXT)  # within the first 256 tokens: a new key
     code, out = run_cli(monkeypatch, capsys, "stats", *tiny_pair, "--domain", d, "--general", g, "--tokens", "256",
                         "-o", tmp_path / "s")  # fmt: skip
-    assert code == 2 and "another pair, probe or kind" in out and "--force" in out
+    assert code == 2 and "another probe or kind" in out and "--force" in out
+    old_key = read_meta(tmp_path / "s").key
+    code, out = run_cli(monkeypatch, capsys, "stats", *tiny_pair, "--domain", d, "--general", g, "--tokens", "256",
+                        "-o", tmp_path / "s", "--force")  # fmt: skip
+    assert code == 0 and read_meta(tmp_path / "s").key != old_key  # collected anew on the changed probe
     code, out = run_cli(monkeypatch, capsys, "stats", *tiny_pair, "--domain", d, "--kinds", "svd", "-o", tmp_path / "x")
     assert code == 2 and "--kinds" in out
     code, out = run_cli(monkeypatch, capsys, "stats", *tiny_pair, "--domain", d, "-o", tiny_pair[0] / "stats")

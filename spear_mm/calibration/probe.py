@@ -13,7 +13,6 @@ every evaluation it already paid for.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -30,7 +29,7 @@ from spear_mm.io.pair import Pair
 from spear_mm.merging.methods import METHODS
 from spear_mm.planning.plan import Plan
 from spear_mm.scoring.units import units_of
-from spear_mm.statistics.collect import WINDOW, Probes, probe_windows, windows_of
+from spear_mm.statistics.collect import WINDOW, Probes, probe_key, probe_windows, windows_of
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +56,8 @@ class ProbeSet(Probes):
         return sum(w.shape[1] for w in self.domain)
 
     def key(self) -> str:
-        h = hashlib.sha256()
-        for w in [*self.general, torch.tensor([-1]), *self.domain]:
-            h.update(w.numpy().tobytes())
-        return h.hexdigest()[:16]
+        """Both probes' tokens, hashed as one (the planner's cache key; unchanged since it was written inline)."""
+        return probe_key([*self.general, torch.tensor([-1]), *self.domain])
 
 
 def load_probes(tokenizer_dir: Path, general: Path, domain: Path, max_tokens: int = 1024) -> ProbeSet:

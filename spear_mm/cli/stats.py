@@ -68,8 +68,8 @@ def stats_cmd(
         old = read_meta(folder)
         if old is not None and old.key != statistics_key(pair, probes, wanted) and not force:  # type: ignore[arg-type]
             raise SpearError(
-                f"{folder} holds statistics of another pair, probe or kind (key {old.key}); choose another -o, or "
-                "pass --force to replace them."
+                f"{folder} holds statistics of this pair on another probe or kind (key {old.key}); choose another "
+                "-o, or pass --force to collect them anew."
             )
         columns = (TextColumn("[bold]stats {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         with bars(*columns, console=out_console, transient=True) as bar:

@@ -13,6 +13,7 @@ anew.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import time
@@ -51,8 +52,7 @@ def windows_of(tokenizer, texts: list[str], max_tokens: int, window: int = WINDO
 
 
 def probe_key(windows: list[torch.Tensor]) -> str:
-    import hashlib
-
+    """sha256 of the windows' token ids in order (16 hex digits)."""
     h = hashlib.sha256()
     for w in windows:
         h.update(w.numpy().tobytes())
@@ -299,9 +299,9 @@ def collect_statistics(
             transposed = [x.weight for x in layers if x.transposed]
             groups = site_groups(layers, sites, max_gram_bytes)
             for i, group in enumerate(groups):
-                path = out / f"grams.{side}.{i}.safetensors"
-                if file_key(path) != content_key(key=key, sites=group):
-                    _save(path, collect_grams(model, group, windows), content_key(key=key, sites=group))
+                path, group_key = out / f"grams.{side}.{i}.safetensors", content_key(key=key, sites=group)
+                if file_key(path) != group_key:
+                    _save(path, collect_grams(model, group, windows), group_key)
                 files.update({f"{side}/{s}": path.name for s in group})
                 if progress:
                     progress(ProgressEvent("stats", i + 1, len(groups), f"{side} grams"))
