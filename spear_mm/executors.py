@@ -399,8 +399,9 @@ class LazyExecutor:
 
     def get(self):
         if self._ex is None:
-            self._ex = make_executor(self.kind, workers=self.workers, ray_address=self.ray_address,
-                                     num_gpus=self.num_gpus)  # fmt: skip
+            self._ex = make_executor(
+                self.kind, workers=self.workers, ray_address=self.ray_address, num_gpus=self.num_gpus
+            )
         return self._ex
 
     def __enter__(self) -> LazyExecutor:

@@ -75,9 +75,10 @@ def measure_effects(ev: ProbeEvaluator, units: list[str], t_mid: float, adapted:
         for t in (t_mid, 1.0):
             r = ev.evaluate({unit: t})
             out.append(
-                UnitEffect(unit=unit, t=t, general_recovered=adapted.general - r.general,
-                           domain_lost=r.domain - adapted.domain)
-            )  # fmt: skip
+                UnitEffect(
+                    unit=unit, t=t, general_recovered=adapted.general - r.general, domain_lost=r.domain - adapted.domain
+                )
+            )
     return out
 
 
@@ -156,8 +157,18 @@ def plan_units(ev: ProbeEvaluator, order: list[str], config: PlannerConfig, *, r
 
     if obj.damage <= 0:
         log.info("the general probe shows no damage (adapted NLL ≤ base): nothing to recover, keeping the adapted")
-        return PlannerResult({}, {}, adapted, 0.0, True, {"base": base, "adapted": adapted}, effects, trace,
-                             obj.describe(), time.perf_counter() - started)  # fmt: skip
+        return PlannerResult(
+            {},
+            {},
+            adapted,
+            0.0,
+            True,
+            {"base": base, "adapted": adapted},
+            effects,
+            trace,
+            obj.describe(),
+            time.perf_counter() - started,
+        )
     need = None if obj.mode == "keep" else config.target_retention * obj.damage
     taken = greedy_knapsack(effects, order, obj.allow, need, min_gain=config.tolerance * obj.damage)
     greedy = _feasible_prefix(taken, obj, run) if obj.mode == "keep" else _ts(taken)
@@ -166,8 +177,11 @@ def plan_units(ev: ProbeEvaluator, order: list[str], config: PlannerConfig, *, r
         ts = dict.fromkeys(measured, round(float(t), 6))
         starts[i] = (ts, run(ts))
     best_ts, best = pick(starts, obj, config.tolerance)
-    start = next(("knapsack" if i == 0 else f"uniform t={config.uniform_seeds[i - 1]:g}")
-                 for i, (ts, _) in starts.items() if ts == best_ts)  # fmt: skip
+    start = next(
+        ("knapsack" if i == 0 else f"uniform t={config.uniform_seeds[i - 1]:g}")
+        for i, (ts, _) in starts.items()
+        if ts == best_ts
+    )
     if refine and config.budget > 0:
         if config.refine == "units":
             refined = refine_units(obj, effects, (best_ts, best), config, run)
@@ -236,9 +250,16 @@ def measured_plan(
     methods, offset = list(dict.fromkeys(("slerp", method))), 0  # an operator is searched as well, never instead
     for i, m in enumerate(methods):
         bar = (lambda d, t, o=offset, k=len(methods) - i: progress(o + d, o + t * k)) if progress else None
-        ev = ProbeEvaluator(pair, probes, cache_path=Path(cache_path) if cache_path else None, device=device,
-                            sublayers=sublayers, method=m, statistics=statistics if m != "slerp" else None,
-                            progress=bar)  # fmt: skip
+        ev = ProbeEvaluator(
+            pair,
+            probes,
+            cache_path=Path(cache_path) if cache_path else None,
+            device=device,
+            sublayers=sublayers,
+            method=m,
+            statistics=statistics if m != "slerp" else None,
+            progress=bar,
+        )
         results[m] = (plan_units(ev, order, config), ev)
         offset += ev.evaluations + ev.cache_hits
         ev.release()  # one model in memory at a time
@@ -264,10 +285,17 @@ def measured_plan(
     )
     params = {k: ",".join(map(str, v)) if isinstance(v, tuple) else v for k, v in config.model_dump().items()}
     params = {k: v for k, v in params.items() if v is not None}
-    params |= {"rank_by": rank_by, "probe_value": round(res.value, 6), "feasible": res.feasible, "start": res.start,
-               "evaluations": ev.evaluations, "probe_seconds": round(res.seconds, 3)}  # fmt: skip
+    params |= {
+        "rank_by": rank_by,
+        "probe_value": round(res.value, 6),
+        "feasible": res.feasible,
+        "start": res.start,
+        "evaluations": ev.evaluations,
+        "probe_seconds": round(res.seconds, 3),
+    }
     if len(results) > 1:
         params |= {"method": won, **{f"probe_value_{m}": round(r.value, 6) for m, (r, _) in results.items()}}
-    plan = plan_from_unit_ts(scores, res.ts, order, policy="measured", params=params, method=won,
-                             measurement=measurement)  # fmt: skip
+    plan = plan_from_unit_ts(
+        scores, res.ts, order, policy="measured", params=params, method=won, measurement=measurement
+    )
     return plan.model_copy(update={"statistics": str(statistics)}) if won != "slerp" else plan

@@ -110,8 +110,9 @@ class ProbeEvaluator:
         stats = None if self.statistics is None else str(self.statistics)
         plan = Plan(num_layers=self.pair.num_layers, method=self.method, statistics=stats)
         self.merger = METHODS[self.method].from_plan(plan)
-        context = dict(base=self.pair.base.fingerprint(), adapted=self.pair.adapted.fingerprint(),
-                       probes=self.probes.key())  # fmt: skip
+        context = dict(
+            base=self.pair.base.fingerprint(), adapted=self.pair.adapted.fingerprint(), probes=self.probes.key()
+        )
         stats = getattr(self.merger, "statistics", None)
         if stats is not None:
             stats.check_pair(context["base"], context["adapted"])

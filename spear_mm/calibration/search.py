@@ -115,8 +115,9 @@ def group_ts(groups: dict[str, list[str]], ts: dict[str, float]) -> dict[str, fl
     return {u: ts[g] for g, units in groups.items() for u in units if ts[g] > 0}
 
 
-def refine_groups(obj: Objective, groups: dict[str, list[str]], start: tuple[dict, ProbeResult],
-                  config: PlannerConfig, run):  # fmt: skip
+def refine_groups(
+    obj: Objective, groups: dict[str, list[str]], start: tuple[dict, ProbeResult], config: PlannerConfig, run
+):
     """optuna TPE (with constraint) over one t per group of units, seeded with the start's mean t per group;
     the uniform plans are in the space (all groups equal) and the start itself stays a candidate, so the
     refinement never returns a worse plan. Groups: efficiency tiers (`refine: tiers`) or unit kinds

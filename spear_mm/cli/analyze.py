@@ -274,11 +274,26 @@ def plan_cmd(
     Check a plan against a model without merging: spear-mm plan validate PLAN.yaml MODEL.
     """
 
-    refuse_ignored(value(policy), {"--fraction": fraction, "--t": t, "--k": k, "--layers": layers, "--embed": embed,
-                   "--head": head, "--final-norm": final_norm, "--domain-probe": domain_probe,
-                   "--general-probe": general_probe, "--budget": budget, "--max-domain-loss": max_domain_loss,
-                   "--target-retention": target_retention, "--probe-tokens": probe_tokens,
-                   "--probe-units": probe_units, "--granularity": granularity})  # fmt: skip
+    refuse_ignored(
+        value(policy),
+        {
+            "--fraction": fraction,
+            "--t": t,
+            "--k": k,
+            "--layers": layers,
+            "--embed": embed,
+            "--head": head,
+            "--final-norm": final_norm,
+            "--domain-probe": domain_probe,
+            "--general-probe": general_probe,
+            "--budget": budget,
+            "--max-domain-loss": max_domain_loss,
+            "--target-retention": target_retention,
+            "--probe-tokens": probe_tokens,
+            "--probe-units": probe_units,
+            "--granularity": granularity,
+        },
+    )
     table = ScoreTable.load(scores)
     if (base is None) != (adapted is None):
         raise SpearError("give both --base and --adapted (to check the scores belong to that pair), or neither.")
@@ -287,15 +302,22 @@ def plan_cmd(
     policy, method, rank_by = value(policy), value(method), value(rank_by)
     inputs = [scores / "scores.json" if scores.is_dir() else scores, table.base, table.adapted]  # the scored pair
     inputs += [p for p in (base, adapted, domain_probe, general_probe) if p is not None]  # probes are read too
-    out, export_mergekit, export_freeze = check_plan_outputs(out, export_mergekit, export_freeze, inputs, force,
-                                                             measured=policy == "measured")  # fmt: skip
+    out, export_mergekit, export_freeze = check_plan_outputs(
+        out, export_mergekit, export_freeze, inputs, force, measured=policy == "measured"
+    )
     if export_mergekit is not None:
         check_mergekit(method)  # a TIES / task-arithmetic / data-aware plan: refused before any work or write
     if policy == "measured":
-        knobs = dict(budget=budget, max_domain_loss=max_domain_loss, target_retention=target_retention,
-                     probe_units=probe_units, granularity=value(granularity))  # fmt: skip
-        plan = measured_from_cli(table, base, adapted, out, domain_probe, general_probe, knobs, rank_by,
-                                 probe_tokens, method, stats)  # fmt: skip
+        knobs = dict(
+            budget=budget,
+            max_domain_loss=max_domain_loss,
+            target_retention=target_retention,
+            probe_units=probe_units,
+            granularity=value(granularity),
+        )
+        plan = measured_from_cli(
+            table, base, adapted, out, domain_probe, general_probe, knobs, rank_by, probe_tokens, method, stats
+        )
     else:
         plan = make_plan(
             table,
@@ -339,8 +361,9 @@ def plan_cmd(
         )
 
 
-def check_plan_outputs(out: Path, mergekit: Path | None, freeze: Path | None, inputs: list, force: bool,
-                       measured: bool) -> tuple[Path, Path | None, Path | None]:  # fmt: skip
+def check_plan_outputs(
+    out: Path, mergekit: Path | None, freeze: Path | None, inputs: list, force: bool, measured: bool
+) -> tuple[Path, Path | None, Path | None]:
     """Every file `plan` writes, checked before any work: not an input, not existing unless --force, distinct;
     with --policy measured also the planner's cache folder `<plan>.probes/` (not an input, no links out)."""
     out = check_new_file(out, inputs, force, "plan file")

@@ -40,16 +40,26 @@ def compare_cmd(
             f"{a} and {b} share no items (tasks A: {sorted(ra.tasks)}, B: {sorted(rb.tasks)}): evaluate both "
             "with the same suite, --limit and --seed."
         )
-    table = Table(title=f"{na} (A) against {nb} (B), paired on shared items",
-                  caption="diff: accuracy A−B; for perplexity NLL/token A−B (< 0 favours A)")  # fmt: skip
+    table = Table(
+        title=f"{na} (A) against {nb} (B), paired on shared items",
+        caption="diff: accuracy A−B; for perplexity NLL/token A−B (< 0 favours A)",
+    )
     for col in ("task", "A", "B", "diff", "test", "p", "n", "better"):
         table.add_column(col, no_wrap=True, justify="left" if col in ("task", "test") else "right")
     for t in tests:
         ta, tb = ra.tasks[t.task], rb.tasks[t.task]
         p = "<0.001" if t.p_value < 0.001 else f"{t.p_value:.3f}"
         test = "McNemar" if t.test.startswith("mcnemar") else "bootstrap"
-        table.add_row(f"{t.task} ({t.group}, {ta.metric})", f"{ta.score:.4f}", f"{tb.score:.4f}", f"{t.diff:+.4f}",
-                      test, p, str(t.n), t.favours if t.significant else "—")  # fmt: skip
+        table.add_row(
+            f"{t.task} ({t.group}, {ta.metric})",
+            f"{ta.score:.4f}",
+            f"{tb.score:.4f}",
+            f"{t.diff:+.4f}",
+            test,
+            p,
+            str(t.n),
+            t.favours if t.significant else "—",
+        )
     out_console.print(table)
     for name in (na, nb):
         wins = [t.task for t in tests if t.significant and t.favours == name]

@@ -236,8 +236,15 @@ def report_cmd(
 
     if out is not None:  # the default, RUN_DIR itself, holds what the report reads: only report files are replaced
         check_report_output(run_dir, out)
-    md, html = write_report(run_dir, out_dir=out, base=base, adapted=adapted, chosen=chosen, against=against,
-                            keep_chance_tasks=keep_chance_tasks)  # fmt: skip
+    md, html = write_report(
+        run_dir,
+        out_dir=out,
+        base=base,
+        adapted=adapted,
+        chosen=chosen,
+        against=against,
+        keep_chance_tasks=keep_chance_tasks,
+    )
     out_console.print(f"wrote {md} and {html}")
 
 

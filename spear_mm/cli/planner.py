@@ -16,10 +16,25 @@ from spear_mm.planning.policies import check_options
 from spear_mm.scoring.probes import read_texts
 
 # `plan` flags read only by --policy measured, and those it does not read (the rule-based policies')
-MEASURED_FLAGS = ("--domain-probe", "--general-probe", "--budget", "--max-domain-loss", "--target-retention",
-                  "--probe-tokens", "--probe-units", "--granularity")  # fmt: skip
-RULE_FLAGS = {"fraction": "--fraction", "t": "--t", "k": "--k", "layer_ts": "--layers", "embed": "--embed",
-              "head": "--head", "final_norm": "--final-norm"}  # fmt: skip
+MEASURED_FLAGS = (
+    "--domain-probe",
+    "--general-probe",
+    "--budget",
+    "--max-domain-loss",
+    "--target-retention",
+    "--probe-tokens",
+    "--probe-units",
+    "--granularity",
+)
+RULE_FLAGS = {
+    "fraction": "--fraction",
+    "t": "--t",
+    "k": "--k",
+    "layer_ts": "--layers",
+    "embed": "--embed",
+    "head": "--head",
+    "final_norm": "--final-norm",
+}
 
 
 def refuse_ignored(policy: str, given: dict[str, object]) -> None:
@@ -30,14 +45,28 @@ def refuse_ignored(policy: str, given: dict[str, object]) -> None:
     else:
         ignored = [f for f in MEASURED_FLAGS if given.get(f) is not None]
         why = "they are read only by --policy measured"
-        check_options(policy, {k: given.get(f) for k, f in RULE_FLAGS.items() if k in ("fraction", "t", "k",
-                      "layer_ts")}, flag=RULE_FLAGS)  # fmt: skip
+        check_options(
+            policy,
+            {k: given.get(f) for k, f in RULE_FLAGS.items() if k in ("fraction", "t", "k", "layer_ts")},
+            flag=RULE_FLAGS,
+        )
     if ignored:
         raise SpearError(f"--policy {policy} does not use {', '.join(ignored)} ({why}); drop them or change --policy.")
 
 
-def measured_from_cli(table, base, adapted, out: Path, domain_probe, general_probe, knobs: dict, rank_by: str,
-                      probe_tokens: int, method: str, statistics: Path | None = None):  # fmt: skip
+def measured_from_cli(
+    table,
+    base,
+    adapted,
+    out: Path,
+    domain_probe,
+    general_probe,
+    knobs: dict,
+    rank_by: str,
+    probe_tokens: int,
+    method: str,
+    statistics: Path | None = None,
+):
     """Open the pair (the scored folders unless --base/--adapted), sample the general probe when none is
     given, and run the planner with its probe cache beside the plan (`<plan>.probes/`)."""
     from pydantic import ValidationError
@@ -60,15 +89,29 @@ def measured_from_cli(table, base, adapted, out: Path, domain_probe, general_pro
         raise SpearError(validation_message(exc)) from exc
     pair = open_pair(base or table.base, adapted or table.adapted)
     cache = out.with_name(out.name + ".probes")
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TimeRemainingColumn())  # fmt: skip
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
     with bars(*columns, console=console, transient=True) as bar:
         task = bar.add_task("measured planner: probe evaluations", total=None, per_unit=True)
         general = general_probe or general_probe_for(pair, cache)
-        return measured_plan(table, pair, general, domain_probe, config, rank_by=rank_by,
-                             cache_path=cache / "evaluations.jsonl", probe_tokens=probe_tokens or 1024, method=method,
-                             statistics=statistics,
-                             progress=lambda done, total: bar.update(task, completed=done, total=total))  # fmt: skip
+        return measured_plan(
+            table,
+            pair,
+            general,
+            domain_probe,
+            config,
+            rank_by=rank_by,
+            cache_path=cache / "evaluations.jsonl",
+            probe_tokens=probe_tokens or 1024,
+            method=method,
+            statistics=statistics,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
 
 
 def measurement_panel(plan) -> Panel:

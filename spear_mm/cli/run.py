@@ -38,11 +38,20 @@ from spear_mm.pipeline.run import run
 from spear_mm.pipeline.summary import RunSummary
 from spear_mm.progress import ProgressEvent
 
-_LABELS = {"analyze": "score tensors", "evaluate": "evaluate models", "merge": "write chosen model (bytes)",
-           "planner": "measured planner: probe evaluations", "cpt": "cpt: optimizer steps"}  # fmt: skip
+_LABELS = {
+    "analyze": "score tensors",
+    "evaluate": "evaluate models",
+    "merge": "write chosen model (bytes)",
+    "planner": "measured planner: probe evaluations",
+    "cpt": "cpt: optimizer steps",
+}
 # without a terminal: a line per model evaluated, per probe evaluation and per model's task; counts within every 30 s
-_FIELDS = {"evaluate": {"per_unit": True}, "planner": {"per_unit": True}, "items": {"detail": True},
-           "merge": {"unit": "bytes"}}  # fmt: skip
+_FIELDS = {
+    "evaluate": {"per_unit": True},
+    "planner": {"per_unit": True},
+    "items": {"detail": True},
+    "merge": {"unit": "bytes"},
+}
 
 
 def _fmt(x: float | None) -> str:
@@ -61,8 +70,15 @@ def results_table(summary) -> Table:
         name = f"[bold green]{e.name} ✓[/]" if e.name == summary.chosen else e.name
         cost = "" if e.cost_seconds is None else f"{e.cost_seconds:.1f}"
         delta = "" if e.name not in gap else "—" if gap[e.name] is None else f"{gap[e.name]:+.3f}"
-        table.add_row(name, e.kind, _fmt(e.retention), _fmt(e.gain_kept), *((delta,) if gap else ()),
-                      "●" if e.on_front else "", cost)  # fmt: skip
+        table.add_row(
+            name,
+            e.kind,
+            _fmt(e.retention),
+            _fmt(e.gain_kept),
+            *((delta,) if gap else ()),
+            "●" if e.on_front else "",
+            cost,
+        )
     return table
 
 
@@ -142,25 +158,67 @@ def run_cmd(
 ) -> None:
     """Score, plan, merge, validate and choose for one base/adapted pair; writes RUN/report.html."""
     checks.file_option("--config", config)
-    for option, value_ in (("--limit", limit), ("--threads", threads), ("--workers", workers),
-                           ("--batch-size", batch_size)):  # fmt: skip
+    for option, value_ in (
+        ("--limit", limit),
+        ("--threads", threads),
+        ("--workers", workers),
+        ("--batch-size", batch_size),
+    ):
         checks.positive(option, value_)
     registered = registered_tasks(tasks, general_tasks, domain_tasks, lm_eval_include)
-    lm_eval = {} if registered is None else {
-        "general_tasks": list(registered.general), "domain_tasks": list(registered.domain),
-        "lm_eval_include": registered.include_path, "backend": "lm-eval", "suites": suite or "",
-    }  # fmt: skip
-    options = dict(base=base, adapted=adapted, out=out, data_dir=data_dir, suites=suite, policies=policies,
-                   sweep=sweep, baselines=baselines, target_retention=target_retention,
-                   choose_from=value(choose_from), keep_chance_tasks=keep_chance_tasks, limit=limit, seed=seed, device=device, threads=threads,
-                   workers=workers, batch_size=batch_size, keep_all=keep_all, executor=value(executor),
-                   ray_address=ray_address, cpt_cost_seconds=cpt_cost_seconds, title=title,
-                   allow_vocab_extension=allow_vocab_extension, out_dtype=value(out_dtype),
-                   backend=value(backend), rank_by=value(rank_by),
-                   uniform_grid=_floats(uniform_grid), domain_probe=domain_probe, general_probe=general_probe,
-                   operators=operators, stats_tokens=stats_tokens,
-                   planner=_given(budget=planner_budget, probe_tokens=probe_tokens,
-                                  max_domain_loss=max_domain_loss, granularity=value(granularity))) | lm_eval  # fmt: skip
+    lm_eval = (
+        {}
+        if registered is None
+        else {
+            "general_tasks": list(registered.general),
+            "domain_tasks": list(registered.domain),
+            "lm_eval_include": registered.include_path,
+            "backend": "lm-eval",
+            "suites": suite or "",
+        }
+    )
+    options = (
+        dict(
+            base=base,
+            adapted=adapted,
+            out=out,
+            data_dir=data_dir,
+            suites=suite,
+            policies=policies,
+            sweep=sweep,
+            baselines=baselines,
+            target_retention=target_retention,
+            choose_from=value(choose_from),
+            keep_chance_tasks=keep_chance_tasks,
+            limit=limit,
+            seed=seed,
+            device=device,
+            threads=threads,
+            workers=workers,
+            batch_size=batch_size,
+            keep_all=keep_all,
+            executor=value(executor),
+            ray_address=ray_address,
+            cpt_cost_seconds=cpt_cost_seconds,
+            title=title,
+            allow_vocab_extension=allow_vocab_extension,
+            out_dtype=value(out_dtype),
+            backend=value(backend),
+            rank_by=value(rank_by),
+            uniform_grid=_floats(uniform_grid),
+            domain_probe=domain_probe,
+            general_probe=general_probe,
+            operators=operators,
+            stats_tokens=stats_tokens,
+            planner=_given(
+                budget=planner_budget,
+                probe_tokens=probe_tokens,
+                max_domain_loss=max_domain_loss,
+                granularity=value(granularity),
+            ),
+        )
+        | lm_eval
+    )
     run_config = RunConfig.build(config, **options)
     checks.device(run_config.device)
     quiet_per_model_logs()
@@ -190,8 +248,13 @@ class _Bars:
     """Rich bars, started at the first event (so a CPT or conversion before it keeps its own output)."""
 
     def __enter__(self):
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   TimeRemainingColumn())  # fmt: skip
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        )
         self.bars = bars(*columns, console=console)
         self.ids: dict[str, int] = {}
         return self.update

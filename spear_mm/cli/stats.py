@@ -78,8 +78,15 @@ def stats_cmd(
             def progress(ev: ProgressEvent) -> None:
                 bar.update(task, completed=ev.done, total=ev.total, description=ev.label)
 
-            meta = collect_statistics(pair, probes, folder, kinds=wanted, device=device,  # type: ignore[arg-type]
-                                      max_gram_bytes=parse_size(max_gram_memory), progress=progress)  # fmt: skip
+            meta = collect_statistics(
+                pair,
+                probes,
+                folder,
+                kinds=wanted,
+                device=device,  # type: ignore[arg-type]
+                max_gram_bytes=parse_size(max_gram_memory),
+                progress=progress,
+            )
     size = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
     sides = ", ".join(f"{s} {p.tokens} tokens" for s, p in meta.probes.items())
     timing = ", ".join(f"{s} {v:.1f} s" for s, v in meta.seconds.items()) or "reused"

@@ -52,10 +52,40 @@ DEMO_PLANNER = {"probe_units": 6, "budget": 8, "probe_tokens": 512, "max_domain_
 DEMO_OPERATORS = {"regmean": (0.5, 0.75)}
 PROBE_SAMPLES = (4, 160)  # the planner's general probe: 4 base samples of 160 tokens (seed PROBE_SEED)
 PROFILES: dict[str, dict[str, Any]] = {
-    "full": {"steps": 24, "lr": 3e-4, "seq_len": 256, "batch_size": 4, "limit": 32, "sample_n": 8, "sample_tokens": 160, "baselines": True, "policies": (*PRESETS, "measured")},
-    "quick": {"steps": 10, "lr": 5e-4, "seq_len": 256, "batch_size": 1, "limit": 12, "sample_n": 4, "sample_tokens": 128, "baselines": False, "policies": PRESETS},
-    "data": {"steps": 30, "lr": 5e-4, "seq_len": 256, "batch_size": 1, "limit": 20, "sample_n": 8, "sample_tokens": 160, "baselines": True, "policies": (*PRESETS, "measured")},
-}  # fmt: skip
+    "full": {
+        "steps": 24,
+        "lr": 3e-4,
+        "seq_len": 256,
+        "batch_size": 4,
+        "limit": 32,
+        "sample_n": 8,
+        "sample_tokens": 160,
+        "baselines": True,
+        "policies": (*PRESETS, "measured"),
+    },
+    "quick": {
+        "steps": 10,
+        "lr": 5e-4,
+        "seq_len": 256,
+        "batch_size": 1,
+        "limit": 12,
+        "sample_n": 4,
+        "sample_tokens": 128,
+        "baselines": False,
+        "policies": PRESETS,
+    },
+    "data": {
+        "steps": 30,
+        "lr": 5e-4,
+        "seq_len": 256,
+        "batch_size": 1,
+        "limit": 20,
+        "sample_n": 8,
+        "sample_tokens": 160,
+        "baselines": True,
+        "policies": (*PRESETS, "measured"),
+    },
+}
 
 
 class DemoConfig(BaseModel):
@@ -211,8 +241,10 @@ def corpus_and_probes(config: DemoConfig, base: Path, cache: Path, say: Callable
         corpus, domain_probe = DEMO_CORPUS, DEMO_DOMAIN_PROBE
     if "measured" not in config.value("policies"):
         return corpus, {}
-    say(f"      planner probes: {domain_probe.name} (held out of the CPT) and {PROBE_SAMPLES[0]} base samples "
-        f"(seed {PROBE_SEED}, apart from the evaluated ones)")  # fmt: skip
+    say(
+        f"      planner probes: {domain_probe.name} (held out of the CPT) and {PROBE_SAMPLES[0]} base samples "
+        f"(seed {PROBE_SEED}, apart from the evaluated ones)"
+    )
     general = sample_base_text(base, *PROBE_SAMPLES, config.threads, seed=PROBE_SEED)
     options = {"domain_probe": str(domain_probe), "general_probe": str(general), "planner": DEMO_PLANNER}
     return corpus, options | {"operators": DEMO_OPERATORS}
@@ -268,8 +300,10 @@ def run_demo(
     seconds["base_samples"] = time.perf_counter() - t
     policies = tuple(config.value("policies"))
     options = cpt_options(config)
-    say(f"[3/4] CPT on {corpus.name}: {options['max_steps']} steps × {options['batch_size']}×{options['seq_len']} "
-        f"tokens, lr {options['lr']:g} (cached by input hash)")  # fmt: skip
+    say(
+        f"[3/4] CPT on {corpus.name}: {options['max_steps']} steps × {options['batch_size']}×{options['seq_len']} "
+        f"tokens, lr {options['lr']:g} (cached by input hash)"
+    )
     t = time.perf_counter()
     adapted, reused = cached_cpt(base, [corpus], cache, options, progress)
     seconds["cpt_reused" if reused else "cpt"] = time.perf_counter() - t

@@ -187,9 +187,17 @@ def run_registered(
     bar = progress.add_task(f"lm-eval · {','.join(spec.names)}", total=len(sizes)) if progress else None
     started = time.perf_counter()
     out = lm_eval.simple_evaluate(
-        model=lm, tasks=list(spec.names), task_manager=manager, log_samples=True, bootstrap_iters=0, samples=samples,
-        random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
-    )  # fmt: skip
+        model=lm,
+        tasks=list(spec.names),
+        task_manager=manager,
+        log_samples=True,
+        bootstrap_iters=0,
+        samples=samples,
+        random_seed=seed,
+        numpy_random_seed=seed,
+        torch_random_seed=seed,
+        fewshot_random_seed=seed,
+    )
     seconds = (time.perf_counter() - started) / max(len(out["samples"]), 1)  # one lm-eval call: time split evenly
     version = getattr(lm_eval, "__version__", "?")
     results: dict[str, TaskResult] = {}

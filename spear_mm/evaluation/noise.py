@@ -130,8 +130,13 @@ def axes_text(tests: Iterable[TaskTest], a: str, b: str) -> str:
             continue
         wins = {t.favours for t in mine if t.significant}
         verdict = (
-            f"not distinguishable from {b}" if not wins else f"{a} better" if wins == {a}
-            else f"{b} better" if wins == {b} else "mixed"
-        )  # fmt: skip
+            f"not distinguishable from {b}"
+            if not wins
+            else f"{a} better"
+            if wins == {a}
+            else f"{b} better"
+            if wins == {b}
+            else "mixed"
+        )
         parts.append(f"{axis}: {verdict} ({'; '.join(t.text() for t in mine)})")
     return "; ".join(parts) or "no task with shared items"

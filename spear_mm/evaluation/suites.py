@@ -78,13 +78,31 @@ DOMAIN_SUITE: list[dict[str, Any]] = [
 # The embedded demo data (original writing, shipped in the package): no --data-dir needed.
 DEMO_DATA = Path(__file__).resolve().parents[1] / "_data" / "demo"  # the shipped demo files
 DEMO_SUITE: list[dict[str, Any]] = [
-    {"name": "demo_general_mc", "kind": "multiple_choice", "loader": "jsonl_mc", "path": str(DEMO_DATA / "general_mc.jsonl"),
-     "description": "128 easy general-knowledge questions (embedded demo data)"},
-    {"name": "demo_finance_mc", "kind": "multiple_choice", "loader": "jsonl_mc", "group": "domain",
-     "path": str(DEMO_DATA / "finance_mc.jsonl"), "description": "128 financial-concept questions (embedded demo data)"},
-    {"name": "demo_finance_ppl", "kind": "perplexity", "loader": "text", "group": "domain", "chunk_chars": 0,
-     "path": str(DEMO_DATA / "finance_heldout.txt"), "description": "held-out financial prose, one item per document"},
-]  # fmt: skip
+    {
+        "name": "demo_general_mc",
+        "kind": "multiple_choice",
+        "loader": "jsonl_mc",
+        "path": str(DEMO_DATA / "general_mc.jsonl"),
+        "description": "128 easy general-knowledge questions (embedded demo data)",
+    },
+    {
+        "name": "demo_finance_mc",
+        "kind": "multiple_choice",
+        "loader": "jsonl_mc",
+        "group": "domain",
+        "path": str(DEMO_DATA / "finance_mc.jsonl"),
+        "description": "128 financial-concept questions (embedded demo data)",
+    },
+    {
+        "name": "demo_finance_ppl",
+        "kind": "perplexity",
+        "loader": "text",
+        "group": "domain",
+        "chunk_chars": 0,
+        "path": str(DEMO_DATA / "finance_heldout.txt"),
+        "description": "held-out financial prose, one item per document",
+    },
+]
 SUITES: dict[str, list[dict[str, Any]]] = {"general": GENERAL_SUITE, "domain": DOMAIN_SUITE, "demo": DEMO_SUITE}
 
 

@@ -127,8 +127,11 @@ def _paired(a: EvalResult, b: EvalResult, groups: Mapping[str, str]) -> list[Pai
             continue  # no shared items
         better = -t.diff if a.tasks[task].kind == "perplexity" else t.diff
         favours = "plan" if better > 0 else "uniform" if better < 0 else "tie"
-        rows.append(PairedRow(task=task, group=groups.get(task, ""), test=t.test, diff=t.diff, p_value=t.p_value,
-                              favours=favours))  # fmt: skip
+        rows.append(
+            PairedRow(
+                task=task, group=groups.get(task, ""), test=t.test, diff=t.diff, p_value=t.p_value, favours=favours
+            )
+        )
     return rows
 
 

@@ -63,8 +63,9 @@ def _atomic(path: str | Path, write: Callable[[IO], None], mode: str, newline: s
 
 
 def _open_temp(path: Path) -> tuple[int, str]:
-    return _create(lambda name: os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), path.parent,
-                   temp_prefix(path), ".tmp")  # fmt: skip
+    return _create(
+        lambda name: os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), path.parent, temp_prefix(path), ".tmp"
+    )
 
 
 def temp_file(path: str | Path) -> Path:

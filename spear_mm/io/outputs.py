@@ -345,7 +345,8 @@ class AtomicDir:
         self.discard()
 
 
-def write_file(out: str | Path, text: str, inputs: list[str | Path] = (), what: str = "output",
-               force: bool = False) -> Path:  # fmt: skip
+def write_file(
+    out: str | Path, text: str, inputs: list[str | Path] = (), what: str = "output", force: bool = False
+) -> Path:
     """A single output file (plan YAML, exports): checked by `check_new_file`, written atomically."""
     return atomic_write_text(check_new_file(out, list(inputs), force, what), text)

@@ -118,9 +118,22 @@ def open_pair(
 
 
 # Config fields that change what the same weights compute: a difference is warned about (and noted by merges).
-_SEMANTIC_KEYS = ("rope_theta", "rope_scaling", "rope_parameters", "max_position_embeddings", "rms_norm_eps",
-                  "layer_norm_eps", "layer_norm_epsilon", "num_attention_heads", "num_key_value_heads", "head_dim",
-                  "hidden_act", "sliding_window", "partial_rotary_factor", "tie_word_embeddings")  # fmt: skip
+_SEMANTIC_KEYS = (
+    "rope_theta",
+    "rope_scaling",
+    "rope_parameters",
+    "max_position_embeddings",
+    "rms_norm_eps",
+    "layer_norm_eps",
+    "layer_norm_epsilon",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "hidden_act",
+    "sliding_window",
+    "partial_rotary_factor",
+    "tie_word_embeddings",
+)
 
 
 def config_differences(base: dict, adapted: dict) -> list[str]:

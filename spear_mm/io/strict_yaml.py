@@ -33,8 +33,10 @@ class _StrictLoader(yaml.SafeLoader):
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
-                raise SpearError(f"{self.source}, line {key_node.start_mark.line + 1}: YAML merge keys (<<) are not "
-                                 "accepted in this file; write the fields out in full.")  # fmt: skip
+                raise SpearError(
+                    f"{self.source}, line {key_node.start_mark.line + 1}: YAML merge keys (<<) are not "
+                    "accepted in this file; write the fields out in full."
+                )
             key = self.construct_object(key_node, deep=True)
             line = key_node.start_mark.line + 1
             try:

@@ -104,9 +104,16 @@ class WorkDir:
     With `force`, a folder of another owner is moved aside whole to `NAME.replaced-STAMP` and a fresh one begun.
     """
 
-    def __init__(self, final: str | Path, inputs: list[str | Path] = (), *, owner: dict | None = None,
-                 force: bool = False, what: str = "output folder",
-                 legacy: Callable[[Path], dict | None] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        final: str | Path,
+        inputs: list[str | Path] = (),
+        *,
+        owner: dict | None = None,
+        force: bool = False,
+        what: str = "output folder",
+        legacy: Callable[[Path], dict | None] | None = None,
+    ):
         self.final = check_not_input(final, list(inputs))
         if self.final.exists() and not self.final.is_dir():
             raise SpearError(f"output {self.final} exists and is not a folder. Choose a folder path.")

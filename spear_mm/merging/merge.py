@@ -139,8 +139,21 @@ def merge(
     ops = build_ops(pair, plan, dtype)
     sides, skipped_links = side_files(pair.adapted.path)
     check_free_space(final.parent, _bytes_to_write(ops, sides))
-    job = _Job(pair, plan, ops, final, inputs, sides, skipped_links, device, parse_size(max_shard_size), force, dtype,
-               progress, started)  # fmt: skip
+    job = _Job(
+        pair,
+        plan,
+        ops,
+        final,
+        inputs,
+        sides,
+        skipped_links,
+        device,
+        parse_size(max_shard_size),
+        force,
+        dtype,
+        progress,
+        started,
+    )
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads or DEFAULT_THREADS)
     try:
@@ -223,12 +236,17 @@ def check_provenance(plan: Plan, pair: Pair, *, force: bool = False) -> None:
         force: merge anyway, with a warning.
     """
     recorded = {"base": (plan.provenance.base, pair.base), "adapted": (plan.provenance.adapted, pair.adapted)}
-    wrong = [f"{k} {want} ≠ {ckpt.path} {got}" for k, (want, ckpt) in recorded.items()
-             if want and (got := ckpt.fingerprint()) != want]  # fmt: skip
+    wrong = [
+        f"{k} {want} ≠ {ckpt.path} {got}"
+        for k, (want, ckpt) in recorded.items()
+        if want and (got := ckpt.fingerprint()) != want
+    ]
     if not wrong:
         return
-    msg = (f"the plan was made for another pair (its provenance fingerprints: {'; '.join(wrong)}): its scores "
-           "and layer choices describe other weights")  # fmt: skip
+    msg = (
+        f"the plan was made for another pair (its provenance fingerprints: {'; '.join(wrong)}): its scores "
+        "and layer choices describe other weights"
+    )
     if force:
         log.warning("%s; merging anyway (--force).", msg)
         return

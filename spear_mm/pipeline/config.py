@@ -237,8 +237,9 @@ class RunConfig(BaseModel):
         return [Path(p) for p in named if p]
 
     def save(self, path: Path) -> Path:
-        atomic_write_text(path, "# the resolved configuration of this run: `spear-mm run --config` re-runs it\n"
-                          + self.to_yaml())  # fmt: skip
+        atomic_write_text(
+            path, "# the resolved configuration of this run: `spear-mm run --config` re-runs it\n" + self.to_yaml()
+        )
         return path
 
 

@@ -66,8 +66,9 @@ def operator_candidates(
     for op, alphas in operators.items():
         for a in sorted(set(alphas)):
             provenance = Provenance(policy=op, params={"alpha": a, "stats": meta.key}, **dict(prov))
-            plan = Plan.uniform(a, num_layers, include_non_layers=True, method=op, statistics=str(stats),
-                                provenance=provenance)  # fmt: skip
+            plan = Plan.uniform(
+                a, num_layers, include_non_layers=True, method=op, statistics=str(stats), provenance=provenance
+            )
             what = "RegMean per linear layer" if op == "regmean" else "Fisher-weighted average per parameter"
             out.append(Candidate(f"{op}-a{_num(a)}", "operator", plan, f"{what} at α={_num(a)}, other tensors SLERP"))
     return out

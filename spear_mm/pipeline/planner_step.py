@@ -26,8 +26,10 @@ from spear_mm.scoring.probes import read_texts
 from spear_mm.scoring.table import ScoreTable
 
 STAGE = "measured planner (probes)"
-_NO_DOMAIN_PROBE = ("the measured policy needs a domain probe: pass --domain-probe FILE (held-out CPT text, .txt or "
-                    ".jsonl with a 'text' field) to `spear-mm run`, or drop 'measured' from --policies.")  # fmt: skip
+_NO_DOMAIN_PROBE = (
+    "the measured policy needs a domain probe: pass --domain-probe FILE (held-out CPT text, .txt or "
+    ".jsonl with a 'text' field) to `spear-mm run`, or drop 'measured' from --policies."
+)
 
 
 def _file_hash(path: Path) -> str:
@@ -74,21 +76,38 @@ def measured_candidate(
     if not domain.is_file():
         raise SpearError(f"{domain}: domain probe file not found.")
     out = folder / "measured.yaml"
-    key = content_key(scores=scores.content_hash(), general=_file_hash(general), domain=_file_hash(domain),
-                      config=config.model_dump(mode="json"), rank_by=rank_by, tokens=probe_tokens)  # fmt: skip
+    key = content_key(
+        scores=scores.content_hash(),
+        general=_file_hash(general),
+        domain=_file_hash(domain),
+        config=config.model_dump(mode="json"),
+        rank_by=rank_by,
+        tokens=probe_tokens,
+    )
     if method != "slerp" and statistics is not None:  # runs without an operator keep their old key
         key = content_key(key=key, method=method, statistics=statistics[1])
     record = steps.finished(out, key)
     if record is not None:
         steps.skipped("measured planner", record)
         plan = Plan.load(out)
-        stage = StageCost(name=STAGE, seconds=record.seconds, device=device, status="skipped",
-                          detail=record.extra.get("detail", ""))  # fmt: skip
+        stage = StageCost(
+            name=STAGE, seconds=record.seconds, device=device, status="skipped", detail=record.extra.get("detail", "")
+        )
     else:
         operator = dict(method=method, statistics=statistics[0]) if method != "slerp" and statistics else {}
-        plan = measured_plan(scores, pair, general, domain, config, rank_by=rank_by, probe_tokens=probe_tokens,
-                             cache_path=folder / "evaluations.jsonl", device=device, progress=progress,
-                             **operator)  # fmt: skip
+        plan = measured_plan(
+            scores,
+            pair,
+            general,
+            domain,
+            config,
+            rank_by=rank_by,
+            probe_tokens=probe_tokens,
+            cache_path=folder / "evaluations.jsonl",
+            device=device,
+            progress=progress,
+            **operator,
+        )
         plan.save(out)
         m = plan.measurement
         seconds = round(time.perf_counter() - started, 3)
@@ -106,8 +125,18 @@ def measured_step(
     """The measured planner's plan, as a resumable step of its own; with the run's operators (their statistics:
     folder and key) it searches the first operator as well as SLERP."""
     c = ctx.config  # its planner options were validated with the config (pipeline.config.PlannerOptions)
-    return measured_candidate(ctx.pair, scores, ctx.run_dir, ctx.steps, domain_probe=c.domain_probe,
-                              general_probe=c.general_probe, config=c.planner.planner_config(), rank_by=c.rank_by,
-                              device=c.device, probe_tokens=c.planner.probe_tokens,
-                              method=next(iter(c.operators), "slerp"), statistics=statistics,
-                              progress=lambda done, total: ctx.report("planner", done, total))  # fmt: skip
+    return measured_candidate(
+        ctx.pair,
+        scores,
+        ctx.run_dir,
+        ctx.steps,
+        domain_probe=c.domain_probe,
+        general_probe=c.general_probe,
+        config=c.planner.planner_config(),
+        rank_by=c.rank_by,
+        device=c.device,
+        probe_tokens=c.planner.probe_tokens,
+        method=next(iter(c.operators), "slerp"),
+        statistics=statistics,
+        progress=lambda done, total: ctx.report("planner", done, total),
+    )

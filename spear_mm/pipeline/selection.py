@@ -59,9 +59,12 @@ def prefer_simpler(
     simpler = {
         n: (r, k)
         for n, (r, k) in points.items()
-        if n in simplicity and simplicity[n] < simplicity[w] and r is not None and k is not None
+        if n in simplicity
+        and simplicity[n] < simplicity[w]
+        and r is not None
+        and k is not None
         and (not choice.met_target or target_retention is None or r >= target_retention)
-    }  # fmt: skip
+    }
     if not simpler:
         return choice
     s = max(simpler, key=lambda n: (_key(simpler[n], target_retention, choice.met_target), n))
@@ -75,8 +78,14 @@ def prefer_simpler(
         f"the rule's pick {w} is not better than {s} beyond noise on the tasks that decide R and K — {tests}; "
         f"the simpler {kind} {s} is chosen (R={r:.3f}, K={k:.3f})"
     )
-    return Choice(chosen=s, rule=choice.rule + "; the simpler model where the difference is noise",
-                  met_target=choice.met_target, reason=reason, first_pick=w, tests=tests)  # fmt: skip
+    return Choice(
+        chosen=s,
+        rule=choice.rule + "; the simpler model where the difference is noise",
+        met_target=choice.met_target,
+        reason=reason,
+        first_pick=w,
+        tests=tests,
+    )
 
 
 def choose(points: Mapping[str, Point], target_retention: float | None = None) -> Choice:

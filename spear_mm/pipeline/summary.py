@@ -219,8 +219,13 @@ def summarise(ctx: RunContext, candidates, results, stages, skipped, *, suites: 
     curve = curve_from(points)
     plan_names = [c.name for c in candidates if c.kind != "baseline"]
     n_uniform = sum(1 for p in curve if p.name not in ("base", "adapted"))
-    curve_cmp = compare_to_curve({n: points[n] for n in plan_names}, curve, results,
-                                 {n: tr.group for n, tr in base.tasks.items()}) if n_uniform else []  # fmt: skip
+    curve_cmp = (
+        compare_to_curve(
+            {n: points[n] for n in plan_names}, curve, results, {n: tr.group for n, tr in base.tasks.items()}
+        )
+        if n_uniform
+        else []
+    )
     curve_note = curve_sentence(curve_cmp, n_uniform)  # no uniform point: no curve, not the adapted–base chord
     choice = noisy_choice(points, pool, above_curve(curve_cmp), target_retention, candidates, results, excluded)
     if choice.chosen is None:
@@ -235,8 +240,12 @@ def summarise(ctx: RunContext, candidates, results, stages, skipped, *, suites: 
     reference = {n: entries.pop(n) for n in ("base", "adapted")}
     cost = cost_summary(entries, reference, score_seconds, device, cpt)
     fallback = [(e.n_lerp_fallback or 0, e.n_merged or 0) for e in entries.values() if e.method == "slerp"]
-    notes = [f"Choice: {choice.rule} — {choice.reason}.", curve_note, *excluded.values(),
-             *kept_chance_notes(base, adapted, config.keep_chance_tasks)]  # fmt: skip
+    notes = [
+        f"Choice: {choice.rule} — {choice.reason}.",
+        curve_note,
+        *excluded.values(),
+        *kept_chance_notes(base, adapted, config.keep_chance_tasks),
+    ]
     if fallback and sum(m for _, m in fallback):
         notes.append(
             f"SLERP fell back to LERP (|cos| > 0.9995) on {sum(f for f, _ in fallback)} of "
@@ -286,8 +295,9 @@ def _curve_table(summary: RunSummary) -> dict[str, Any]:
     for c in summary.curve_comparisons:
         tests = "; ".join(f"{t.task} {t.diff:+.4f} (p={t.p_value:.3g}, {t.favours})" for t in c.tests) or "—"
         near = f"{c.nearest} (R {_f(c.nearest_r)}, K {_f(c.nearest_k)})" if c.nearest else "—"
-        rows.append([c.plan, f"{c.retention:.3f}", f"{c.gain_kept:.3f}", _f(c.curve_r), _f(c.delta_r, "+.3f"), near,
-                     tests])  # fmt: skip
+        rows.append(
+            [c.plan, f"{c.retention:.3f}", f"{c.gain_kept:.3f}", _f(c.curve_r), _f(c.delta_r, "+.3f"), near, tests]
+        )
     curve = ", ".join(f"t={p.t:g}: R {p.retention:.3f}, K {p.gain_kept:.3f}" for p in summary.uniform_curve)
     return {
         "title": "SPEAR-MM plans against the uniform-SLERP curve (ΔR at equal K)",

@@ -126,8 +126,10 @@ class Plan(_Strict):
             seen.add(rule.layer)
         for unit in self.unit_methods:
             if not UNIT_IDS.match(unit) or (unit.startswith("layer.") and int(unit.split(".")[1]) >= self.num_layers):
-                raise ValueError(f"unit_methods: '{unit}' is not a unit of a {self.num_layers}-layer model "
-                                 "(layer.N, layer.N.attn, layer.N.mlp, embed, head, final_norm, other)")  # fmt: skip
+                raise ValueError(
+                    f"unit_methods: '{unit}' is not a unit of a {self.num_layers}-layer model "
+                    "(layer.N, layer.N.attn, layer.N.mlp, embed, head, final_norm, other)"
+                )
         return self
 
     # -- per-tensor resolution ---------------------------------------------------------------------------------

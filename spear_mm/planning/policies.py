@@ -26,10 +26,18 @@ AGGRESSIVE_TOP_T = 0.9
 AGGRESSIVE_TOP_FRACTION = 0.25
 POLICIES = (*PRESETS, "uniform", "custom", "top-k", "fraction")
 # The options (make_plan's keywords) each policy reads; any other one given would be silently ignored.
-USES: dict[str, set[str]] = {"custom": {"layer_ts"}, "uniform": {"t"}, "top-k": {"t", "k"},
-                             "fraction": {"t", "fraction"}} | {p: {"fraction", "t", "k"} for p in PRESETS}  # fmt: skip
-_READ_BY = {"layer_ts": "custom", "t": "uniform, top-k, fraction and the presets",
-            "k": "top-k and the presets", "fraction": "fraction and the presets"}  # fmt: skip
+USES: dict[str, set[str]] = {
+    "custom": {"layer_ts"},
+    "uniform": {"t"},
+    "top-k": {"t", "k"},
+    "fraction": {"t", "fraction"},
+} | {p: {"fraction", "t", "k"} for p in PRESETS}
+_READ_BY = {
+    "layer_ts": "custom",
+    "t": "uniform, top-k, fraction and the presets",
+    "k": "top-k and the presets",
+    "fraction": "fraction and the presets",
+}
 
 
 def count_layers(fraction: float, num_layers: int) -> int:
@@ -48,11 +56,15 @@ def check_options(policy: str, given: dict[str, object], flag: dict[str, str] | 
     ignored = [k for k, v in given.items() if v is not None and policy in USES and k not in USES[policy]]
     if ignored:
         why = "; ".join(f"{name(k, k)} is read by {_READ_BY[k]}" for k in ignored)
-        raise SpearError(f"policy {policy} does not use {', '.join(name(k, k) for k in ignored)} ({why}); drop it "
-                         "or choose a policy that reads it.")  # fmt: skip
+        raise SpearError(
+            f"policy {policy} does not use {', '.join(name(k, k) for k in ignored)} ({why}); drop it "
+            "or choose a policy that reads it."
+        )
     if policy in PRESETS and given.get("k") is not None and given.get("fraction") is not None:
-        raise SpearError(f"policy {policy}: give {name('k', 'k')} (a count of units) or {name('fraction', 'fraction')}"
-                         " (a share of them), not both: the count would win and the share be ignored.")  # fmt: skip
+        raise SpearError(
+            f"policy {policy}: give {name('k', 'k')} (a count of units) or {name('fraction', 'fraction')}"
+            " (a share of them), not both: the count would win and the share be ignored."
+        )
 
 
 def _check_t(t: float | None, what: str) -> float:
@@ -137,9 +149,15 @@ def make_plan(
 
 
 def plan_from_unit_ts(
-    scores: ScoreTable, ts: dict[str, float], order: list[str], *, policy: str, params: dict, method: Method = "slerp",
+    scores: ScoreTable,
+    ts: dict[str, float],
+    order: list[str],
+    *,
+    policy: str,
+    params: dict,
+    method: Method = "slerp",
     measurement=None,
-) -> Plan:  # fmt: skip
+) -> Plan:
     """The Plan that gives each unit id in `ts` its t (unlisted units keep the adapted weights), every layer and
     unit listed with its score and its rank in `order`; a tied head follows the embedding unless set."""
     ts = dict(ts)

@@ -409,7 +409,7 @@ def write_report(
             info.base,
             info.excluded,
             info.choice_reason,
-        ),  # fmt: skip
+        ),
         noise=noise_sentence(results, info.base),
     )
     for name, png in figures.items():  # renamed into place: a link there is replaced, never written through

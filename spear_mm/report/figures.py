@@ -72,14 +72,38 @@ def tradeoff_png(
     fig, ax = plt.subplots(figsize=(7.5, 5.5))
     for (name, pts), colour in zip((operators or {}).items(), OPERATOR_COLOURS * 4, strict=False):
         if len(pts) > 1:
-            ax.plot([c.retention for c in pts], [c.gain_kept for c in pts], "-", c=colour, alpha=0.7, lw=1.4,
-                    label=f"{name} curve (α = base weight)", zorder=2)  # fmt: skip
+            ax.plot(
+                [c.retention for c in pts],
+                [c.gain_kept for c in pts],
+                "-",
+                c=colour,
+                alpha=0.7,
+                lw=1.4,
+                label=f"{name} curve (α = base weight)",
+                zorder=2,
+            )
     if len(curve) > 1:
-        ax.plot([c.retention for c in curve], [c.gain_kept for c in curve], "-", c="#ff7f0e", alpha=0.6, lw=1.4,
-                label="uniform SLERP curve (t = base weight)", zorder=2)  # fmt: skip
+        ax.plot(
+            [c.retention for c in curve],
+            [c.gain_kept for c in curve],
+            "-",
+            c="#ff7f0e",
+            alpha=0.6,
+            lw=1.4,
+            label="uniform SLERP curve (t = base weight)",
+            zorder=2,
+        )
         for c in curve:
-            ax.annotate(f"t={c.t:g}", (c.retention, c.gain_kept), xytext=(-4, -11), textcoords="offset points",
-                        fontsize=7, color="#b35900", ha="right", zorder=5)  # fmt: skip
+            ax.annotate(
+                f"t={c.t:g}",
+                (c.retention, c.gain_kept),
+                xytext=(-4, -11),
+                textcoords="offset points",
+                fontsize=7,
+                color="#b35900",
+                ha="right",
+                zorder=5,
+            )
     for role, (marker, colour, label) in ROLE_STYLE.items():
         pts = [p for p in points if p.role == role]
         if pts:
@@ -111,9 +135,14 @@ def tradeoff_png(
         p = group[0]
         offset = (12, 9) if any(q.chosen for q in group) else (6, 5)  # clear of the ring around the chosen point
         ax.annotate(
-            " = ".join(q.name for q in group), (p.retention, p.gain_kept), xytext=offset, textcoords="offset points",
-            fontsize=8.5, zorder=5, bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.75},
-        )  # fmt: skip
+            " = ".join(q.name for q in group),
+            (p.retention, p.gain_kept),
+            xytext=offset,
+            textcoords="offset points",
+            fontsize=8.5,
+            zorder=5,
+            bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.75},
+        )
     for p in points:
         if p.chosen:
             ax.scatter(

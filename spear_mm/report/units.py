@@ -42,7 +42,7 @@ def read_units(run_dir: Path) -> list[UnitRow]:
                     u.get("row_drift_median"),
                     u.get("drift_quantile"),
                     u.get("restore_gain"),
-                )  # fmt: skip
+                )
             )
         except (KeyError, TypeError, ValueError):
             continue
@@ -66,7 +66,7 @@ def unit_table(units: list[UnitRow]) -> tuple[str, str, list[str], list[list[str
             _g(u.row_drift_median),
             _g(u.drift_quantile, ".2f"),
             *([_g(u.restore_gain)] if gains else []),
-        ]  # fmt: skip
+        ]
         for u in sorted(units, key=lambda u: (u.rank or 10**9, u.unit))
     ]
     text = (

@@ -43,8 +43,9 @@ def verdict(
         near = min(uniform, key=lambda p: (abs(p.gain_kept - k), p.t))
         text += f"; ΔR at equal K against the uniform-SLERP curve = {delta}"
         if chosen in results and near.name in results:
-            tests = paired_tests(results[chosen], results[near.name], deciding_tasks(results[base], excluded),
-                                 names=(chosen, near.name))  # fmt: skip
+            tests = paired_tests(
+                results[chosen], results[near.name], deciding_tasks(results[base], excluded), names=(chosen, near.name)
+            )
             text += f". Against the nearest uniform point in K, {near.name} (K = {near.gain_kept:.3f}): "
             text += axes_text(tests, chosen, near.name)
         text += "."

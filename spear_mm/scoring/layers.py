@@ -231,9 +231,12 @@ def _score(pair: Pair, out_dir, config: ScoreConfig, started: float, where: dict
         journal = ScoreJournal(out_dir, header)
     try:
         rows, threads, workers = score_pair(
-            pair, config, done=journal.resume() if journal else None, on_rows=journal.append if journal else None,
+            pair,
+            config,
+            done=journal.resume() if journal else None,
+            on_rows=journal.append if journal else None,
             **where,
-        )  # fmt: skip
+        )
     finally:
         if journal:
             journal.close()
@@ -262,8 +265,9 @@ def _score(pair: Pair, out_dir, config: ScoreConfig, started: float, where: dict
         ),
     )
     if probes["probe"] is not None or probes["ground_truth"]:
-        table = add_probe_scores(table, pair, probes["probe"], ground_truth=probes["ground_truth"],
-                                 max_tokens=probes["max_tokens"])  # fmt: skip
+        table = add_probe_scores(
+            table, pair, probes["probe"], ground_truth=probes["ground_truth"], max_tokens=probes["max_tokens"]
+        )
     if out_dir is not None:
         table.save(out_dir)
         save_figures(table, out_dir)

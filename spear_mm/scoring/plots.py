@@ -104,8 +104,11 @@ def plot_layer_scores(table: ScoreTable, path: str | Path, highlight: int | None
     ax.set_ylim(lo - 4 * pad, hi + 5 * pad)
     ax.axhline(0, color="black", linewidth=0.6)
     step = max(1, table.num_layers // 32)
-    ticks = [(x, label) for j, (x, (label, _, _, layer)) in enumerate(zip(xs, bars, strict=True))
-             if not layer or j % step == 0]  # fmt: skip
+    ticks = [
+        (x, label)
+        for j, (x, (label, _, _, layer)) in enumerate(zip(xs, bars, strict=True))
+        if not layer or j % step == 0
+    ]
     ax.set_xticks([x for x, _ in ticks], [label for _, label in ticks], rotation=0, fontsize=7)
     ax.set_xlabel("layer, then the units outside the blocks (placed on the layers' scale: docs/scoring.md)")
     ax.set_ylabel(f"unit score ({table.config.aggregate} of module scores)")

@@ -137,10 +137,13 @@ def add_probe_scores(
         s.model_copy(update=dict(activation_drift=drift[s.layer], restore_gain=gains[s.layer])) for s in table.layers
     ]
     units = [
-        u.model_copy(update=dict(restore_gain=unit_gains.get(u.unit),
-                                 activation_drift=drift[u.layer] if u.layer is not None else None))
+        u.model_copy(
+            update=dict(
+                restore_gain=unit_gains.get(u.unit), activation_drift=drift[u.layer] if u.layer is not None else None
+            )
+        )
         for u in table.units
-    ]  # fmt: skip
+    ]
     scores = [s.score for s in table.layers]
     report = ProbeReport(
         probe=str(probe),
@@ -171,8 +174,9 @@ def read_texts(path: str | Path) -> list[str]:
         raise SpearError(f"probe file {path}: unreadable ({exc}). Pass a .txt, .jsonl or .jsonl.gz file.") from None
     texts = [text] if ".jsonl" not in path.name else _jsonl_texts(text, path)
     if not any(t.strip() for t in texts):
-        raise SpearError(f"probe file {path}: no text in it (blank). Give held-out text of at least "
-                         f"{MIN_PROBE_TOKENS} tokens.")  # fmt: skip
+        raise SpearError(
+            f"probe file {path}: no text in it (blank). Give held-out text of at least {MIN_PROBE_TOKENS} tokens."
+        )
     return texts
 
 

@@ -207,10 +207,17 @@ class ScoreTable(BaseModel):
         Scores written before units existed rank the layers only. Units without the probe metric (e.g. lm_head
         for activation drift) follow the measured ones, in weight-score order."""
         units = self.units or [
-            UnitScore(unit=f"layer.{s.layer}", group="layer", layer=s.layer, score=s.score, rank=s.rank,
-                      activation_drift=s.activation_drift, restore_gain=s.restore_gain)
+            UnitScore(
+                unit=f"layer.{s.layer}",
+                group="layer",
+                layer=s.layer,
+                score=s.score,
+                rank=s.rank,
+                activation_drift=s.activation_drift,
+                restore_gain=s.restore_gain,
+            )
             for s in self.layers
-        ]  # fmt: skip
+        ]
         if check_rank_by(rank_by) == "score":
             return [u.unit for u in sorted(units, key=lambda u: (u.rank, u.unit))]
         if all(getattr(u, rank_by) is None for u in units):

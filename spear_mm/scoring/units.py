@@ -103,10 +103,16 @@ def like_layers_score(drift: float, layer_changes: list[float], layer_scores: li
 def unit_scores(rows: list[ModuleScore], layers: list[LayerScore]) -> list[UnitScore]:
     """Every unit of the model with its score, jointly ranked (1 = most damaging drift; ties by unit order)."""
     out = [
-        UnitScore(unit=f"layer.{s.layer}", group="layer", layer=s.layer, score=s.score, rel_change=s.rel_change,
-                  n_tensors=sum(1 for r in rows if r.layer == s.layer))
+        UnitScore(
+            unit=f"layer.{s.layer}",
+            group="layer",
+            layer=s.layer,
+            score=s.score,
+            rel_change=s.rel_change,
+            n_tensors=sum(1 for r in rows if r.layer == s.layer),
+        )
         for s in layers
-    ]  # fmt: skip
+    ]
     changes, scores = [s.rel_change for s in layers], [s.score for s in layers]
     has_head = any(r.group == "head" for r in rows)
     groups: dict[str, list[ModuleScore]] = {}

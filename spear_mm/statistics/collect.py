@@ -313,8 +313,17 @@ def collect_statistics(
         del model
         seconds[side] = round(time.perf_counter() - started, 3)
         log.info("statistics %s: %s side in %.1f s", out, side, seconds[side])
-    meta = StatsMeta(key=key, base_fingerprint=pair.base.fingerprint(), adapted_fingerprint=pair.adapted.fingerprint(),
-                     kinds=list(kinds), probes={s: probes.info(s) for s in SIDES}, sites=sites, transposed=transposed,
-                     files=files, seconds=seconds, device=device)  # fmt: skip
+    meta = StatsMeta(
+        key=key,
+        base_fingerprint=pair.base.fingerprint(),
+        adapted_fingerprint=pair.adapted.fingerprint(),
+        kinds=list(kinds),
+        probes={s: probes.info(s) for s in SIDES},
+        sites=sites,
+        transposed=transposed,
+        files=files,
+        seconds=seconds,
+        device=device,
+    )
     atomic_write_text(out / META, meta.model_dump_json(indent=1))
     return meta

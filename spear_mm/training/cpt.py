@@ -196,8 +196,16 @@ class _LogCallback:
         return steps, seconds, steps * self.tokens_per_step / max(seconds, 1e-9)
 
 
-def run_trainer(model, tokenizer, dataset, work: Path, config: CptConfig, device: str, resume: str | None,
-                progress: ProgressCallback | None = None) -> dict:  # fmt: skip
+def run_trainer(
+    model,
+    tokenizer,
+    dataset,
+    work: Path,
+    config: CptConfig,
+    device: str,
+    resume: str | None,
+    progress: ProgressCallback | None = None,
+) -> dict:
     """Train with the Hugging Face Trainer; returns steps, seconds, tokens/s and the last logged loss."""
     import importlib.util
 
@@ -283,8 +291,15 @@ def cpt(
         return _cpt(base, corpus, out, config, device, staging, progress)
 
 
-def _cpt(base: Path, corpus: list[Path], out: Path, config: CptConfig, device: str, staging,
-         progress: ProgressCallback | None = None) -> CptResult:  # fmt: skip
+def _cpt(
+    base: Path,
+    corpus: list[Path],
+    out: Path,
+    config: CptConfig,
+    device: str,
+    staging,
+    progress: ProgressCallback | None = None,
+) -> CptResult:
     old_threads = torch.get_num_threads()
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -304,8 +319,16 @@ def _cpt(base: Path, corpus: list[Path], out: Path, config: CptConfig, device: s
         check_free_space(out.parent, _bytes_to_save(model, save_dtype, base))  # before training, as merge does
         work = work_dir(out, config.resume_from_checkpoint)
         with library_os_errors(work):  # a checkpoint that fills the disk: one paragraph, not a SafetensorError
-            stats = run_trainer(model, tokenizer, PackedDataset(blocks), work, config, device,
-                                resume_arg(config.resume_from_checkpoint, work), progress)  # fmt: skip
+            stats = run_trainer(
+                model,
+                tokenizer,
+                PackedDataset(blocks),
+                work,
+                config,
+                device,
+                resume_arg(config.resume_from_checkpoint, work),
+                progress,
+            )
         result = CptResult(
             out=out,
             steps=stats["steps"],

@@ -10,5 +10,15 @@ from spear_mm.merging.methods.regmean import RegMean
 from spear_mm.merging.methods.slerp import Slerp
 from spear_mm.merging.methods.ties import Ties
 
-__all__ = ["METHODS", "Fisher", "Lerp", "MergeMethod", "RegMean", "Slerp", "TaskArithmetic", "Ties", "get_method",
-           "register"]  # fmt: skip
+__all__ = [
+    "METHODS",
+    "Fisher",
+    "Lerp",
+    "MergeMethod",
+    "RegMean",
+    "Slerp",
+    "TaskArithmetic",
+    "Ties",
+    "get_method",
+    "register",
+]
