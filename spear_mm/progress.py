@@ -7,16 +7,22 @@ from dataclasses import dataclass
 from typing import Literal
 
 Stage = Literal["analyze", "cpt", "evaluate", "items", "merge", "planner", "stats"]
+Unit = Literal["", "bytes"]
 
 
 @dataclass(frozen=True)
 class ProgressEvent:
-    """`done` of `total` units of one stage. `items` events carry the label `<model> · <task>`."""
+    """`done` of `total` units of one stage (`unit` "bytes": sizes, e.g. a merge's bytes written).
+
+    `label` names what moved: the tensor scored or written, `<model> · <task>` for `items`, the probe side of
+    `stats`. Stages: analyze (tensors scored), merge (bytes written), items (one model's task), evaluate
+    (models of a run), planner (probe evaluations), stats (Gram groups of a side), cpt (optimizer steps)."""
 
     stage: Stage
     done: int
     total: int
     label: str = ""
+    unit: Unit = ""
 
 
 ProgressCallback = Callable[[ProgressEvent], None]

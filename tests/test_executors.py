@@ -13,6 +13,7 @@ import pytest
 from spear_mm.errors import SpearError
 from spear_mm.executors import _check_reachable, make_executor
 from spear_mm.io.pair import open_pair
+from spear_mm.progress import ProgressEvent
 from spear_mm.scoring.jobs import PARTIAL, make_batches
 from spear_mm.scoring.layers import ScoreConfig, analyze, layer_scores, normalize_rows, score_names
 
@@ -186,8 +187,8 @@ def test_interrupted_analyze_resumes_from_the_journal(tiny_pair, reference, tmp_
     class Stop(Exception):
         pass
 
-    def stop_after_10(name: str, done: int, total: int) -> None:
-        if done == 10:
+    def stop_after_10(event: ProgressEvent) -> None:
+        if event.done == 10:
             raise Stop
 
     with pytest.raises(Stop):
@@ -195,7 +196,7 @@ def test_interrupted_analyze_resumes_from_the_journal(tiny_pair, reference, tmp_
     journal = (out / PARTIAL).read_text().splitlines()
     assert len(journal) == 1 + 10  # header + the rows that arrived before the interruption
     fresh: list[str] = []
-    table = analyze(*tiny_pair, out, executor="process", workers=2, progress=lambda n, done, total: fresh.append(n))
+    table = analyze(*tiny_pair, out, executor="process", workers=2, progress=lambda e: fresh.append(e.label))
     assert len(fresh) == len(table.modules) - 10  # only the rest was scored again
     assert_same_scores(reference, table)
     assert not (out / PARTIAL).exists()

@@ -21,6 +21,7 @@ from spear_mm.io.pair import open_pair
 from spear_mm.merging.merge import build_ops, iter_merged, merge, merge_into_model
 from spear_mm.merging.methods import METHODS
 from spear_mm.planning.plan import DATA_AWARE, LayerRule, Plan
+from spear_mm.progress import ProgressEvent
 from spear_mm.statistics.collect import collect_statistics, load_probes
 
 PLAN = Plan(
@@ -268,8 +269,8 @@ def test_dtype_mismatch_merges_in_float32_and_says_so(tiny_pair, tmp_path):
 def test_interrupted_merge_leaves_no_output_and_keeps_an_old_one(tiny_pair, tmp_path):
     out = tmp_path / "out"
 
-    def stop_after_5(name: str, nbytes: int, seen=[]) -> None:  # noqa: B006 - a call counter
-        seen.append(name)
+    def stop_after_5(event: ProgressEvent, seen=[]) -> None:  # noqa: B006 - a call counter
+        seen.append(event.label)
         if len(seen) == 5:
             raise KeyboardInterrupt
 
@@ -279,7 +280,7 @@ def test_interrupted_merge_leaves_no_output_and_keeps_an_old_one(tiny_pair, tmp_
     merge(*tiny_pair, out, 0.2)
     before = tensors(out)
     with pytest.raises(KeyboardInterrupt):
-        merge(*tiny_pair, out, 0.9, force=True, progress=lambda n, b, seen=[]: stop_after_5(n, b, seen))
+        merge(*tiny_pair, out, 0.9, force=True, progress=lambda e, seen=[]: stop_after_5(e, seen))
     after = tensors(out)
     assert all(same_bits(before[k], after[k]) for k in before)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

@@ -25,6 +25,7 @@ Objectives on the probes (G = general NLL, D = domain NLL; B base, A adapted):
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -36,6 +37,7 @@ from spear_mm.calibration.samples import SAMPLE_SEED, sample_base_text
 from spear_mm.calibration.search import efficiency_order, kinds_of, pick, refine_groups, refine_units, tiers_of
 from spear_mm.planning.plan import Measurement, UnitEffect
 from spear_mm.planning.policies import plan_from_unit_ts
+from spear_mm.progress import ProgressCallback
 from spear_mm.scoring.units import split_layers
 
 __all__ = ["Objective", "PlannerConfig", "PlannerResult", "Trace", "measured_plan", "plan_units"]
@@ -229,15 +231,15 @@ def measured_plan(
     device: str = "cpu",
     method: str = "slerp",
     statistics=None,
-    progress=None,
+    progress: ProgressCallback | None = None,
 ):
     """A `Plan` whose every unit's t comes from the measured planner; its `measurement` holds the probe
     figures, the evaluations spent and every unit's measured effect. `cache_path` (JSON lines) makes it
     resumable: evaluations already in the cache are not run again. With a data-aware `method` (regmean, fisher;
     `statistics`: its folder) the search runs twice — units moved by SLERP, and by the operator — and the plan
-    that is better on the probes wins (the plan's params record both values and the winner). `progress(done,
-    total)` is called after each probe evaluation (cached ones count as done; total is the planned count of all
-    searches, raised if exceeded)."""
+    that is better on the probes wins (the plan's params record both values and the winner). `progress` gets a
+    `planner` `ProgressEvent` after each probe evaluation (cached ones count as done; total is the planned count
+    of all searches, raised if exceeded)."""
     from pathlib import Path
 
     config = config or PlannerConfig()
@@ -249,7 +251,7 @@ def measured_plan(
     results: dict[str, tuple[PlannerResult, ProbeEvaluator]] = {}
     methods, offset = list(dict.fromkeys(("slerp", method))), 0  # an operator is searched as well, never instead
     for i, m in enumerate(methods):
-        bar = (lambda d, t, o=offset, k=len(methods) - i: progress(o + d, o + t * k)) if progress else None
+        bar = _shifted(progress, offset, len(methods) - i) if progress else None
         ev = ProbeEvaluator(
             pair,
             probes,
@@ -299,3 +301,8 @@ def measured_plan(
         scores, res.ts, order, policy="measured", params=params, method=won, measurement=measurement
     )
     return plan.model_copy(update={"statistics": str(statistics)}) if won != "slerp" else plan
+
+
+def _shifted(progress: ProgressCallback, offset: int, searches: int) -> ProgressCallback:
+    """One search's events as part of all: `offset` evaluations done before it, `searches` like it still to run."""
+    return lambda e: progress(dataclasses.replace(e, done=offset + e.done, total=offset + e.total * searches))

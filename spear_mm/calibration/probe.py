@@ -17,7 +17,6 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from spear_mm.io.files import content_key, open_append
 from spear_mm.io.pair import Pair
 from spear_mm.merging.methods import METHODS
 from spear_mm.planning.plan import Plan
+from spear_mm.progress import ProgressCallback, ProgressEvent
 from spear_mm.scoring.units import units_of
 from spear_mm.statistics.collect import WINDOW, Probes, probe_key, probe_windows, windows_of
 
@@ -89,7 +89,7 @@ class ProbeEvaluator:
     cache_hits: int = 0
     seconds: float = 0.0
     history: list[tuple[dict[str, float], ProbeResult]] = field(default_factory=list)
-    progress: Callable[[int, int], None] | None = None  # (done, planned) after every evaluation, cached or run
+    progress: ProgressCallback | None = None  # a `planner` event (done of planned) per evaluation, cached or run
     planned: int = 0  # the evaluations the planner expects to make (for progress)
 
     def __post_init__(self) -> None:
@@ -170,7 +170,7 @@ class ProbeEvaluator:
         self.history.append((dict(ts), result))
         if self.progress is not None:
             done = self.evaluations + self.cache_hits
-            self.progress(done, max(self.planned, done))
+            self.progress(ProgressEvent("planner", done, max(self.planned, done), self.method))
         return result
 
     def _apply(self, ts: dict[str, float]) -> None:

@@ -6,9 +6,7 @@ from pathlib import Path
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
 from rich.panel import Panel
-from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from spear_mm.cli import checks
@@ -29,9 +27,9 @@ from spear_mm.cli.choices import (
     SnrNormalize,
     value,
 )
-from spear_mm.cli.output import console
+from spear_mm.cli.output import out_console
 from spear_mm.cli.planner import measured_from_cli, measurement_panel, refuse_ignored
-from spear_mm.cli.progress import PlainProgress, bars
+from spear_mm.cli.progress import LOOKS, Drawer, Look
 from spear_mm.errors import SpearError, validation_message
 from spear_mm.io.checkpoint import Checkpoint
 from spear_mm.io.outputs import check_new_file, check_not_input, write_file
@@ -41,8 +39,6 @@ from spear_mm.planning.plan import DATA_AWARE
 from spear_mm.planning.policies import describe, make_plan
 from spear_mm.scoring.layers import ScoreConfig, analyze
 from spear_mm.scoring.table import ScoreTable
-
-out_console = Console()
 
 
 def _top_table(table, n: int = 10) -> Table:
@@ -171,20 +167,7 @@ def analyze_cmd(
         raise SpearError(validation_message(exc)) from exc
     if ray_address is not None and executor != "ray":
         raise SpearError("--ray-address needs --executor ray.")
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    with bars(*columns, console=console, transient=True) as bar:
-        task = bar.add_task("scoring tensors", total=None)
-
-        def progress(name: str, done: int, total: int) -> None:
-            named = {} if isinstance(bar, PlainProgress) else {"description": f"scoring {name[-48:]}"}  # log: step
-            bar.update(task, completed=done, total=total, **named)
-
+    with Drawer(LOOKS | {"analyze": Look("scoring tensors")}, transient=True) as progress:
         table = analyze(
             base,
             adapted,

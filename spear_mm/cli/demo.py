@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from spear_mm.cli.choices import DEVICE_METAVAR
-from spear_mm.cli.output import console, out_console
-from spear_mm.cli.run import progress_bars, quiet_per_model_logs, results_table
+from spear_mm.cli.output import console, out_console, wide_console
+from spear_mm.cli.progress import LOOKS, Drawer
+from spear_mm.cli.run import quiet_per_model_logs, results_table
 from spear_mm.demo.run import DemoConfig, run_demo
 from spear_mm.errors import SpearError
 from spear_mm.report.build import read_results
@@ -101,11 +101,10 @@ def demo_cmd(
     except ValueError as exc:
         raise SpearError(f"demo: invalid option — {exc}") from exc
     quiet_per_model_logs()  # transformers' loading bars (base samples, CPT, the planner) would drown the stages
-    with progress_bars() as progress:
+    with Drawer(LOOKS) as progress:
         result = run_demo(out, config, progress=progress, log=console.print, force=force)
     summary = result.summary
-    wide = out_console if out_console.is_terminal else Console(width=160)  # logs and CI: not squeezed into 80
-    wide.print(scores_table(result.run_dir, summary))
+    wide_console().print(scores_table(result.run_dir, summary))
     out_console.print(results_table(summary))
     if summary.curve_note:
         out_console.print(summary.curve_note)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from spear_mm.cli.choices import Listing, Policy
+from spear_mm.cli.output import out_console
 from spear_mm.evaluation.lm_eval_tasks import SHIPPED_EQUIVALENTS
 from spear_mm.evaluation.suites import SUITES, get_suite
 from spear_mm.io.architecture import _table
@@ -16,8 +16,6 @@ from spear_mm.io.checkpoint import Checkpoint
 from spear_mm.planning.check import validate_plan
 from spear_mm.planning.plan import Method, Plan
 from spear_mm.planning.policies import AGGRESSIVE_TOP_FRACTION, AGGRESSIVE_TOP_T, PRESETS
-
-out_console = Console()
 
 _METHODS = {
     "slerp": "spherical interpolation per tensor toward the base (LERP when |cos| > 0.9995); the default",

@@ -7,8 +7,6 @@ import time
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from spear_mm.cli import checks
@@ -23,8 +21,8 @@ from spear_mm.cli.choices import (
     Backend,
     lm_eval_selection,
 )
-from spear_mm.cli.output import console
-from spear_mm.cli.progress import bars
+from spear_mm.cli.output import console, out_console
+from spear_mm.cli.progress import LOOKS, Drawer, Look
 from spear_mm.errors import SpearError
 from spear_mm.evaluation import evaluate, load_tasks
 from spear_mm.evaluation.lm_eval_tasks import check_no_clash, preflight
@@ -35,8 +33,6 @@ from spear_mm.io.hub import resolve_model
 from spear_mm.io.workdir import WorkDir
 from spear_mm.report.build import write_report
 from spear_mm.report.guard import check_report_output
-
-out_console = Console()
 
 
 def _names(models: list[Path]) -> list[str]:
@@ -153,15 +149,9 @@ def evaluate_cmd(
     if registered is not None:
         check_no_clash(registered, loaded)
     results = []
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
     reads = [*models, *(p for p in (data_dir, lm_eval_include) if p), *([Path(suite)] if _is_file(suite) else [])]
-    with WorkDir(out, reads), bars(*columns, console=console) as progress:
+    drawer = Drawer(LOOKS | {"items": Look(text="{label}", per_label=True)})  # a bar per model · task
+    with WorkDir(out, reads), drawer as progress:
         for path, name in zip(models, names, strict=True):
             check_same_model(out / f"{name}.json", path, force)
         for path, name in zip(models, names, strict=True):

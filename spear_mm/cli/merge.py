@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    MofNCompleteColumn,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 from rich.table import Table
 
 from spear_mm.cli import checks
 from spear_mm.cli.choices import DEVICE_METAVAR, Method
-from spear_mm.cli.progress import bars
+from spear_mm.cli.output import out_console
+from spear_mm.cli.progress import Drawer, Look
 from spear_mm.errors import SpearError
 from spear_mm.io.architecture import for_model_type, num_layers_of
 from spear_mm.io.checkpoint import Checkpoint
@@ -28,8 +19,6 @@ from spear_mm.io.dtypes import DtypeName, parse_dtype
 from spear_mm.io.pair import open_pair
 from spear_mm.merging.merge import build_ops, merge, resolve_device
 from spear_mm.planning.plan import Plan
-
-out_console = Console()
 
 
 def _resolve_plan(plan_file: Path | None, t: float | None, num_layers: int, layers_only: bool, method: str | None):
@@ -93,24 +82,7 @@ def merge_cmd(
             table.add_row(p.name, layer, p.module, op.action, f"{op.t:g}", dtype)
         out_console.print(table)
         return
-    total = sum(math.prod(x.shape) * x.out_dtype.itemsize for x in ops)  # bytes written (as merge reports them)
-    columns = (
-        TextColumn("[bold]merge"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[name]}", style="dim"),
-    )
-    with bars(*columns, console=out_console) as bar:
-        job = bar.add_task("merge", total=total, name="", unit="bytes")
-        done = {"n": 0}
-
-        def progress(name: str, nbytes: int) -> None:
-            done["n"] += 1
-            bar.update(job, advance=nbytes, name=name[-48:])
-
+    with Drawer({"merge": Look("merge")}) as progress:  # bytes written, the tensor's name beside the bar
         report = merge(
             pair.base,
             pair.adapted,

@@ -5,11 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.panel import Panel
-from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from spear_mm.calibration.planner import PlannerConfig, general_probe_for, measured_plan
-from spear_mm.cli.output import console
-from spear_mm.cli.progress import bars
+from spear_mm.cli.progress import LOOKS, Drawer
 from spear_mm.errors import SpearError, validation_message
 from spear_mm.io.pair import open_pair
 from spear_mm.planning.policies import check_options
@@ -89,15 +87,7 @@ def measured_from_cli(
         raise SpearError(validation_message(exc)) from exc
     pair = open_pair(base or table.base, adapted or table.adapted)
     cache = out.with_name(out.name + ".probes")
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    with bars(*columns, console=console, transient=True) as bar:
-        task = bar.add_task("measured planner: probe evaluations", total=None, per_unit=True)
+    with Drawer(LOOKS, transient=True) as progress:
         general = general_probe or general_probe_for(pair, cache)
         return measured_plan(
             table,
@@ -110,7 +100,7 @@ def measured_from_cli(
             probe_tokens=probe_tokens or 1024,
             method=method,
             statistics=statistics,
-            progress=lambda done, total: bar.update(task, completed=done, total=total),
+            progress=progress,
         )
 
 

@@ -1,11 +1,13 @@
-"""Progress on the command line: rich bars on a terminal; without one (`… > run.log`, CI, nohup, a batch job)
-plain lines, one per finished unit of work (tasks added with `per_unit=True`) or every 30 s otherwise, and
-one when a step (or a sub-step: one model's task) finishes:
+"""Progress on the command line: the one drawer of the library's `ProgressEvent`s. Rich bars on a terminal;
+without one (`… > run.log`, CI, nohup, a batch job) plain lines, one per finished unit of work (stages drawn
+`per_unit`) or every 30 s otherwise, and one when a step (or a sub-step: one model's task) finishes:
 
     evaluate models: 5/16 (31%), elapsed 0:00:42, ETA 0:01:32
 
-`bars(...)` picks one of the two; both take the same calls (`add_task`, `update`, `advance`, `start`, `stop`,
-and `with`). Task fields: `per_unit` (a line per unit done), `detail` (a bar reused for one sub-step after another: its clock restarts with each new description),
+`Drawer(looks)` is the `ProgressCallback` every command passes to the library; `looks` says how each stage is
+drawn (`RUN`: the stages of `run` and `demo`). `bars(...)` picks rich or `PlainProgress`; both take the same
+calls (`add_task`, `update`, `advance`, `start`, `stop`, and `with`). Task fields: `per_unit` (a line per unit
+done), `detail` (a bar reused for one sub-step after another: its clock restarts with each new description),
 `unit="bytes"` (counts shown in MB)."""
 
 from __future__ import annotations
@@ -16,7 +18,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rich.console import Console
-from rich.progress import Progress
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+from spear_mm.cli.output import console as stderr_console
+from spear_mm.progress import ProgressEvent
 
 INTERVAL = 30.0
 
@@ -120,3 +136,79 @@ def bars(*columns: Any, console: Console, transient: bool = False) -> Progress |
     if console.is_terminal:
         return Progress(*columns, console=console, transient=transient)
     return PlainProgress(console)
+
+
+@dataclass(frozen=True)
+class Look:
+    """How the events of one stage are drawn."""
+
+    title: str = ""  # the bar's text (default: the stage's name)
+    text: str = ""  # with a label: the bar's text, e.g. "stats {label}" (default: the title; the label dim beside it)
+    per_label: bool = False  # a bar per label (evaluate: one per model · task), not one bar relabelled
+    per_unit: bool = False  # without a terminal: a line per unit done, not every 30 s
+
+
+# the stages of `run` and `demo`; without a terminal a line per model evaluated, per probe evaluation, per
+# statistics group and per model's task, counts within every 30 s
+LOOKS = {
+    "analyze": Look("score tensors"),
+    "cpt": Look("cpt: optimizer steps"),
+    "evaluate": Look("evaluate models", per_unit=True),
+    "items": Look(text="  {label}"),
+    "merge": Look("write chosen model (bytes)"),
+    "planner": Look("measured planner: probe evaluations", per_unit=True),
+    "stats": Look("stats", text="stats {label}", per_unit=True),
+}
+
+
+class _Count(ProgressColumn):
+    """`done/total`, or sizes for a task counted in bytes (`269.0/538.0 MB`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._count, self._bytes = MofNCompleteColumn(), DownloadColumn()
+
+    def render(self, task: Task) -> Text:
+        return (self._bytes if task.fields.get("unit") == "bytes" else self._count).render(task)
+
+
+def _columns() -> tuple[ProgressColumn, ...]:
+    return (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        _Count(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[label]}", style="dim"),
+    )
+
+
+class Drawer:
+    """The `ProgressCallback` of a command: each stage's events drawn as `looks` say (unknown stages by their
+    name) on `console`; the bars start at the first event, so output before it (a CPT's, a download's) stays."""
+
+    def __init__(self, looks: dict[str, Look], *, console: Console = stderr_console, transient: bool = False):
+        self.looks, self.console, self.transient = looks, console, transient
+        self.bars: Progress | PlainProgress | None = None
+        self.ids: dict[tuple[str, str], int] = {}
+
+    def __enter__(self) -> Drawer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bars is not None:
+            self.bars.stop()
+
+    def __call__(self, event: ProgressEvent) -> None:
+        if self.bars is None:
+            self.bars = bars(*_columns(), console=self.console, transient=self.transient)
+            self.bars.start()
+        look = self.looks.get(event.stage) or Look(event.stage)
+        text = look.text.format(label=event.label) if look.text and event.label else look.title or event.stage
+        key = (event.stage, event.label if look.per_label else "")
+        if key not in self.ids:
+            relabelled = bool(look.text) and not look.per_label  # one bar, one sub-step after another
+            fields = dict(per_unit=look.per_unit, detail=relabelled, unit=event.unit, label="")
+            self.ids[key] = self.bars.add_task(text, total=event.total, **fields)
+        beside = "" if look.text else event.label[-48:]  # a tensor's name: shown on a terminal only
+        self.bars.update(self.ids[key], completed=event.done, total=event.total, description=text, label=beside)

@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from spear_mm.cli import checks
@@ -30,28 +29,12 @@ from spear_mm.cli.choices import (
     value,
 )
 from spear_mm.cli.output import console, out_console
-from spear_mm.cli.progress import bars
+from spear_mm.cli.progress import LOOKS, Drawer
 from spear_mm.errors import SpearError
 from spear_mm.io.dtypes import DtypeName
 from spear_mm.pipeline.config import RunConfig
 from spear_mm.pipeline.run import run
 from spear_mm.pipeline.summary import RunSummary
-from spear_mm.progress import ProgressEvent
-
-_LABELS = {
-    "analyze": "score tensors",
-    "evaluate": "evaluate models",
-    "merge": "write chosen model (bytes)",
-    "planner": "measured planner: probe evaluations",
-    "cpt": "cpt: optimizer steps",
-}
-# without a terminal: a line per model evaluated, per probe evaluation and per model's task; counts within every 30 s
-_FIELDS = {
-    "evaluate": {"per_unit": True},
-    "planner": {"per_unit": True},
-    "items": {"detail": True},
-    "merge": {"unit": "bytes"},
-}
 
 
 def _fmt(x: float | None) -> str:
@@ -222,7 +205,7 @@ def run_cmd(
     run_config = RunConfig.build(config, **options)
     checks.device(run_config.device)
     quiet_per_model_logs()
-    with progress_bars() as progress:
+    with Drawer(LOOKS) as progress:
         summary = run(config=run_config, progress=progress, force=force, inputs=(config,) if config else ())
     print_summary(summary)
 
@@ -237,41 +220,6 @@ def _floats(text: str | None) -> list[float] | None:
 def _given(**values):
     """Only the options given on the command line (None: the config file's or the default value holds)."""
     return {k: v for k, v in values.items() if v is not None} or None
-
-
-def progress_bars():
-    """A context manager yielding a `ProgressCallback` that draws the run's stages as rich bars."""
-    return _Bars()
-
-
-class _Bars:
-    """Rich bars, started at the first event (so a CPT or conversion before it keeps its own output)."""
-
-    def __enter__(self):
-        columns = (
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-        )
-        self.bars = bars(*columns, console=console)
-        self.ids: dict[str, int] = {}
-        return self.update
-
-    def update(self, event: ProgressEvent) -> None:
-        label = "  " + event.label if event.stage == "items" else ""
-        if not self.ids:
-            self.bars.start()
-        if event.stage not in self.ids:
-            self.ids[event.stage] = self.bars.add_task(
-                label or _LABELS.get(event.stage, event.stage), total=event.total, **_FIELDS.get(event.stage, {})
-            )
-        extra = {"description": label} if label else {}
-        self.bars.update(self.ids[event.stage], completed=event.done, total=event.total, **extra)
-
-    def __exit__(self, *exc) -> None:
-        self.bars.stop()
 
 
 def print_summary(summary: RunSummary) -> None:

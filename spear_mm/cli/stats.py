@@ -7,24 +7,21 @@ from pathlib import Path
 
 import torch
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
 from spear_mm.calibration.planner import general_probe_for
 from spear_mm.cli import checks
 from spear_mm.cli.choices import DEVICE_METAVAR
-from spear_mm.cli.progress import bars
+from spear_mm.cli.output import out_console
+from spear_mm.cli.progress import LOOKS, Drawer
 from spear_mm.errors import SpearError
 from spear_mm.io.outputs import human_bytes
 from spear_mm.io.pair import open_pair
 from spear_mm.io.workdir import WorkDir, pair_owner
 from spear_mm.io.writer import parse_size
 from spear_mm.merging.merge import resolve_device
-from spear_mm.progress import ProgressEvent
 from spear_mm.statistics.collect import DEFAULT_TOKENS, collect_statistics, load_probes, statistics_key
 from spear_mm.statistics.store import read_meta
 
-out_console = Console()
 SAMPLE_TOKENS = 160  # tokens per base sample of the default general probe
 
 
@@ -71,13 +68,7 @@ def stats_cmd(
                 f"{folder} holds statistics of this pair on another probe or kind (key {old.key}); choose another "
                 "-o, or pass --force to collect them anew."
             )
-        columns = (TextColumn("[bold]stats {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        with bars(*columns, console=out_console, transient=True) as bar:
-            task = bar.add_task("", total=None, per_unit=True)
-
-            def progress(ev: ProgressEvent) -> None:
-                bar.update(task, completed=ev.done, total=ev.total, description=ev.label)
-
+        with Drawer(LOOKS, transient=True) as progress:
             meta = collect_statistics(
                 pair,
                 probes,

@@ -5,17 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from spear_mm.cli import checks
-from spear_mm.cli.output import console
-from spear_mm.cli.progress import PlainProgress
+from spear_mm.cli.output import out_console
+from spear_mm.cli.progress import LOOKS, Drawer
 from spear_mm.errors import SpearError
 from spear_mm.io.llama2c import convert_llama2c
 from spear_mm.training.cpt import CptConfig, cpt
-
-out_console = Console()
 
 
 def cpt_cmd(
@@ -91,18 +88,11 @@ def cpt_cmd(
         )
     except ValueError as exc:
         raise SpearError(f"cpt: invalid option — {exc}") from exc
-    if console.is_terminal:
-        result = cpt(base, files, out, config)  # the Trainer's own bar
-    else:  # no terminal: no carriage-return bar, plain lines (every 30 s and at the end)
-        from transformers.utils import logging as hf_logging
+    from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()  # save_pretrained's "Writing model shards" bar too
-        with PlainProgress(console) as lines:
-            task = lines.add_task("cpt: optimizer steps", total=config.max_steps)
-            config = config.model_copy(update={"progress": False})
-            result = cpt(
-                base, files, out, config, progress=lambda e: lines.update(task, completed=e.done, total=e.total)
-            )
+    hf_logging.disable_progress_bar()  # save_pretrained's "Writing model shards" bar too: the steps are drawn here
+    with Drawer(LOOKS) as progress:  # a bar on a terminal, plain lines otherwise (every 30 s and at the end)
+        result = cpt(base, files, out, config.model_copy(update={"progress": False}), progress=progress)
     table = Table(title=f"CPT → {result.out}", show_header=False)
     for key, value in [
         ("steps", result.steps),

@@ -27,6 +27,7 @@ from spear_mm.evaluation.builtin import Engine, model_max_length
 from spear_mm.evaluation.metrics import TaskResult
 from spear_mm.evaluation.tasks import GenItem, LoadedTask, MCItem, TextItem
 from spear_mm.io.scratch import scratch_dir
+from spear_mm.progress import ProgressCallback, ProgressEvent
 
 log = logging.getLogger(__name__)
 SCRATCH_PREFIX = "spear-lm-eval-"  # $TMPDIR/spear-lm-eval-<pid>-<start>-<token> (spear_mm.io.scratch)
@@ -154,7 +155,7 @@ def run_lm_eval(
     device: str = "cpu",
     batch_size: int = 16,
     max_length: int | None = None,
-    progress: Any | None = None,
+    progress: ProgressCallback | None = None,
 ) -> dict[str, TaskResult]:
     """Evaluate loaded tasks with lm-eval's HF back end on the in-memory model; one `TaskResult` per task."""
     lm_eval, HFLM, TaskManager = _import_lm_eval()
@@ -165,7 +166,9 @@ def run_lm_eval(
     results: dict[str, TaskResult] = {}
     with scratch_dir(SCRATCH_PREFIX) as tmp:  # a killed run's folder is removed by the next one
         for task in tasks:
-            bar = progress.add_task(f"lm-eval · {task.name}", total=len(task.items)) if progress else None
+            label = f"lm-eval · {task.name}"
+            if progress:
+                progress(ProgressEvent("items", 0, len(task.items), label))
             config = task_dict(task, write_items(task, Path(tmp) / f"{task.name}.jsonl"))
             start = time.perf_counter()
             out = lm_eval.simple_evaluate(
@@ -185,8 +188,8 @@ def run_lm_eval(
                 raise SpearError(f"lm-eval returned {len(samples)} samples for {task.name}, expected {len(task.items)}")
             results[task.name] = _to_result(task, samples, seconds, counter)
             results[task.name].source = f"{task.source} (lm-eval {getattr(lm_eval, '__version__', '?')})"
-            if bar is not None:
-                progress.update(bar, completed=len(task.items))
+            if progress:
+                progress(ProgressEvent("items", len(task.items), len(task.items), label))
     return results
 
 

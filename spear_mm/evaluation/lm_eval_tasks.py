@@ -25,6 +25,7 @@ from spear_mm.evaluation.builtin import Engine, model_max_length
 from spear_mm.evaluation.lm_eval_backend import quiet_lm_eval
 from spear_mm.evaluation.metrics import ItemRecord, TaskResult
 from spear_mm.evaluation.tasks import LoadedTask, TaskSpec, TextItem
+from spear_mm.progress import ProgressCallback, ProgressEvent
 
 # The lm-eval registered task closest to each shipped task (docs/evaluation.md says how they differ); the
 # domain tasks (FPB, Reuters) have none in lm-eval's registry.
@@ -165,7 +166,7 @@ def run_registered(
     max_length: int | None = None,
     limit: int | None = None,
     seed: int = 0,
-    progress: Any | None = None,
+    progress: ProgressCallback | None = None,
 ) -> dict[str, TaskResult]:
     """Run the registered tasks on the in-memory model; one `TaskResult` per leaf task (groups are expanded).
 
@@ -184,7 +185,9 @@ def run_registered(
     samples = None
     if limit is not None:
         samples = {t: sorted(random.Random(seed).sample(range(n), min(limit, n))) for t, (_, n) in sizes.items()}
-    bar = progress.add_task(f"lm-eval · {','.join(spec.names)}", total=len(sizes)) if progress else None
+    label = f"lm-eval · {','.join(spec.names)}"
+    if progress:
+        progress(ProgressEvent("items", 0, len(sizes), label))
     started = time.perf_counter()
     out = lm_eval.simple_evaluate(
         model=lm,
@@ -210,8 +213,8 @@ def run_registered(
         result.seconds, result.total = seconds, sizes[leaf][1] if leaf in sizes else None
         result.source = f"lm-eval {version} registered task {leaf!r}"
         results[leaf] = result
-        if bar is not None:
-            progress.advance(bar, 1)
+        if progress:
+            progress(ProgressEvent("items", min(len(results), len(sizes)), len(sizes), label))
     return results
 
 

@@ -6,7 +6,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from spear_mm.evaluation.suites import load_tasks
 from spear_mm.evaluation.tasks import GenItem, LoadedTask, MCItem, TextItem
 from spear_mm.io.checkpoint import Checkpoint, read_config
 from spear_mm.io.hub import resolve_model
+from spear_mm.progress import ProgressCallback, ProgressEvent
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +132,7 @@ def evaluate(
     max_length: int | None = None,
     name: str | None = None,
     skip_missing: bool = False,
-    progress: Any | None = None,
+    progress: ProgressCallback | None = None,
     lm_eval_tasks: Any | None = None,
 ) -> EvalResult:
     """Evaluate `model` on `tasks`.
@@ -142,7 +143,7 @@ def evaluate(
             loaded `LoadedTask`s (load once with `load_tasks`, then evaluate many models on the same items).
         limit, seed: N items per task, sampled with `seed`, stratified by label. Deterministic.
         backend: 'builtin' or 'lm-eval' (the same items scored by lm-eval).
-        progress: an optional `rich.progress.Progress` to report into.
+        progress: gets `items` `ProgressEvent`s (items done of each task, labelled `<model> · <task>`).
         lm_eval_tasks: an `LmEvalTasks` of lm-eval registered task names, run by lm-eval itself in addition to
             `tasks` (which may then be empty); their datasets are checked before the model is loaded.
     Returns:
@@ -191,7 +192,7 @@ def evaluate(
             engine = Engine(model, tokenizer, torch.device(device), batch_size=batch_size, max_length=max_length)
             for task in loaded:
                 result.tasks[task.name] = _with_progress(
-                    progress, label, task, lambda adv, t=task: run_builtin(engine, t, adv)
+                    progress, f"{label} · {task.name}", task, lambda adv, t=task: run_builtin(engine, t, adv)
                 )
                 log.info(
                     "%s %s: %s = %.4f (n=%d)",
@@ -229,14 +230,24 @@ def _load(
     return load_tasks(tasks, data_dir, limit, seed, skip_missing=skip, skipped=skipped)
 
 
-def _with_progress(progress: Any | None, label: str, task: LoadedTask, fn: Any) -> TaskResult:
+def _with_progress(
+    progress: ProgressCallback | None, label: str, task: LoadedTask, fn: Callable[[Advance], TaskResult]
+) -> TaskResult:
+    """Run `fn(advance)`, turning its item counts into `items` events: 0 at the start, `total` at the end."""
     if progress is None:
         return fn(lambda _n: None)
-    bar = progress.add_task(f"{label} · {task.name}", total=len(task.items))
-    try:
-        return fn(lambda n: progress.advance(bar, n))
-    finally:
-        progress.update(bar, completed=len(task.items))
+    total, done = len(task.items), 0
+
+    def advance(n: int) -> None:
+        nonlocal done
+        done += n
+        progress(ProgressEvent("items", min(done, total), total, label))
+
+    progress(ProgressEvent("items", 0, total, label))
+    result = fn(advance)
+    if done != total:
+        progress(ProgressEvent("items", total, total, label))
+    return result
 
 
 def evaluate_many(

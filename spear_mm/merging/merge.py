@@ -13,7 +13,7 @@ import math
 import shutil
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,10 +32,10 @@ from spear_mm.merging.buffers import Held
 from spear_mm.merging.folder import TRAINING_FILES, MergeReport, model_card, set_config_dtype, side_files
 from spear_mm.merging.streaming import PREFETCH, TensorOp, TensorStat, produce, workspace_for
 from spear_mm.planning.plan import Plan
+from spear_mm.progress import ProgressCallback, ProgressEvent
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str, int], None]  # (tensor name, bytes written)
 DEFAULT_THREADS = 1  # torch intra-op threads during a merge; measured in bench/merge_bench.py (docs/performance.md)
 
 
@@ -103,7 +103,7 @@ def merge(
     force: bool = False,
     allow_vocab_extension: bool = False,
     threads: int | None = None,
-    progress: Progress | None = None,
+    progress: ProgressCallback | None = None,
     out_dtype: str | torch.dtype | None = None,
     statistics: str | Path | None = None,
     inputs: tuple[str | Path, ...] = (),
@@ -116,7 +116,7 @@ def merge(
         plan: a `Plan`, or a float t applied to every layer.
         force: replace an existing output; also merge a plan made for another pair (with a warning).
         threads: torch intra-op threads for the call (default `DEFAULT_THREADS`, see docs/performance.md).
-        progress: called as `progress(name, nbytes)` per tensor written.
+        progress: gets a `merge` `ProgressEvent` per tensor written (bytes written of the total; label: its name).
         out_dtype: 'bf16', 'fp16', 'fp32' or a torch dtype (default: the adapted model's dtype).
         statistics: the folder of `spear-mm stats` that `regmean`/`fisher` plans read (overrides the plan's).
         inputs: other files the caller read (the plan file): `out` must not overlap them either.
@@ -186,7 +186,7 @@ class _Job:
     max_shard_size: int
     force: bool
     out_dtype: torch.dtype | None
-    progress: Progress | None
+    progress: ProgressCallback | None
     started: float
 
 
@@ -254,10 +254,18 @@ def check_provenance(plan: Plan, pair: Pair, *, force: bool = False) -> None:
 
 
 def _stream(
-    pair: Pair, plan: Plan, ops: list[TensorOp], writer: ShardedWriter, device: str, progress: Progress | None
+    pair: Pair, plan: Plan, ops: list[TensorOp], writer: ShardedWriter, device: str, progress: ProgressCallback | None
 ) -> list[TensorStat]:
     """Merge in this thread while one thread reads ahead and another writes (at most 2 writes queued)."""
     stats: list[TensorStat] = []
+    total, written = sum(math.prod(x.shape) * x.out_dtype.itemsize for x in ops), 0
+
+    def wrote(name: str, nbytes: int) -> None:
+        nonlocal written
+        written += nbytes
+        if progress:
+            progress(ProgressEvent("merge", written, total, name, unit="bytes"))
+
     ws = workspace_for(pair, plan, ops, resolve_device(device), pooled=True)
     with ThreadPoolExecutor(1, thread_name_prefix="spear-write") as wpool:
         writes: deque[tuple[str, Future, Held]] = deque()
@@ -269,8 +277,7 @@ def _stream(
                     nbytes = fut.result()
                 finally:
                     ws.release(held)
-                if progress:
-                    progress(name, nbytes)
+                wrote(name, nbytes)
 
         def sink(name: str, start: int, chunk: torch.Tensor) -> None:
             writer.write_range(name, start, chunk)
@@ -279,8 +286,7 @@ def _stream(
             stats.append(stat)
             if tensor is None:  # streamed in chunks, already written
                 ws.release(held)
-                if progress:
-                    progress(op.name, math.prod(op.shape) * op.out_dtype.itemsize)
+                wrote(op.name, math.prod(op.shape) * op.out_dtype.itemsize)
                 continue
             writes.append((op.name, wpool.submit(writer.write, op.name, tensor), held))
             drain(2)

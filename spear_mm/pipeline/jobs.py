@@ -24,7 +24,7 @@ from spear_mm.evaluation.tasks import LoadedTask
 from spear_mm.io.pair import open_pair
 from spear_mm.merging.merge import merge_into_model
 from spear_mm.planning.plan import DATA_AWARE, Plan
-from spear_mm.progress import ProgressCallback, ProgressEvent
+from spear_mm.progress import ProgressCallback
 from spear_mm.statistics.store import read_meta
 
 
@@ -47,34 +47,7 @@ class CandidateJob:
     backend: str = "builtin"
     lm_eval_tasks: Any = None  # an LmEvalTasks: lm-eval registered tasks run by lm-eval itself
     pair_key: str = ""  # the pair's fingerprints: a worker's cached open pair is reused only for the same files
-    progress: Any = None  # in-process runs only (not picklable): an ItemProgress for per-item bars
-
-
-class ItemProgress:
-    """The calls `evaluate` makes on a rich Progress, forwarded to a `ProgressCallback` as `items` events
-    labelled `<model> · <task>` (so an in-process run shows progress inside each model too)."""
-
-    def __init__(self, callback: ProgressCallback):
-        self.callback = callback
-        self.bars: list[list] = []  # [description, done, total]
-
-    def _emit(self, bar: int) -> None:
-        description, done, total = self.bars[bar]
-        self.callback(ProgressEvent("items", done, total, description))
-
-    def add_task(self, description: str, total: float | None = None, **_: Any) -> int:
-        self.bars.append([description, 0, int(total or 0)])
-        self._emit(len(self.bars) - 1)
-        return len(self.bars) - 1
-
-    def advance(self, bar: int, advance: float = 1) -> None:
-        self.bars[bar][1] += int(advance)
-        self._emit(bar)
-
-    def update(self, bar: int, completed: float | None = None, **_: Any) -> None:
-        if completed is not None:
-            self.bars[bar][1] = int(completed)
-            self._emit(bar)
+    progress: ProgressCallback | None = None  # in-process runs only (not picklable): `items` events
 
 
 class CandidateResult(EvalResult):

@@ -49,8 +49,7 @@ def statistics_step(ctx: RunContext) -> tuple[Path, StatsMeta, StageCost]:
         general = general_probe_for(pair, ctx.run_dir / "planner", n=n, tokens=SAMPLE_TOKENS)
     probes = load_probes(pair.adapted.path, general, Path(c.domain_probe), tokens)
     out = ctx.run_dir / "stats"
-    cb = (lambda ev: ctx.report("stats", ev.done, ev.total, ev.label)) if ctx.progress else None
-    meta = collect_statistics(pair, probes, out, kinds=tuple(c.operators), device=c.device, progress=cb)
+    meta = collect_statistics(pair, probes, out, kinds=tuple(c.operators), device=c.device, progress=ctx.progress)
     seconds = round(time.perf_counter() - started, 3)
     ran = sum(meta.seconds.values())
     detail = f"{', '.join(meta.kinds)}; {probes.info('general').tokens} + {probes.info('domain').tokens} tokens"

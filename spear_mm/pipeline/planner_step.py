@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from spear_mm.calibration.planner import PlannerConfig, general_probe_for, measured_plan
@@ -22,6 +21,7 @@ from spear_mm.pipeline.context import RunContext
 from spear_mm.pipeline.steps import Steps
 from spear_mm.pipeline.summary import StageCost
 from spear_mm.planning.plan import Plan
+from spear_mm.progress import ProgressCallback
 from spear_mm.scoring.probes import read_texts
 from spear_mm.scoring.table import ScoreTable
 
@@ -62,7 +62,7 @@ def measured_candidate(
     device: str = "cpu",
     method: str = "slerp",
     statistics: tuple[Path, str] | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressCallback | None = None,
 ) -> tuple[Candidate, StageCost]:
     """The `measured` candidate, planned now or read back from a finished step. With a data-aware `method` and
     `statistics` (folder, content key) the planner searches that operator as well as SLERP."""
@@ -138,5 +138,5 @@ def measured_step(
         probe_tokens=c.planner.probe_tokens,
         method=next(iter(c.operators), "slerp"),
         statistics=statistics,
-        progress=lambda done, total: ctx.report("planner", done, total),
+        progress=ctx.progress,
     )

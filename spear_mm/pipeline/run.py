@@ -14,10 +14,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import math
 import shutil
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +30,7 @@ from spear_mm.io.files import content_key
 from spear_mm.io.outputs import check_free_space
 from spear_mm.io.pair import Pair, open_pair
 from spear_mm.io.workdir import WorkDir, pair_owner, scored_pair
-from spear_mm.merging.merge import build_ops, merge, resolve_device
+from spear_mm.merging.merge import merge, resolve_device
 from spear_mm.pipeline.candidates import (
     N_FIXED_BASELINES,
     Candidate,
@@ -47,7 +45,6 @@ from spear_mm.pipeline.context import RunContext
 from spear_mm.pipeline.jobs import (
     CandidateJob,
     CandidateResult,
-    ItemProgress,
     clear_caches,
     evaluate_candidate,
     plan_effect_hash,
@@ -220,11 +217,10 @@ def _analyze(ctx: RunContext, ex: LazyExecutor) -> tuple[ScoreTable, StageCost]:
         steps.skipped("analyze", record)
         return ScoreTable.load(out), StageCost(name="analyze", seconds=record.seconds, device=device, status="skipped")
     started = time.perf_counter()
-    cb = (lambda _name, done, total: ctx.report("analyze", done, total)) if ctx.progress else None
     if ex.kind == "ray":
         ex.get()  # start Ray once: scoring attaches to it, evaluation reuses it
     where = {} if ex.kind == "local" else {"executor": ex.kind, "ray_address": ex.ray_address, "workers": ex.workers}
-    table = analyze(pair.base.path, pair.adapted.path, out, device=device, config=config, progress=cb,
+    table = analyze(pair.base.path, pair.adapted.path, out, device=device, config=config, progress=ctx.progress,
                     allow_vocab_extension=bool(pair.vocab_extension), probe=probe, ground_truth=ground_truth,
                     **where)  # fmt: skip
     seconds = round(time.perf_counter() - started, 4)  # as recorded, so a resumed run reports the same costs
@@ -327,7 +323,7 @@ def _evaluate(ctx: RunContext, jobs: list[CandidateJob], tasks, skipped: dict[st
             save(job, r, same_as=first.name)
 
     if pending and ctx.progress and ex.kind == "local":  # per-item bars; other executors pickle the jobs
-        pending = [dataclasses.replace(j, progress=ItemProgress(ctx.progress)) for j in pending]
+        pending = [dataclasses.replace(j, progress=ctx.progress) for j in pending]
     if pending:
         try:
             ex.get().map(evaluate_candidate, pending, labels=[j.name for j in pending], on_result=on_result)
@@ -387,28 +383,11 @@ def _write_models(ctx: RunContext, candidates: list[Candidate], chosen: str | No
             steps.skipped(f"merge {c.name}", record)
             seconds, reused = seconds + record.seconds, reused + 1
             continue
-        cb = _bytes_progress(ctx, _written_bytes(pair, c.plan, out_dtype)) if ctx.progress else None
         report = merge(pair.base.path, pair.adapted.path, out, c.plan, device=device, force=True,
-                       threads=ctx.config.threads, progress=cb, out_dtype=out_dtype,
+                       threads=ctx.config.threads, progress=ctx.progress, out_dtype=out_dtype,
                        allow_vocab_extension=bool(pair.vocab_extension))  # fmt: skip
         steps.record(out, f"merge {c.name}", key, report.seconds, device, bytes=report.bytes_written)
         seconds, written = seconds + report.seconds, written + 1
     status = "skipped" if reused and not written else "ran"
     return StageCost(name="write chosen model" + ("s" if keep_all else ""), seconds=seconds, device=device,
                      status=status, detail=f"{written} written, {reused} reused")  # fmt: skip
-
-
-def _written_bytes(pair: Pair, plan: Plan, out_dtype: str | None) -> int:
-    """The bytes the merge will report writing (a bf16 output of an fp32 pair is half the input)."""
-    ops = build_ops(pair, plan, parse_dtype(out_dtype) if out_dtype else None)
-    return sum(math.prod(op.shape) * op.out_dtype.itemsize for op in ops)
-
-
-def _bytes_progress(ctx: RunContext, total: int) -> Callable[[str, int], None]:
-    done = [0]
-
-    def cb(_name: str, nbytes: int) -> None:
-        done[0] += nbytes
-        ctx.report("merge", done[0], total)
-
-    return cb

@@ -28,6 +28,7 @@ from pydantic import ValidationError
 from spear_mm.errors import SpearError, validation_message
 from spear_mm.io.pair import Pair, open_pair
 from spear_mm.io.workdir import WorkDir, pair_owner, scored_pair
+from spear_mm.progress import ProgressCallback, ProgressEvent
 from spear_mm.scoring.jobs import ScoreJournal, score_on_executor, score_on_threads
 from spear_mm.scoring.plots import save_figures
 from spear_mm.scoring.probes import add_probe_scores
@@ -36,8 +37,6 @@ from spear_mm.scoring.unit import score_names, score_tensor_pair
 from spear_mm.scoring.units import unit_scores
 
 log = logging.getLogger(__name__)
-
-Progress = Callable[[str, int, int], None]  # (tensor name, done, total)
 
 __all__ = [
     "LayerScore",
@@ -63,7 +62,7 @@ def score_pair(
     config: ScoreConfig,
     *,
     workers: int | None = 1,
-    progress: Progress | None = None,
+    progress: ProgressCallback | None = None,
     executor: str = "local",
     ray_address: str | None = None,
     done: dict[str, ModuleScore] | None = None,
@@ -73,7 +72,8 @@ def score_pair(
 
     `local` runs a thread pool in this process; `process` / `ray` send batches of tensor names to workers
     that read the checkpoints themselves (spear_mm.scoring.jobs). Rows in `done` are reused; `on_rows` gets
-    each group of new rows as it arrives (the journal that lets a restarted run resume).
+    each group of new rows as it arrives (the journal that lets a restarted run resume); `progress` an `analyze`
+    event per tensor scored (reused rows counted as done; the label is the tensor's name).
     """
     done = dict(done or {})
     names = [n for n in sorted(pair.names, key=lambda n: -pair.adapted.infos[n].numel) if n not in done]
@@ -85,7 +85,7 @@ def score_pair(
         for row in new:
             rows[row.name] = row
             if progress:
-                progress(row.name, len(rows), len(pair.names))
+                progress(ProgressEvent("analyze", len(rows), len(pair.names), row.name))
 
     if executor == "local":
         workers = workers or default_workers()
@@ -183,7 +183,7 @@ def analyze(
     ray_address: str | None = None,
     probe: str | Path | None = None,
     ground_truth: bool = False,
-    progress: Progress | None = None,
+    progress: ProgressCallback | None = None,
     config: ScoreConfig | None = None,
     probe_tokens: int = 2048,
     allow_vocab_extension: bool = False,
@@ -197,6 +197,7 @@ def analyze(
     as they arrive, so a run interrupted and restarted with the same pair and config resumes.
     `allow_vocab_extension`: an adapted embedding/head with extra rows is scored on the rows it shares with the base.
     An `out_dir` holding another pair's scores is refused; with `force` it is moved aside (`NAME.replaced-TIME`).
+    `progress` gets an `analyze` `ProgressEvent` per tensor scored.
     """
     given = dict(alpha=alpha, aggregate=aggregate, device=device)
     config = (config or ScoreConfig()).model_copy(update={k: v for k, v in given.items() if v is not None})

@@ -17,7 +17,6 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from safetensors.torch import save_file
 from spear_mm.errors import SpearError
 from spear_mm.io.files import atomic_write_text, content_key, temp_file, umask
 from spear_mm.io.pair import Pair
-from spear_mm.progress import ProgressEvent
+from spear_mm.progress import ProgressCallback, ProgressEvent
 from spear_mm.scoring.probes import check_probe_tokens, read_texts
 from spear_mm.statistics.store import META, SIDES, Kind, ProbeInfo, Side, StatsMeta, file_key, read_meta
 
@@ -261,7 +260,7 @@ def collect_statistics(
     kinds: tuple[Kind, ...] = ("regmean",),
     device: str = "cpu",
     max_gram_bytes: int = DEFAULT_GRAM_BYTES,
-    progress: Callable[[ProgressEvent], None] | None = None,
+    progress: ProgressCallback | None = None,
 ) -> StatsMeta:
     """Collect (or resume, or reuse) the statistics of `pair` on `probes` into the folder `out`.
 
