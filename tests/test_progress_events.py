@@ -18,9 +18,12 @@ from spear_mm.calibration.probe import ProbeEvaluator
 from spear_mm.cli.progress import LOOKS, Drawer, Look
 from spear_mm.evaluation import evaluate
 from spear_mm.io.checkpoint import Checkpoint
+from spear_mm.io.pair import open_pair
 from spear_mm.merging.merge import merge
 from spear_mm.progress import ProgressEvent, Stage
 from spear_mm.scoring.layers import analyze
+from spear_mm.statistics.collect import collect_statistics, load_probes
+from spear_mm.training.cpt import CptConfig, cpt
 
 PACKAGE = Path(__file__).resolve().parents[1] / "spear_mm"
 
@@ -63,6 +66,21 @@ def test_evaluate_reports_the_items_of_every_task(tiny_pair):
     groups = _check_counts(events, "items", key=lambda e: e.label)
     assert set(groups) == {f"base · {t}" for t in result.tasks}  # `<model> · <task>`
     assert all(g[0].done == 0 and g[-1].total == result.tasks[n.split(" · ")[1]].n for n, g in groups.items())
+
+
+def test_stats_report_each_side_and_cpt_each_optimizer_step(tiny_pair, tmp_path):
+    text = tmp_path / "probe.txt"
+    text.write_text("Revenue rose 12 percent to 4.2 billion dollars. " * 30)
+    pair = open_pair(*tiny_pair)
+    events: list[ProgressEvent] = []
+    collect_statistics(pair, load_probes(pair.adapted.path, text, text, 256), tmp_path / "s", progress=events.append)
+    groups = _check_counts(events, "stats", key=lambda e: e.label)
+    assert set(groups) == {"general grams", "domain grams"}
+    events.clear()
+    config = CptConfig(max_steps=3, seq_len=16, batch_size=2, progress=False, device="cpu", threads=1)
+    cpt(tiny_pair[0], [text], tmp_path / "c", config, progress=events.append)
+    _check_counts(events, "cpt")
+    assert [e.done for e in events] == [1, 2, 3] and events[-1].total == 3
 
 
 def test_the_measured_planner_reports_probe_evaluations(tmp_path):
@@ -111,7 +129,7 @@ def test_the_drawer_writes_plain_lines_without_a_terminal():
     assert _lines(per_task, items) == ["m · a: 2/2 (100%)", "m · b: 2/2 (100%)"]
     stats = [ProgressEvent("stats", 1, 1, "general grams"), ProgressEvent("stats", 1, 1, "domain grams")]
     assert _lines(LOOKS, stats) == ["stats general grams: 1/1 (100%)", "stats domain grams: 1/1 (100%)"]
-    assert _lines(LOOKS, [ProgressEvent("cpt", 3, 3, "cpt: optimizer steps")]) == ["cpt: optimizer steps: 3/3 (100%)"]
+    assert _lines(LOOKS, [ProgressEvent("cpt", 3, 3)]) == ["cpt: optimizer steps: 3/3 (100%)"]
 
 
 def test_the_drawer_draws_rich_bars_on_a_terminal():

@@ -187,7 +187,7 @@ class _LogCallback:
 
     def on_step_end(self, args, state, control, **kw) -> None:
         if self.progress is not None:
-            self.progress(ProgressEvent("cpt", state.global_step, state.max_steps, "cpt: optimizer steps"))
+            self.progress(ProgressEvent("cpt", state.global_step, state.max_steps))
 
     def throughput(self, state) -> tuple[int, float, float]:
         """Steps run in this session, their wall seconds, and tokens/s."""
