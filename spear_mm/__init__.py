@@ -18,6 +18,7 @@ _API = {
     "Plan": "spear_mm.planning.plan",
     "Checkpoint": "spear_mm.io.checkpoint",
     "RunConfig": "spear_mm.pipeline.config",
+    "ProgressEvent": "spear_mm.progress",
 }
 
 
