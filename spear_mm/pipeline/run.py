@@ -48,10 +48,11 @@ from spear_mm.pipeline.jobs import plan_hash
 from spear_mm.pipeline.operators import operators_step
 from spear_mm.pipeline.planner_step import check_probes, measured_step
 from spear_mm.pipeline.steps import Cached, StepRecord, Steps, sidecar
-from spear_mm.pipeline.summary import RunSummary, StageCost, cpt_cost, report_tables, summarise
+from spear_mm.pipeline.summary import RunSummary, StageCost, cpt_cost, summarise
 from spear_mm.planning.plan import Plan
 from spear_mm.progress import ProgressCallback
 from spear_mm.report.build import write_report
+from spear_mm.report.tables import report_tables
 from spear_mm.scoring.layers import analyze
 from spear_mm.scoring.table import ScoreTable
 
