@@ -6,7 +6,7 @@ import json
 import re
 
 import pytest
-from common import run_cli
+from common import run_cli, run_summary
 from typer.testing import CliRunner
 
 from spear_mm.cli import app
@@ -14,7 +14,7 @@ from spear_mm.errors import SpearError
 from spear_mm.evaluation import LoadedTask, MCItem, TaskSpec, TextItem, evaluate
 from spear_mm.evaluation.metrics import EvalResult, ItemRecord, TaskResult
 from spear_mm.report.build import read_layer_scores, read_results, write_report
-from spear_mm.report.schema import CostSummary, ModelEntry, RunSummary
+from spear_mm.report.schema import ModelEntry
 from spear_mm.scoring.layers import analyze
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -35,40 +35,17 @@ def _result(name: str, arc: float, ppl: float, fpb: float, tok: str = "tok:1") -
     return EvalResult(model=name, tokenizer=tok, tasks=tasks, seconds=12.0)
 
 
-def _summary(run_dir, **changes) -> RunSummary:
-    """The summary.json `spear-mm run` would write for these results (the fields the report reads set)."""
-    cost = CostSummary(
-        device="cpu",
-        score_seconds=30.0,
-        mean_merge_seconds=2.0,
-        mean_eval_seconds=10.0,
-        per_configuration_seconds=42.0,
-        configurations=4,
-        total_seconds=200.0,
-    )
+def _summary(run_dir, **changes):
+    """The summary.json of a run over these results: the fields the report reads."""
     candidates = {
         "uniform-t0.5": ModelEntry(name="uniform-t0.5", kind="baseline", description="uniform SLERP t=0.5"),
         "balanced": ModelEntry(name="balanced", kind="policy", cost_seconds=42.0, on_front=True),
         "conservative": ModelEntry(name="conservative", kind="policy", on_front=True),
         "aggressive": ModelEntry(name="aggressive", kind="policy", on_front=True),
     }
-    fields = dict(
-        run_dir=str(run_dir),
-        base_path="base",
-        adapted_path="adapted",
-        base_fingerprint="b",
-        adapted_fingerprint="a",
-        suites="test",
-        limit=None,
-        seed=0,
-        chosen="balanced",
-        choice_rule="test",
-        title="Test run",
-        candidates=candidates,
-        cost=cost,
-        notes=["merged with SLERP; LERP fallback on 268 of 272 tensors"],
-    )
-    return RunSummary(**{**fields, **changes})
+    notes = ["merged with SLERP; LERP fallback on 268 of 272 tensors"]
+    fields = dict(chosen="balanced", title="Test run", candidates=candidates, notes=notes)
+    return run_summary(run_dir, **{**fields, **changes})
 
 
 def _run_dir(tmp_path, with_scores: bool = True):
