@@ -148,3 +148,33 @@ def save_cpt_pair(root: Path) -> tuple[Path, Path]:
     (root / "finance.txt").write_text("\n\n".join(FINANCE * 8) + "\n")
     cpt(root / "base", [root / "finance.txt"], root / "adapted", CptConfig(max_steps=30, **fast))
     return root / "base", root / "adapted"
+
+
+def run_summary(run_dir: Path, **fields):
+    """A `RunSummary` as `spear-mm run` writes it (summary.json), with the fields a report test sets; the others
+    hold placeholder values."""
+    from spear_mm.report.schema import CostSummary, RunSummary
+
+    cost = CostSummary(
+        device="cpu",
+        score_seconds=30.0,
+        mean_merge_seconds=2.0,
+        mean_eval_seconds=10.0,
+        per_configuration_seconds=42.0,
+        configurations=len(fields.get("candidates", {})),
+        total_seconds=200.0,
+    )
+    required = dict(
+        run_dir=str(run_dir),
+        base_path="base",
+        adapted_path="adapted",
+        base_fingerprint="b",
+        adapted_fingerprint="a",
+        suites="test",
+        limit=None,
+        seed=0,
+        chosen=None,
+        choice_rule="test",
+        cost=cost,
+    )
+    return RunSummary(**{**required, **fields})

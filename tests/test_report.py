@@ -6,6 +6,7 @@ import json
 import re
 
 import pytest
+from common import run_cli, run_summary
 from typer.testing import CliRunner
 
 from spear_mm.cli import app
@@ -13,6 +14,7 @@ from spear_mm.errors import SpearError
 from spear_mm.evaluation import LoadedTask, MCItem, TaskSpec, TextItem, evaluate
 from spear_mm.evaluation.metrics import EvalResult, ItemRecord, TaskResult
 from spear_mm.report.build import read_layer_scores, read_results, write_report
+from spear_mm.report.schema import ModelEntry
 from spear_mm.scoring.layers import analyze
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -33,16 +35,25 @@ def _result(name: str, arc: float, ppl: float, fpb: float, tok: str = "tok:1") -
     return EvalResult(model=name, tokenizer=tok, tasks=tasks, seconds=12.0)
 
 
+def _summary(run_dir, **changes):
+    """The summary.json of a run over these results: the fields the report reads."""
+    candidates = {
+        "uniform-t0.5": ModelEntry(name="uniform-t0.5", kind="baseline", description="uniform SLERP t=0.5"),
+        "balanced": ModelEntry(name="balanced", kind="policy", cost_seconds=42.0, on_front=True),
+        "conservative": ModelEntry(name="conservative", kind="policy", on_front=True),
+        "aggressive": ModelEntry(name="aggressive", kind="policy", on_front=True),
+    }
+    notes = ["merged with SLERP; LERP fallback on 268 of 272 tensors"]
+    fields = dict(chosen="balanced", title="Test run", candidates=candidates, notes=notes)
+    return run_summary(run_dir, **{**fields, **changes})
+
+
 def _run_dir(tmp_path, with_scores: bool = True):
     points = {"base": (0.5, 30, 0.4), "adapted": (0.4, 45, 0.6), "uniform-t0.5": (0.47, 35, 0.55),
               "conservative": (0.44, 40, 0.58), "balanced": (0.48, 33, 0.56), "aggressive": (0.5, 31, 0.47)}  # fmt: skip
     for name, (arc, ppl, fpb) in points.items():
         _result(name, arc, ppl, fpb).save(tmp_path / "eval" / f"{name}.json")
-    summary = {"base": "base", "adapted": "adapted", "chosen": "balanced", "title": "Test run",
-               "candidates": {"uniform-t0.5": {"kind": "baseline", "description": "uniform SLERP t=0.5"},
-                              "balanced": {"kind": "policy", "cost_seconds": 42.0}},
-               "notes": ["merged with SLERP; LERP fallback on 268 of 272 tensors"]}  # fmt: skip
-    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    _summary(tmp_path).save(tmp_path / "summary.json")
     if with_scores:
         (tmp_path / "scores").mkdir()
         rows = [f"{layer},{m},{(layer * 7 + len(m)) % 11 / 10}" for layer in range(12) for m in ("q_proj", "down_proj")]
@@ -66,6 +77,31 @@ def test_report_tables_figures_and_self_contained_html(tmp_path):
     row = next(line for line in md.splitlines() if line.startswith("| **balanced**"))
     assert f"{(0.48 / 0.5 + 30 / 33) / 2:.3f}" in row  # R: mean of the accuracy ratio and ppl(B)/ppl(M)
     assert "42" in row.split("|")[-2]  # the cost from summary.json
+
+
+def _front(md: str) -> list[str]:
+    return sorted(line.split("|")[1].strip(" *✓") for line in md.splitlines() if "· front |" in line)
+
+
+def test_report_shows_the_runs_front_and_recomputes_it_for_other_settings(tmp_path):
+    run = _run_dir(tmp_path, with_scores=False)
+    assert _front(write_report(run)[0].read_text()) == ["aggressive", "balanced", "conservative"]
+    only = {n: e.model_copy(update={"on_front": n == "balanced"}) for n, e in _summary(run).candidates.items()}
+    _summary(run, candidates=only).save(run / "summary.json")
+    assert _front(write_report(run)[0].read_text()) == ["balanced"]  # the run's front, read (not recomputed)
+    again = write_report(run, keep_chance_tasks=True)[0].read_text()  # other R and K: the front is computed
+    assert _front(again) == ["aggressive", "balanced", "conservative"]
+
+
+def test_a_summary_json_that_is_not_a_run_summary_is_refused_in_one_paragraph(tmp_path, monkeypatch, capsys):
+    run = _run_dir(tmp_path, with_scores=False)
+    (run / "summary.json").write_text(json.dumps({"chosen": "balanced", "title": "hand-made"}))
+    before = (run / "summary.json").read_bytes()
+    code, text = run_cli(monkeypatch, capsys, "report", run)
+    assert code == 2 and "Traceback" not in text, text
+    assert "summary.json: not the summary.json of a `spear-mm run`" in text and "run_dir" in text
+    assert "move the file away" in text and (run / "summary.json").read_bytes() == before
+    assert not (run / "report.md").exists()
 
 
 def test_report_without_scores_or_adapted(tmp_path):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib.util
 import shlex
 
-from common import run_cli
+from common import run_cli, run_summary
 from test_lm_eval_tasks import write_tasks
 from tour_env import TOUR_HUB_ID, tour_commands, tour_workspace
 
@@ -58,8 +58,6 @@ def test_evaluate_refuses_a_role_name_that_no_result_has(tiny_pair, tmp_path, mo
 
 
 def test_report_roles_come_from_the_flag_then_summary_then_evaluate(tmp_path):
-    import json
-
     from spear_mm.evaluation.metrics import TaskResult
     from spear_mm.report.build import write_report
 
@@ -77,7 +75,7 @@ def test_report_roles_come_from_the_flag_then_summary_then_evaluate(tmp_path):
 
     write_report(tmp_path)
     assert roles() == {"orig": "base", "cpt": "adapted", "base": "candidate"}
-    (tmp_path / "summary.json").write_text(json.dumps({"base": "base"}))  # summary.json names the base
+    run_summary(tmp_path, base="base", adapted="cpt").save(tmp_path / "summary.json")  # the run's roles
     write_report(tmp_path)
     assert roles() == {"base": "base", "cpt": "adapted", "orig": "candidate"}
     write_report(tmp_path, base="orig", adapted="base")  # the flags win

@@ -8,8 +8,8 @@ so an interrupted planner resumes where it stopped and a finished one is not run
 from __future__ import annotations
 
 import hashlib
-import time
 from pathlib import Path
+from typing import Any
 
 from spear_mm.calibration.planner import PlannerConfig, general_probe_for, measured_plan
 from spear_mm.errors import SpearError
@@ -70,7 +70,6 @@ def measured_candidate(
         raise SpearError(_NO_DOMAIN_PROBE)
     config = config or PlannerConfig()
     folder = run_dir / "planner"
-    started = time.perf_counter()
     general = Path(general_probe) if general_probe else general_probe_for(pair, folder)
     domain = Path(domain_probe)
     if not domain.is_file():
@@ -86,14 +85,8 @@ def measured_candidate(
     )
     if method != "slerp" and statistics is not None:  # runs without an operator keep their old key
         key = content_key(key=key, method=method, statistics=statistics[1])
-    record = steps.finished(out, key)
-    if record is not None:
-        steps.skipped("measured planner", record)
-        plan = Plan.load(out)
-        stage = StageCost(
-            name=STAGE, seconds=record.seconds, device=device, status="skipped", detail=record.extra.get("detail", "")
-        )
-    else:
+
+    def compute() -> Plan:
         operator = dict(method=method, statistics=statistics[0]) if method != "slerp" and statistics else {}
         plan = measured_plan(
             scores,
@@ -109,11 +102,17 @@ def measured_candidate(
             **operator,
         )
         plan.save(out)
+        return plan
+
+    def extra(plan: Plan) -> dict[str, Any]:
         m = plan.measurement
-        seconds = round(time.perf_counter() - started, 3)
         detail = f"{m.evaluations} probe evaluations ({m.cached} cached), {m.general_tokens}+{m.domain_tokens} tokens"
-        steps.record(out, "measured planner", key, seconds, device, detail=detail, evaluations=m.evaluations)
-        stage = StageCost(name=STAGE, seconds=seconds, device=device, detail=detail)
+        return dict(detail=detail, evaluations=m.evaluations)
+
+    done = steps.cached("measured planner", out, key, compute, lambda _: Plan.load(out), device=device, extra=extra)
+    plan, detail = done.value, done.record.extra.get("detail", "")
+    status = "skipped" if done.skipped else "ran"
+    stage = StageCost(name=STAGE, seconds=done.seconds, device=device, status=status, detail=detail)
     restored = sum(1 for r in plan.layers if r.action != "keep") + sum(1 for u in plan.units if plan.unit_t(u) > 0)
     how = plan.measurement.objective if plan.measurement else "measured"
     return Candidate("measured", "policy", plan, f"measured planner: {restored} units restored; {how}"), stage

@@ -11,7 +11,6 @@ finished (see spear_mm/pipeline/steps.py and docs/pipeline.md). Candidate evalua
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import shutil
@@ -23,13 +22,13 @@ from spear_mm.calibration.planner import general_probe_for
 from spear_mm.errors import SpearError
 from spear_mm.evaluation import load_tasks
 from spear_mm.evaluation.lm_eval_tasks import LmEvalTasks, check_no_clash, preflight
-from spear_mm.evaluation.metrics import EvalResult
 from spear_mm.executors import LazyExecutor
 from spear_mm.io.dtypes import parse_dtype
 from spear_mm.io.files import content_key
 from spear_mm.io.outputs import check_free_space
 from spear_mm.io.pair import Pair, open_pair
 from spear_mm.io.workdir import WorkDir, pair_owner, scored_pair
+from spear_mm.merging.folder import MergeReport
 from spear_mm.merging.merge import merge, resolve_device
 from spear_mm.pipeline.candidates import (
     N_FIXED_BASELINES,
@@ -42,22 +41,16 @@ from spear_mm.pipeline.candidates import (
 )
 from spear_mm.pipeline.config import RunConfig
 from spear_mm.pipeline.context import RunContext
-from spear_mm.pipeline.jobs import (
-    CandidateJob,
-    CandidateResult,
-    clear_caches,
-    evaluate_candidate,
-    plan_effect_hash,
-    plan_hash,
-    tasks_hash,
-)
+from spear_mm.pipeline.evaluate_step import candidate_jobs, evaluate_step
+from spear_mm.pipeline.jobs import plan_hash
 from spear_mm.pipeline.operators import operators_step
 from spear_mm.pipeline.planner_step import check_probes, measured_step
-from spear_mm.pipeline.steps import StepRecord, Steps, sidecar
-from spear_mm.pipeline.summary import RunSummary, StageCost, cpt_cost, report_tables, summarise
+from spear_mm.pipeline.steps import Cached, StepRecord, Steps, sidecar
+from spear_mm.pipeline.summary import RunSummary, StageCost, cpt_cost, summarise
 from spear_mm.planning.plan import Plan
 from spear_mm.progress import ProgressCallback
 from spear_mm.report.build import write_report
+from spear_mm.report.tables import report_tables
 from spear_mm.scoring.layers import analyze
 from spear_mm.scoring.table import ScoreTable
 
@@ -82,7 +75,7 @@ def run(
         base, adapted, out: the pair and the run folder (override the config's values when given).
         config: a `RunConfig`, or the path of a run.yaml; `options` override its fields (see `RunConfig`:
             suites, policies, sweep, baselines, target_retention, limit, device, executor, …).
-        progress: called with a `ProgressEvent` for the stages analyze, evaluate, items and merge.
+        progress: called with a `ProgressEvent` for the stages analyze, stats, planner, evaluate, items and merge.
         force: `out` holds another pair's run: move it aside (`NAME.replaced-TIME`) and start afresh (without
             it, such a folder is refused).
         inputs: more files the run reads (e.g. its config file); `out` must not overlap them or the config's files.
@@ -111,8 +104,8 @@ def run(
     files = [pair.base.path, pair.adapted.path, *(p for p in inputs if Path(p).resolve() != run_dir / "run.yaml")]
     owner = pair_owner(pair.base.fingerprint(), pair.adapted.fingerprint())
     # not an input; one writer; no links out; this pair's (recorded); dead temps cleaned
-    with WorkDir(run_dir, files + config.inputs(), owner=owner, force=force, what="run folder",
-                 legacy=scored_pair("scores/scores.json")):  # fmt: skip
+    legacy = scored_pair("scores/scores.json")
+    with WorkDir(run_dir, files + config.inputs(), owner=owner, force=force, what="run folder", legacy=legacy):
         return _run(config, pair, run_dir, progress, started)
 
 
@@ -126,8 +119,8 @@ def eval_file_bytes(n_items: int) -> int:
 
 def _run(config: RunConfig, pair: Pair, run_dir: Path, progress: ProgressCallback | None, started: float) -> RunSummary:
     stages, clock = [], time.perf_counter()
-    ctx = RunContext(config, pair, run_dir, Steps(run_dir), pair.base.fingerprint(), pair.adapted.fingerprint(),
-                     progress)  # fmt: skip
+    fingerprints = pair.base.fingerprint(), pair.adapted.fingerprint()
+    ctx = RunContext(config, pair, run_dir, Steps(run_dir), *fingerprints, progress)
     grid = parse_sweep(config.sweep)
     tasks, skipped = _load_tasks(config, ctx.lm_eval_tasks)
     check_probes(config)  # the planner's probe files, before any scoring
@@ -135,8 +128,8 @@ def _run(config: RunConfig, pair: Pair, run_dir: Path, progress: ProgressCallbac
     n_candidates = len(config.policies) + (len(grid["fractions"]) * len(grid["t"]) if grid else 0)
     n_candidates += n_baselines * config.baselines + sum(len(set(g)) for g in config.operators.values())
     n_items = sum(len(t.items) for t in tasks) if tasks else 0
-    check_free_space(run_dir, pair.adapted.nbytes * (n_candidates if config.keep_all else 1)
-                     + (n_candidates + 2) * eval_file_bytes(n_items) + REPORT_BYTES)  # fmt: skip
+    models_bytes = pair.adapted.nbytes * (n_candidates if config.keep_all else 1)
+    check_free_space(run_dir, models_bytes + (n_candidates + 2) * eval_file_bytes(n_items) + REPORT_BYTES)
     config.save(run_dir / "run.yaml")
     stages.append(StageCost(name="open pair + load tasks", seconds=time.perf_counter() - clock, device="cpu"))
     ctx.steps.event("run", "started", base=str(pair.base.path), adapted=str(pair.adapted.path))
@@ -157,11 +150,11 @@ def _run(config: RunConfig, pair: Pair, run_dir: Path, progress: ProgressCallbac
         candidates += operators
         check_unique(candidates)
         candidates = _write_plans(ctx, candidates, scores)
-        results, stage = _evaluate(ctx, _jobs(ctx, candidates, tasks), tasks, skipped, ex)
+        results, stage = evaluate_step(ctx, candidate_jobs(ctx, candidates, tasks), tasks, skipped, ex)
     stages.append(stage)
 
-    summary = summarise(ctx, candidates, results, stages, skipped, suites=_suite_label(config.suites),
-                        cpt=cpt_cost(pair.adapted.path, config.cpt_cost_seconds))  # fmt: skip
+    cpt = cpt_cost(pair.adapted.path, config.cpt_cost_seconds)
+    summary = summarise(ctx, candidates, results, stages, skipped, suites=_suite_label(config.suites), cpt=cpt)
     summary.stages.append(_write_models(ctx, candidates, summary.chosen))
     written = {c.name: run_dir / "models" / c.name for c in candidates} | {"adapted": pair.adapted.path}
     summary.chosen_model_path = str(written[summary.chosen]) if summary.chosen in written else None
@@ -201,7 +194,7 @@ def _load_tasks(config: RunConfig, registered: LmEvalTasks | None = None):
 
 
 def _analyze(ctx: RunContext, ex: LazyExecutor) -> tuple[ScoreTable, StageCost]:
-    device, steps, pair = ctx.config.device, ctx.steps, ctx.pair
+    device, pair = ctx.config.device, ctx.pair
     config = ctx.config.scoring.model_copy(update={"device": device})
     out = ctx.run_dir / "scores"
     probe, ground_truth = None, ctx.config.rank_by == "restore_gain"
@@ -212,45 +205,68 @@ def _analyze(ctx: RunContext, ex: LazyExecutor) -> tuple[ScoreTable, StageCost]:
     if probe is not None:  # runs without a probe keep their old key (and their finished scores)
         probe_key = hashlib.sha256(probe.read_bytes()).hexdigest()[:16]
         key = content_key(key=key, probe=probe_key, ground_truth=ground_truth)
-    record = steps.finished(out, key, out / "scores.json")
-    if record is not None:
-        steps.skipped("analyze", record)
-        return ScoreTable.load(out), StageCost(name="analyze", seconds=record.seconds, device=device, status="skipped")
-    started = time.perf_counter()
-    if ex.kind == "ray":
-        ex.get()  # start Ray once: scoring attaches to it, evaluation reuses it
-    where = {} if ex.kind == "local" else {"executor": ex.kind, "ray_address": ex.ray_address, "workers": ex.workers}
-    table = analyze(pair.base.path, pair.adapted.path, out, device=device, config=config, progress=ctx.progress,
-                    allow_vocab_extension=bool(pair.vocab_extension), probe=probe, ground_truth=ground_truth,
-                    **where)  # fmt: skip
-    seconds = round(time.perf_counter() - started, 4)  # as recorded, so a resumed run reports the same costs
-    steps.record(out, "analyze", key, seconds, device, tensors=len(table.modules))
-    return table, StageCost(name="analyze", seconds=seconds, device=device, detail=f"{len(table.modules)} tensors")
+
+    def compute() -> ScoreTable:
+        if ex.kind == "ray":
+            ex.get()  # start Ray once: scoring attaches to it, evaluation reuses it
+        where = {} if ex.kind == "local" else dict(executor=ex.kind, ray_address=ex.ray_address, workers=ex.workers)
+        vocab = bool(pair.vocab_extension)
+        return analyze(
+            pair.base.path,
+            pair.adapted.path,
+            out,
+            device=device,
+            config=config,
+            progress=ctx.progress,
+            allow_vocab_extension=vocab,
+            probe=probe,
+            ground_truth=ground_truth,
+            **where,
+        )
+
+    done = ctx.steps.cached(
+        "analyze",
+        out,
+        key,
+        compute,
+        lambda _: ScoreTable.load(out),
+        also=[out / "scores.json"],
+        device=device,
+        extra=lambda table: {"tensors": len(table.modules)},
+    )
+    if done.skipped:  # the seconds as recorded, so a resumed run reports the same costs
+        return done.value, StageCost(name="analyze", seconds=done.seconds, device=device, status="skipped")
+    detail = f"{len(done.value.modules)} tensors"
+    return done.value, StageCost(name="analyze", seconds=done.seconds, device=device, detail=detail)
 
 
 def _write_plans(ctx: RunContext, candidates: list[Candidate], scores: ScoreTable) -> list[Candidate]:
     """plans/<name>.yaml. A plan file whose generating inputs are unchanged is kept as it is — including a
     user's edits, which then change the candidate's evaluation key; a stale edited file is backed up first."""
-    out, steps = [], ctx.steps
-    for c in candidates:
-        path = ctx.run_dir / "plans" / f"{c.name}.yaml"
-        key = content_key(plan=plan_hash(c.plan))
-        record = steps.finished(path, key)
-        if record is not None:
-            plan = Plan.load(path)
-            if plan_hash(plan) != record.extra.get("plan_hash"):
-                log.info("plans/%s.yaml was edited by hand: evaluating the edited plan", c.name)
-            out.append(Candidate(c.name, c.kind, plan, c.description))
-            continue
-        old = steps.finished(path, _any_key(path)) if path.exists() else None
+    return [_write_plan(ctx, c, scores.content_hash()) for c in candidates]
+
+
+def _write_plan(ctx: RunContext, c: Candidate, scores_hash: str) -> Candidate:
+    path = ctx.run_dir / "plans" / f"{c.name}.yaml"
+
+    def load(record: StepRecord) -> Plan:
+        plan = Plan.load(path)
+        if plan_hash(plan) != record.extra.get("plan_hash"):
+            log.info("plans/%s.yaml was edited by hand: evaluating the edited plan", c.name)
+        return plan
+
+    def compute() -> Plan:
+        old = ctx.steps.finished(path, _any_key(path)) if path.exists() else None
         if old is not None and plan_hash(Plan.load(path)) != old.extra.get("plan_hash"):
             backup = path.with_name(f"{c.name}.edited-{int(time.time())}.yaml")
             shutil.copy2(path, backup)
             log.warning("plans/%s.yaml had hand edits for other scores; kept a copy as %s", c.name, backup.name)
         c.plan.save(path)
-        steps.record(path, "plan", key, 0.0, plan_hash=plan_hash(c.plan), kind=c.kind, scores=scores.content_hash())
-        out.append(c)
-    return out
+        return c.plan
+
+    extra = dict(plan_hash=plan_hash(c.plan), kind=c.kind, scores=scores_hash)
+    done = ctx.steps.cached("plan", path, content_key(plan=plan_hash(c.plan)), compute, load, extra=lambda _: extra)
+    return Candidate(c.name, c.kind, done.value, c.description) if done.skipped else c
 
 
 def _any_key(path: Path) -> str:
@@ -258,102 +274,6 @@ def _any_key(path: Path) -> str:
         return StepRecord.model_validate_json(sidecar(path).read_text()).key
     except (OSError, ValueError):
         return ""
-
-
-def _jobs(ctx: RunContext, candidates: list[Candidate], tasks) -> list[CandidateJob]:
-    c, pair = ctx.config, ctx.pair
-    common = dict(base=str(pair.base.path), adapted=str(pair.adapted.path), tasks=tasks, device=c.device,
-                  threads=c.threads, batch_size=c.batch_size, seed=c.seed, limit=c.limit,
-                  pair_key=f"{ctx.fp_b}-{ctx.fp_a}", backend=c.backend, lm_eval_tasks=ctx.lm_eval_tasks)  # fmt: skip
-    jobs = [
-        CandidateJob(name="base", plan_yaml=None, model_path=str(pair.base.path), **common),
-        CandidateJob(name="adapted", plan_yaml=None, model_path=str(pair.adapted.path), **common),
-    ]
-    return jobs + [CandidateJob(name=x.name, plan_yaml=x.plan.to_yaml(), **common) for x in candidates]
-
-
-def _eval_key(ctx: RunContext, job: CandidateJob, tasks_key: str) -> str:
-    if job.plan_yaml is None:
-        model = ("folder", ctx.fp_b if job.name == "base" else ctx.fp_a)
-    else:
-        model = ("merge", ctx.fp_b, ctx.fp_a, plan_effect_hash(Plan.from_yaml(job.plan_yaml), ctx.pair.params))
-    return content_key(model=model, tasks=tasks_key, device=job.device)
-
-
-def _evaluate(ctx: RunContext, jobs: list[CandidateJob], tasks, skipped: dict[str, str], ex: LazyExecutor):
-    """Evaluate every job not already finished through the executor; each result is saved as it arrives.
-    Candidates that merge to the same model (same key) are evaluated once and the result saved for each."""
-    extra_key = (jobs[0].backend, jobs[0].lm_eval_tasks) if jobs else ()
-    steps, eval_dir, tkey = ctx.steps, ctx.run_dir / "eval", tasks_hash(tasks, *extra_key)
-    _retire_stale(eval_dir, {j.name for j in jobs})
-    results: dict[str, EvalResult] = {}
-    keys, reused, done_by_key = {}, 0.0, {}
-    for job in jobs:
-        keys[job.name] = key = _eval_key(ctx, job, tkey)
-        path = eval_dir / f"{job.name}.json"
-        record = steps.finished(path, key)
-        if record is not None:
-            results[job.name] = done_by_key[key] = CandidateResult.load(path)
-            steps.skipped(f"evaluate {job.name}", record)
-            reused += record.seconds
-    total, started = len(jobs), time.perf_counter()
-    twins: dict[str, list[CandidateJob]] = {}
-    for job in jobs:
-        if job.name not in results:
-            twins.setdefault(keys[job.name], []).append(job)
-    ctx.report("evaluate", len(results), total)
-
-    def save(job: CandidateJob, r: CandidateResult, same_as: str | None = None) -> None:
-        r = r.model_copy(update={"model": job.name, "skipped": {**r.skipped, **skipped}})
-        path = r.save(eval_dir / f"{job.name}.json")
-        extra = dict(eval_seconds=r.seconds, merge_seconds=r.merge_seconds, worker=r.worker, same_as=same_as)
-        steps.record(path, f"evaluate {job.name}", keys[job.name], r.seconds + r.merge_seconds, job.device, **extra)
-        results[job.name] = r
-        ctx.report("evaluate", len(results), total)
-
-    for key in [k for k in twins if k in done_by_key]:  # a new name for a model already evaluated
-        for job in twins.pop(key):
-            save(job, done_by_key[key], same_as=done_by_key[key].model)
-    pending = [group[0] for group in twins.values()]
-
-    def on_result(i: int, r: CandidateResult) -> None:
-        first, *others = twins[keys[pending[i].name]]
-        save(first, r)
-        for job in others:
-            save(job, r, same_as=first.name)
-
-    if pending and ctx.progress and ex.kind == "local":  # per-item bars; other executors pickle the jobs
-        pending = [dataclasses.replace(j, progress=ctx.progress) for j in pending]
-    if pending:
-        try:
-            ex.get().map(evaluate_candidate, pending, labels=[j.name for j in pending], on_result=on_result)
-        finally:
-            clear_caches()
-    status = "ran" if not reused else "partly skipped" if pending else "skipped"
-    detail = f"{len(pending)} evaluated, {total - len(pending)} reused; {sum(len(t.items) for t in tasks)} items"
-    seconds = time.perf_counter() - started + reused
-    device = jobs[0].device
-    return {j.name: results[j.name] for j in jobs}, StageCost(
-        name="evaluate (+ in-memory merge)", seconds=seconds, device=device, status=status, detail=detail
-    )
-
-
-def _retire_stale(eval_dir: Path, names: set[str]) -> None:
-    """Results of models this run no longer has move to eval/old/ (kept, out of the report); results in old/
-    of models this run has again come back (their keys then decide whether they are reused)."""
-    for path in sorted((eval_dir / "old").glob("*.json")):
-        if path.stem in names and not (eval_dir / path.name).exists():
-            path.replace(eval_dir / path.name)
-            car = path.with_name(path.name + ".step")
-            if car.exists():
-                car.replace(eval_dir / car.name)
-    for path in sorted(eval_dir.glob("*.json")):
-        if path.stem not in names:
-            (eval_dir / "old").mkdir(exist_ok=True)
-            path.replace(eval_dir / "old" / path.name)
-            car = path.with_name(path.name + ".step")
-            if car.exists():
-                car.replace(eval_dir / "old" / car.name)
 
 
 def _suite_label(suites) -> str:
@@ -365,29 +285,48 @@ def _suite_label(suites) -> str:
 
 def _write_models(ctx: RunContext, candidates: list[Candidate], chosen: str | None) -> StageCost:
     """models/<name>: the chosen candidate (every candidate with keep_all); other folders this run wrote go."""
-    pair, steps, device, keep_all = ctx.pair, ctx.steps, ctx.config.device, ctx.config.keep_all
+    device, keep_all = ctx.config.device, ctx.config.keep_all
     keep = {c.name for c in candidates} if keep_all else {chosen} & {c.name for c in candidates}
     models = ctx.run_dir / "models"
     for folder in sorted(models.glob("*")) if models.is_dir() else []:
         if folder.is_dir() and folder.name not in keep and folder.with_name(folder.name + ".step").exists():
             shutil.rmtree(folder)
             folder.with_name(folder.name + ".step").unlink()
-    seconds, written, reused = 0.0, 0, 0
-    for c in (c for c in candidates if c.name in keep):
-        out = models / c.name
-        out_dtype = ctx.config.out_dtype
-        key = content_key(base=ctx.fp_b, adapted=ctx.fp_a, plan=plan_hash(c.plan),
-                          **({"out_dtype": str(parse_dtype(out_dtype))} if out_dtype else {}))  # fmt: skip
-        record = steps.finished(out, key, out / "config.json")
-        if record is not None:
-            steps.skipped(f"merge {c.name}", record)
-            seconds, reused = seconds + record.seconds, reused + 1
-            continue
-        report = merge(pair.base.path, pair.adapted.path, out, c.plan, device=device, force=True,
-                       threads=ctx.config.threads, progress=ctx.progress, out_dtype=out_dtype,
-                       allow_vocab_extension=bool(pair.vocab_extension))  # fmt: skip
-        steps.record(out, f"merge {c.name}", key, report.seconds, device, bytes=report.bytes_written)
-        seconds, written = seconds + report.seconds, written + 1
+    done = [_write_model(ctx, c, models / c.name) for c in candidates if c.name in keep]
+    seconds = sum(d.seconds for d in done)
+    written, reused = sum(not d.skipped for d in done), sum(d.skipped for d in done)
     status = "skipped" if reused and not written else "ran"
-    return StageCost(name="write chosen model" + ("s" if keep_all else ""), seconds=seconds, device=device,
-                     status=status, detail=f"{written} written, {reused} reused")  # fmt: skip
+    detail = f"{written} written, {reused} reused"
+    name = "write chosen model" + ("s" if keep_all else "")
+    return StageCost(name=name, seconds=seconds, device=device, status=status, detail=detail)
+
+
+def _write_model(ctx: RunContext, c: Candidate, out: Path) -> Cached[MergeReport | None]:
+    pair, out_dtype = ctx.pair, ctx.config.out_dtype
+    dtype = {"out_dtype": str(parse_dtype(out_dtype))} if out_dtype else {}
+    key = content_key(base=ctx.fp_b, adapted=ctx.fp_a, plan=plan_hash(c.plan), **dtype)
+
+    def compute() -> MergeReport:
+        return merge(
+            pair.base.path,
+            pair.adapted.path,
+            out,
+            c.plan,
+            device=ctx.config.device,
+            force=True,
+            threads=ctx.config.threads,
+            progress=ctx.progress,
+            out_dtype=out_dtype,
+            allow_vocab_extension=bool(pair.vocab_extension),
+        )
+
+    return ctx.steps.cached(
+        f"merge {c.name}",
+        out,
+        key,
+        compute,
+        lambda _: None,
+        also=[out / "config.json"],
+        device=ctx.config.device,
+        extra=lambda report: {"bytes": report.bytes_written},
+    )

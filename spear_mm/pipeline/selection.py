@@ -20,6 +20,8 @@ from collections.abc import Callable, Mapping, Sequence
 
 from pydantic import BaseModel
 
+from spear_mm.report.schema import Comparison
+
 Point = tuple[float | None, float | None]  # (R, K)
 
 
@@ -110,23 +112,6 @@ def choose(points: Mapping[str, Point], target_retention: float | None = None) -
     name = max(valid, key=lambda n: (balance(*valid[n]), *valid[n]))
     r, k = valid[name]
     return Choice(chosen=name, rule=rule, reason=f"balance {balance(r, k):.3f} (R={r:.3f}, K={k:.3f})")
-
-
-class Comparison(BaseModel):
-    """One SPEAR-MM plan against the baselines at (nearly) equal K and at (nearly) equal R."""
-
-    candidate: str
-    retention: float
-    gain_kept: float
-    equal_k_baseline: str | None = None  # the baseline whose K is nearest
-    equal_k_baseline_k: float | None = None
-    equal_k_baseline_r: float | None = None
-    delta_r: float | None = None  # candidate R − that baseline's R (> 0: the plan retains more at equal K)
-    equal_r_baseline: str | None = None  # the baseline whose R is nearest
-    equal_r_baseline_r: float | None = None
-    equal_r_baseline_k: float | None = None
-    delta_k: float | None = None  # candidate K − that baseline's K (> 0: the plan keeps more at equal R)
-    dominated_by: list[str] = []  # baselines at least as good on both axes and better on one
 
 
 def compare_to_baselines(

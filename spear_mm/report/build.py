@@ -2,9 +2,8 @@
 
 Run-folder layout read here (written by `spear-mm evaluate -o RUN/eval` or the pipeline):
     RUN/eval/<model>.json   one `EvalResult` per model (or RUN/<model>.json when there is no eval/ folder)
-    RUN/summary.json        optional: base, adapted, chosen, baselines, candidates{name: {kind, description,
-                            cost_seconds}}, costs{name: seconds}, title, notes, tables[{title, text, columns,
-                            rows}] (extra tables, e.g. the pipeline's baseline comparison and cost accounting)
+    RUN/summary.json        optional: the `RunSummary` of `spear-mm run` (report/schema.py), read once, typed:
+                            roles, choice, baselines, descriptions, costs, the Pareto front, notes and tables
     RUN/scores/scores.csv   optional: columns layer, module, score  (or scores/scores.json, read leniently)
     RUN/scores/scores.json  optional: `units` (every unit with its joint rank): the unit table and bars
 Without summary.json the results that `evaluate --base/--adapted` marked (their `role`) play those roles, else
@@ -13,13 +12,9 @@ the models named 'base' and 'adapted'.
 
 from __future__ import annotations
 
-import csv
-import json
-import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from spear_mm.errors import SpearError
 from spear_mm.evaluation.metrics import EvalResult, TaskResult, compare, pareto_front, tradeoff
@@ -28,30 +23,10 @@ from spear_mm.evaluation.uniform_curve import curve_from, operator_curves
 from spear_mm.io.files import atomic_write_bytes, atomic_write_text
 from spear_mm.report.figures import Point, layer_scores_png, tradeoff_png
 from spear_mm.report.render import Block, predictions_cell, to_html, to_markdown
+from spear_mm.report.run_folder import RunInfo, read_layer_scores, read_results, read_summary
+from spear_mm.report.schema import ReportTable
 from spear_mm.report.units import read_units, unit_table
 from spear_mm.report.verdict import noise_sentence, result_warnings, verdict
-
-log = logging.getLogger(__name__)
-LayerRecords = list[tuple[int, str | None, float]]
-
-
-@dataclass
-class RunInfo:
-    """What summary.json says about the run (every field optional)."""
-
-    base: str = "base"
-    adapted: str = "adapted"
-    chosen: str | None = None
-    choice_reason: str = ""
-    keep_chance_tasks: bool = False
-    excluded: dict[str, str] = field(default_factory=dict)  # chance-level tasks left out of R and K
-    baselines: set[str] = field(default_factory=set)
-    descriptions: dict[str, str] = field(default_factory=dict)
-    costs: dict[str, float] = field(default_factory=dict)
-    title: str = "SPEAR-MM validation report"
-    notes: list[str] = field(default_factory=list)
-    tables: list[tuple[str, str, list[str], list[list[str]]]] = field(default_factory=list)  # title, text, head, rows
-    named: set[str] = field(default_factory=set)  # the roles summary.json names ('base', 'adapted')
 
 
 @dataclass
@@ -70,87 +45,6 @@ class ReportRow:
     description: str = ""
     chosen: bool = False
     on_front: bool = False
-
-
-def read_summary(run_dir: Path) -> RunInfo:
-    """summary.json, leniently: unknown keys are ignored; candidates may be a dict or a list of dicts."""
-    path = run_dir / "summary.json"
-    info = RunInfo()
-    if not path.is_file():
-        return info
-    data = json.loads(path.read_text(encoding="utf-8"))
-    info.base, info.adapted = str(data.get("base", info.base)), str(data.get("adapted", info.adapted))
-    info.named = {role for role in ("base", "adapted") if role in data}
-    info.chosen = data.get("chosen") or data.get("selected")
-    info.choice_reason = str(data.get("choice_reason") or "")
-    info.keep_chance_tasks = bool(data.get("keep_chance_tasks", False))
-    info.baselines = set(data.get("baselines", []))
-    cands = data.get("candidates", {})
-    if isinstance(cands, list):
-        cands = {str(c.get("name")): c for c in cands if isinstance(c, dict)}
-    for name, c in cands.items():
-        if not isinstance(c, dict):
-            continue
-        if str(c.get("kind", c.get("role", ""))).lower() == "baseline":
-            info.baselines.add(name)
-        if c.get("description"):
-            info.descriptions[name] = str(c["description"])
-        cost = c.get("cost_seconds", c.get("seconds"))
-        if isinstance(cost, (int, float)):
-            info.costs[name] = float(cost)
-    info.costs.update({k: float(v) for k, v in data.get("costs", {}).items() if isinstance(v, (int, float))})
-    info.title = str(data.get("title", info.title))
-    notes = data.get("notes", [])
-    info.notes = [notes] if isinstance(notes, str) else [str(n) for n in notes]
-    for t in data.get("tables", []):
-        if isinstance(t, dict) and isinstance(t.get("columns"), list) and isinstance(t.get("rows"), list):
-            rows = [[str(c) for c in r] for r in t["rows"] if isinstance(r, list)]
-            info.tables.append((str(t.get("title", "")), str(t.get("text", "")), [str(c) for c in t["columns"]], rows))
-    return info
-
-
-def read_results(run_dir: Path) -> dict[str, EvalResult]:
-    """Every EvalResult JSON of the run (eval/*.json, else *.json), by model name."""
-    folder = run_dir / "eval" if (run_dir / "eval").is_dir() else run_dir
-    results: dict[str, EvalResult] = {}
-    for path in sorted(folder.glob("*.json")):
-        if path.name == "summary.json":
-            continue
-        try:
-            result = EvalResult.load(path)
-        except ValueError as exc:
-            log.warning("skipping %s: not an evaluation result (%s)", path, str(exc).splitlines()[0])
-            continue
-        results[result.model or path.stem] = result
-    return results
-
-
-def read_layer_scores(run_dir: Path) -> LayerRecords | None:
-    """Layer/module scores from scores/scores.csv (layer, module, score) or scores/scores.json; None if absent."""
-    csv_path, json_path = run_dir / "scores" / "scores.csv", run_dir / "scores" / "scores.json"
-    rows: list[dict[str, Any]] = []
-    if csv_path.is_file():
-        with csv_path.open(encoding="utf-8") as f:
-            rows = [{k.strip().lower(): v for k, v in r.items() if k} for r in csv.DictReader(f)]
-    elif json_path.is_file():
-        data = json.loads(json_path.read_text(encoding="utf-8"))
-        for key in ("modules", "module_scores", "records", "layers", "layer_scores", "scores"):
-            if isinstance(data, dict) and key in data:
-                data = data[key]
-                break
-        if isinstance(data, dict):  # {layer: score}
-            data = [{"layer": k, "score": v} for k, v in data.items()]
-        rows = [r for r in data if isinstance(r, dict)] if isinstance(data, list) else []
-    records: LayerRecords = []
-    for r in rows:
-        score = r.get("score", r.get("impact", r.get("combined")))
-        try:
-            layer, value = int(r["layer"]), float(score)  # type: ignore[arg-type]
-        except (KeyError, TypeError, ValueError):
-            continue
-        module = r.get("module", r.get("module_type")) or None
-        records.append((layer, str(module) if module else None, value))
-    return records or None
 
 
 def build_rows(results: dict[str, EvalResult], info: RunInfo) -> list[ReportRow]:
@@ -178,7 +72,10 @@ def build_rows(results: dict[str, EvalResult], info: RunInfo) -> list[ReportRow]
             row.retention, row.gain_kept = t.retention, t.gain_kept
             row.retention_per_task, row.gain_kept_per_task = t.retention_per_task, t.gain_kept_per_task
         rows.append(row)
-    front = set(pareto_front({r.name: (r.retention, r.gain_kept) for r in rows if r.role in ("candidate", "baseline")}))
+    merged = {r.name for r in rows if r.role in ("candidate", "baseline")}
+    front = info.front if info.front is not None and merged == info.merged else None  # the run's, when it fits
+    if front is None:
+        front = set(pareto_front({r.name: (r.retention, r.gain_kept) for r in rows if r.name in merged}))
     for row in rows:
         row.on_front = row.name in front
     order = {"base": 0, "adapted": 1, "baseline": 2, "candidate": 3}
@@ -290,7 +187,7 @@ def render_report(
     warnings: Sequence[str] = (),
     significance: Sequence[Sequence[str]] = (),
     figure_dir: str = "report_files",
-    tables: Sequence[tuple[str, str, list[str], list[list[str]]]] = (),
+    tables: Sequence[ReportTable] = (),
     verdict_text: str = "",
     noise: str = "",
 ) -> tuple[str, str]:
@@ -331,8 +228,8 @@ def render_report(
             ),
             ("table", (["model", "task", "against", "test", "diff", "p", "n"], [list(s) for s in significance])),
         ]
-    for caption, text, head, body in tables:
-        blocks += [("h2", caption), *([("p", text)] if text else []), ("table", (head, body))]
+    for t in tables:
+        blocks += [("h2", t.title), *([("p", t.text)] if t.text else []), ("table", (t.columns, t.rows))]
     for caption, head, body in named[2:]:
         if body:
             blocks += [("h2", caption), ("table", (head, body))]
@@ -365,13 +262,16 @@ def write_report(
     results = read_results(run_dir)
     if not results:
         raise SpearError(f"{run_dir}: no evaluation results (expected eval/<model>.json, see docs/evaluation.md)")
-    info = read_summary(run_dir)
+    info = RunInfo.of(read_summary(run_dir))
     marked = {r.role: name for name, r in results.items() if r.role}  # evaluate --base/--adapted
+    run_rk = (info.base, info.adapted, info.keep_chance_tasks)  # what the run's R, K and front were computed with
     info.base = base or (info.base if "base" in info.named else marked.get("base", info.base))
     info.adapted = adapted or (info.adapted if "adapted" in info.named else marked.get("adapted", info.adapted))
     info.chosen = chosen or info.chosen
     if keep_chance_tasks is not None:
         info.keep_chance_tasks = keep_chance_tasks
+    if (info.base, info.adapted, info.keep_chance_tasks) != run_rk:
+        info.front = None  # other references or tasks: other R and K, so the front is computed anew
     if against is not None and against not in results:
         raise SpearError(f"--against {against!r}: no result of that name in {run_dir} (have: {sorted(results)})")
     rows = build_rows(results, info)

@@ -7,6 +7,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from spear_mm.report.schema import ReportTable
+
 
 @dataclass(frozen=True)
 class UnitRow:
@@ -53,8 +55,8 @@ def _g(x: float | None, fmt: str = ".4f") -> str:
     return "—" if x is None else format(x, fmt)
 
 
-def unit_table(units: list[UnitRow]) -> tuple[str, str, list[str], list[list[str]]]:
-    """(title, text, columns, rows): every unit by its joint rank, the units outside the blocks included."""
+def unit_table(units: list[UnitRow]) -> ReportTable:
+    """Every unit by its joint rank, the units outside the blocks included."""
     gains = any(u.restore_gain is not None for u in units)
     head = ["rank", "unit", "score", "relative change", "row drift (median)", "drift quantile among layers"]
     rows = [
@@ -75,4 +77,5 @@ def unit_table(units: list[UnitRow]) -> tuple[str, str, list[str], list[list[str
         "row drift for embedding/head matrices, else the relative change) takes among the layers' relative changes "
         "(docs/scoring.md)."
     )
-    return "Units: layers, embeddings, head, final norm", text, head + (["restore gain (nats)"] if gains else []), rows
+    columns = head + (["restore gain (nats)"] if gains else [])
+    return ReportTable(title="Units: layers, embeddings, head, final norm", text=text, columns=columns, rows=rows)
