@@ -2,18 +2,23 @@
 
 `t` is the **weight of the base model** everywhere in spear-mm: t = 0 keeps the adapted tensor, t = 1 is the
 base tensor exactly (the layer behaves as if it had been frozen during CPT). Plans are plain YAML files that
-users review and edit; unknown keys and out-of-range values are errors that name the line.
+users review and edit; unknown keys, unregistered methods and out-of-range values are errors that name the line.
+
+A plan names its merge methods; the methods themselves (and their registry, `METHODS`) live in a later stage,
+merging/methods/. `merge_methods()` imports that package by name on first use, so its built-ins (and any module
+registered by being imported before) are the names a plan may use.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import importlib
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from spear_mm import __version__
 from spear_mm.errors import SpearError, read_text
@@ -21,8 +26,25 @@ from spear_mm.io.architecture import ParamInfo
 from spear_mm.io.files import atomic_write_text
 
 T = Annotated[float, Field(ge=0.0, le=1.0)]
-Method = Literal["slerp", "lerp", "task_arithmetic", "ties", "regmean", "fisher"]
-DATA_AWARE = ("regmean", "fisher")  # methods that read probe statistics (spear-mm stats)
+METHODS_PACKAGE = "spear_mm.merging.methods"  # importing it registers the built-in merge methods
+
+
+def merge_methods() -> dict[str, Any]:
+    """The registered merge method classes by name (merging/methods/: `MergeMethod` subclasses with `@register`)."""
+    return importlib.import_module(METHODS_PACKAGE).METHODS
+
+
+def registered_method(name: str) -> str:
+    """`name` if a merge method of that name is registered, else ValueError listing the registered ones."""
+    if name not in merge_methods():
+        raise ValueError(
+            f"unknown merge method {name!r}: the registered methods are {', '.join(merge_methods())} "
+            "(spear-mm ls methods)"
+        )
+    return name
+
+
+Method = Annotated[str, AfterValidator(registered_method)]  # a registered merge method's name
 UNIT_IDS = re.compile(r"^(layer\.\d+(\.(attn|mlp))?|embed|head|final_norm|other)$")
 
 
@@ -162,6 +184,14 @@ class Plan(_Strict):
     def methods(self) -> set[str]:
         """Every merge method the plan uses."""
         return {self.method, *self.unit_methods.values()}
+
+    def needs_statistics(self) -> bool:
+        """Whether a method of the plan reads the probe statistics of `spear-mm stats` (regmean, fisher)."""
+        return any(merge_methods()[m].needs_statistics for m in self.methods())
+
+    def uses_option(self, field: str) -> bool:
+        """Whether the plan's own `method` reads this plan field as an option (e.g. `density` for ties)."""
+        return field in merge_methods()[self.method].options
 
     def unit_t(self, unit: str) -> float:
         """t of a unit id ('layer.3', 'embed', 'head', 'final_norm', 'other'; a sub-layer 'layer.3.attn' or
