@@ -66,14 +66,19 @@ def register_policy(name: str, summary: str, uses: set[str] | frozenset[str] = f
 
     def decorate(rule: Rule | None) -> Rule | None:
         known = POLICY_RULES.get(name)
-        if known is not None and known.rule is not None and rule is not None and known.rule is not rule:
-            same = (known.rule.__module__, known.rule.__qualname__) == (rule.__module__, rule.__qualname__)
-            if not same:
-                raise SpearError(f"policy {name!r} is registered twice: give the new rule another name.")
+        if known is not None and _origin(known.rule) != _origin(rule):  # the same code imported again is fine
+            raise SpearError(
+                f"policy {name!r} is registered twice ({_origin(known.rule)} and {_origin(rule)}): give the new "
+                "rule another name."
+            )
         POLICY_RULES[name] = PolicyRule(name, summary, frozenset(uses), rule)
         return rule
 
     return decorate
+
+
+def _origin(rule: Rule | None) -> str | None:
+    return None if rule is None else f"{rule.__module__}.{rule.__qualname__}"
 
 
 def _readers(option: str) -> str:
@@ -136,9 +141,15 @@ def _preset(policy: str, ask: Ask) -> tuple[dict[str, float], dict]:
     return dict.fromkeys(ask.ranking[:count], t), {"fraction": fraction, "k": count, "t": t}
 
 
-for _name, (_f, _t) in PRESETS.items():
-    _top = f"; the top {AGGRESSIVE_TOP_FRACTION:.0%} at t={AGGRESSIVE_TOP_T}" if _name == "aggressive" else ""
-    register_policy(_name, f"the top {_f:.0%} units of the ranking at t={_t}{_top}", {"fraction", "t", "k"})(_preset)
+def _register_presets() -> None:
+    for name, (fraction, t) in PRESETS.items():
+        top = f"; the top {AGGRESSIVE_TOP_FRACTION:.0%} at t={AGGRESSIVE_TOP_T}" if name == "aggressive" else ""
+        register_policy(name, f"the top {fraction:.0%} units of the ranking at t={t}{top}", {"fraction", "t", "k"})(
+            _preset
+        )
+
+
+_register_presets()  # first: `ls policies` and `--policy` list the presets first
 
 
 @register_policy("uniform", "every unit at --t", {"t"})
@@ -155,9 +166,8 @@ def _custom(policy: str, ask: Ask) -> tuple[dict[str, float], dict]:
     if layer_ts is None or len(layer_ts) != n:
         got = "none" if layer_ts is None else len(layer_ts)
         raise SpearError(f"policy custom needs one t per layer ({n} values, got {got}), e.g. --layers 0,0.7,...")
-    return {f"layer.{i}": _check_t(v, "custom") for i, v in enumerate(layer_ts)}, {
-        "layers": ",".join(map(str, layer_ts))
-    }
+    ts = {f"layer.{i}": _check_t(v, "custom") for i, v in enumerate(layer_ts)}
+    return ts, {"layers": ",".join(map(str, layer_ts))}
 
 
 @register_policy("top-k", "the --k highest-ranked units at --t", {"t", "k"})

@@ -49,16 +49,15 @@ class MergeMethod:
 
     @classmethod
     def mergekit_slice(cls, sources: list[dict], rules: list[dict]) -> dict:
-        """One mergekit slice (sources: adapted, then base) with these t rules; linear by default: the adapted
-        weighs 1 − t, the base t."""
-        sources[0]["parameters"] = {"weight": [dict(r, value=_one_minus(r["value"])) for r in rules]}
-        sources[1]["parameters"] = {"weight": rules}
-        return {"sources": sources}
+        """One mergekit slice of the export (sources: the adapted, then the base) with these t rules (spear-mm's
+        t: filter → value); a method with a `mergekit` form converts them."""
+        raise NotImplementedError(f"merge method {cls.name!r} declares no mergekit form")
 
     @classmethod
     def mergekit_parameters(cls, fixed: list[dict], other: float) -> dict[str, Any]:
-        """The config's top-level `parameters` (`fixed`: the rules of the tensors outside the layers)."""
-        return {"normalize": True}
+        """The export's top-level `parameters` (`fixed`: the t rules of the tensors outside the layers; `other`:
+        the plan's t for unclassified tensors)."""
+        raise NotImplementedError(f"merge method {cls.name!r} declares no mergekit form")
 
     def bind(self, name: str, shape: tuple[int, ...]) -> MergeMethod:
         """The method as it applies to one tensor (a data-aware method returns one that knows the tensor's
@@ -116,9 +115,5 @@ def get_method(name: str, **options: float) -> MergeMethod:
     Raises SpearError listing the known methods for an unknown name.
     """
     if name not in METHODS:
-        raise SpearError(f"unknown merge method {name!r}: use one of {', '.join(sorted(METHODS))}.")
+        raise SpearError(f"unknown merge method {name!r}: use one of {', '.join(METHODS)}.")
     return METHODS[name](**options)
-
-
-def _one_minus(v):
-    return [round(1 - x, 6) for x in v] if isinstance(v, list) else round(1 - v, 6)
