@@ -38,7 +38,8 @@ def test_choice_enums_match_the_library():
         ("suites", [*SUITES, "arc_easy", "reuters_ppl"]),
         ("tasks", ["arc_challenge", "multiple_choice", "perplexity", "inv_ppl", "embedded", "gsm8k_cot"]),
         ("policies", ["conservative", "balanced", "aggressive", "top-k", "fraction", "measured", "t=0.7"]),
-        ("methods", ["slerp", "lerp", "task_arithmetic", "ties", "0.9995"]),
+        ("methods", ["slerp", "lerp", "task_arithmetic", "ties", "0.9995", "density", "linear"]),
+        ("refinements", ["tiers", "kinds", "units", "efficiency tier", "unit kind"]),
         ("architectures", ["llama", "qwen2", "gpt2", "attn.q"]),
     ],
 )

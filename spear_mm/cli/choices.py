@@ -84,6 +84,7 @@ class Listing(str, Enum):
     tasks = "tasks"
     policies = "policies"
     methods = "methods"
+    refinements = "refinements"
     architectures = "architectures"
 
 

@@ -1,4 +1,4 @@
-"""`spear-mm ls suites|tasks|policies|methods|architectures` and `spear-mm plan validate PLAN MODEL`."""
+"""`spear-mm ls suites|tasks|policies|methods|refinements|architectures` and `spear-mm plan validate PLAN MODEL`."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from spear_mm.calibration.objective import REFINEMENTS
 from spear_mm.cli.choices import Listing
 from spear_mm.evaluation.lm_eval_tasks import SHIPPED_EQUIVALENTS
 from spear_mm.evaluation.suites import SUITES, get_suite
@@ -72,6 +73,17 @@ def _methods() -> Table:
     return table
 
 
+def _refinements() -> Table:
+    table = Table(
+        title="measured-planner refinements (`refine:` of the planner options; registered in calibration/search.py)"
+    )
+    table.add_column("refine")
+    table.add_column("what the optuna search varies")
+    for name, search in REFINEMENTS.items():
+        table.add_row(name, " ".join((search.__doc__ or "").split("\n\n")[0].split()))  # its docstring's summary
+    return table
+
+
 def _architectures() -> Table:
 
     table = Table(title="architecture families (spear_mm/_data/architectures.json; others: generic rules)")
@@ -84,12 +96,14 @@ def _architectures() -> Table:
 
 
 def ls_cmd(what: Listing = typer.Argument(..., help="What to list.")) -> None:
-    """List the shipped suites, their tasks, the plan policies, the merge methods or the known architectures."""
+    """List the shipped suites, their tasks, the plan policies, the merge methods, the measured planner's
+    refinements or the known architectures."""
     builders = {
         Listing.suites: _suites,
         Listing.tasks: _tasks,
         Listing.policies: _policies,
         Listing.methods: _methods,
+        Listing.refinements: _refinements,
         Listing.architectures: _architectures,
     }
     out_console.print(builders[Listing(what)]())
