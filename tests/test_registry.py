@@ -16,13 +16,14 @@ from safetensors.torch import load_file
 from spear_mm.calibration.objective import REFINEMENTS, PlannerConfig
 from spear_mm.errors import SpearError
 from spear_mm.merging.methods import METHODS, MergeMethod, register
+from spear_mm.pipeline.jobs import plan_effect_hash
 from spear_mm.planning.exports import mergekit_yaml
 from spear_mm.planning.plan import Plan
 from spear_mm.planning.policies import POLICY_RULES, register_policy
 
 PLUGIN = "spear_mm_test_plugin"
 PLUGIN_SOURCE = '''
-"""A user module: one merge method and one policy rule, registered by being imported."""
+"""A user module: two merge methods (one with an option) and one policy rule, registered by being imported."""
 
 from spear_mm.merging.methods import MergeMethod, register
 from spear_mm.planning.policies import register_policy
@@ -35,6 +36,19 @@ class Halfway(MergeMethod):
 
     def coefficients(self, stats, t):
         return 1.0 - t / 2, t / 2, False
+
+
+@register
+class Scaled(MergeMethod):
+    name = "scaled"
+    summary = "the linear step toward the base times `gain`"
+    options = ("gain",)
+
+    def __init__(self, gain: float = 1.0):
+        self.gain = gain
+
+    def coefficients(self, stats, t):
+        return 1.0 - t * self.gain, t * self.gain, False
 
 
 @register_policy("first-layer", "layer 0 only, at --t", {"t"})
@@ -51,6 +65,7 @@ def plugin(tmp_path, monkeypatch):
     module = importlib.import_module(PLUGIN)
     yield module
     METHODS.pop("halfway", None)
+    METHODS.pop("scaled", None)
     POLICY_RULES.pop("first-layer", None)
     sys.modules.pop(PLUGIN, None)
 
@@ -96,7 +111,28 @@ def test_plan_yaml_validates_registered_methods_only(plugin, tiny_pair, tmp_path
     bad.write_text("num_layers: 6\nmethod: halfwy\n")
     code, text = cli("plan", "validate", bad, adapted)
     assert code == 2 and "line 2" in text and "unknown merge method 'halfwy'" in text, text
-    assert "slerp, lerp, task_arithmetic, ties, regmean, fisher, halfway" in text
+    assert "slerp, lerp, task_arithmetic, ties, regmean, fisher, halfway, scaled" in text
+
+
+def test_a_new_method_option_is_declared_on_the_class_only(plugin, tiny_pair, tmp_path, cli):
+    """`gain` is no Plan field: the plan sets it under `method_options`, checked against the class's options."""
+    base, adapted = tiny_pair
+    path = tmp_path / "scaled.yaml"
+    path.write_text("num_layers: 6\nmethod: scaled\nmethod_options: {gain: 0.5}\ndefault_t: 0.8\n")
+    plan = Plan.load(path)
+    assert Plan.from_yaml(plan.to_yaml()).method_options == {"gain": 0.5}
+    assert plan_effect_hash(plan, {}) != plan_effect_hash(plan.model_copy(update={"method_options": {}}), {})
+    code, text = cli("merge", base, adapted, "--plan", path, "-o", tmp_path / "m")
+    assert code == 0, text
+    merged, a, b = (load_file(p / "model.safetensors") for p in (tmp_path / "m", adapted, base))
+    name = "model.layers.3.mlp.up_proj.weight"  # t = 0.8, gain 0.5: 0.6·adapted + 0.4·base
+    assert torch.allclose(merged[name], (0.6 * a[name].double() + 0.4 * b[name].double()).float(), atol=1e-6)
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("num_layers: 6\nmethod: scaled\nmethod_options: {gian: 0.5}\n")
+    code, text = cli("plan", "validate", typo, adapted)
+    assert code == 2 and "gian is not an option of scaled (their options: gain" in text, text
+    code, text = cli("plan", "validate", path, adapted)
+    assert code == 0 and "plan OK" in text, text
 
 
 def test_mergekit_export_refuses_the_registered_method_by_name(plugin, tiny_pair):

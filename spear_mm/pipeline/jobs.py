@@ -90,6 +90,8 @@ def plan_hash(plan: Plan) -> str:
     """Hash of what the plan does (its creation time left out): equal plans give equal hashes."""
     data = plan.model_dump(mode="json")
     data["provenance"].pop("created", None)
+    if not data["method_options"]:  # plans without them hash as before the field existed
+        del data["method_options"]
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -104,6 +106,8 @@ def plan_effect_hash(plan: Plan, params) -> str:
     }
     if plan.unit_methods:
         effect["methods"] = [plan.method_for(p) for p in params.values()]
+    if plan.method_options:
+        effect["method_options"] = plan.method_options
     if plan.needs_statistics():  # the statistics' content key (not their folder) and RegMean's λ
         meta = read_meta(Path(plan.statistics)) if plan.statistics else None
         effect["statistics"] = (meta.key if meta else plan.statistics, plan.shrink)

@@ -125,6 +125,8 @@ class Plan(_Strict):
     unit_methods: dict[str, Method] = Field(
         default_factory=dict
     )  # per-unit method ('layer.3', 'layer.3.attn', 'embed')
+    # options a method class declares beyond the fields above (`MergeMethod.options`), e.g. {gain: 0.5}
+    method_options: dict[str, float | int | str | bool] = Field(default_factory=dict)
     num_layers: Annotated[int, Field(ge=1)]
     default_t: T = 0.0
     layers: list[LayerRule] = Field(default_factory=list)
@@ -152,6 +154,13 @@ class Plan(_Strict):
                     f"unit_methods: '{unit}' is not a unit of a {self.num_layers}-layer model "
                     "(layer.N, layer.N.attn, layer.N.mlp, embed, head, final_norm, other)"
                 )
+        declared = {o for m in self.methods() for o in merge_methods()[m].options} - set(type(self).model_fields)
+        unknown = sorted(set(self.method_options) - declared)
+        if unknown:
+            raise ValueError(
+                f"method_options: {', '.join(unknown)} is not an option of {', '.join(sorted(self.methods()))} "
+                f"(their options: {', '.join(sorted(declared)) or 'none'}; density and shrink are top-level keys)"
+            )
         return self
 
     # -- per-tensor resolution ---------------------------------------------------------------------------------
@@ -188,6 +197,13 @@ class Plan(_Strict):
     def needs_statistics(self) -> bool:
         """Whether a method of the plan reads the probe statistics of `spear-mm stats` (regmean, fisher)."""
         return any(merge_methods()[m].needs_statistics for m in self.methods())
+
+    def option_values(self, names: tuple[str, ...]) -> dict[str, object]:
+        """The values this plan sets for these method options: a top-level field (density, shrink) or an entry
+        of `method_options` (an option the plan leaves out keeps the method's own default)."""
+        fields = type(self).model_fields
+        values = {n: getattr(self, n) for n in names if n in fields}
+        return values | {n: self.method_options[n] for n in names if n in self.method_options}
 
     def uses_option(self, field: str) -> bool:
         """Whether the plan's own `method` reads this plan field as an option (e.g. `density` for ties)."""
@@ -279,6 +295,8 @@ class Plan(_Strict):
     def to_yaml(self) -> str:
         data = self.model_dump(mode="json", exclude_none=True)
         data["layers"] = [{k: v for k, v in r.items() if not (k == "modules" and not v)} for r in data["layers"]]
+        if not data["method_options"]:
+            del data["method_options"]
         header = (
             "# spear-mm restoration plan. t = weight of the BASE model: 0 keeps the adapted weights,\n"
             "# 1 restores the base exactly (as if the layer had been frozen during CPT).\n"

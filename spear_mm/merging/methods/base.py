@@ -26,12 +26,13 @@ METHODS: dict[str, type[MergeMethod]] = {}
 
 class MergeMethod:
     """One way to combine a base/adapted tensor pair. Subclasses set `name` and `summary` and override
-    `coefficients` (linear methods) or `combine_` (others); their options (e.g. TIES density) are plan fields
-    named in `options` and passed to the constructor by `from_plan`."""
+    `coefficients` (linear methods) or `combine_` (others). Their options are constructor keywords named in
+    `options`; `from_plan` passes the plan's values: a top-level field for the two older ones (TIES `density`,
+    RegMean `shrink`), else an entry of the plan's `method_options` (a new option needs no change to the Plan)."""
 
     name: ClassVar[str]
     summary: ClassVar[str] = ""  # one line for `spear-mm ls methods` (t = weight of the base)
-    options: ClassVar[tuple[str, ...]] = ()  # the plan fields the method reads (they enter the merge's cache key)
+    options: ClassVar[tuple[str, ...]] = ()  # its constructor's options, set by the plan (they enter the cache key)
     needs_statistics: ClassVar[bool] = False  # reads the probe statistics of `spear-mm stats` (plan.statistics)
     mergekit: ClassVar[str | None] = None  # mergekit's `merge_method` performing it per unit at t, or None
     streamable: ClassVar[bool] = True  # each output element depends only on its inputs and the pair statistics
@@ -39,8 +40,9 @@ class MergeMethod:
 
     @classmethod
     def from_plan(cls, plan: Plan) -> MergeMethod:
-        """The method with the options a plan sets for it (its `options` fields, by keyword)."""
-        return cls(**{o: getattr(plan, o) for o in cls.options})
+        """The method with the options a plan sets for it (its `options`, by keyword; unset ones keep the
+        constructor's default)."""
+        return cls(**plan.option_values(cls.options))
 
     @classmethod
     def changes_at_zero(cls, plan: Plan) -> bool:
