@@ -13,8 +13,9 @@ from spear_mm.cli import choices, normalise_argv
 from spear_mm.evaluation.runner import BACKENDS
 from spear_mm.evaluation.suites import SUITES
 from spear_mm.executors import KINDS
-from spear_mm.planning.plan import Method, Plan
-from spear_mm.planning.policies import POLICIES
+from spear_mm.merging.methods import METHODS
+from spear_mm.planning.plan import Plan
+from spear_mm.planning.policies import POLICY_RULES
 from spear_mm.scoring.table import RankBy
 
 
@@ -26,9 +27,9 @@ def cli(monkeypatch, capsys):
 def test_choice_enums_match_the_library():
     assert tuple(e.value for e in choices.Executor) == KINDS
     assert tuple(e.value for e in choices.Backend) == BACKENDS
-    assert tuple(e.value for e in choices.Policy) == (*POLICIES, "measured")  # measured: the planner, not make_plan
     assert tuple(e.value for e in choices.RankBy) == get_args(RankBy)
-    assert tuple(e.value for e in choices.Method) == get_args(Method)
+    assert "measured" in POLICY_RULES and POLICY_RULES["measured"].rule is None  # the planner, not make_plan
+    assert tuple(METHODS)[:6] == ("slerp", "lerp", "task_arithmetic", "ties", "regmean", "fisher")
 
 
 @pytest.mark.parametrize(
@@ -37,7 +38,8 @@ def test_choice_enums_match_the_library():
         ("suites", [*SUITES, "arc_easy", "reuters_ppl"]),
         ("tasks", ["arc_challenge", "multiple_choice", "perplexity", "inv_ppl", "embedded", "gsm8k_cot"]),
         ("policies", ["conservative", "balanced", "aggressive", "top-k", "fraction", "measured", "t=0.7"]),
-        ("methods", ["slerp", "lerp", "task_arithmetic", "ties", "0.9995"]),
+        ("methods", ["slerp", "lerp", "task_arithmetic", "ties", "0.9995", "density", "linear"]),
+        ("refinements", ["tiers", "kinds", "units", "efficiency tier", "unit kind"]),
         ("architectures", ["llama", "qwen2", "gpt2", "attn.q"]),
     ],
 )

@@ -20,7 +20,7 @@ from spear_mm.io.checkpoint import Checkpoint
 from spear_mm.io.pair import open_pair
 from spear_mm.merging.merge import build_ops, iter_merged, merge, merge_into_model
 from spear_mm.merging.methods import METHODS
-from spear_mm.planning.plan import DATA_AWARE, LayerRule, Plan
+from spear_mm.planning.plan import LayerRule, Plan
 from spear_mm.progress import ProgressEvent
 from spear_mm.statistics.collect import collect_statistics, load_probes
 
@@ -342,7 +342,7 @@ def test_streaming_merge_equals_the_registered_method_on_every_tensor(tiny_pair,
     `merge` computes: the streaming loop and the tests share one implementation per method."""
     base, adapted = tiny_pair
     stats = None
-    if method in DATA_AWARE:  # they read probe statistics of the pair (collected here on a short text)
+    if METHODS[method].needs_statistics:  # they read probe statistics of the pair (collected here on a short text)
         stats = str(tmp_path / "stats")
         (tmp_path / "probe.txt").write_text("Revenue rose 12 percent to 4.2 billion dollars. " * 30)
         pair = open_pair(base, adapted)

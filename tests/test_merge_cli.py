@@ -231,8 +231,8 @@ def test_t1_gives_the_base_bit_for_bit_and_layers_only_keeps_the_rest(pair, tmp_
         src = want if ".layers." in k else adapted_sd
         assert torch.equal(got[k], src[k]), k
     assert not torch.equal(got["model.embed_tokens.weight"], want["model.embed_tokens.weight"])
-    code, text = cli("merge", base, adapted, "-o", tmp_path / "m3", "--t", "1", "--layers-only", "--all-tensors")
-    assert code == 2 and "contradict" in text
+    code, text = cli("merge", base, adapted, "-o", tmp_path / "m3", "--t", "1", "--all-tensors")
+    assert code == 2 and "--all-tensors" in text and not (tmp_path / "m3").exists()  # removed: --t is every tensor
 
 
 def test_dtype_mismatch_merges_and_says_so(pair, tmp_path, cli):

@@ -36,7 +36,7 @@ def _dtypes(folder: Path) -> set[str]:
 def test_t0_in_the_same_dtype_is_bit_exact(tiny_pair, tmp_path, cli, out_dtype):
     base, adapted = tiny_pair
     args = ["--out-dtype", out_dtype] if out_dtype else []
-    code, text = cli("merge", base, adapted, "--t", "0", "--all-tensors", "-o", tmp_path / "m", *args)
+    code, text = cli("merge", base, adapted, "--t", "0", "-o", tmp_path / "m", *args)
     assert code == 0, text
     merged, original = load_file(tmp_path / "m" / "model.safetensors"), load_file(adapted / "model.safetensors")
     assert merged.keys() == original.keys()

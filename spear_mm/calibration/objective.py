@@ -1,12 +1,34 @@
-"""What the measured planner optimises: its settings (`PlannerConfig`) and the probe objective (`Objective`)."""
+"""What the measured planner optimises: its settings (`PlannerConfig`), the probe objective (`Objective`) and the
+registry of refinements `refine` may name (`REFINEMENTS`; search.py registers the built-ins, imported by the
+package's __init__)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from spear_mm.calibration.probe import ProbeResult
+
+# name -> search(obj, effects, order, start, config, run) -> (ts, ProbeResult): the black-box refinement
+REFINEMENTS: dict[str, Callable[..., tuple[dict[str, float], Any]]] = {}
+
+
+def register_refinement(name: str):
+    """Decorator: make a refinement available as `refine: NAME` (its docstring's first line is its summary)."""
+
+    def decorate(search: Callable[..., tuple[dict[str, float], Any]]):
+        REFINEMENTS[name] = search
+        return search
+
+    return decorate
+
+
+def registered_refinement(name: str) -> str:
+    if name not in REFINEMENTS:
+        raise ValueError(f"unknown refinement {name!r}: the registered ones are {', '.join(REFINEMENTS)}")
+    return name
 
 
 class PlannerConfig(BaseModel):
@@ -19,7 +41,7 @@ class PlannerConfig(BaseModel):
     target_retention: float | None = Field(None, gt=0.0, le=1.5)  # probe r to reach (then: most domain kept)
     budget: int = Field(30, ge=0)  # probe evaluations for the black-box refinement
     # search one t per efficiency tier, one t per unit kind (attention, MLP, embeddings, final norm), or single units
-    refine: Literal["tiers", "kinds", "units"] = "tiers"
+    refine: Annotated[str, AfterValidator(registered_refinement)] = "tiers"
     tiers: int = Field(3, ge=2, le=8)  # refine="tiers": units split into this many tiers by measured efficiency
     refine_units: int = Field(8, ge=1)  # refine="units": units whose t the refinement searches
     granularity: Literal["layer", "sublayer"] = "layer"  # sublayer: attention and MLP of a layer are two units

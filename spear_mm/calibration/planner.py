@@ -31,18 +31,23 @@ import math
 import time
 from dataclasses import dataclass, field
 
-from spear_mm.calibration.objective import Objective, PlannerConfig
+from spear_mm.calibration.objective import REFINEMENTS, Objective, PlannerConfig
 from spear_mm.calibration.probe import ProbeEvaluator, ProbeResult, load_probes
 from spear_mm.calibration.samples import SAMPLE_SEED, sample_base_text
-from spear_mm.calibration.search import efficiency_order, kinds_of, pick, refine_groups, refine_units, tiers_of
+from spear_mm.calibration.search import pick
 from spear_mm.planning.plan import Measurement, UnitEffect
-from spear_mm.planning.policies import plan_from_unit_ts
+from spear_mm.planning.policies import plan_from_unit_ts, register_policy
 from spear_mm.progress import ProgressCallback
 from spear_mm.scoring.units import split_layers
 
 __all__ = ["Objective", "PlannerConfig", "PlannerResult", "Trace", "measured_plan", "plan_units"]
 
 log = logging.getLogger(__name__)
+
+
+register_policy("measured", "a t per unit chosen from measured probe effects (--domain-probe; the measured planner)")(
+    None
+)  # planned by measured_plan below, not by make_plan
 
 
 @dataclass
@@ -185,12 +190,7 @@ def plan_units(ev: ProbeEvaluator, order: list[str], config: PlannerConfig, *, r
         if ts == best_ts
     )
     if refine and config.budget > 0:
-        if config.refine == "units":
-            refined = refine_units(obj, effects, (best_ts, best), config, run)
-        else:
-            ranked = efficiency_order(effects, order)
-            groups = tiers_of(ranked, config.tiers) if config.refine == "tiers" else kinds_of(ranked)
-            refined = refine_groups(obj, groups, (best_ts, best), config, run)
+        refined = REFINEMENTS[config.refine](obj, effects, order, (best_ts, best), config, run)
         if refined[0] != best_ts:
             start = f"{start}, refined ({config.refine})"
         best_ts, best = refined

@@ -4,13 +4,16 @@
 efficiency tiers (`refine: tiers`, the default: units ordered by measured efficiency, cut into `tiers` groups) or
 unit kinds (`refine: kinds`: attention, MLP, embeddings, final norm). `refine_units` searches the t of single
 promising units. All keep their start as a candidate and return the best feasible plan (`pick`).
+
+Each `refine` choice is one function registered with `@register_refinement(name)`, called as
+`search(obj, effects, order, start, config, run)`; `PlannerConfig.refine` accepts the registered names.
 """
 
 from __future__ import annotations
 
 import math
 
-from spear_mm.calibration.objective import Objective, PlannerConfig
+from spear_mm.calibration.objective import Objective, PlannerConfig, register_refinement
 from spear_mm.calibration.probe import ProbeResult
 from spear_mm.planning.plan import UnitEffect
 
@@ -153,3 +156,21 @@ def pick(results: dict[int, tuple[dict, ProbeResult]], obj: Objective, tolerance
 
 def on_grid(t: float, step: float) -> float:
     return min(1.0, round(round(t / step) * step, 10))
+
+
+@register_refinement("tiers")
+def by_tiers(obj: Objective, effects: list[UnitEffect], order: list[str], start, config: PlannerConfig, run):
+    """One t per efficiency tier (units ordered by measured efficiency, cut into `tiers` groups); the default."""
+    return refine_groups(obj, tiers_of(efficiency_order(effects, order), config.tiers), start, config, run)
+
+
+@register_refinement("kinds")
+def by_kinds(obj: Objective, effects: list[UnitEffect], order: list[str], start, config: PlannerConfig, run):
+    """One t per unit kind (attention, MLP, embeddings, final norm)."""
+    return refine_groups(obj, kinds_of(efficiency_order(effects, order)), start, config, run)
+
+
+@register_refinement("units")
+def by_units(obj: Objective, effects: list[UnitEffect], order: list[str], start, config: PlannerConfig, run):
+    """The t of the `refine_units` most promising single units."""
+    return refine_units(obj, effects, start, config, run)

@@ -19,12 +19,12 @@ from spear_mm.cli.choices import (
     Edge,
     Executor,
     Granularity,
-    Method,
     Normalize,
-    Policy,
     Precision,
     RankBy,
     SnrNormalize,
+    method_option,
+    policy_option,
     value,
 )
 from spear_mm.cli.output import out_console
@@ -35,7 +35,6 @@ from spear_mm.io.checkpoint import Checkpoint
 from spear_mm.io.outputs import check_new_file, check_not_input, write_file
 from spear_mm.io.workdir import check_no_outside_links
 from spear_mm.planning.exports import check_mergekit, mergekit_yaml, write_freeze_plan
-from spear_mm.planning.plan import DATA_AWARE
 from spear_mm.planning.policies import describe, make_plan
 from spear_mm.scoring.layers import ScoreConfig, analyze
 from spear_mm.scoring.table import ScoreTable
@@ -215,8 +214,8 @@ def _floats(text: str | None) -> list[float] | None:
 def plan_cmd(
     scores: Path = typer.Argument(..., help="Scores folder written by `spear-mm analyze`."),
     out: Path = typer.Option(..., "--out", "-o", help="Plan YAML to write."),
-    policy: Policy = typer.Option(
-        Policy.balanced, help="Preset or rule that picks the restored units (measured: the probe-driven planner)."
+    policy: str = policy_option(
+        "balanced", "Preset or rule that picks the restored units (measured: the probe-driven planner)."
     ),
     rank_by: RankBy = typer.Option(RankBy.score, "--rank-by", help="Ranking the policy restores from."),
     fraction: float | None = typer.Option(None, help="Share of layers to restore (presets, fraction)."),
@@ -226,7 +225,7 @@ def plan_cmd(
     embed: float | None = typer.Option(None, help="t for the embeddings (default: the policy decides, by rank)."),
     head: float | None = typer.Option(None, help="t for lm_head (default: the policy decides)."),
     final_norm: float | None = typer.Option(None, help="t for the final norm (default: the policy decides)."),
-    method: Method = typer.Option(Method.slerp, help="How restored units are merged."),
+    method: str = method_option("slerp", "How restored units are merged."),
     stats: Path | None = typer.Option(
         None, "--stats", help="regmean/fisher: the statistics folder (spear-mm stats), recorded in the plan."
     ),
@@ -315,7 +314,7 @@ def plan_cmd(
             method=method,
             rank_by=rank_by,
         )
-    if stats is not None and plan.statistics is None and plan.methods() & set(DATA_AWARE):
+    if stats is not None and plan.statistics is None and plan.needs_statistics():
         plan = plan.model_copy(update={"statistics": str(stats)})
     mergekit = mergekit_yaml(plan, table.base, table.adapted) if export_mergekit is not None else None
     write_file(out, plan.to_yaml(), inputs, "plan file", force=force)  # after the export is known to work

@@ -1,20 +1,26 @@
-"""The closed sets of values CLI options take, as Enums: Typer validates them and `--help` lists them; and the
-lm-eval task options `evaluate` and `run` share.
+"""The closed sets of values CLI options take, as Enums: Typer validates them and `--help` lists them; the open
+ones read from a registry (merge methods, policies: `RegistryOption`); and the lm-eval task options `evaluate`
+and `run` share.
 
-Each Enum's values are the library's own names (`executors.KINDS`, `policies.POLICIES`, ...); a test keeps
-the two in step. Commands pass `.value` on to the library.
+Each Enum's values are the library's own names (`executors.KINDS`, ...); a test keeps the two in step. Commands
+pass `.value` on to the library.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import typer
+from typer.models import OptionInfo
 
+from spear_mm.calibration import planner as _measured  # noqa: F401  (registers the `measured` policy)
 from spear_mm.errors import SpearError
 from spear_mm.evaluation.lm_eval_tasks import LmEvalTasks
+from spear_mm.merging.methods import METHODS
+from spear_mm.planning.policies import POLICY_RULES
 
 DEVICE_METAVAR = "[cpu|cuda|cuda:N]"  # open-ended (any GPU index): listed in --help, checked by resolve_device
 
@@ -30,17 +36,6 @@ class Backend(str, Enum):
     lm_eval = "lm-eval"
 
 
-class Policy(str, Enum):
-    conservative = "conservative"
-    balanced = "balanced"
-    aggressive = "aggressive"
-    uniform = "uniform"
-    custom = "custom"
-    top_k = "top-k"
-    fraction = "fraction"
-    measured = "measured"
-
-
 class RankBy(str, Enum):
     score = "score"
     restore_gain = "restore_gain"
@@ -50,15 +45,6 @@ class RankBy(str, Enum):
 class Granularity(str, Enum):
     layer = "layer"
     sublayer = "sublayer"
-
-
-class Method(str, Enum):
-    slerp = "slerp"
-    lerp = "lerp"
-    task_arithmetic = "task_arithmetic"
-    ties = "ties"
-    regmean = "regmean"
-    fisher = "fisher"
 
 
 class Aggregate(str, Enum):
@@ -98,7 +84,48 @@ class Listing(str, Enum):
     tasks = "tasks"
     policies = "policies"
     methods = "methods"
+    refinements = "refinements"
     architectures = "architectures"
+
+
+class RegistryOption(OptionInfo):
+    """A Typer option taking one name from a registry that is read when the command line is parsed and when
+    `--help` is drawn (every run), so a merge method or policy registered after import (a plugin module) is
+    listed and accepted like a built-in."""
+
+    def __init__(self, default: str | None, names: Callable[[], Iterable[str]], what: str, listing: str, **kw: Any):
+        self.names, self.what, self.listing = names, what, listing
+        super().__init__(default=default, parser=self.parse, **kw)
+
+    @property
+    def metavar(self) -> str:  # type: ignore[override]
+        return "[" + "|".join(self.names()) + "]"
+
+    @metavar.setter
+    def metavar(self, _value: object) -> None:  # OptionInfo sets it; the registry decides
+        pass
+
+    def parse(self, value: str) -> str:
+        if value not in self.names():
+            raise typer.BadParameter(
+                f"{value!r} is not a registered {self.what}: use one of {', '.join(self.names())} "
+                f"(spear-mm ls {self.listing})."
+            )
+        return value
+
+
+def method_option(default: str | None, help: str) -> Any:
+    """`--method`: a registered merge method (merging/methods/)."""
+    return RegistryOption(
+        default, lambda: list(METHODS), "merge method", "methods", param_decls=("--method",), help=help
+    )
+
+
+def policy_option(default: str, help: str) -> Any:
+    """`--policy`: a registered policy (planning/policies.py, and `measured` from calibration/)."""
+    return RegistryOption(
+        default, lambda: list(POLICY_RULES), "policy", "policies", param_decls=("--policy",), help=help
+    )
 
 
 # Options shared by `evaluate` and `run` (Typer reads them from each signature; one declaration serves both).

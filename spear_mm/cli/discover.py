@@ -1,4 +1,4 @@
-"""`spear-mm ls suites|tasks|policies|methods|architectures` and `spear-mm plan validate PLAN MODEL`."""
+"""`spear-mm ls suites|tasks|policies|methods|refinements|architectures` and `spear-mm plan validate PLAN MODEL`."""
 
 from __future__ import annotations
 
@@ -7,26 +7,17 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from spear_mm.cli.choices import Listing, Policy
+from spear_mm.calibration.objective import REFINEMENTS
+from spear_mm.cli.choices import Listing
 from spear_mm.cli.output import out_console
 from spear_mm.evaluation.lm_eval_tasks import SHIPPED_EQUIVALENTS
 from spear_mm.evaluation.suites import SUITES, get_suite
 from spear_mm.io.architecture import _table
 from spear_mm.io.checkpoint import Checkpoint
+from spear_mm.merging.methods import METHODS
 from spear_mm.planning.check import validate_plan
-from spear_mm.planning.plan import Method, Plan
-from spear_mm.planning.policies import AGGRESSIVE_TOP_FRACTION, AGGRESSIVE_TOP_T, PRESETS
-
-_METHODS = {
-    "slerp": "spherical interpolation per tensor toward the base (LERP when |cos| > 0.9995); the default",
-    "lerp": "linear interpolation (1 - t)·adapted + t·base",
-    "task_arithmetic": "base + (1 - t)·Δ, with Δ = adapted - base",
-    "ties": "Δ trimmed to its largest `density` share of entries, added back with weight 1 - t",
-    "regmean": "per linear layer, least squares: base outputs on general-probe inputs, adapted outputs on domain-probe "
-    "inputs, weighted t : 1 - t (needs spear-mm stats); other tensors SLERP",
-    "fisher": "per parameter, base and adapted weighted by t·Fisher(general) : (1 - t)·Fisher(domain) (needs spear-mm "
-    "stats --kinds fisher)",
-}
+from spear_mm.planning.plan import Plan
+from spear_mm.planning.policies import POLICY_RULES
 
 
 def _suites() -> Table:
@@ -65,31 +56,29 @@ def _policies() -> Table:
     )
     for col in ("policy", "what it restores"):
         table.add_column(col)
-    rules = {
-        "uniform": "every unit at --t",
-        "custom": "one t per layer from --layers (--embed/--head/--final-norm for the other units)",
-        "top-k": "the --k highest-ranked units at --t",
-        "fraction": "the top --fraction of units at --t",
-        "measured": "a t per unit chosen from measured probe effects (--domain-probe; the measured planner)",
-    }
-    for name in (p.value for p in Policy):
-        if name in PRESETS:
-            fraction, t = PRESETS[name]
-            extra = f"; the top {AGGRESSIVE_TOP_FRACTION:.0%} at t={AGGRESSIVE_TOP_T}" if name == "aggressive" else ""
-            table.add_row(name, f"the top {fraction:.0%} units of the ranking at t={t}{extra}")
-        else:
-            table.add_row(name, rules[name])
+    for rule in POLICY_RULES.values():  # registered: planning/policies.py, `measured` by calibration/planner.py
+        table.add_row(rule.name, rule.summary)
     return table
 
 
 def _methods() -> Table:
-    from typing import get_args
+    table = Table(title="merge methods (a plan's `method`; spear-mm plan --method; registered in merging/methods/)")
+    for col in ("method", "what it computes (t = weight of the base)", "options", "stats", "mergekit"):
+        table.add_column(col)
+    for name, cls in METHODS.items():
+        stats = "yes" if cls.needs_statistics else ""
+        table.add_row(name, cls.summary, ", ".join(cls.options), stats, cls.mergekit or "")
+    return table
 
-    table = Table(title="merge methods (a plan's `method`; spear-mm plan --method)")
-    table.add_column("method")
-    table.add_column("what it computes (t = weight of the base)")
-    for name in get_args(Method):
-        table.add_row(name, _METHODS.get(name, ""))
+
+def _refinements() -> Table:
+    table = Table(
+        title="measured-planner refinements (`refine:` of the planner options; registered in calibration/search.py)"
+    )
+    table.add_column("refine")
+    table.add_column("what the optuna search varies")
+    for name, search in REFINEMENTS.items():
+        table.add_row(name, " ".join((search.__doc__ or "").split("\n\n")[0].split()))  # its docstring's summary
     return table
 
 
@@ -105,12 +94,14 @@ def _architectures() -> Table:
 
 
 def ls_cmd(what: Listing = typer.Argument(..., help="What to list.")) -> None:
-    """List the shipped suites, their tasks, the plan policies, the merge methods or the known architectures."""
+    """List the shipped suites, their tasks, the plan policies, the merge methods, the measured planner's
+    refinements or the known architectures."""
     builders = {
         Listing.suites: _suites,
         Listing.tasks: _tasks,
         Listing.policies: _policies,
         Listing.methods: _methods,
+        Listing.refinements: _refinements,
         Listing.architectures: _architectures,
     }
     out_console.print(builders[Listing(what)]())

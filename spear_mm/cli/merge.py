@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from spear_mm.cli import checks
-from spear_mm.cli.choices import DEVICE_METAVAR, Method
+from spear_mm.cli.choices import DEVICE_METAVAR, method_option
 from spear_mm.cli.output import out_console
 from spear_mm.cli.progress import Drawer, Look
 from spear_mm.errors import SpearError
@@ -45,11 +45,10 @@ def merge_cmd(
     layers_only: bool = typer.Option(
         False, "--layers-only", help="With --t: only the transformer layers; embeddings, head, final norm kept."
     ),
-    method: Method | None = typer.Option(None, help="With --t: the merge method (default slerp; see ls methods)."),
+    method: str | None = method_option(None, "With --t: the merge method (default slerp; see ls methods)."),
     stats: Path | None = typer.Option(
         None, "--stats", help="Statistics folder of `spear-mm stats` (regmean/fisher; overrides the plan's)."
     ),
-    all_tensors: bool = typer.Option(False, "--all-tensors", hidden=True, help="Deprecated: now the default."),
     device: str = typer.Option("cpu", metavar=DEVICE_METAVAR, help="Where the kernels run."),
     threads: int | None = typer.Option(None, help="Torch threads for the kernels (default 1: measured fastest)."),
     max_shard_size: str = typer.Option("5GB", help="Largest output shard, e.g. 5GB or 500MB."),
@@ -66,9 +65,7 @@ def merge_cmd(
     checks.file_option("--plan", plan)
     resolve_device(device)
     pair = open_pair(base, adapted, allow_vocab_extension=allow_vocab_extension)
-    if all_tensors and layers_only:
-        raise SpearError("--all-tensors and --layers-only contradict each other; --t applies to every tensor.")
-    the_plan = _resolve_plan(plan, t, pair.num_layers, layers_only, None if method is None else method.value)
+    the_plan = _resolve_plan(plan, t, pair.num_layers, layers_only, method)
     if stats is not None:
         the_plan = the_plan.model_copy(update={"statistics": str(stats)})
     ops = build_ops(pair, the_plan, parse_dtype(out_dtype))

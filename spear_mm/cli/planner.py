@@ -10,6 +10,7 @@ from spear_mm.calibration.planner import PlannerConfig, general_probe_for, measu
 from spear_mm.cli.progress import LOOKS, Drawer
 from spear_mm.errors import SpearError, validation_message
 from spear_mm.io.pair import open_pair
+from spear_mm.merging.methods import METHODS
 from spear_mm.planning.policies import check_options
 from spear_mm.scoring.probes import read_texts
 
@@ -77,9 +78,10 @@ def measured_from_cli(
     for path in (domain_probe, general_probe):
         if path is not None:
             read_texts(path)  # UTF-8 text, not blank: before the pair is opened and the base sampled
-    if method not in ("slerp", "regmean", "fisher"):
-        raise SpearError(f"--policy measured searches SLERP, or SLERP and an operator (regmean, fisher), not {method}.")
-    if method != "slerp" and statistics is None:
+    if method != "slerp" and not METHODS[method].needs_statistics:
+        operators = ", ".join(n for n, m in METHODS.items() if m.needs_statistics)
+        raise SpearError(f"--policy measured searches SLERP, or SLERP and an operator ({operators}), not {method}.")
+    if METHODS[method].needs_statistics and statistics is None:
         raise SpearError(f"--policy measured --method {method} needs --stats STATS (spear-mm stats).")
     try:
         config = PlannerConfig(**{k: v for k, v in knobs.items() if v is not None})

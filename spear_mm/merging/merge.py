@@ -30,6 +30,7 @@ from spear_mm.io.pair import Pair, open_pair
 from spear_mm.io.writer import ShardedWriter, parse_size
 from spear_mm.merging.buffers import Held
 from spear_mm.merging.folder import TRAINING_FILES, MergeReport, model_card, set_config_dtype, side_files
+from spear_mm.merging.methods import METHODS
 from spear_mm.merging.streaming import PREFETCH, TensorOp, TensorStat, produce, workspace_for
 from spear_mm.planning.plan import Plan
 from spear_mm.progress import ProgressCallback, ProgressEvent
@@ -54,7 +55,7 @@ def build_ops(pair: Pair, plan: Plan, out_dtype: torch.dtype | None = None) -> l
         t = plan.t_for(p)
         ext = pair.vocab_extension.get(name)
         method = plan.method_for(p)
-        trimmed = method == "ties" and plan.density < 1
+        trimmed = METHODS[method].changes_at_zero(plan)
         if not a.dtype.is_floating_point:  # integers cannot be interpolated: t = 1 copies the base, else adapted
             action, t = ("base", 1.0) if t == 1.0 and a.dtype == b.dtype and a.shape == b.shape else ("keep", 0.0)
         elif t == 0.0 and not trimmed:

@@ -23,7 +23,7 @@ from spear_mm.evaluation.metrics import EvalResult
 from spear_mm.evaluation.tasks import LoadedTask
 from spear_mm.io.pair import open_pair
 from spear_mm.merging.merge import merge_into_model
-from spear_mm.planning.plan import DATA_AWARE, Plan
+from spear_mm.planning.plan import Plan
 from spear_mm.progress import ProgressCallback
 from spear_mm.statistics.store import read_meta
 
@@ -63,6 +63,8 @@ def plan_hash(plan: Plan) -> str:
     """Hash of what the plan does (its creation time left out): equal plans give equal hashes."""
     data = plan.model_dump(mode="json")
     data["provenance"].pop("created", None)
+    if not data["method_options"]:  # plans without them hash as before the field existed
+        del data["method_options"]
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -72,12 +74,14 @@ def plan_effect_hash(plan: Plan, params) -> str:
     evaluation. `params`: the pair's {name: ParamInfo}."""
     effect = {
         "method": plan.method,
-        "density": plan.density if plan.method == "ties" else None,
+        "density": plan.density if plan.uses_option("density") else None,
         "t": [(name, plan.t_for(p)) for name, p in params.items()],
     }
     if plan.unit_methods:
         effect["methods"] = [plan.method_for(p) for p in params.values()]
-    if plan.methods() & set(DATA_AWARE):  # the statistics' content key (not their folder) and RegMean's λ
+    if plan.method_options:
+        effect["method_options"] = plan.method_options
+    if plan.needs_statistics():  # the statistics' content key (not their folder) and RegMean's λ
         meta = read_meta(Path(plan.statistics)) if plan.statistics else None
         effect["statistics"] = (meta.key if meta else plan.statistics, plan.shrink)
     return hashlib.sha256(json.dumps(effect, sort_keys=True).encode()).hexdigest()[:16]

@@ -14,7 +14,7 @@ from spear_mm.io.architecture import ParamInfo, for_model_type, layer_map
 from spear_mm.io.checkpoint import Checkpoint
 from spear_mm.io.hub import hub_label
 from spear_mm.planning.freeze import YAML_KEY, FreezeSummary, apply_freeze, freeze_patterns, write_freeze_yaml
-from spear_mm.planning.plan import Plan
+from spear_mm.planning.plan import Plan, merge_methods
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,8 @@ def _layer_suffixes(params: dict[str, ParamInfo], model_type: str) -> dict[str, 
 def to_mergekit_config(
     plan: Plan, base_path: str | Path, adapted_path: str | Path, *, dtype: str | None = None
 ) -> dict:
-    """A mergekit config that performs this plan's SLERP (or LERP) merge.
+    """A mergekit config that performs this plan's merge, in the form its method class gives (`mergekit`,
+    `mergekit_slice`, `mergekit_parameters`: SLERP, or LERP as mergekit's linear merge).
 
     mergekit's SLERP `t` weighs the model that is NOT `base_model`; with `base_model` = the adapted model
     and the other source = the base, mergekit's t equals spear-mm's t. A uniform plan is one slice with scalar
@@ -80,33 +81,29 @@ def to_mergekit_config(
     per_layer = [layer_rules(i) for i in range(n)]
     ranges = [(0, n)] if all(r == per_layer[0] for r in per_layer) else [(i, i + 1) for i in range(n)]
     adapted, base = model_ref(adapted_path), model_ref(base_path)
-    slices = []
-    for lo, hi in ranges:
-        rules = per_layer[lo]
-        sources = [{"model": adapted, "layer_range": [lo, hi]}, {"model": base, "layer_range": [lo, hi]}]
-        if plan.method == "slerp":
-            slices.append({"sources": sources, "parameters": {"t": rules}})
-        else:  # linear: weight of the adapted = 1 − t, of the base = t
-            sources[0]["parameters"] = {"weight": [dict(r, value=_one_minus(r["value"])) for r in rules]}
-            sources[1]["parameters"] = {"weight": rules}
-            slices.append({"sources": sources})
-    config: dict = {"slices": slices, "base_model": adapted}
-    if plan.method == "slerp":
-        config |= {"merge_method": "slerp", "parameters": {"t": [*fixed, {"value": round(plan.other, 6)}]}}
-    else:
-        config |= {"merge_method": "linear", "parameters": {"normalize": True}}
+    method = merge_methods()[plan.method]
+    slices = [
+        method.mergekit_slice(
+            [{"model": adapted, "layer_range": [lo, hi]}, {"model": base, "layer_range": [lo, hi]}], per_layer[lo]
+        )
+        for lo, hi in ranges
+    ]
+    config: dict = {"slices": slices, "base_model": adapted, "merge_method": method.mergekit}
+    config["parameters"] = method.mergekit_parameters(fixed, plan.other)
     if dtype:
         config["dtype"] = dtype
     return config
 
 
 def check_mergekit(method: str) -> None:
-    """Refuse a plan method mergekit cannot perform (called before anything is written)."""
-    if method not in ("slerp", "lerp"):
+    """Refuse a plan method mergekit cannot perform (its class declares no `mergekit` form; called before
+    anything is written). The message lists the registered methods that do export."""
+    if merge_methods()[method].mergekit is None:
+        exportable = [n for n, m in merge_methods().items() if m.mergekit is not None]
         raise SpearError(
-            f"the mergekit export supports slerp and lerp plans, not '{method}': mergekit's own "
-            f"{method} merges differently (no per-unit t toward the base). Merge with `spear-mm merge "
-            "--plan`, or make the plan with --method slerp for the export; nothing was written."
+            f"the mergekit export supports {' and '.join(exportable)} plans, not '{method}': mergekit has no "
+            f"per-unit {method} merge toward the base. Merge with `spear-mm merge --plan`, or make the plan with "
+            "--method slerp for the export; nothing was written."
         )
 
 
@@ -121,10 +118,6 @@ class _NoAliases(yaml.SafeDumper):
 
     def ignore_aliases(self, data) -> bool:
         return True
-
-
-def _one_minus(v):
-    return [round(1 - x, 6) for x in v] if isinstance(v, list) else round(1 - v, 6)
 
 
 def mergekit_yaml(plan: Plan, base_path: str | Path, adapted_path: str | Path, **kw) -> str:

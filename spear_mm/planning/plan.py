@@ -2,18 +2,23 @@
 
 `t` is the **weight of the base model** everywhere in spear-mm: t = 0 keeps the adapted tensor, t = 1 is the
 base tensor exactly (the layer behaves as if it had been frozen during CPT). Plans are plain YAML files that
-users review and edit; unknown keys and out-of-range values are errors that name the line.
+users review and edit; unknown keys, unregistered methods and out-of-range values are errors that name the line.
+
+A plan names its merge methods; the methods themselves (and their registry, `METHODS`) live in a later stage,
+merging/methods/. `merge_methods()` imports that package by name on first use, so its built-ins (and any module
+registered by being imported before) are the names a plan may use.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import importlib
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from spear_mm import __version__
 from spear_mm.errors import SpearError, read_text
@@ -21,8 +26,25 @@ from spear_mm.io.architecture import ParamInfo
 from spear_mm.io.files import atomic_write_text
 
 T = Annotated[float, Field(ge=0.0, le=1.0)]
-Method = Literal["slerp", "lerp", "task_arithmetic", "ties", "regmean", "fisher"]
-DATA_AWARE = ("regmean", "fisher")  # methods that read probe statistics (spear-mm stats)
+METHODS_PACKAGE = "spear_mm.merging.methods"  # importing it registers the built-in merge methods
+
+
+def merge_methods() -> dict[str, Any]:
+    """The registered merge method classes by name (merging/methods/: `MergeMethod` subclasses with `@register`)."""
+    return importlib.import_module(METHODS_PACKAGE).METHODS
+
+
+def registered_method(name: str) -> str:
+    """`name` if a merge method of that name is registered, else ValueError listing the registered ones."""
+    if name not in merge_methods():
+        raise ValueError(
+            f"unknown merge method {name!r}: the registered methods are {', '.join(merge_methods())} "
+            "(spear-mm ls methods)"
+        )
+    return name
+
+
+Method = Annotated[str, AfterValidator(registered_method)]  # a registered merge method's name
 UNIT_IDS = re.compile(r"^(layer\.\d+(\.(attn|mlp))?|embed|head|final_norm|other)$")
 
 
@@ -103,6 +125,8 @@ class Plan(_Strict):
     unit_methods: dict[str, Method] = Field(
         default_factory=dict
     )  # per-unit method ('layer.3', 'layer.3.attn', 'embed')
+    # options a method class declares beyond the fields above (`MergeMethod.options`), e.g. {gain: 0.5}
+    method_options: dict[str, float | int | str | bool] = Field(default_factory=dict)
     num_layers: Annotated[int, Field(ge=1)]
     default_t: T = 0.0
     layers: list[LayerRule] = Field(default_factory=list)
@@ -130,6 +154,13 @@ class Plan(_Strict):
                     f"unit_methods: '{unit}' is not a unit of a {self.num_layers}-layer model "
                     "(layer.N, layer.N.attn, layer.N.mlp, embed, head, final_norm, other)"
                 )
+        declared = {o for m in self.methods() for o in merge_methods()[m].options} - set(type(self).model_fields)
+        unknown = sorted(set(self.method_options) - declared)
+        if unknown:
+            raise ValueError(
+                f"method_options: {', '.join(unknown)} is not an option of {', '.join(sorted(self.methods()))} "
+                f"(their options: {', '.join(sorted(declared)) or 'none'}; density and shrink are top-level keys)"
+            )
         return self
 
     # -- per-tensor resolution ---------------------------------------------------------------------------------
@@ -162,6 +193,21 @@ class Plan(_Strict):
     def methods(self) -> set[str]:
         """Every merge method the plan uses."""
         return {self.method, *self.unit_methods.values()}
+
+    def needs_statistics(self) -> bool:
+        """Whether a method of the plan reads the probe statistics of `spear-mm stats` (regmean, fisher)."""
+        return any(merge_methods()[m].needs_statistics for m in self.methods())
+
+    def option_values(self, names: tuple[str, ...]) -> dict[str, object]:
+        """The values this plan sets for these method options: a top-level field (density, shrink) or an entry
+        of `method_options` (an option the plan leaves out keeps the method's own default)."""
+        fields = type(self).model_fields
+        values = {n: getattr(self, n) for n in names if n in fields}
+        return values | {n: self.method_options[n] for n in names if n in self.method_options}
+
+    def uses_option(self, field: str) -> bool:
+        """Whether the plan's own `method` reads this plan field as an option (e.g. `density` for ties)."""
+        return field in merge_methods()[self.method].options
 
     def unit_t(self, unit: str) -> float:
         """t of a unit id ('layer.3', 'embed', 'head', 'final_norm', 'other'; a sub-layer 'layer.3.attn' or
@@ -249,6 +295,8 @@ class Plan(_Strict):
     def to_yaml(self) -> str:
         data = self.model_dump(mode="json", exclude_none=True)
         data["layers"] = [{k: v for k, v in r.items() if not (k == "modules" and not v)} for r in data["layers"]]
+        if not data["method_options"]:
+            del data["method_options"]
         header = (
             "# spear-mm restoration plan. t = weight of the BASE model: 0 keeps the adapted weights,\n"
             "# 1 restores the base exactly (as if the layer had been frozen during CPT).\n"

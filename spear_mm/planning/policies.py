@@ -1,5 +1,8 @@
 """Restoration policies: a ScoreTable (every unit scored and ranked) becomes a Plan (presets, uniform, custom, top-k, fraction).
 
+A policy is one function decorated with `@register_policy(name, summary, uses)`; `POLICY_RULES` drives
+`plan --policy`, `spear-mm ls policies` and make_plan (the measured planner registers `measured` in calibration/).
+
 Counting rule: a policy that restores a fraction f of L layers restores `round_half_up(f·L)` of them, at least 1
 when f > 0 and at most L (L = 22: 10% → 2, 25% → 6, 50% → 11; L = 6: 10% → 1, 25% → 2, 50% → 3).
 """
@@ -8,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from spear_mm.errors import SpearError
 from spear_mm.io.hub import hub_label
@@ -24,20 +29,64 @@ PRESETS: dict[str, tuple[float, float]] = {
 }
 AGGRESSIVE_TOP_T = 0.9
 AGGRESSIVE_TOP_FRACTION = 0.25
-POLICIES = (*PRESETS, "uniform", "custom", "top-k", "fraction")
-# The options (make_plan's keywords) each policy reads; any other one given would be silently ignored.
-USES: dict[str, set[str]] = {
-    "custom": {"layer_ts"},
-    "uniform": {"t"},
-    "top-k": {"t", "k"},
-    "fraction": {"t", "fraction"},
-} | {p: {"fraction", "t", "k"} for p in PRESETS}
-_READ_BY = {
-    "layer_ts": "custom",
-    "t": "uniform, top-k, fraction and the presets",
-    "k": "top-k and the presets",
-    "fraction": "fraction and the presets",
-}
+
+
+@dataclass(frozen=True)
+class Ask:
+    """What a policy rule is given: the scores, the joint ranking of all units and make_plan's options."""
+
+    scores: ScoreTable
+    ranking: list[str]
+    fraction: float | None
+    t: float | None
+    k: int | None
+    layer_ts: list[float] | None
+
+
+Rule = Callable[[str, Ask], tuple[dict[str, float], dict]]  # (policy name, ask) -> (unit → t, provenance params)
+
+
+@dataclass(frozen=True)
+class PolicyRule:
+    """A registered policy: its name, what `spear-mm ls policies` says of it, the make_plan options it reads (any
+    other one given is refused), and the rule (None: the plan is made elsewhere, e.g. the measured planner)."""
+
+    name: str
+    summary: str
+    uses: frozenset[str]
+    rule: Rule | None = None
+
+
+POLICY_RULES: dict[str, PolicyRule] = {}
+
+
+def register_policy(name: str, summary: str, uses: set[str] | frozenset[str] = frozenset()):
+    """Decorator: register the rule function under `name` (for `plan --policy`, `ls policies`, make_plan).
+    Registering None (`register_policy(...)(None)`) names a policy planned elsewhere."""
+
+    def decorate(rule: Rule | None) -> Rule | None:
+        known = POLICY_RULES.get(name)
+        if known is not None and _origin(known.rule) != _origin(rule):  # the same code imported again is fine
+            raise SpearError(
+                f"policy {name!r} is registered twice ({_origin(known.rule)} and {_origin(rule)}): give the new "
+                "rule another name."
+            )
+        POLICY_RULES[name] = PolicyRule(name, summary, frozenset(uses), rule)
+        return rule
+
+    return decorate
+
+
+def _origin(rule: Rule | None) -> str | None:
+    return None if rule is None else f"{rule.__module__}.{rule.__qualname__}"
+
+
+def _readers(option: str) -> str:
+    """The policies that read `option`, the presets as one ('top-k and the presets')."""
+    names = [r.name for r in POLICY_RULES.values() if option in r.uses and r.name not in PRESETS]
+    if any(option in POLICY_RULES[p].uses for p in PRESETS if p in POLICY_RULES):
+        names.append("the presets")
+    return " and ".join(filter(None, [", ".join(names[:-1]), names[-1]])) if names else "no policy"
 
 
 def count_layers(fraction: float, num_layers: int) -> int:
@@ -53,9 +102,10 @@ def check_options(policy: str, given: dict[str, object], flag: dict[str, str] | 
     """Refuse options that `policy` would ignore (naming the policies that read them), and a preset given both
     `k` and `fraction` (k wins). `flag` maps keyword names to how the user wrote them (CLI flags)."""
     name = (flag or {}).get
-    ignored = [k for k, v in given.items() if v is not None and policy in USES and k not in USES[policy]]
+    rule = POLICY_RULES.get(policy)
+    ignored = [k for k, v in given.items() if v is not None and rule is not None and k not in rule.uses]
     if ignored:
-        why = "; ".join(f"{name(k, k)} is read by {_READ_BY[k]}" for k in ignored)
+        why = "; ".join(f"{name(k, k)} is read by {_readers(k)}" for k in ignored)
         raise SpearError(
             f"policy {policy} does not use {', '.join(name(k, k) for k in ignored)} ({why}); drop it "
             "or choose a policy that reads it."
@@ -75,43 +125,78 @@ def _check_t(t: float | None, what: str) -> float:
     return float(t)
 
 
+def _preset(policy: str, ask: Ask) -> tuple[dict[str, float], dict]:
+    """A preset: the top `fraction` (or `k`) of the ranking at the preset's t; aggressive gives the top quarter of
+    the units AGGRESSIVE_TOP_T."""
+    preset_fraction, preset_t = PRESETS[policy]
+    units = len(ask.ranking)
+    fraction = preset_fraction if ask.fraction is None else ask.fraction
+    count = ask.k if ask.k is not None else count_layers(fraction, units)
+    if policy == "aggressive":
+        top_t = AGGRESSIVE_TOP_T if ask.t is None else _check_t(ask.t, policy)
+        top = min(count, count_layers(AGGRESSIVE_TOP_FRACTION, units))
+        ts = {u: (top_t if j < top else preset_t) for j, u in enumerate(ask.ranking[:count])}
+        return ts, {"fraction": fraction, "k": count, "t_top": top_t, "top": top, "t_rest": preset_t}
+    t = preset_t if ask.t is None else _check_t(ask.t, policy)
+    return dict.fromkeys(ask.ranking[:count], t), {"fraction": fraction, "k": count, "t": t}
+
+
+def _register_presets() -> None:
+    for name, (fraction, t) in PRESETS.items():
+        top = f"; the top {AGGRESSIVE_TOP_FRACTION:.0%} at t={AGGRESSIVE_TOP_T}" if name == "aggressive" else ""
+        register_policy(name, f"the top {fraction:.0%} units of the ranking at t={t}{top}", {"fraction", "t", "k"})(
+            _preset
+        )
+
+
+_register_presets()  # first: `ls policies` and `--policy` list the presets first
+
+
+@register_policy("uniform", "every unit at --t", {"t"})
+def _uniform(policy: str, ask: Ask) -> tuple[dict[str, float], dict]:
+    t = _check_t(ask.t, "uniform")
+    return dict.fromkeys(ask.ranking, t), {"t": t}
+
+
+@register_policy(
+    "custom", "one t per layer from --layers (--embed/--head/--final-norm for the other units)", {"layer_ts"}
+)
+def _custom(policy: str, ask: Ask) -> tuple[dict[str, float], dict]:
+    n, layer_ts = ask.scores.num_layers, ask.layer_ts
+    if layer_ts is None or len(layer_ts) != n:
+        got = "none" if layer_ts is None else len(layer_ts)
+        raise SpearError(f"policy custom needs one t per layer ({n} values, got {got}), e.g. --layers 0,0.7,...")
+    ts = {f"layer.{i}": _check_t(v, "custom") for i, v in enumerate(layer_ts)}
+    return ts, {"layers": ",".join(map(str, layer_ts))}
+
+
+@register_policy("top-k", "the --k highest-ranked units at --t", {"t", "k"})
+def _top_k(policy: str, ask: Ask) -> tuple[dict[str, float], dict]:
+    t, units = _check_t(ask.t, policy), len(ask.ranking)
+    if ask.k is None or not 0 <= ask.k <= units:
+        raise SpearError(f"policy top-k needs --k between 0 and {units} (the number of ranked units).")
+    return dict.fromkeys(ask.ranking[: ask.k], t), {"t": t, "k": ask.k, "fraction": ask.fraction}
+
+
+@register_policy("fraction", "the top --fraction of units at --t", {"t", "fraction"})
+def _fraction(policy: str, ask: Ask) -> tuple[dict[str, float], dict]:
+    t = _check_t(ask.t, policy)
+    if ask.fraction is None:
+        raise SpearError("policy fraction needs --fraction (share of units to restore, 0..1).")
+    count = count_layers(ask.fraction, len(ask.ranking))
+    return dict.fromkeys(ask.ranking[:count], t), {"t": t, "k": count, "fraction": ask.fraction}
+
+
 def _unit_ts(scores: ScoreTable, policy, fraction, t, k, layer_ts, rank_by) -> tuple[dict[str, float], dict]:
     """t for every unit (layers, embed, head, final_norm) and the parameters that produced it (provenance).
 
     Presets, top-k and fraction restore the top of the joint ranking of all units, so the embeddings or the
     head are restored when they rank high, like any layer."""
-    n = scores.num_layers
-    ranking = scores.unit_ranking(rank_by)
-    units = len(ranking)
-    if policy == "custom":
-        if layer_ts is None or len(layer_ts) != n:
-            got = "none" if layer_ts is None else len(layer_ts)
-            raise SpearError(f"policy custom needs one t per layer ({n} values, got {got}), e.g. --layers 0,0.7,...")
-        ts = {f"layer.{i}": _check_t(v, "custom") for i, v in enumerate(layer_ts)}
-        return ts, {"layers": ",".join(map(str, layer_ts))}
-    if policy == "uniform":
-        t = _check_t(t, "uniform")
-        return dict.fromkeys(ranking, t), {"t": t}
-    if policy in ("top-k", "fraction"):
-        t = _check_t(t, policy)
-        if policy == "top-k" and (k is None or not 0 <= k <= units):
-            raise SpearError(f"policy top-k needs --k between 0 and {units} (the number of ranked units).")
-        if policy == "fraction" and fraction is None:
-            raise SpearError("policy fraction needs --fraction (share of units to restore, 0..1).")
-        count = k if policy == "top-k" else count_layers(fraction, units)
-        return dict.fromkeys(ranking[:count], t), {"t": t, "k": count, "fraction": fraction}
-    if policy not in PRESETS:
-        raise SpearError(f"unknown policy '{policy}'; choose one of {', '.join(POLICIES)}.")
-    preset_fraction, preset_t = PRESETS[policy]
-    fraction = preset_fraction if fraction is None else fraction
-    count = k if k is not None else count_layers(fraction, units)
-    if policy == "aggressive":
-        top_t = AGGRESSIVE_TOP_T if t is None else _check_t(t, policy)
-        top = min(count, count_layers(AGGRESSIVE_TOP_FRACTION, units))
-        ts = {u: (top_t if j < top else preset_t) for j, u in enumerate(ranking[:count])}
-        return ts, {"fraction": fraction, "k": count, "t_top": top_t, "top": top, "t_rest": preset_t}
-    t = preset_t if t is None else _check_t(t, policy)
-    return dict.fromkeys(ranking[:count], t), {"fraction": fraction, "k": count, "t": t}
+    rule = POLICY_RULES.get(policy)
+    if rule is None or rule.rule is None:
+        makers = [n for n, r in POLICY_RULES.items() if r.rule is not None]
+        raise SpearError(f"unknown policy '{policy}'; choose one of {', '.join(makers)}.")
+    return rule.rule(policy, Ask(scores, scores.unit_ranking(rank_by), fraction, t, k, layer_ts))
 
 
 def make_plan(

@@ -4,11 +4,16 @@
 A method sees the pair's global statistics first (`PairStats`: inner products in float64), then combines float32
 work buffers in place — chunk by chunk when `streamable`, else over the whole tensor at once. The streaming
 merge and the whole-tensor `merge()` below run the same `combine_`, so what is tested is what is written.
+
+A method is one file in this folder: a `MergeMethod` subclass decorated with `@register`, declaring its name, what
+`spear-mm ls methods` says of it, its options (the plan fields it reads), whether it needs `spear-mm stats`, and
+whether mergekit can perform it. Everything else (CLI choices, plan validation, the mergekit export, cache keys)
+asks the registry `METHODS`.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -20,17 +25,41 @@ METHODS: dict[str, type[MergeMethod]] = {}
 
 
 class MergeMethod:
-    """One way to combine a base/adapted tensor pair. Subclasses set `name` and override `coefficients` (linear
-    methods) or `combine_` (others), and take their options (e.g. TIES density) as constructor arguments."""
+    """One way to combine a base/adapted tensor pair. Subclasses set `name` and `summary` and override
+    `coefficients` (linear methods) or `combine_` (others). Their options are constructor keywords named in
+    `options`; `from_plan` passes the plan's values: a top-level field for the two older ones (TIES `density`,
+    RegMean `shrink`), else an entry of the plan's `method_options` (a new option needs no change to the Plan)."""
 
     name: ClassVar[str]
+    summary: ClassVar[str] = ""  # one line for `spear-mm ls methods` (t = weight of the base)
+    options: ClassVar[tuple[str, ...]] = ()  # its constructor's options, set by the plan (they enter the cache key)
+    needs_statistics: ClassVar[bool] = False  # reads the probe statistics of `spear-mm stats` (plan.statistics)
+    mergekit: ClassVar[str | None] = None  # mergekit's `merge_method` performing it per unit at t, or None
     streamable: ClassVar[bool] = True  # each output element depends only on its inputs and the pair statistics
     keeps_adapted_at_zero: ClassVar[bool] = True  # t = 0 returns `a` bit for bit
 
     @classmethod
     def from_plan(cls, plan: Plan) -> MergeMethod:
-        """The method with the options a plan sets for it (none by default)."""
-        return cls()
+        """The method with the options a plan sets for it (its `options`, by keyword; unset ones keep the
+        constructor's default)."""
+        return cls(**plan.option_values(cls.options))
+
+    @classmethod
+    def changes_at_zero(cls, plan: Plan) -> bool:
+        """Whether a tensor at t = 0 is rewritten all the same (e.g. TIES trims Δ), so a merge cannot keep it."""
+        return not cls.keeps_adapted_at_zero
+
+    @classmethod
+    def mergekit_slice(cls, sources: list[dict], rules: list[dict]) -> dict:
+        """One mergekit slice of the export (sources: the adapted, then the base) with these t rules (spear-mm's
+        t: filter → value); a method with a `mergekit` form converts them."""
+        raise NotImplementedError(f"merge method {cls.name!r} declares no mergekit form")
+
+    @classmethod
+    def mergekit_parameters(cls, fixed: list[dict], other: float) -> dict[str, Any]:
+        """The export's top-level `parameters` (`fixed`: the t rules of the tensors outside the layers; `other`:
+        the plan's t for unclassified tensors)."""
+        raise NotImplementedError(f"merge method {cls.name!r} declares no mergekit form")
 
     def bind(self, name: str, shape: tuple[int, ...]) -> MergeMethod:
         """The method as it applies to one tensor (a data-aware method returns one that knows the tensor's
@@ -69,7 +98,15 @@ class MergeMethod:
 
 
 def register(cls: type[MergeMethod]) -> type[MergeMethod]:
-    """Class decorator: make `cls` available by `cls.name` to plans and `--method`."""
+    """Class decorator: make `cls` available by `cls.name` to plans, `--method`, `ls methods` and the export.
+
+    Raises SpearError when another class already has the name (a plugin cannot silently replace a method)."""
+    known = METHODS.get(cls.name)
+    if known is not None and (known.__module__, known.__qualname__) != (cls.__module__, cls.__qualname__):
+        raise SpearError(
+            f"merge method {cls.name!r} is registered twice ({known.__module__}.{known.__qualname__} and "
+            f"{cls.__module__}.{cls.__qualname__}): give the new method another `name`."
+        )
     METHODS[cls.name] = cls
     return cls
 
@@ -80,5 +117,5 @@ def get_method(name: str, **options: float) -> MergeMethod:
     Raises SpearError listing the known methods for an unknown name.
     """
     if name not in METHODS:
-        raise SpearError(f"unknown merge method {name!r}: use one of {', '.join(sorted(METHODS))}.")
+        raise SpearError(f"unknown merge method {name!r}: use one of {', '.join(METHODS)}.")
     return METHODS[name](**options)

@@ -23,6 +23,11 @@ FLOOR = 1e-6  # Fisher floor relative to the tensor's mean Fisher (both sides)
 @register
 class Fisher(MergeMethod):
     name = "fisher"
+    summary = (
+        "per parameter, base and adapted weighted by t·Fisher(general) : (1 - t)·Fisher(domain) (needs spear-mm "
+        "stats --kinds fisher)"
+    )
+    needs_statistics = True
     streamable = False  # the Fisher is read per whole tensor
 
     def __init__(self, statistics: Statistics | None = None):

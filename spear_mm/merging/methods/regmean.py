@@ -54,6 +54,12 @@ def open_statistics(plan: Plan, kind: str) -> Statistics:
 @register
 class RegMean(MergeMethod):
     name = "regmean"
+    summary = (
+        "per linear layer, least squares: base outputs on general-probe inputs, adapted outputs on domain-probe "
+        "inputs, weighted t : 1 - t (needs spear-mm stats); other tensors SLERP"
+    )
+    options = ("shrink",)
+    needs_statistics = True
     streamable = False  # W·Qᵀ mixes a row's elements
 
     def __init__(self, statistics: Statistics | None = None, shrink: float = 0.9):

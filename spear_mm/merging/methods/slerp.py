@@ -4,6 +4,7 @@ tensors, with LERP when |cos| > 0.9995 (nearly parallel or antipodal) or either 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from spear_mm.merging.kernels import LERP_THRESHOLD, PairStats
 from spear_mm.merging.methods.base import MergeMethod, register
@@ -12,6 +13,17 @@ from spear_mm.merging.methods.base import MergeMethod, register
 @register
 class Slerp(MergeMethod):
     name = "slerp"
+    summary = "spherical interpolation per tensor toward the base (LERP when |cos| > 0.9995); the default"
+    mergekit = "slerp"
+
+    @classmethod
+    def mergekit_slice(cls, sources: list[dict], rules: list[dict]) -> dict:
+        """mergekit's SLERP `t` weighs the source that is not `base_model` (the adapted): spear-mm's t."""
+        return {"sources": sources, "parameters": {"t": rules}}
+
+    @classmethod
+    def mergekit_parameters(cls, fixed: list[dict], other: float) -> dict[str, Any]:
+        return {"t": [*fixed, {"value": round(other, 6)}]}
 
     def coefficients(self, stats: PairStats, t: float) -> tuple[float, float, bool]:
         if t <= 0.0:

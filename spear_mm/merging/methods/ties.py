@@ -20,6 +20,8 @@ def trim_threshold(delta32: torch.Tensor, density: float) -> float:
 @register
 class Ties(MergeMethod):
     name = "ties"
+    summary = "Δ trimmed to its largest `density` share of entries, added back with weight 1 - t"
+    options = ("density",)
     streamable = False  # the trim threshold is a quantile of the whole tensor's |Δ|
     keeps_adapted_at_zero = False  # t = 0 still trims Δ
 
@@ -27,8 +29,8 @@ class Ties(MergeMethod):
         self.density = density
 
     @classmethod
-    def from_plan(cls, plan: Plan) -> Ties:
-        return cls(density=plan.density)
+    def changes_at_zero(cls, plan: Plan) -> bool:
+        return plan.density < 1  # density 1 keeps Δ whole: t = 0 is the adapted tensor
 
     def combine_(self, x: torch.Tensor, y: torch.Tensor, t: float, ca: float, cb: float) -> torch.Tensor:
         x.sub_(y)  # Δ, trimmed to its largest entries, added back with weight 1 − t
