@@ -20,7 +20,7 @@
 Objectives on the probes (G = general NLL, D = domain NLL; B base, A adapted):
 - `keep` (default): maximise r = (G_A − G)/(G_A − G_B), the share of the general damage recovered, subject to
   D ≤ D_A + max_domain_loss · max(D_B − D_A, 0), i.e. losing at most that share of the probe's domain gain;
-- `target` (`target_retention`): reach r ≥ target and keep the most domain (minimise D).
+- `target` (`probe_recovery`): reach r ≥ target and keep the most domain (minimise D).
 """
 
 from __future__ import annotations
@@ -169,7 +169,7 @@ def plan_units(ev: ProbeEvaluator, order: list[str], config: PlannerConfig, *, r
             obj.describe(),
             time.perf_counter() - started,
         )
-    need = None if obj.mode == "keep" else config.target_retention * obj.damage
+    need = None if obj.mode == "keep" else config.probe_recovery * obj.damage
     taken = greedy_knapsack(effects, order, obj.allow, need, min_gain=config.tolerance * obj.damage)
     greedy = _feasible_prefix(taken, obj, run) if obj.mode == "keep" else _ts(taken)
     starts = {0: (greedy, run(greedy))}

@@ -80,7 +80,7 @@ def measured_candidate(
         scores=scores.content_hash(),
         general=_file_hash(general),
         domain=_file_hash(domain),
-        config=config.model_dump(mode="json"),
+        config=config.key_dump(),
         rank_by=rank_by,
         tokens=probe_tokens,
     )
@@ -124,7 +124,7 @@ def measured_step(
 ) -> tuple[Candidate, StageCost]:
     """The measured planner's plan, as a resumable step of its own; with the run's operators (their statistics:
     folder and key) it searches the first operator as well as SLERP."""
-    c = ctx.config  # its planner options were validated with the config (pipeline.config.PlannerOptions)
+    c = ctx.config  # its planner options were validated with the config (calibration.objective.PlannerOptions)
     return measured_candidate(
         ctx.pair,
         scores,
