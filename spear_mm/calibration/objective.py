@@ -8,6 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from spear_mm.calibration.probe import ProbeResult
 
+PROBE_TOKENS = 1024  # the planner's tokens per probe (`analyze --probe-tokens` is another probe: scoring/layers.py)
+
 
 class PlannerConfig(BaseModel):
     """Every choice of the measured planner (recorded in the plan's provenance). The descriptions are the help of
@@ -78,7 +80,7 @@ class PlannerOptions(PlannerConfig):
 
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
-    probe_tokens: int = Field(1024, ge=2, description="tokens per probe (general and domain)")
+    probe_tokens: int = Field(PROBE_TOKENS, ge=2, description="tokens per probe (general and domain)")
 
     def planner_config(self) -> PlannerConfig:
         return PlannerConfig(**self.model_dump(exclude={"probe_tokens"}))

@@ -30,7 +30,7 @@ import math
 import time
 from dataclasses import dataclass, field
 
-from spear_mm.calibration.objective import Objective, PlannerConfig
+from spear_mm.calibration.objective import PROBE_TOKENS, Objective, PlannerConfig
 from spear_mm.calibration.probe import ProbeEvaluator, ProbeResult, load_probes
 from spear_mm.calibration.samples import SAMPLE_SEED, sample_base_text
 from spear_mm.calibration.search import efficiency_order, kinds_of, pick, refine_groups, refine_units, tiers_of
@@ -225,7 +225,7 @@ def measured_plan(
     *,
     rank_by: str = "score",
     cache_path=None,
-    probe_tokens: int = 1024,
+    probe_tokens: int = PROBE_TOKENS,
     device: str = "cpu",
     method: str = "slerp",
     statistics=None,

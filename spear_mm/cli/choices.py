@@ -47,11 +47,6 @@ class RankBy(str, Enum):
     activation_drift = "activation_drift"
 
 
-class Granularity(str, Enum):
-    layer = "layer"
-    sublayer = "sublayer"
-
-
 class Method(str, Enum):
     slerp = "slerp"
     lerp = "lerp"
@@ -86,11 +81,6 @@ class SnrNormalize(str, Enum):
     max = "max"
 
 
-class ChooseFrom(str, Enum):
-    all = "all"
-    plans = "plans"
-
-
 class Listing(str, Enum):
     """What `spear-mm ls` lists."""
 
@@ -111,9 +101,6 @@ DOMAIN_PROBE_OPTION: Any = typer.Option(
 )
 GENERAL_PROBE_OPTION: Any = typer.Option(
     None, "--general-probe", help="measured: general text (default: 8 texts sampled once from the base)."
-)
-GRANULARITY_OPTION: Any = typer.Option(
-    None, "--granularity", help="measured: planner units; sublayer: a layer's attention and MLP are two units [layer]."
 )
 TASKS_OPTION: Any = typer.Option(None, "--tasks", help="lm-eval registered tasks, e.g. arc_easy,hellaswag (in R).")
 GENERAL_TASKS_OPTION: Any = typer.Option(None, "--general-tasks", help="lm-eval tasks that count in R.")

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from spear_mm.calibration.objective import PROBE_TOKENS
 from spear_mm.calibration.planner import PlannerConfig, general_probe_for, measured_plan
 from spear_mm.errors import SpearError
 from spear_mm.io.files import content_key
@@ -37,12 +38,10 @@ def _file_hash(path: Path) -> str:
 
 
 def check_probes(config: RunConfig) -> None:
-    """Before any work: the measured planner (when among the policies) has a domain probe, and its probe files
-    are UTF-8 text (their token counts are checked when the planner tokenises them)."""
+    """Before any work: the measured planner's probe files (when it is among the policies) are UTF-8 text (their
+    token counts are checked when the planner tokenises them; that it has a domain probe, by RunConfig)."""
     if "measured" not in config.policies:
         return
-    if config.domain_probe is None:
-        raise SpearError(_NO_DOMAIN_PROBE)
     for path in (config.domain_probe, config.general_probe):
         if path is not None:
             read_texts(path)
@@ -58,7 +57,7 @@ def measured_candidate(
     general_probe: str | Path | None = None,
     config: PlannerConfig | None = None,
     rank_by: str = "score",
-    probe_tokens: int = 1024,
+    probe_tokens: int = PROBE_TOKENS,
     device: str = "cpu",
     method: str = "slerp",
     statistics: tuple[Path, str] | None = None,
