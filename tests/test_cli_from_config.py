@@ -164,6 +164,7 @@ def test_the_planners_old_key_in_run_yaml_names_the_new_one(tmp_path):
         ({"lm_eval_include": "tasks/"}, "--lm-eval-include needs --tasks"),
         ({"general_tasks": "a,b", "domain_tasks": "b"}, r"\['b'\] are given as both general and domain"),
         ({"planner": {"budget": 3}}, "used only by the measured policy"),
+        ({"sweep": "f=0.1;t=2"}, r"sweep: --sweep t: values must lie in \(0, 1\]"),
     ],
 )
 def test_cross_field_mistakes_are_refused_when_the_config_is_built(options, message):

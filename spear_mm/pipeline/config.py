@@ -18,6 +18,7 @@ from spear_mm.executors import KINDS
 from spear_mm.io.dtypes import DtypeName
 from spear_mm.io.files import atomic_write_text
 from spear_mm.io.strict_yaml import load_strict_yaml
+from spear_mm.pipeline.candidates import parse_sweep
 from spear_mm.scoring.table import ScoreConfig
 
 ExecutorKind = Literal["local", "process", "ray"]
@@ -236,6 +237,16 @@ class RunConfig(BaseModel):
             if v.strip().lower() not in names:
                 raise ValueError(f"{v!r}: use one of {', '.join(names)}")
             return names[v.strip().lower()]
+        return v
+
+    @field_validator("sweep")
+    @classmethod
+    def _check_sweep(cls, v: str | bool | None) -> str | bool | None:
+        """The sweep's grid parses (before any work, not when the candidates are built)."""
+        try:
+            parse_sweep(v)
+        except SpearError as exc:
+            raise ValueError(str(exc).rstrip(".")) from None
         return v
 
     @field_validator("uniform_grid", mode="before")
