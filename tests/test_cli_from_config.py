@@ -146,6 +146,12 @@ def test_plan_target_retention_is_the_deprecated_probe_recovery(capsys):
     assert "now --planner-probe-recovery" in capsys.readouterr().err.replace("\n", " ")
 
 
+def test_the_rename_keeps_the_planner_steps_resume_key():
+    """RUN/planner/'s key hashes the settings under the old name: a run planned before the rename resumes."""
+    dump = PlannerOptions(probe_recovery=0.8).planner_config().key_dump()
+    assert dump["target_retention"] == 0.8 and "probe_recovery" not in dump
+
+
 def test_the_planners_old_key_in_run_yaml_names_the_new_one(tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text(

@@ -112,7 +112,7 @@ def parameters(flags: list[Flag]) -> list[inspect.Parameter]:
         if f.metavar:
             common["metavar"] = f.metavar
         if f.argument:
-            info = typer.Argument(None, show_default=False, **common)
+            info = typer.Argument(None, show_default=False, metavar=f.param.upper(), **common)
         else:
             info = typer.Option(_typer_default(f), *f.names, **common)
         out.append(inspect.Parameter(f.param, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=f.kind | None))
