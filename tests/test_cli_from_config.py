@@ -159,6 +159,8 @@ def test_the_planners_old_key_in_run_yaml_names_the_new_one(tmp_path):
     )
     with pytest.raises(SpearError, match="planner: target_retention: .*now probe_recovery"):
         RunConfig.build(config)
+    config.write_text(config.read_text().replace("0.8", "null"))  # as RUN/run.yaml files before the rename hold it
+    assert RunConfig.build(config).planner == PlannerOptions()
 
 
 @pytest.mark.parametrize(

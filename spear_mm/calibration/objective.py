@@ -49,11 +49,15 @@ class PlannerConfig(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _renamed(cls, data: Any) -> Any:
+        """`target_retention` is `probe_recovery`: a value is refused naming the new key; the `null` that resolved
+        run.yaml files written before the rename hold is dropped (so `run --config OLD_RUN/run.yaml` still works)."""
         if isinstance(data, dict) and "target_retention" in data:
-            raise ValueError(
-                "target_retention: the planner's general-probe target is now probe_recovery (run's own "
-                "target_retention: chooses among the evaluated models by R)"
-            )
+            if data["target_retention"] is not None:
+                raise ValueError(
+                    "target_retention: the planner's general-probe target is now probe_recovery (run's own "
+                    "target_retention: chooses among the evaluated models by R)"
+                )
+            data = {k: v for k, v in data.items() if k != "target_retention"}
         return data
 
     @field_validator("uniform_seeds", mode="before")
