@@ -146,6 +146,13 @@ def test_plan_target_retention_is_the_deprecated_probe_recovery(capsys):
     assert "now --planner-probe-recovery" in capsys.readouterr().err.replace("\n", " ")
 
 
+@pytest.mark.parametrize("spelling", ["--planner-budget", "--budget"])
+def test_a_bad_planner_value_on_plan_names_the_flag_as_typed(spelling):
+    ctx = COMMANDS["plan"].make_context("plan", ["scores/", "-o", "p.yaml", spelling, "-1"])
+    with pytest.raises(SpearError, match=f"^{spelling} -1: Input should be greater than or equal to 0.$"):
+        planner_options(typed(ctx, ctx.params))
+
+
 def test_the_rename_keeps_the_planner_steps_resume_key():
     """RUN/planner/'s key hashes the settings under the old name: a run planned before the rename resumes."""
     dump = PlannerOptions(probe_recovery=0.8).planner_config().key_dump()

@@ -16,7 +16,7 @@ from functools import cache
 from typing import Any, Literal
 
 import typer
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
 from spear_mm.cli.output import console
@@ -163,6 +163,15 @@ def overrides(flags: list[Flag], values: Mapping[str, Any], deprecated: Mapping[
             here = here.setdefault(key, {})
         here[f.path[-1]] = value.value if isinstance(value, Enum) else value
     return out
+
+
+def flag_problem(flags: list[Flag], values: Mapping[str, Any], exc: ValidationError) -> str:
+    """Pydantic's first error as one sentence naming the flag as typed (`--planner-budget -1: Input should …`)."""
+    err = exc.errors()[0]
+    path = tuple(map(str, err["loc"]))
+    typed_ = [f.spelling for f in flags if f.path[-len(path) :] == path and values.get(f.param) is not None]
+    named = typed_[0] if typed_ else next((f.spelling for f in flags if f.path[-len(path) :] == path), ".".join(path))
+    return f"{named} {err['input']}: {err['msg'].removeprefix('Value error, ')}."
 
 
 def given_spellings(flags: list[Flag], values: Mapping[str, Any]) -> list[str]:

@@ -11,10 +11,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsed
 
 from spear_mm.calibration.objective import PlannerOptions
 from spear_mm.calibration.planner import general_probe_for, measured_plan
-from spear_mm.cli.config_options import aliases, model_flags, overrides
+from spear_mm.cli.config_options import aliases, flag_problem, model_flags, overrides
 from spear_mm.cli.output import console
 from spear_mm.cli.progress import bars
-from spear_mm.errors import SpearError, validation_message
+from spear_mm.errors import SpearError
 from spear_mm.io.pair import open_pair
 from spear_mm.planning.policies import check_options
 from spear_mm.scoring.probes import read_texts
@@ -72,7 +72,7 @@ def planner_options(given: dict[str, Any]) -> PlannerOptions:
     try:
         return PlannerOptions(**overrides(PLANNER_FLAGS, given, DEPRECATED))
     except ValidationError as exc:
-        raise SpearError(validation_message(exc)) from exc
+        raise SpearError(flag_problem(PLANNER_FLAGS, given, exc)) from exc
 
 
 def measured_from_cli(
