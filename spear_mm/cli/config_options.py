@@ -125,6 +125,12 @@ def typed(ctx: typer.Context, values: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in values.items() if getattr(ctx.get_parameter_source(k), "name", "") == "COMMANDLINE"}
 
 
+def option(name: str, annotation: Any, default: Any, *decls: str, help: str, panel: str) -> inspect.Parameter:
+    """A hand-written option beside the generated ones (for what is not a config field: the config file itself)."""
+    info = typer.Option(default, *decls, help=help, rich_help_panel=panel)
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=annotation)
+
+
 CONTEXT = inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
 """The parameter that hands a generated command its Typer context (for `typed`)."""
 

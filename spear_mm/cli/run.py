@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 from pathlib import Path
@@ -13,7 +12,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsed
 from rich.table import Table
 
 from spear_mm.cli import checks
-from spear_mm.cli.config_options import CONTEXT, aliases, model_flags, overrides, parameters, typed, with_signature
+from spear_mm.cli.config_options import (
+    CONTEXT,
+    aliases,
+    model_flags,
+    option,
+    overrides,
+    parameters,
+    typed,
+    with_signature,
+)
 from spear_mm.cli.output import console, out_console
 from spear_mm.cli.progress import bars
 from spear_mm.pipeline.config import RunConfig
@@ -75,40 +83,31 @@ RUN_FLAGS = model_flags(RunConfig)
 _ALL_FLAGS = RUN_FLAGS + aliases(RUN_FLAGS, _RUN_ALIASES)
 # Options of the command that are not config fields: the config file itself, --tasks (more general_tasks), --force
 _EXTRA = [
-    inspect.Parameter(
+    option(
         "config",
-        inspect.Parameter.KEYWORD_ONLY,
-        default=typer.Option(
-            None,
-            "--config",
-            "-c",
-            help="A run.yaml (every option below; RUN/run.yaml of a run re-runs it). Flags win.",
-            rich_help_panel="Inputs",
-        ),
-        annotation=Path | None,
+        Path | None,
+        None,
+        "--config",
+        "-c",
+        panel="Inputs",
+        help="A run.yaml (every option below; RUN/run.yaml of a run re-runs it). Flags win.",
     ),
-    inspect.Parameter(
+    option(
         "tasks",
-        inspect.Parameter.KEYWORD_ONLY,
-        default=typer.Option(
-            None,
-            "--tasks",
-            help="Registered lm-eval tasks counted in R, e.g. arc_easy,hellaswag (more --general-tasks; imply "
-            "--backend lm-eval and, without --suite, no suite).",
-            rich_help_panel="Evaluation",
-        ),
-        annotation=str | None,
+        str | None,
+        None,
+        "--tasks",
+        panel="Evaluation",
+        help="Registered lm-eval tasks counted in R, e.g. arc_easy,hellaswag (more --general-tasks; imply "
+        "--backend lm-eval and, without --suite, no suite).",
     ),
-    inspect.Parameter(
+    option(
         "force",
-        inspect.Parameter.KEYWORD_ONLY,
-        default=typer.Option(
-            False,
-            "--force",
-            help="-o holds another pair's run: move it aside (NAME.replaced-TIME), start afresh.",
-            rich_help_panel="Output",
-        ),
-        annotation=bool,
+        bool,
+        False,
+        "--force",
+        panel="Output",
+        help="-o holds another pair's run: move it aside (NAME.replaced-TIME), start afresh.",
     ),
 ]
 EXAMPLES = (
