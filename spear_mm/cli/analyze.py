@@ -16,8 +16,6 @@ from rich.table import Table
 from spear_mm.cli import checks
 from spear_mm.cli.choices import (
     DEVICE_METAVAR,
-    DOMAIN_PROBE_OPTION,
-    GENERAL_PROBE_OPTION,
     Aggregate,
     Edge,
     Executor,
@@ -31,7 +29,15 @@ from spear_mm.cli.choices import (
 )
 from spear_mm.cli.config_options import given_spellings, parameters, typed, with_signature
 from spear_mm.cli.output import console
-from spear_mm.cli.planner import PLANNER_FLAGS, measured_from_cli, measurement_panel, planner_options, refuse_ignored
+from spear_mm.cli.planner import (
+    DOMAIN_PROBE_OPTION,
+    GENERAL_PROBE_OPTION,
+    PLANNER_FLAGS,
+    measured_from_cli,
+    measurement_panel,
+    planner_options,
+    refuse_ignored,
+)
 from spear_mm.cli.progress import PlainProgress, bars
 from spear_mm.errors import SpearError, validation_message
 from spear_mm.io.checkpoint import Checkpoint

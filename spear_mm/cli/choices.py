@@ -96,12 +96,6 @@ BACKEND_OPTION: Any = typer.Option(Backend.builtin, "--backend", help="Who score
 SUITE_OPTION: Any = typer.Option(
     None, "--suite", "-s", help="general, domain, demo or a suite .yaml (default general,domain; none with --tasks)."
 )
-DOMAIN_PROBE_OPTION: Any = typer.Option(
-    None, "--domain-probe", help="measured: held-out domain text (.txt, or .jsonl with a 'text' field)."
-)
-GENERAL_PROBE_OPTION: Any = typer.Option(
-    None, "--general-probe", help="measured: general text (default: 8 texts sampled once from the base)."
-)
 TASKS_OPTION: Any = typer.Option(None, "--tasks", help="lm-eval registered tasks, e.g. arc_easy,hellaswag (in R).")
 GENERAL_TASKS_OPTION: Any = typer.Option(None, "--general-tasks", help="lm-eval tasks that count in R.")
 DOMAIN_TASKS_OPTION: Any = typer.Option(None, "--domain-tasks", help="lm-eval tasks that count in K.")

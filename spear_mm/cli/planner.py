@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import typer
 from pydantic import ValidationError
 from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -21,7 +22,8 @@ from spear_mm.scoring.probes import read_texts
 
 # `plan`'s planner flags: generated from PlannerOptions (the fields `run` exposes too, same spelling); the old
 # spellings stay as hidden aliases, --target-retention (now --planner-probe-recovery) with a warning
-_FLAGS = model_flags(PlannerOptions, prefix="planner", panel="Measured planner (--policy measured)")
+PANEL = "Measured planner (--policy measured)"
+_FLAGS = model_flags(PlannerOptions, prefix="planner", panel=PANEL)
 PLANNER_FLAGS = _FLAGS + aliases(
     _FLAGS,
     {
@@ -37,6 +39,12 @@ DEPRECATED = {
     "--target-retention": "plan --target-retention is now --planner-probe-recovery (the share of the general-probe "
     "damage to recover; run's --target-retention chooses among evaluated models by R). The old spelling will go."
 }
+DOMAIN_PROBE_OPTION: Any = typer.Option(
+    None, "--domain-probe", help="Held-out domain text (.txt, or .jsonl with a 'text' field).", rich_help_panel=PANEL
+)
+GENERAL_PROBE_OPTION: Any = typer.Option(
+    None, "--general-probe", help="General text (default: 8 texts sampled once from the base).", rich_help_panel=PANEL
+)
 # `plan` flags read only by --policy measured, and those it does not read (the rule-based policies')
 MEASURED_FLAGS = ("--domain-probe", "--general-probe", *(f.spelling for f in PLANNER_FLAGS))
 RULE_FLAGS = {
