@@ -31,7 +31,7 @@ class Flag:
     path: tuple[str, ...]
     names: tuple[str, ...]
     kind: Any  # the type Typer parses: bool, int, float, str or an Enum
-    default: Any  # the field's default (shown in --help; the option's own default is None)
+    default: Any  # the field's default, shown in --help (a config file overrides it unless the flag is typed)
     help: str
     panel: str
     argument: bool = False
