@@ -110,7 +110,7 @@ def test_planner_finds_the_planted_plan(planted):
     planted_r = ev.evaluate({DAMAGED: 1.0, "embed": 1.0})
     assert res.result.general <= planted_r.general + 1e-6  # at least as good as the planted answer
     assert ev.evaluations <= 2 + 2 * len(ev.units) + 1 + 3 + 20 + 4  # refs, effects, knapsack, seeds, budget
-    target = plan_units(ev, scores.unit_ranking(), PlannerConfig(target_retention=0.8, budget=10))
+    target = plan_units(ev, scores.unit_ranking(), PlannerConfig(probe_recovery=0.8, budget=10))
     assert target.feasible and target.ts.get(TRAINED, 0) == 0
 
 

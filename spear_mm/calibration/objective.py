@@ -7,9 +7,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from spear_mm.calibration.probe import ProbeResult
+
+PROBE_TOKENS = 1024  # the planner's tokens per probe (`analyze --probe-tokens` is another probe: scoring/layers.py)
 
 # name -> search(obj, effects, order, start, config, run) -> (ts, ProbeResult): the black-box refinement
 REFINEMENTS: dict[str, Callable[..., tuple[dict[str, float], Any]]] = {}
@@ -32,24 +34,82 @@ def registered_refinement(name: str) -> str:
 
 
 class PlannerConfig(BaseModel):
-    """Every choice of the measured planner (recorded in the plan's provenance)."""
+    """Every choice of the measured planner (recorded in the plan's provenance). The descriptions are the help of
+    the `--planner-…` flags of `run` and `plan` (spear_mm.cli.config_options)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    t_mid: float = Field(0.5, gt=0.0, lt=1.0)  # the intermediate t measured per unit (besides t = 1)
-    max_domain_loss: float = Field(0.1, ge=0.0, le=1.0)  # share of the probe's domain gain that may be lost
-    target_retention: float | None = Field(None, gt=0.0, le=1.5)  # probe r to reach (then: most domain kept)
-    budget: int = Field(30, ge=0)  # probe evaluations for the black-box refinement
-    # search one t per efficiency tier, one t per unit kind (attention, MLP, embeddings, final norm), or single units
-    refine: Annotated[str, AfterValidator(registered_refinement)] = "tiers"
-    tiers: int = Field(3, ge=2, le=8)  # refine="tiers": units split into this many tiers by measured efficiency
-    refine_units: int = Field(8, ge=1)  # refine="units": units whose t the refinement searches
-    granularity: Literal["layer", "sublayer"] = "layer"  # sublayer: attention and MLP of a layer are two units
-    probe_units: int | None = Field(None, ge=1)  # measure only the top N units of the ranking (None: all)
-    t_step: float = Field(0.05, gt=0.0, le=0.5)  # grid of t in the refinement
-    uniform_seeds: tuple[float, ...] = (0.3, 0.6, 0.9)  # uniform plans tried as starting points
-    tolerance: float = Field(0.005, ge=0.0)  # objective differences below this are probe noise: restore less
-    seed: int = 0
+    t_mid: float = Field(0.5, gt=0.0, lt=1.0, description="the intermediate t measured per unit (besides t = 1)")
+    max_domain_loss: float = Field(0.1, ge=0.0, le=1.0, description="share of the domain-probe gain the plan may lose")
+    probe_recovery: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.5,
+        description="instead of --planner-max-domain-loss: reach this share of the general-probe damage recovered, keeping the most domain",
+    )
+    budget: int = Field(30, ge=0, description="probe evaluations for the black-box refinement")
+    refine: Annotated[str, AfterValidator(registered_refinement)] = Field(
+        "tiers", description="the refinement: tiers, kinds, units or another registered one (spear-mm ls refinements)"
+    )
+    tiers: int = Field(3, ge=2, le=8, description="with refine=tiers: units split into this many tiers by efficiency")
+    refine_units: int = Field(8, ge=1, description="with refine=units: the units whose t the refinement searches")
+    granularity: Literal["layer", "sublayer"] = Field(
+        "layer", description="planner units; sublayer: a layer's attention and MLP are two units"
+    )
+    probe_units: int | None = Field(
+        None, ge=1, description="measure only the top N units of the ranking (default: all)"
+    )
+    t_step: float = Field(0.05, gt=0.0, le=0.5, description="grid of t in the refinement")
+    uniform_seeds: tuple[float, ...] = Field(
+        (0.3, 0.6, 0.9), description="uniform plans tried as starting points (comma-separated t)"
+    )
+    tolerance: float = Field(
+        0.005, ge=0.0, description="objective differences below this are probe noise: restore less"
+    )
+    seed: int = Field(0, description="seed of the refinement's sampler")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        """`target_retention` is `probe_recovery`: a value is refused naming the new key; the `null` that resolved
+        run.yaml files written before the rename hold is dropped (so `run --config OLD_RUN/run.yaml` still works)."""
+        if isinstance(data, dict) and "target_retention" in data:
+            if data["target_retention"] is not None:
+                raise ValueError(
+                    "target_retention: the planner's general-probe target is now probe_recovery (run's own "
+                    "target_retention: chooses among the evaluated models by R)"
+                )
+            data = {k: v for k, v in data.items() if k != "target_retention"}
+        return data
+
+    @field_validator("uniform_seeds", mode="before")
+    @classmethod
+    def _seeds(cls, v: Any) -> Any:
+        """'0.3,0.6' as a flag gives it; YAML has lists, not tuples."""
+        if isinstance(v, str):
+            try:
+                return tuple(float(x) for x in v.split(",") if x.strip())
+            except ValueError:
+                raise ValueError(f"{v!r}: give comma-separated t values, e.g. 0.3,0.6,0.9") from None
+        return tuple(v) if isinstance(v, list) else v
+
+    def key_dump(self) -> dict[str, Any]:
+        """The settings as hashed in resume keys: `probe_recovery` under its old name, so earlier runs' keys hold."""
+        data = self.model_dump(mode="json")
+        data["target_retention"] = data.pop("probe_recovery")
+        return data
+
+
+class PlannerOptions(PlannerConfig):
+    """The measured planner's options as `run` (run.yaml `planner:`) and `plan` take them: `PlannerConfig`'s
+    fields and the probe length; strict types (no "true" strings), unknown keys refused."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    probe_tokens: int = Field(PROBE_TOKENS, ge=2, description="tokens per probe (general and domain)")
+
+    def planner_config(self) -> PlannerConfig:
+        return PlannerConfig(**self.model_dump(exclude={"probe_tokens"}))
 
 
 class Objective:
@@ -63,7 +123,7 @@ class Objective:
 
     @property
     def mode(self) -> str:
-        return "keep" if self.config.target_retention is None else "target"
+        return "keep" if self.config.probe_recovery is None else "target"
 
     def describe(self) -> str:
         if self.mode == "keep":
@@ -71,7 +131,7 @@ class Objective:
                 f"maximise the general-probe damage recovered, losing at most {self.config.max_domain_loss:.0%} "
                 f"of the domain-probe gain ({self.allow:.4f} nats/token)"
             )
-        return f"reach general-probe recovery ≥ {self.config.target_retention:g}, keeping the most domain gain"
+        return f"reach general-probe recovery ≥ {self.config.probe_recovery:g}, keeping the most domain gain"
 
     def recovered(self, r: ProbeResult) -> float:
         return (self.adapted.general - r.general) / self.damage if self.damage > 0 else 0.0
@@ -87,4 +147,4 @@ class Objective:
     def violation(self, r: ProbeResult) -> float:
         if self.mode == "keep":
             return r.domain - (self.adapted.domain + self.allow)
-        return self.config.target_retention - self.recovered(r)
+        return self.config.probe_recovery - self.recovered(r)

@@ -20,7 +20,7 @@
 Objectives on the probes (G = general NLL, D = domain NLL; B base, A adapted):
 - `keep` (default): maximise r = (G_A − G)/(G_A − G_B), the share of the general damage recovered, subject to
   D ≤ D_A + max_domain_loss · max(D_B − D_A, 0), i.e. losing at most that share of the probe's domain gain;
-- `target` (`target_retention`): reach r ≥ target and keep the most domain (minimise D).
+- `target` (`probe_recovery`): reach r ≥ target and keep the most domain (minimise D).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import math
 import time
 from dataclasses import dataclass, field
 
-from spear_mm.calibration.objective import REFINEMENTS, Objective, PlannerConfig
+from spear_mm.calibration.objective import PROBE_TOKENS, REFINEMENTS, Objective, PlannerConfig
 from spear_mm.calibration.probe import ProbeEvaluator, ProbeResult, load_probes
 from spear_mm.calibration.samples import SAMPLE_SEED, sample_base_text
 from spear_mm.calibration.search import pick
@@ -176,7 +176,7 @@ def plan_units(ev: ProbeEvaluator, order: list[str], config: PlannerConfig, *, r
             obj.describe(),
             time.perf_counter() - started,
         )
-    need = None if obj.mode == "keep" else config.target_retention * obj.damage
+    need = None if obj.mode == "keep" else config.probe_recovery * obj.damage
     taken = greedy_knapsack(effects, order, obj.allow, need, min_gain=config.tolerance * obj.damage)
     greedy = _feasible_prefix(taken, obj, run) if obj.mode == "keep" else _ts(taken)
     starts = {0: (greedy, run(greedy))}
@@ -227,7 +227,7 @@ def measured_plan(
     *,
     rank_by: str = "score",
     cache_path=None,
-    probe_tokens: int = 1024,
+    probe_tokens: int = PROBE_TOKENS,
     device: str = "cpu",
     method: str = "slerp",
     statistics=None,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
+from typing import Any
 
 import typer
 from pydantic import ValidationError
@@ -12,13 +14,9 @@ from rich.table import Table
 from spear_mm.cli import checks
 from spear_mm.cli.choices import (
     DEVICE_METAVAR,
-    DOMAIN_PROBE_OPTION,
-    GENERAL_PROBE_OPTION,
-    GRANULARITY_OPTION,
     Aggregate,
     Edge,
     Executor,
-    Granularity,
     Normalize,
     Precision,
     RankBy,
@@ -27,8 +25,17 @@ from spear_mm.cli.choices import (
     policy_option,
     value,
 )
+from spear_mm.cli.config_options import given_spellings, parameters, typed, with_signature
 from spear_mm.cli.output import out_console
-from spear_mm.cli.planner import measured_from_cli, measurement_panel, refuse_ignored
+from spear_mm.cli.planner import (
+    DOMAIN_PROBE_OPTION,
+    GENERAL_PROBE_OPTION,
+    PLANNER_FLAGS,
+    measured_from_cli,
+    measurement_panel,
+    planner_options,
+    refuse_ignored,
+)
 from spear_mm.cli.progress import LOOKS, Drawer, Look
 from spear_mm.errors import SpearError, validation_message
 from spear_mm.io.checkpoint import Checkpoint
@@ -135,7 +142,9 @@ def analyze_cmd(
     delta_spectrum: bool = typer.Option(True, help="Also the spectrum of ΔW (diagnostic SNR/effective rank)."),
     probe: Path | None = typer.Option(None, "--probe", help="General text file: per-layer activation drift (1−CKA)."),
     ground_truth: bool = typer.Option(False, "--ground-truth", help="Restore each layer alone, measure probe NLL."),
-    probe_tokens: int = typer.Option(2048, help="Tokens of the probe text used."),
+    probe_tokens: int = typer.Option(
+        2048, help="Tokens of the --probe text for the drift (1−CKA) and --ground-truth (not the planner's probes)."
+    ),
     allow_vocab_extension: bool = typer.Option(
         False, help="The adapted model added vocabulary rows: score the rows shared with the base."
     ),
@@ -212,6 +221,7 @@ def _floats(text: str | None) -> list[float] | None:
 
 
 def plan_cmd(
+    ctx: typer.Context,
     scores: Path = typer.Argument(..., help="Scores folder written by `spear-mm analyze`."),
     out: Path = typer.Option(..., "--out", "-o", help="Plan YAML to write."),
     policy: str = policy_option(
@@ -237,19 +247,8 @@ def plan_cmd(
     ),
     domain_probe: Path | None = DOMAIN_PROBE_OPTION,
     general_probe: Path | None = GENERAL_PROBE_OPTION,
-    budget: int | None = typer.Option(None, "--budget", help="measured: probe evaluations for the refinement [30]."),
-    max_domain_loss: float | None = typer.Option(
-        None, "--max-domain-loss", help="measured: share of the domain-probe gain the plan may lose [0.1]."
-    ),
-    target_retention: float | None = typer.Option(
-        None, "--target-retention", help="measured: reach this share of the general-probe damage recovered."
-    ),
-    probe_tokens: int | None = typer.Option(None, "--probe-tokens", help="measured: tokens per probe [1024]."),
-    probe_units: int | None = typer.Option(
-        None, "--probe-units", help="measured: measure only the top N units of the ranking (default: all)."
-    ),
-    granularity: Granularity | None = GRANULARITY_OPTION,
     force: bool = typer.Option(False, "--force", help="Replace an existing plan file (and export files)."),
+    **planner: Any,
 ) -> None:
     """Turn a layer ranking into a restoration plan (reviewable YAML), optionally exported for mergekit/CPT.
 
@@ -268,12 +267,7 @@ def plan_cmd(
             "--final-norm": final_norm,
             "--domain-probe": domain_probe,
             "--general-probe": general_probe,
-            "--budget": budget,
-            "--max-domain-loss": max_domain_loss,
-            "--target-retention": target_retention,
-            "--probe-tokens": probe_tokens,
-            "--probe-units": probe_units,
-            "--granularity": granularity,
+            **dict.fromkeys(given_spellings(PLANNER_FLAGS, typed(ctx, planner)), True),
         },
     )
     table = ScoreTable.load(scores)
@@ -290,15 +284,9 @@ def plan_cmd(
     if export_mergekit is not None:
         check_mergekit(method)  # a TIES / task-arithmetic / data-aware plan: refused before any work or write
     if policy == "measured":
-        knobs = dict(
-            budget=budget,
-            max_domain_loss=max_domain_loss,
-            target_retention=target_retention,
-            probe_units=probe_units,
-            granularity=value(granularity),
-        )
+        options = planner_options(typed(ctx, planner))
         plan = measured_from_cli(
-            table, base, adapted, out, domain_probe, general_probe, knobs, rank_by, probe_tokens, method, stats
+            table, base, adapted, out, domain_probe, general_probe, options, rank_by, method, stats
         )
     else:
         plan = make_plan(
@@ -363,6 +351,10 @@ def check_plan_outputs(
         if cache.is_dir():
             check_no_outside_links(cache, "planner cache folder")
     return out, checked[0], checked[1]
+
+
+_PLAN_PARAMS = [p for p in inspect.signature(plan_cmd).parameters.values() if p.kind is not p.VAR_KEYWORD]
+with_signature(plan_cmd, [*_PLAN_PARAMS, *parameters(PLANNER_FLAGS)])  # the planner's flags, from PlannerOptions
 
 
 def register(app: typer.Typer) -> None:

@@ -42,11 +42,6 @@ class RankBy(str, Enum):
     activation_drift = "activation_drift"
 
 
-class Granularity(str, Enum):
-    layer = "layer"
-    sublayer = "sublayer"
-
-
 class Aggregate(str, Enum):
     mean = "mean"
     max = "max"
@@ -70,11 +65,6 @@ class Precision(str, Enum):
 
 class SnrNormalize(str, Enum):
     max = "max"
-
-
-class ChooseFrom(str, Enum):
-    all = "all"
-    plans = "plans"
 
 
 class Listing(str, Enum):
@@ -132,15 +122,6 @@ def policy_option(default: str, help: str) -> Any:
 BACKEND_OPTION: Any = typer.Option(Backend.builtin, "--backend", help="Who scores the suites' items.")
 SUITE_OPTION: Any = typer.Option(
     None, "--suite", "-s", help="general, domain, demo or a suite .yaml (default general,domain; none with --tasks)."
-)
-DOMAIN_PROBE_OPTION: Any = typer.Option(
-    None, "--domain-probe", help="measured: held-out domain text (.txt, or .jsonl with a 'text' field)."
-)
-GENERAL_PROBE_OPTION: Any = typer.Option(
-    None, "--general-probe", help="measured: general text (default: 8 texts sampled once from the base)."
-)
-GRANULARITY_OPTION: Any = typer.Option(
-    None, "--granularity", help="measured: planner units; sublayer: a layer's attention and MLP are two units [layer]."
 )
 TASKS_OPTION: Any = typer.Option(None, "--tasks", help="lm-eval registered tasks, e.g. arc_easy,hellaswag (in R).")
 GENERAL_TASKS_OPTION: Any = typer.Option(None, "--general-tasks", help="lm-eval tasks that count in R.")

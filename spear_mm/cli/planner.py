@@ -3,28 +3,49 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import typer
+from pydantic import ValidationError
 from rich.panel import Panel
 
-from spear_mm.calibration.planner import PlannerConfig, general_probe_for, measured_plan
+from spear_mm.calibration.objective import PlannerOptions
+from spear_mm.calibration.planner import general_probe_for, measured_plan
+from spear_mm.cli.config_options import aliases, flag_problem, model_flags, overrides
 from spear_mm.cli.progress import LOOKS, Drawer
-from spear_mm.errors import SpearError, validation_message
+from spear_mm.errors import SpearError
 from spear_mm.io.pair import open_pair
 from spear_mm.merging.methods import METHODS
 from spear_mm.planning.policies import check_options
 from spear_mm.scoring.probes import read_texts
 
-# `plan` flags read only by --policy measured, and those it does not read (the rule-based policies')
-MEASURED_FLAGS = (
-    "--domain-probe",
-    "--general-probe",
-    "--budget",
-    "--max-domain-loss",
-    "--target-retention",
-    "--probe-tokens",
-    "--probe-units",
-    "--granularity",
+# `plan`'s planner flags: generated from PlannerOptions (the fields `run` exposes too, same spelling); the old
+# spellings stay as hidden aliases, --target-retention (now --planner-probe-recovery) with a warning
+PANEL = "Measured planner (--policy measured)"
+_FLAGS = model_flags(PlannerOptions, prefix="planner", panel=PANEL)
+PLANNER_FLAGS = _FLAGS + aliases(
+    _FLAGS,
+    {
+        "--budget": "--planner-budget",
+        "--max-domain-loss": "--planner-max-domain-loss",
+        "--probe-tokens": "--planner-probe-tokens",
+        "--probe-units": "--planner-probe-units",
+        "--granularity": "--planner-granularity",
+        "--target-retention": "--planner-probe-recovery",
+    },
 )
+DEPRECATED = {
+    "--target-retention": "plan --target-retention is now --planner-probe-recovery (the share of the general-probe "
+    "damage to recover; run's --target-retention chooses among evaluated models by R). The old spelling will go."
+}
+DOMAIN_PROBE_OPTION: Any = typer.Option(
+    None, "--domain-probe", help="Held-out domain text (.txt, or .jsonl with a 'text' field).", rich_help_panel=PANEL
+)
+GENERAL_PROBE_OPTION: Any = typer.Option(
+    None, "--general-probe", help="General text (default: 8 texts sampled once from the base).", rich_help_panel=PANEL
+)
+# `plan` flags read only by --policy measured, and those it does not read (the rule-based policies')
+MEASURED_FLAGS = ("--domain-probe", "--general-probe", *(f.spelling for f in PLANNER_FLAGS))
 RULE_FLAGS = {
     "fraction": "--fraction",
     "t": "--t",
@@ -53,6 +74,14 @@ def refuse_ignored(policy: str, given: dict[str, object]) -> None:
         raise SpearError(f"--policy {policy} does not use {', '.join(ignored)} ({why}); drop them or change --policy.")
 
 
+def planner_options(given: dict[str, Any]) -> PlannerOptions:
+    """The planner's options from the `--planner-…` flags typed (`given`: parameter -> value)."""
+    try:
+        return PlannerOptions(**overrides(PLANNER_FLAGS, given, DEPRECATED))
+    except ValidationError as exc:
+        raise SpearError(flag_problem(PLANNER_FLAGS, given, exc)) from exc
+
+
 def measured_from_cli(
     table,
     base,
@@ -60,16 +89,13 @@ def measured_from_cli(
     out: Path,
     domain_probe,
     general_probe,
-    knobs: dict,
+    options: PlannerOptions,
     rank_by: str,
-    probe_tokens: int,
     method: str,
     statistics: Path | None = None,
 ):
     """Open the pair (the scored folders unless --base/--adapted), sample the general probe when none is
     given, and run the planner with its probe cache beside the plan (`<plan>.probes/`)."""
-    from pydantic import ValidationError
-
     if domain_probe is None:
         raise SpearError(
             "--policy measured needs --domain-probe FILE: held-out domain text (a slice of the CPT corpus the "
@@ -83,10 +109,6 @@ def measured_from_cli(
         raise SpearError(f"--policy measured searches SLERP, or SLERP and an operator ({operators}), not {method}.")
     if METHODS[method].needs_statistics and statistics is None:
         raise SpearError(f"--policy measured --method {method} needs --stats STATS (spear-mm stats).")
-    try:
-        config = PlannerConfig(**{k: v for k, v in knobs.items() if v is not None})
-    except ValidationError as exc:
-        raise SpearError(validation_message(exc)) from exc
     pair = open_pair(base or table.base, adapted or table.adapted)
     cache = out.with_name(out.name + ".probes")
     with Drawer(LOOKS, transient=True) as progress:
@@ -96,10 +118,10 @@ def measured_from_cli(
             pair,
             general,
             domain_probe,
-            config,
+            options.planner_config(),
             rank_by=rank_by,
             cache_path=cache / "evaluations.jsonl",
-            probe_tokens=probe_tokens or 1024,
+            probe_tokens=options.probe_tokens,
             method=method,
             statistics=statistics,
             progress=progress,

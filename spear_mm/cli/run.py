@@ -5,33 +5,24 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
 
 from spear_mm.cli import checks
-from spear_mm.cli.choices import (
-    DEVICE_METAVAR,
-    DOMAIN_PROBE_OPTION,
-    DOMAIN_TASKS_OPTION,
-    GENERAL_PROBE_OPTION,
-    GENERAL_TASKS_OPTION,
-    GRANULARITY_OPTION,
-    LM_EVAL_INCLUDE_OPTION,
-    SUITE_OPTION,
-    TASKS_OPTION,
-    Backend,
-    ChooseFrom,
-    Executor,
-    Granularity,
-    RankBy,
-    registered_tasks,
-    value,
+from spear_mm.cli.config_options import (
+    CONTEXT,
+    aliases,
+    model_flags,
+    option,
+    overrides,
+    parameters,
+    typed,
+    with_signature,
 )
 from spear_mm.cli.output import console, out_console
 from spear_mm.cli.progress import LOOKS, Drawer
-from spear_mm.errors import SpearError
-from spear_mm.io.dtypes import DtypeName
 from spear_mm.pipeline.config import RunConfig
 from spear_mm.pipeline.run import run
 from spear_mm.pipeline.summary import RunSummary
@@ -65,144 +56,61 @@ def results_table(summary) -> Table:
     return table
 
 
-def run_cmd(
-    base: str | None = typer.Argument(None, help="Base model folder or hub id org/name(@rev); or base: in --config."),
-    adapted: str | None = typer.Argument(None, help="Adapted model folder or hub id; or adapted: in --config."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Run folder (created; a re-run resumes it)."),
-    config: Path | None = typer.Option(
-        None, "--config", "-c", help="A run.yaml (every option below; RUN/run.yaml of a run re-runs it). Flags win."
-    ),
-    data_dir: Path | None = typer.Option(None, "--data-dir", help="Folder with the suites' data files."),
-    suite: str | None = SUITE_OPTION,
-    policies: str | None = typer.Option(
+# Old spellings of planner flags on `run`, kept hidden so scripts keep working (`plan` accepts the same).
+_RUN_ALIASES = {
+    "--probe-tokens": "--planner-probe-tokens",
+    "--max-domain-loss": "--planner-max-domain-loss",
+    "--granularity": "--planner-granularity",
+}
+RUN_FLAGS = model_flags(RunConfig)
+_ALL_FLAGS = RUN_FLAGS + aliases(RUN_FLAGS, _RUN_ALIASES)
+# Options of the command that are not config fields: the config file itself, --tasks (more general_tasks), --force
+_EXTRA = [
+    option(
+        "config",
+        Path | None,
         None,
-        "--policies",
-        help="Comma-separated presets, 'measured' (the probe-driven planner: needs --domain-probe) and/or plan .yaml "
-        "files [conservative,balanced,aggressive].",
+        "--config",
+        "-c",
+        panel="Inputs",
+        help="A run.yaml (every option below; RUN/run.yaml of a run re-runs it). Flags win.",
     ),
-    rank_by: RankBy | None = typer.Option(None, "--rank-by", help="Ranking the presets restore from [score]."),
-    uniform_grid: str | None = typer.Option(
-        None, "--uniform-grid", help="t of the uniform-SLERP curve every plan is compared with [0.1,0.2,…,0.9]."
+    option(
+        "tasks",
+        str | None,
+        None,
+        "--tasks",
+        panel="Evaluation",
+        help="Registered lm-eval tasks counted in R, e.g. arc_easy,hellaswag (more --general-tasks; imply "
+        "--backend lm-eval and, without --suite, no suite).",
     ),
-    domain_probe: Path | None = DOMAIN_PROBE_OPTION,
-    general_probe: Path | None = GENERAL_PROBE_OPTION,
-    operators: str | None = typer.Option(
-        None, "--operators", help="Data-aware operator curves, e.g. 'regmean=0.3,0.5,0.7' (needs --domain-probe)."
+    option(
+        "force",
+        bool,
+        False,
+        "--force",
+        panel="Output",
+        help="-o holds another pair's run: move it aside (NAME.replaced-TIME), start afresh.",
     ),
-    stats_tokens: int | None = typer.Option(None, "--stats-tokens", help="operators: probe tokens per side [4096]."),
-    planner_budget: int | None = typer.Option(None, "--planner-budget", help="measured: probe evaluations [30]."),
-    probe_tokens: int | None = typer.Option(None, "--probe-tokens", help="measured: tokens per probe [1024]."),
-    max_domain_loss: float | None = typer.Option(
-        None, "--max-domain-loss", help="measured: share of the domain-probe gain the plan may lose [0.1]."
-    ),
-    granularity: Granularity | None = GRANULARITY_OPTION,
-    sweep: str | None = typer.Option(
-        None, "--sweep", help="Fractions × t grid, e.g. 'f=0.1,0.25,0.5;t=0.5,0.7,0.9' ('default' for that grid)."
-    ),
-    baselines: bool | None = typer.Option(
-        None, "--baselines/--no-baselines", help="Uniform SLERP, task arithmetic, TIES [on]."
-    ),
-    target_retention: float | None = typer.Option(
-        None, "--target-retention", help="Choose the most K among models with R ≥ this (e.g. 0.9)."
-    ),
-    choose_from: ChooseFrom | None = typer.Option(
-        None, "--choose-from", help="all: plans, sweep, baselines, CPT (default); plans: SPEAR-MM plans only."
-    ),
-    keep_chance_tasks: bool | None = typer.Option(
-        None, "--keep-chance-tasks", help="Keep tasks at chance level in R and K (default: flagged, left out)."
-    ),
-    limit: int | None = typer.Option(None, "--limit", help="Items per task (seeded, stratified by label)."),
-    seed: int | None = typer.Option(None, help="Seed of the --limit sample [0]."),
-    device: str | None = typer.Option(None, metavar=DEVICE_METAVAR, help="Where merges and evaluation run [cpu]."),
-    threads: int | None = typer.Option(None, help="Torch CPU threads per evaluation (default: torch's choice)."),
-    workers: int | None = typer.Option(None, "--workers", "-j", help="Executor workers (process / ray)."),
-    batch_size: int | None = typer.Option(None, "--batch-size", help="Items per evaluation batch [16]."),
-    keep_all: bool | None = typer.Option(None, "--keep-all", help="Write every candidate to RUN/models/ (disk!)."),
-    executor: Executor | None = typer.Option(None, "--executor", help="Where candidate evaluations run [local]."),
-    ray_address: str | None = typer.Option(None, "--ray-address", help="Ray cluster address (with --executor ray)."),
-    cpt_cost_seconds: float | None = typer.Option(
-        None, "--cpt-cost-seconds", help="Cost of one CPT run (default: ADAPTED/cost.json from spear-mm cpt)."
-    ),
-    title: str | None = typer.Option(None, help="Report title."),
-    allow_vocab_extension: bool | None = typer.Option(
-        None, help="The adapted model added vocabulary rows: shared rows are scored and merged, new rows kept."
-    ),
-    out_dtype: DtypeName | None = typer.Option(
-        None, "--out-dtype", help="dtype of the written model(s) (default: the adapted model's)."
-    ),
-    backend: Backend | None = typer.Option(None, "--backend", help="Back end for the suites' items [builtin]."),
-    tasks: str | None = TASKS_OPTION,
-    general_tasks: str | None = GENERAL_TASKS_OPTION,
-    domain_tasks: str | None = DOMAIN_TASKS_OPTION,
-    lm_eval_include: Path | None = LM_EVAL_INCLUDE_OPTION,
-    force: bool = typer.Option(
-        False, "--force", help="-o holds another pair's run: move it aside (NAME.replaced-TIME), start afresh."
-    ),
-) -> None:
-    """Score, plan, merge, validate and choose for one base/adapted pair; writes RUN/report.html."""
+]
+EXAMPLES = (
+    "Examples:\n\n"
+    "spear-mm run base/ adapted/ -o runs/fin --data-dir data/ --target-retention 0.9  "
+    "(presets, sweep and baselines; the most K among R ≥ 0.9)\n\n"
+    "spear-mm run -c runs/fin/run.yaml --policies measured --domain-probe held_out.txt --planner-budget 8  "
+    "(a run's resolved config, re-run with the measured planner)"
+)
+
+
+def run_cmd(ctx: typer.Context, **values: Any) -> None:
+    """Score, plan, merge, validate and choose for one base/adapted pair; writes RUN/report.html.
+
+    Every option is a field of the run config (run.yaml, `spear_mm.pipeline.config.RunConfig`); flags win over
+    --config.
+    """
+    config, force = values.pop("config", None), values.pop("force", False)
     checks.file_option("--config", config)
-    for option, value_ in (
-        ("--limit", limit),
-        ("--threads", threads),
-        ("--workers", workers),
-        ("--batch-size", batch_size),
-    ):
-        checks.positive(option, value_)
-    registered = registered_tasks(tasks, general_tasks, domain_tasks, lm_eval_include)
-    lm_eval = (
-        {}
-        if registered is None
-        else {
-            "general_tasks": list(registered.general),
-            "domain_tasks": list(registered.domain),
-            "lm_eval_include": registered.include_path,
-            "backend": "lm-eval",
-            "suites": suite or "",
-        }
-    )
-    options = (
-        dict(
-            base=base,
-            adapted=adapted,
-            out=out,
-            data_dir=data_dir,
-            suites=suite,
-            policies=policies,
-            sweep=sweep,
-            baselines=baselines,
-            target_retention=target_retention,
-            choose_from=value(choose_from),
-            keep_chance_tasks=keep_chance_tasks,
-            limit=limit,
-            seed=seed,
-            device=device,
-            threads=threads,
-            workers=workers,
-            batch_size=batch_size,
-            keep_all=keep_all,
-            executor=value(executor),
-            ray_address=ray_address,
-            cpt_cost_seconds=cpt_cost_seconds,
-            title=title,
-            allow_vocab_extension=allow_vocab_extension,
-            out_dtype=value(out_dtype),
-            backend=value(backend),
-            rank_by=value(rank_by),
-            uniform_grid=_floats(uniform_grid),
-            domain_probe=domain_probe,
-            general_probe=general_probe,
-            operators=operators,
-            stats_tokens=stats_tokens,
-            planner=_given(
-                budget=planner_budget,
-                probe_tokens=probe_tokens,
-                max_domain_loss=max_domain_loss,
-                granularity=value(granularity),
-            ),
-        )
-        | lm_eval
-    )
-    run_config = RunConfig.build(config, **options)
+    run_config = resolve(config, typed(ctx, values))
     checks.device(run_config.device)
     quiet_per_model_logs()
     with Drawer(LOOKS) as progress:
@@ -210,16 +118,20 @@ def run_cmd(
     print_summary(summary)
 
 
-def _floats(text: str | None) -> list[float] | None:
-    try:
-        return None if text is None else [float(x) for x in text.split(",") if x.strip()]
-    except ValueError as exc:
-        raise SpearError(f"--uniform-grid {text!r}: give comma-separated t values, e.g. 0.1,0.3,0.5,0.7,0.9.") from exc
+with_signature(run_cmd, [CONTEXT, *_EXTRA[:1], *parameters(_ALL_FLAGS), *_EXTRA[1:]])
 
 
-def _given(**values):
-    """Only the options given on the command line (None: the config file's or the default value holds)."""
-    return {k: v for k, v in values.items() if v is not None} or None
+def resolve(config: Path | None, values: dict[str, Any]) -> RunConfig:
+    """The `RunConfig` of a command line: the --config file, then the flags typed (`values`: parameter -> value).
+    Task names on the command line imply `--backend lm-eval` and, without --suite, no suite."""
+    given = overrides(_ALL_FLAGS, values)
+    tasks = [t for t in (values.get("tasks"), given.get("general_tasks")) if t]
+    if tasks:
+        given["general_tasks"] = ",".join(tasks)
+    if tasks or given.get("domain_tasks"):
+        given.setdefault("suites", "")
+        given.setdefault("backend", "lm-eval")
+    return RunConfig.build(config, **given)
 
 
 def print_summary(summary: RunSummary) -> None:
@@ -252,4 +164,4 @@ def quiet_per_model_logs() -> None:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("run")(run_cmd)
+    app.command("run", epilog=EXAMPLES)(run_cmd)

@@ -12,33 +12,38 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from spear_mm.calibration.objective import PlannerConfig
+from spear_mm.calibration.objective import PlannerConfig, PlannerOptions
 from spear_mm.errors import SpearError, read_text
 from spear_mm.executors import KINDS
 from spear_mm.io.dtypes import DtypeName
 from spear_mm.io.files import atomic_write_text
 from spear_mm.io.strict_yaml import load_strict_yaml
+from spear_mm.pipeline.candidates import parse_sweep
 from spear_mm.scoring.table import ScoreConfig
 
 ExecutorKind = Literal["local", "process", "ray"]
 assert set(KINDS) == {"local", "process", "ray"}
 
 
-class PlannerOptions(PlannerConfig):
-    """The measured planner's options in a run config: `PlannerConfig`'s fields and the probe length; strict
-    types (no "true" strings), unknown keys refused, checked whether or not the planner runs."""
+def cli(
+    panel: str, *flags: str, prefix: str = "", skip: tuple[str, ...] = (), metavar: str = "", argument: bool = False
+) -> dict[str, Any]:
+    """How a field appears on `spear-mm run` (spear_mm.cli.config_options): its help panel, its flag spellings
+    (default `--field-name`; a short one such as `-o` adds to it), and for a sub-model the flags' prefix and the
+    fields it leaves out; `argument`: positional."""
+    extra: dict[str, Any] = {"panel": panel, "flags": list(flags), "prefix": prefix, "skip": list(skip)}
+    extra |= {"argument": True} if argument else {}
+    return extra | ({"metavar": metavar} if metavar else {})
 
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
-    probe_tokens: int = Field(1024, ge=2, description="tokens per probe")
-
-    @field_validator("uniform_seeds", mode="before")
-    @classmethod
-    def _seeds(cls, v: Any) -> Any:
-        return tuple(v) if isinstance(v, list) else v  # YAML has lists, not tuples
-
-    def planner_config(self) -> PlannerConfig:
-        return PlannerConfig(**self.model_dump(exclude={"probe_tokens"}))
+_ARG, _IN, _CAND, _PLAN, _OPS = (
+    cli("Inputs", argument=True),
+    cli("Inputs"),
+    cli("Candidates"),
+    cli("Measured planner"),
+    cli("Data-aware operators"),
+)
+_CH, _EV, _EX, _OUT = cli("Choice"), cli("Evaluation"), cli("Execution"), cli("Output")
 
 
 _ALIASES = {"suite": "suites", "tasks": "general_tasks"}  # flag spelling -> key
@@ -67,51 +72,122 @@ class RunConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    base: str = Field(description="base model folder (before CPT)")
-    adapted: str = Field(description="adapted model folder (after CPT)")
-    out: str | None = Field(None, description="run folder (created; a re-run resumes it)")
-    suites: str | list[Any] = Field("general,domain", description="'general,domain', 'demo', a suite YAML, or tasks")
-    data_dir: str | None = Field(None, description="folder with the suites' data files")
-    policies: list[str] = Field(["conservative", "balanced", "aggressive"], description="presets or plan YAML files")
-    sweep: str | bool | None = Field(None, description="fractions × t grid, e.g. 'f=0.1,0.25;t=0.5,0.9', or true")
-    baselines: bool = Field(True, description="uniform SLERP, task arithmetic and TIES baselines")
-    target_retention: float | None = Field(None, gt=0, le=2, description="choose the most K among R ≥ this")
-    choose_from: Literal["all", "plans"] = "all"
-    keep_chance_tasks: bool = Field(False, description="keep tasks at chance level in R and K (default: left out)")
-    limit: int | None = Field(None, ge=1, description="items per task (seeded, stratified by label)")
-    seed: int = 0
-    device: str = "cpu"
-    threads: int | None = Field(None, ge=1, description="torch CPU threads per evaluation")
-    workers: int | None = Field(None, ge=1, description="executor workers (process / ray)")
-    batch_size: int = Field(16, ge=1)
-    keep_all: bool = Field(False, description="write every candidate to RUN/models/")
-    executor: ExecutorKind = "local"
-    ray_address: str | None = None
-    cpt_cost_seconds: float | None = Field(None, gt=0, description="cost of one CPT run (default: cost.json)")
-    scoring: ScoreConfig = Field(default_factory=ScoreConfig)
+    base: str = Field(
+        description="base model folder (before CPT) or hub id org/name(@rev); or base: in --config",
+        json_schema_extra=_ARG,
+    )
+    adapted: str = Field(
+        description="adapted model folder (after CPT) or hub id; or adapted: in --config", json_schema_extra=_ARG
+    )
+    out: str | None = Field(
+        None, description="run folder (created; a re-run resumes it)", json_schema_extra=cli("Inputs", "-o")
+    )
+    suites: str | list[Any] = Field(
+        "general,domain",
+        description="suites: general, domain, demo or a suite .yaml (none with task names)",
+        json_schema_extra=cli("Inputs", "--suite", "-s"),
+    )
+    data_dir: str | None = Field(None, description="folder with the suites' data files", json_schema_extra=_IN)
+    allow_vocab_extension: bool = Field(
+        False,
+        description="the adapted model added vocabulary rows: shared rows are scored and merged, new rows kept",
+        json_schema_extra=_IN,
+    )
+    policies: list[str] = Field(
+        ["conservative", "balanced", "aggressive"],
+        description="comma-separated presets, 'measured' (the probe-driven planner: needs --domain-probe) and/or "
+        "plan .yaml files",
+        json_schema_extra=_CAND,
+    )
     rank_by: Literal["score", "restore_gain", "activation_drift"] = Field(
-        "score", description="the ranking presets and the sweep restore from"
+        "score", description="ranking the presets and the sweep restore from", json_schema_extra=_CAND
     )
+    sweep: str | bool | None = Field(
+        None,
+        description="fractions × t grid, e.g. 'f=0.1,0.25,0.5;t=0.5,0.7,0.9' ('default' for that grid)",
+        json_schema_extra=_CAND,
+    )
+    baselines: bool = Field(True, description="uniform SLERP, task arithmetic and TIES", json_schema_extra=_CAND)
     uniform_grid: list[float] = Field(
-        [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], description="t of the uniform-SLERP curve plans are judged by"
+        [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
+        description="the t values of the uniform-SLERP curve every plan is compared with",
+        json_schema_extra=_CAND,
     )
-    domain_probe: str | None = Field(None, description="measured planner: held-out domain text (.txt or .jsonl)")
-    general_probe: str | None = Field(None, description="measured planner: general text (default: base samples)")
+    domain_probe: str | None = Field(
+        None, description="held-out domain text (.txt, or .jsonl with a 'text' field)", json_schema_extra=_PLAN
+    )
+    general_probe: str | None = Field(
+        None, description="general text (default: texts sampled once from the base)", json_schema_extra=_PLAN
+    )
     planner: PlannerOptions = Field(
-        default_factory=PlannerOptions, description="measured planner options (budget, max_domain_loss, …)"
+        default_factory=PlannerOptions,
+        description="measured planner options (budget, max_domain_loss, …)",
+        json_schema_extra=cli("Measured planner", prefix="planner"),
     )
     operators: dict[Literal["regmean", "fisher"], list[float]] = Field(
-        {}, description="data-aware operator curves: method -> α grid, e.g. {regmean: [0.3, 0.5, 0.7]}"
+        {},
+        description="data-aware operator curves, e.g. 'regmean=0.3,0.5,0.7;fisher=0.5' (needs --domain-probe)",
+        json_schema_extra=_OPS,
     )
-    stats_tokens: int = Field(4096, ge=16, description="operators: probe tokens per side for the statistics")
-    allow_vocab_extension: bool = Field(False, description="the adapted model may add tokens (new rows are kept)")
-    out_dtype: DtypeName | None = Field(None, description="dtype of written models (bf16 or bfloat16, …)")
-    backend: Literal["builtin", "lm-eval"] = Field("builtin", description="back end for the suites' items")
-    general_tasks: list[str] = Field([], description="lm-eval registered tasks counted in R (e.g. arc_easy)")
-    domain_tasks: list[str] = Field([], description="lm-eval registered tasks counted in K")
-    lm_eval_include: str | None = Field(None, description="folder of extra lm-eval task YAMLs")
-    title: str | None = None
-    report: bool = True
+    stats_tokens: int = Field(
+        4096, ge=16, description="probe tokens per side for the statistics", json_schema_extra=_OPS
+    )
+    target_retention: float | None = Field(
+        None, gt=0, le=2, description="choose the most K among models with R ≥ this (e.g. 0.9)", json_schema_extra=_CH
+    )
+    choose_from: Literal["all", "plans"] = Field(
+        "all", description="all: plans, sweep, baselines, CPT; plans: SPEAR-MM plans only", json_schema_extra=_CH
+    )
+    keep_chance_tasks: bool = Field(
+        False, description="keep tasks at chance level in R and K (default: flagged, left out)", json_schema_extra=_CH
+    )
+    backend: Literal["builtin", "lm-eval"] = Field(
+        "builtin", description="back end for the suites' items (task names imply lm-eval)", json_schema_extra=_EV
+    )
+    general_tasks: list[str] = Field(
+        [], description="registered lm-eval tasks that count in R (e.g. arc_easy)", json_schema_extra=_EV
+    )
+    domain_tasks: list[str] = Field([], description="registered lm-eval tasks that count in K", json_schema_extra=_EV)
+    lm_eval_include: str | None = Field(
+        None, description="folder of extra lm-eval task YAMLs (lm-eval's --include_path)", json_schema_extra=_EV
+    )
+    limit: int | None = Field(
+        None, ge=1, description="items per task (seeded, stratified by label)", json_schema_extra=_EV
+    )
+    seed: int = Field(0, description="seed of the --limit sample", json_schema_extra=_EV)
+    batch_size: int = Field(16, ge=1, description="items per evaluation batch", json_schema_extra=_EV)
+    scoring: ScoreConfig = Field(
+        default_factory=ScoreConfig,
+        description="how tensors are scored",
+        json_schema_extra=cli("Scoring", prefix="scoring", skip=("device",)),  # run's --device is used
+    )
+    device: str = Field(
+        "cpu",
+        description="where merges and evaluation run",
+        json_schema_extra=cli("Execution", metavar="[cpu|cuda|cuda:N]"),
+    )
+    threads: int | None = Field(
+        None, ge=1, description="torch CPU threads per evaluation (default: torch's choice)", json_schema_extra=_EX
+    )
+    workers: int | None = Field(
+        None, ge=1, description="executor workers (process / ray)", json_schema_extra=cli("Execution", "-j")
+    )
+    executor: ExecutorKind = Field("local", description="where candidate evaluations run", json_schema_extra=_EX)
+    ray_address: str | None = Field(
+        None, description="Ray cluster address ('auto' or HOST:PORT; needs --executor ray)", json_schema_extra=_EX
+    )
+    cpt_cost_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="cost of one CPT run (default: ADAPTED/cost.json from spear-mm cpt)",
+        json_schema_extra=_EX,
+    )
+    keep_all: bool = Field(False, description="write every candidate to RUN/models/ (disk!)", json_schema_extra=_OUT)
+    out_dtype: DtypeName | None = Field(
+        None, description="dtype of the written model(s) (default: the adapted model's)", json_schema_extra=_OUT
+    )
+    title: str | None = Field(None, description="report title", json_schema_extra=_OUT)
+    report: bool = Field(True, description="write RUN/report.md and report.html", json_schema_extra=_OUT)
 
     @model_validator(mode="before")
     @classmethod
@@ -163,6 +239,27 @@ class RunConfig(BaseModel):
             return names[v.strip().lower()]
         return v
 
+    @field_validator("sweep")
+    @classmethod
+    def _check_sweep(cls, v: str | bool | None) -> str | bool | None:
+        """The sweep's grid parses (before any work, not when the candidates are built)."""
+        try:
+            parse_sweep(v)
+        except SpearError as exc:
+            raise ValueError(str(exc).rstrip(".")) from None
+        return v
+
+    @field_validator("uniform_grid", mode="before")
+    @classmethod
+    def _split_grid(cls, v: Any) -> Any:
+        """'0.1,0.3,0.5' as the flag gives it."""
+        if not isinstance(v, str):
+            return v
+        try:
+            return [float(x) for x in v.split(",") if x.strip()]
+        except ValueError:
+            raise ValueError(f"{v!r}: give comma-separated t values, e.g. 0.1,0.3,0.5,0.7,0.9") from None
+
     @field_validator("uniform_grid")
     @classmethod
     def _check_grid(cls, v: list[float]) -> list[float]:
@@ -185,8 +282,17 @@ class RunConfig(BaseModel):
         plain = {tuple: list, Path: str, PlannerConfig: lambda c: c.model_dump(exclude_unset=True)}
         return {k: next((f(v) for t, f in plain.items() if isinstance(v, t)), v) for k, v in data.items()}
 
+    @model_validator(mode="before")
+    @classmethod
+    def _tasks_imply_lm_eval(cls, data: Any) -> Any:
+        """lm-eval task names imply `backend: lm-eval` (unless a back end is given for the suites)."""
+        if isinstance(data, dict) and any(data.get(k) for k in ("general_tasks", "domain_tasks", "tasks")):
+            data = {"backend": "lm-eval", **data}
+        return data
+
     @model_validator(mode="after")
-    def _planner_is_used(self) -> RunConfig:
+    def _consistent(self) -> RunConfig:
+        """Cross-field checks, made when the config is built: before any file is read or any work starts."""
         changed = sorted(k for k, v in self.planner if v != PlannerOptions.model_fields[k].default)
         if changed and "measured" not in self.policies:
             raise ValueError(
@@ -194,6 +300,25 @@ class RunConfig(BaseModel):
                 f"the policies ({', '.join(self.policies) or 'none'}); add 'measured' to policies (it needs "
                 "domain_probe) or remove the planner options"
             )
+        for needs, what in (
+            ("measured" in self.policies, "the measured policy needs"),
+            (self.operators, "operators need"),
+        ):
+            if needs and self.domain_probe is None:
+                raise ValueError(
+                    f"{what} a domain probe: pass --domain-probe FILE (domain_probe: in run.yaml), held-out CPT "
+                    "text (.txt or .jsonl with a 'text' field)"
+                )
+        if self.ray_address is not None and self.executor != "ray":
+            raise ValueError(f"--ray-address needs --executor ray (executor: ray), not {self.executor}")
+        if self.lm_eval_include is not None and not (self.general_tasks or self.domain_tasks):
+            raise ValueError(
+                "--lm-eval-include needs --tasks, --general-tasks or --domain-tasks (the task names; "
+                "general_tasks: or domain_tasks: in run.yaml)"
+            )
+        both = sorted(set(self.general_tasks) & set(self.domain_tasks))
+        if both:
+            raise ValueError(f"lm-eval task(s) {both} are given as both general and domain; pick one")
         return self
 
     @classmethod
@@ -216,8 +341,9 @@ class RunConfig(BaseModel):
             except ValueError as exc:
                 raise SpearError(f"{source}: {exc}.") from exc
         given = {k: v for k, v in overrides.items() if v is not None}
-        if isinstance(given.get("planner"), dict) and isinstance(data.get("planner"), dict):
-            given["planner"] = {**data["planner"], **given["planner"]}  # a flag changes one planner option
+        for section in _SECTIONS:  # a flag changes one planner (scoring) option of the file's
+            if isinstance(given.get(section), dict) and isinstance(data.get(section), dict):
+                given[section] = {**data[section], **given[section]}
         data.update(given)
         try:
             return cls.model_validate(data, strict=True)  # strict: nested models (scoring) too

@@ -11,6 +11,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+from spear_mm.calibration.objective import PROBE_TOKENS
 from spear_mm.calibration.planner import PlannerConfig, general_probe_for, measured_plan
 from spear_mm.errors import SpearError
 from spear_mm.io.files import content_key
@@ -37,12 +38,10 @@ def _file_hash(path: Path) -> str:
 
 
 def check_probes(config: RunConfig) -> None:
-    """Before any work: the measured planner (when among the policies) has a domain probe, and its probe files
-    are UTF-8 text (their token counts are checked when the planner tokenises them)."""
+    """Before any work: the measured planner's probe files (when it is among the policies) are UTF-8 text (their
+    token counts are checked when the planner tokenises them; that it has a domain probe, by RunConfig)."""
     if "measured" not in config.policies:
         return
-    if config.domain_probe is None:
-        raise SpearError(_NO_DOMAIN_PROBE)
     for path in (config.domain_probe, config.general_probe):
         if path is not None:
             read_texts(path)
@@ -58,7 +57,7 @@ def measured_candidate(
     general_probe: str | Path | None = None,
     config: PlannerConfig | None = None,
     rank_by: str = "score",
-    probe_tokens: int = 1024,
+    probe_tokens: int = PROBE_TOKENS,
     device: str = "cpu",
     method: str = "slerp",
     statistics: tuple[Path, str] | None = None,
@@ -79,7 +78,7 @@ def measured_candidate(
         scores=scores.content_hash(),
         general=_file_hash(general),
         domain=_file_hash(domain),
-        config=config.model_dump(mode="json"),
+        config=config.key_dump(),
         rank_by=rank_by,
         tokens=probe_tokens,
     )
@@ -123,7 +122,7 @@ def measured_step(
 ) -> tuple[Candidate, StageCost]:
     """The measured planner's plan, as a resumable step of its own; with the run's operators (their statistics:
     folder and key) it searches the first operator as well as SLERP."""
-    c = ctx.config  # its planner options were validated with the config (pipeline.config.PlannerOptions)
+    c = ctx.config  # its planner options were validated with the config (calibration.objective.PlannerOptions)
     return measured_candidate(
         ctx.pair,
         scores,

@@ -11,7 +11,7 @@ import datetime as _dt
 import hashlib
 import logging
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -30,16 +30,16 @@ class ScoreConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    alpha: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5  # weight of SWC vs SVD-drop in the combined score
-    aggregate: Literal["mean", "max"] = "mean"  # layer score from its matrices' scores
-    normalize: Literal["robust_z", "rank"] = "robust_z"  # within each module type
-    drop_sign: Literal["abs", "signed"] = "abs"  # |drop|: a gain of signal mass is a change too
-    edge: Edge = "mp"  # noise edge: calibrated Marchenko–Pastur, or Spectrum's formula
-    snr_normalize: Literal["max"] | None = None  # Spectrum's SNR/σ_1 (non-monotone; off by default)
-    method: SpectrumMethod = "gram"  # "svd" = torch.linalg.svdvals reference
-    precision: Precision = "auto"
-    device: str = "cpu"
-    delta_spectrum: bool = True  # also the spectrum of ΔW (diagnostic; +50% time)
+    alpha: float = Field(0.5, ge=0.0, le=1.0, description="weight of the SNR-weighted change vs the SVD drop")
+    aggregate: Literal["mean", "max"] = Field("mean", description="layer score from its matrices' scores")
+    normalize: Literal["robust_z", "rank"] = Field("robust_z", description="normalisation within a module type")
+    drop_sign: Literal["abs", "signed"] = Field("abs", description="|drop|: a gain of signal mass is a change too")
+    edge: Edge = Field("mp", description="noise edge: calibrated Marchenko–Pastur, or Spectrum's formula")
+    snr_normalize: Literal["max"] | None = Field(None, description="max: SNR/σ₁ as Spectrum does (off by default)")
+    method: SpectrumMethod = Field("gram", description="singular values from the Gram matrix, or svd (reference)")
+    precision: Precision = Field("auto", description="precision of the singular values")
+    device: str = "cpu"  # set from the command's --device
+    delta_spectrum: bool = Field(True, description="also the spectrum of ΔW (diagnostic; +50% time)")
 
 
 class ModuleScore(BaseModel):
