@@ -74,6 +74,7 @@ def _non_default(flag: Flag) -> list[str]:
         "general_tasks": "arc_easy",
         "domain_tasks": "x_domain",
         "planner_uniform_seeds": "0.5",
+        "planner_refine": "kinds",  # a registered refinement (str, checked against the registry)
         "device": "cuda",
         "lm_eval_include": "tasks/",
     }
