@@ -93,3 +93,14 @@ def test_a_task_of_a_known_kind_is_one_yaml_edit(tmp_path):
     assert [t.name for t in specs] == [*(t.name for t in get_suite("general").tasks), "my_qa"]
     (task,) = load_tasks([specs[-1]], data_dir=tmp_path)
     assert task.items[0].choices == ("3", "4")
+
+
+def test_a_bad_data_dir_is_one_paragraph_from_the_cli(tiny_pair, tmp_path, monkeypatch, capsys):
+    from common import digest, run_cli
+
+    suite = tmp_path / "mine.yaml"
+    suite.write_text("data_dir: [1, 2]\ntasks:\n  - {name: t, kind: perplexity, loader: text, path: t.txt}\n")
+    before = digest(tiny_pair[1], tmp_path)
+    code, text = run_cli(monkeypatch, capsys, "evaluate", tiny_pair[1], "--suite", suite, "-o", tmp_path / "e")
+    assert code == 2 and "data_dir [1, 2] is not a folder" in text and "Traceback" not in text, text
+    assert digest(tiny_pair[1], tmp_path) == before and not (tmp_path / "e").exists()
