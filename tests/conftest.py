@@ -16,6 +16,7 @@ from common import save_cpt_pair, save_pair  # noqa: E402
 SLOW_FIXTURES = {"cpt_pair", "ray_session"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
