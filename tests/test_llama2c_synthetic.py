@@ -152,3 +152,15 @@ def test_a_damaged_synthetic_file_is_a_clear_error(written, tmp_path: Path) -> N
     with pytest.raises(SpearError, match="RoPE tables do not match"):
         convert_llama2c(tmp_path / "rope.bin", tok_path, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_the_cli_converts_the_synthetic_file(written, tmp_path: Path, monkeypatch, capsys) -> None:
+    from common import run_cli
+
+    model, bin_path, tok_path, _ = written
+    code, text = run_cli(monkeypatch, capsys, "convert-llama2c", bin_path, tok_path, "-o", tmp_path / "hf")
+    assert code == 0, text
+    converted = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    assert all(torch.equal(converted.state_dict()[k], w) for k, w in model.state_dict().items())
+    code, text = run_cli(monkeypatch, capsys, "convert-llama2c", bin_path, tok_path, "-o", tmp_path / "hf")
+    assert code == 2 and "already exists" in text, text
