@@ -42,11 +42,11 @@ mergekit-venv:  ## mergekit in its own venv (torch pinned): the mergekit-export 
 	$(PY) -m venv $(MERGEKIT_VENV)
 	$(MERGEKIT_VENV)/bin/python -m pip install -q torch==2.13.0 mergekit==0.1.5 $(QUIET_INDEX)
 
-test: $(STAMP)  ## install when needed, then the whole suite (fast + slow end-to-end tests)
-	$(BIN)/python -m pytest -q
+test: $(STAMP)  ## install when needed, then the whole suite (fast + slow tests); the 15 slowest are listed
+	$(BIN)/python -m pytest -q --durations=15
 
-test-fast: $(STAMP)  ## unit tests only
-	$(BIN)/python -m pytest -q -m "not slow"
+test-fast: $(STAMP)  ## no CPT, no end-to-end run, no killed process, no Ray (`slow`): < 3 min on 2 cores
+	$(BIN)/python -m pytest -q -m "not slow" --durations=15
 
 lint: $(STAMP)
 	$(BIN)/ruff check spear_mm tests bench

@@ -11,6 +11,17 @@ torch.set_num_threads(1)
 
 from common import save_cpt_pair, save_pair  # noqa: E402
 
+# Fixtures too costly for `make test-fast` (`-m "not slow"`): two CPT runs, a Ray instance. Every test that uses
+# one, directly or through another fixture, is marked `slow` here, so a fast test cannot pull one in by accident.
+SLOW_FIXTURES = {"cpt_pair", "ray_session"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def tiny_pair(tmp_path_factory) -> tuple[Path, Path]:

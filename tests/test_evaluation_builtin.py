@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spear_mm.evaluation import LoadedTask, MCItem, TaskSpec, TextItem, evaluate
-from spear_mm.evaluation.builtin import Engine, length_batches, rolling_windows
+from spear_mm.evaluation.builtin import BuiltinScorer, length_batches, rolling_windows
 from spear_mm.evaluation.generation import common_prefix, truncate_at_stop
 
 TEXT = "The quick brown fox jumps over the lazy dog. Revenue rose 12 percent to 4.2 billion dollars."
@@ -54,7 +54,7 @@ def test_perplexity_equals_hand_computed_cross_entropy(model, tok):
 
 
 def test_rolling_windows_with_stride_match_hand_windows(model, tok):
-    engine = Engine(model, tok)
+    engine = BuiltinScorer(model, tok)
     doc = tok(TEXT, add_special_tokens=False)["input_ids"]
     window, stride = 12, 5
     (got,) = engine.rolling_nll([doc], window, stride)
@@ -122,7 +122,7 @@ def test_shared_context_equals_flat_scoring(tok, model_type):
     m = make_tiny_model(model_type, vocab_size=len(tok))
     contexts = ["Question: what is two plus two?\nAnswer:", "The central bank held", "Revenue rose 12 percent to "]
     choices = [["four", "five", "net income"], ["its rate", "the dog"], ["4.2 billion", "x", "the quick brown fox"]]
-    shared, flat = Engine(m, tok, batch_size=2), Engine(m, tok, batch_size=2, mc_strategy="flat")
+    shared, flat = BuiltinScorer(m, tok, batch_size=2), BuiltinScorer(m, tok, batch_size=2, mc_strategy="flat")
     assert shared.mc_strategy == "shared"
     ctx, conts = shared.encode_pairs(contexts, choices)
     a, b = shared.loglikelihoods(ctx, conts), flat.loglikelihoods(ctx, conts)
@@ -131,7 +131,7 @@ def test_shared_context_equals_flat_scoring(tok, model_type):
 
 
 def test_continuation_tokens_follow_lm_eval_encode_pair(tok, model):
-    engine = Engine(model, tok)
+    engine = BuiltinScorer(model, tok)
     ctx, conts = engine.encode_pairs(["Answer:", "Answer: "], [["four"], ["four"]])
     assert ctx[0] + conts[0][0] == tok("Answer: four")["input_ids"]
     assert ctx[1] == ctx[0]  # a trailing context space moves to the continuation, as in lm-eval
@@ -139,7 +139,7 @@ def test_continuation_tokens_follow_lm_eval_encode_pair(tok, model):
 
 
 def test_greedy_generation_matches_a_manual_loop(model, tok):
-    engine = Engine(model, tok, batch_size=2)
+    engine = BuiltinScorer(model, tok, batch_size=2)
     prompts = ["Q: What is two plus two?\nA:", "Revenue rose"]
     outs, n_gen = engine.generate(prompts, max_gen_toks=6, stop=[])
     for prompt, out in zip(prompts, outs, strict=True):
@@ -157,8 +157,8 @@ def test_greedy_generation_matches_a_manual_loop(model, tok):
 def test_shared_fewshot_prefix_gives_the_same_generations(model, tok):
     shots = "Q: There are 15 trees. Workers plant more; now 21. How many?\nA: 21 - 15 = 6. The answer is 6.\n\n" * 2
     prompts = [shots + f"Q: What is {i} plus {i}?\nA:" for i in range(5)]
-    shared = Engine(model, tok, batch_size=2)
-    plain = Engine(model, tok, batch_size=2, mc_strategy="flat")  # flat: no cache sharing anywhere
+    shared = BuiltinScorer(model, tok, batch_size=2)
+    plain = BuiltinScorer(model, tok, batch_size=2, mc_strategy="flat")  # flat: no cache sharing anywhere
     out_shared, n_shared = shared.generate(prompts, max_gen_toks=8, stop=["Q:"])
     out_plain, n_plain = plain.generate(prompts, max_gen_toks=8, stop=["Q:"])
     assert common_prefix([tok(p)["input_ids"] for p in prompts]) > 32

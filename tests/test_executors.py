@@ -108,6 +108,7 @@ def test_process_pool_scores_are_identical(tiny_pair, reference, local_table):
     assert_same_scores(local_table, table)
 
 
+@pytest.mark.slow  # worker processes die and are replaced (~10 s on 2 cores)
 def test_process_pool_writes_results_as_they_arrive_and_retries_a_dead_worker(tmp_path):
     partial = tmp_path / "partial.txt"
 

@@ -120,6 +120,7 @@ def test_run_records_the_resolved_revisions_in_the_summary(hub, cli, tmp_path):
     assert summary["base_hub"] == f"org/base@{COMMIT}" and summary["adapted_hub"] == f"org/adapted@{COMMIT}"
 
 
+@pytest.mark.slow  # trains a CPT step
 def test_cpt_takes_a_hub_id_and_records_it(hub, cli, tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("Revenue rose 12 percent to 4.2 billion dollars.\n\nThe central bank held its rate.\n" * 20)

@@ -12,6 +12,8 @@ from spear_mm import run
 from spear_mm.errors import SpearError
 from spear_mm.training.cpt import CptConfig, cpt
 
+pytestmark = pytest.mark.slow  # every test here uses a CPT of the pico base (the `pair` fixture)
+
 GENERAL = "The quick brown fox jumps over the lazy dog. Water boils at 100 degrees Celsius. "
 FINANCE = "Revenue rose 12 percent to 4.2 billion dollars. The central bank held its policy rate. "
 

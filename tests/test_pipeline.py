@@ -199,7 +199,8 @@ def test_interrupted_run_resumes(pair, suite, tmp_path) -> None:
     assert "ΔR vs uniform" not in _table_text(summary)
 
 
-def test_missing_suite_file_warns(pair, suite, tmp_path, caplog) -> None:
+def test_missing_suite_file_warns(tiny_pair, suite, tmp_path, caplog) -> None:
+    pair = tiny_pair  # refused before any work: no CPT pair needed (that keeps the test out of `slow`)
     with caplog.at_level(logging.WARNING):
         tasks, skipped = _load_tasks(RunConfig(base="b", adapted="a", suites=str(suite), data_dir=str(suite.parent)))
     assert [t.name for t in tasks] == ["gen_ppl", "gen_mc", "fin_ppl"] and set(skipped) == {"fin_missing"}
@@ -209,7 +210,8 @@ def test_missing_suite_file_warns(pair, suite, tmp_path, caplog) -> None:
     assert not (tmp_path / "r").exists()
 
 
-def test_different_families_fail_before_any_work(pair, tmp_path) -> None:
+def test_different_families_fail_before_any_work(tiny_pair, tmp_path) -> None:
+    pair = tiny_pair  # refused before any work: no CPT pair needed (that keeps the test out of `slow`)
     tok = make_tokenizer()
     other = tmp_path / "qwen"
     make_tiny_model("qwen2", vocab_size=len(tok), num_hidden_layers=4).save_pretrained(other)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import shlex
 
+import pytest
 from common import run_cli, run_summary
 from test_lm_eval_tasks import write_tasks
 from tour_env import TOUR_HUB_ID, tour_commands, tour_workspace
@@ -23,6 +24,7 @@ def test_the_readme_tour_has_the_documented_steps():
     assert "--base" in evaluate and "--adapted" in evaluate
 
 
+@pytest.mark.slow  # end to end: every command of the tour, lm-eval included (~15-25 s on 2 cores)
 def test_the_readme_tour_runs_as_written(tiny_pair, tmp_path, monkeypatch, capsys):
     cache = tour_workspace(tmp_path, tiny_pair)
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))

@@ -67,6 +67,7 @@ def test_corpus_formats(tmp_path: Path, corpus: Path) -> None:
         pack_corpus(tok, [corpus], seq_len=100_000)
 
 
+@pytest.mark.slow  # trains a CPT (`make test-fast` runs none)
 def test_cpt_trains_logs_and_writes_a_model(tmp_path: Path, base: Path, corpus: Path) -> None:
     out = tmp_path / "adapted"
     result = cpt(base, [corpus], out, CptConfig(max_steps=12, lr=3e-3, **FAST))
@@ -87,6 +88,7 @@ def test_cpt_trains_logs_and_writes_a_model(tmp_path: Path, base: Path, corpus: 
         cpt(base, [corpus], out, CptConfig(max_steps=1, **FAST))
 
 
+@pytest.mark.slow  # trains a CPT (`make test-fast` runs none)
 def test_frozen_layers_stay_bit_identical(tmp_path: Path, base: Path, corpus: Path) -> None:
     freeze = write_freeze_yaml(tmp_path / "freeze.yaml", freeze_patterns([1, 3], freeze_embeddings=True))
     out = tmp_path / "frozen"
@@ -102,12 +104,14 @@ def test_frozen_layers_stay_bit_identical(tmp_path: Path, base: Path, corpus: Pa
     assert cost["frozen_layers"] == [1, 3] and cost["trainable_parameters"] < cost["total_parameters"]
 
 
+@pytest.mark.slow  # trains a CPT (`make test-fast` runs none)
 def test_freeze_from_a_plan(tmp_path: Path, base: Path, corpus: Path) -> None:
     plan = Plan.from_layer_list([1.0, 0.5, 0.0, 1.0]).save(tmp_path / "plan.yaml")
     result = cpt(base, [corpus], tmp_path / "out", CptConfig(max_steps=2, freeze=plan, **FAST))
     assert result.frozen_layers == [0, 3]  # t = 1 ("base") layers; t = 0.5 still trains
 
 
+@pytest.mark.slow  # trains a CPT (`make test-fast` runs none)
 def test_interrupted_run_resumes(tmp_path: Path, base: Path, corpus: Path, monkeypatch) -> None:
     import spear_mm.training.cpt as training
 

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from spear_mm.calibration.samples import sample_base_text
 from spear_mm.demo.models import cache_root, smollm2_path
 from spear_mm.errors import SpearError
-from spear_mm.evaluation.suites import DEMO_DATA, DEMO_SUITE, resolve_tasks
+from spear_mm.evaluation.suites import DEMO_DATA, get_suite, resolve_tasks
 from spear_mm.io.files import atomic_write_text
 from spear_mm.io.outputs import check_not_input
 from spear_mm.pipeline.run import run as run_pipeline
@@ -222,8 +222,9 @@ def demo_tasks(config: DemoConfig, base: Path) -> tuple[list[Any], Path | None]:
             raise SpearError(f"--skip-task {sorted(unknown)}: no such task in the general and domain suites.")
         return specs, None
     sample = sample_base_text(base, config.value("sample_n"), config.value("sample_tokens"), config.threads)
-    general = [t for t in DEMO_SUITE if t.get("group", "general") == "general"]
-    domain = [t for t in DEMO_SUITE if t.get("group", "general") != "general"]
+    suite = [t.model_dump(mode="json", exclude_unset=True) for t in get_suite("demo").tasks]  # _data/suites/demo.yaml
+    general = [t for t in suite if t.get("group", "general") == "general"]
+    domain = [t for t in suite if t.get("group", "general") != "general"]
     tasks = [t for t in [*general, base_sample_task(sample), *domain] if t["name"] not in unknown]
     unknown -= {t["name"] for t in [*general, *domain]} | {"demo_base_sample_ppl"}
     if unknown:

@@ -2,12 +2,11 @@
 
 from spear_mm.evaluation.loaders import MissingDataError
 from spear_mm.evaluation.runner import evaluate, evaluate_many, load_model, tokenizer_fingerprint
-from spear_mm.evaluation.suites import DOMAIN_SUITE, GENERAL_SUITE, Suite, get_suite, load_task, load_tasks
+from spear_mm.evaluation.suites import SUITES, Suite, get_suite, load_task, load_tasks
 from spear_mm.evaluation.tasks import GenItem, LoadedTask, MCItem, TaskSpec, TextItem, select_items
 
 __all__ = [
-    "DOMAIN_SUITE",
-    "GENERAL_SUITE",
+    "SUITES",
     "GenItem",
     "LoadedTask",
     "MCItem",

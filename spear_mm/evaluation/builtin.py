@@ -102,7 +102,7 @@ def length_batches(
 
 
 @dataclass
-class Engine:
+class BuiltinScorer:
     """Scores prepared requests with one model; `forward_tokens` counts the tokens it actually ran."""
 
     model: PreTrainedModel

@@ -19,8 +19,8 @@ log = logging.getLogger(__name__)
 Advance = Callable[[int], None]  # called with the number of items just finished
 
 
-class Engine(Protocol):
-    """What generation needs of the built-in back end's `Engine` (spear_mm.evaluation.builtin)."""
+class SupportsGeneration(Protocol):
+    """What `generate` needs of a scorer: the built-in back end's `BuiltinScorer` (spear_mm.evaluation.builtin)."""
 
     model: Any
     tokenizer: Any
@@ -50,7 +50,7 @@ def common_prefix(seqs: Sequence[Sequence[int]]) -> int:
     return n
 
 
-def _prefix_cache(engine: Engine, prefix: list[int]) -> Any | None:
+def _prefix_cache(engine: SupportsGeneration, prefix: list[int]) -> Any | None:
     if engine.mc_strategy != "shared" or len(prefix) < MIN_SHARED_PREFIX:
         return None
     ids = torch.tensor([prefix], device=engine.device)
@@ -63,7 +63,7 @@ def _prefix_cache(engine: Engine, prefix: list[int]) -> Any | None:
 
 @torch.inference_mode()
 def generate(
-    engine: Engine, prompts: Sequence[str], max_gen_toks: int, stop: Sequence[str], advance: Advance
+    engine: SupportsGeneration, prompts: Sequence[str], max_gen_toks: int, stop: Sequence[str], advance: Advance
 ) -> tuple[list[str], int]:
     """Greedy continuations (batched, length-sorted) cut at the first stop string; returns them and the
     number of generated tokens."""
@@ -98,7 +98,7 @@ def generate(
 
 
 def _generate_batch(
-    engine: Engine, rows: list[list[int]], n_prefix: int, cache: Any | None, config: GenerationConfig
+    engine: SupportsGeneration, rows: list[list[int]], n_prefix: int, cache: Any | None, config: GenerationConfig
 ) -> list[list[int]]:
     """[prefix | left padding | suffix] rows; the prefix comes from a copy of `cache` when there is one."""
     width = max(len(r) for r in rows) - n_prefix

@@ -23,7 +23,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from spear_mm.errors import SpearError
 from spear_mm.evaluation import aggregate
-from spear_mm.evaluation.builtin import Engine, model_max_length
+from spear_mm.evaluation.builtin import BuiltinScorer, model_max_length
 from spear_mm.evaluation.metrics import TaskResult
 from spear_mm.evaluation.tasks import GenItem, LoadedTask, MCItem, TextItem
 from spear_mm.io.scratch import scratch_dir
@@ -161,7 +161,7 @@ def run_lm_eval(
     lm_eval, HFLM, TaskManager = _import_lm_eval()
     max_length = max_length or model_max_length(model)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length, device=device)
-    counter = Engine(model, tokenizer, torch.device(device), max_length=max_length)  # token accounting only
+    counter = BuiltinScorer(model, tokenizer, torch.device(device), max_length=max_length)  # token accounting only
     manager = TaskManager(include_defaults=False)
     results: dict[str, TaskResult] = {}
     with scratch_dir(SCRATCH_PREFIX) as tmp:  # a killed run's folder is removed by the next one
@@ -193,7 +193,7 @@ def run_lm_eval(
     return results
 
 
-def _to_result(task: LoadedTask, samples: list[dict[str, Any]], seconds: float, counter: Engine) -> TaskResult:
+def _to_result(task: LoadedTask, samples: list[dict[str, Any]], seconds: float, counter: BuiltinScorer) -> TaskResult:
     kind = task.spec.kind
     if kind == "multiple_choice":
         lls = [[float(r[0]) for r in s["filtered_resps"]] for s in samples]

@@ -21,7 +21,7 @@ from typing import Any
 
 from spear_mm.errors import SpearError
 from spear_mm.evaluation import aggregate as scoring
-from spear_mm.evaluation.builtin import Engine, model_max_length
+from spear_mm.evaluation.builtin import BuiltinScorer, model_max_length
 from spear_mm.evaluation.lm_eval_backend import quiet_lm_eval
 from spear_mm.evaluation.metrics import ItemRecord, TaskResult
 from spear_mm.evaluation.tasks import LoadedTask, TaskSpec, TextItem
@@ -181,7 +181,7 @@ def run_registered(
     manager = task_manager(spec.include_path)
     max_length = max_length or model_max_length(model)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length, device=device)
-    counter = Engine(model, tokenizer, torch.device(device), max_length=max_length)
+    counter = BuiltinScorer(model, tokenizer, torch.device(device), max_length=max_length)
     samples = None
     if limit is not None:
         samples = {t: sorted(random.Random(seed).sample(range(n), min(limit, n))) for t, (_, n) in sizes.items()}

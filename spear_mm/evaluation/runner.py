@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from spear_mm.errors import SpearError
 from spear_mm.evaluation import aggregate
-from spear_mm.evaluation.builtin import Advance, Engine
+from spear_mm.evaluation.builtin import Advance, BuiltinScorer
 from spear_mm.evaluation.lm_eval_backend import run_lm_eval
 from spear_mm.evaluation.lm_eval_tasks import check_no_clash, preflight, run_registered
 from spear_mm.evaluation.metrics import EvalResult, TaskResult
@@ -91,7 +91,7 @@ def prepared(model: PreTrainedModel, device: str, dtype: torch.dtype | None, thr
         torch.set_num_threads(old_threads)
 
 
-def run_builtin(engine: Engine, task: LoadedTask, advance: Advance) -> TaskResult:
+def run_builtin(engine: BuiltinScorer, task: LoadedTask, advance: Advance) -> TaskResult:
     """Score one loaded task with the built-in engine."""
     start, fwd0 = time.perf_counter(), engine.forward_tokens
     spec, items = task.spec, list(task.items)
@@ -189,7 +189,7 @@ def evaluate(
                 model, tokenizer, loaded, device=device, batch_size=batch_size, max_length=max_length, progress=progress
             )
         else:
-            engine = Engine(model, tokenizer, torch.device(device), batch_size=batch_size, max_length=max_length)
+            engine = BuiltinScorer(model, tokenizer, torch.device(device), batch_size=batch_size, max_length=max_length)
             for task in loaded:
                 result.tasks[task.name] = _with_progress(
                     progress, f"{label} · {task.name}", task, lambda adv, t=task: run_builtin(engine, t, adv)

@@ -1,4 +1,4 @@
-"""Suites as data: the shipped general and domain suites, YAML suites of the user, and the task loader."""
+"""Suites as data: the shipped suites (YAML in spear_mm/_data/suites), users' suite files, and the task loader."""
 
 from __future__ import annotations
 
@@ -16,94 +16,11 @@ from spear_mm.evaluation.tasks import LoadedTask, TaskSpec, select_items
 
 log = logging.getLogger(__name__)
 
-# The shipped suites. Paths are relative to --data-dir (the layout of shared/data).
-GENERAL_SUITE: list[dict[str, Any]] = [
-    {
-        "name": "arc_easy",
-        "kind": "multiple_choice",
-        "loader": "arc",
-        "path": "arc/ARC-Easy-test.jsonl",
-        "args": {"subset": "ARC-Easy"},
-        "description": "AI2 ARC-Easy test, 0-shot loglikelihood (lm-eval prompt)",
-    },
-    {
-        "name": "arc_challenge",
-        "kind": "multiple_choice",
-        "loader": "arc",
-        "path": "arc/ARC-Challenge-test.jsonl",
-        "args": {"subset": "ARC-Challenge"},
-        "description": "AI2 ARC-Challenge test, 0-shot loglikelihood",
-    },
-    {
-        "name": "gsm8k",
-        "kind": "generation",
-        "loader": "gsm8k",
-        "path": "gsm8k/test.jsonl",
-        "description": "GSM8K test, 8 fixed chain-of-thought exemplars, greedy, exact match on the answer number",
-    },
-    {
-        "name": "wikitext2",
-        "kind": "perplexity",
-        "loader": "wikitext",
-        "path": "wikitext-2/raw/wiki.test.raw",
-        "description": "WikiText-2 raw test perplexity, article-aligned chunks",
-    },
-]
-DOMAIN_SUITE: list[dict[str, Any]] = [
-    {
-        "name": "fpb",
-        "kind": "multiple_choice",
-        "loader": "fpb",
-        "group": "domain",
-        "path": "fpb/Sentences_AllAgree.txt",
-        "description": "Financial PhraseBank (all annotators agree), 3 labels",
-    },
-    {
-        "name": "reuters_topic",
-        "kind": "multiple_choice",
-        "loader": "reuters_topic",
-        "group": "domain",
-        "path": "reuters21578/reuters21578.jsonl.gz",
-        "description": "Reuters-21578 TEST, single-topic articles, title + lead -> one of 8 topics",
-    },
-    {
-        "name": "reuters_ppl",
-        "kind": "perplexity",
-        "loader": "reuters_text",
-        "group": "domain",
-        "path": "reuters21578/reuters21578.jsonl.gz",
-        "description": "Reuters-21578 TEST article bodies, perplexity",
-    },
-]
-# The embedded demo data (original writing, shipped in the package): no --data-dir needed.
-DEMO_DATA = Path(__file__).resolve().parents[1] / "_data" / "demo"  # the shipped demo files
-DEMO_SUITE: list[dict[str, Any]] = [
-    {
-        "name": "demo_general_mc",
-        "kind": "multiple_choice",
-        "loader": "jsonl_mc",
-        "path": str(DEMO_DATA / "general_mc.jsonl"),
-        "description": "128 easy general-knowledge questions (embedded demo data)",
-    },
-    {
-        "name": "demo_finance_mc",
-        "kind": "multiple_choice",
-        "loader": "jsonl_mc",
-        "group": "domain",
-        "path": str(DEMO_DATA / "finance_mc.jsonl"),
-        "description": "128 financial-concept questions (embedded demo data)",
-    },
-    {
-        "name": "demo_finance_ppl",
-        "kind": "perplexity",
-        "loader": "text",
-        "group": "domain",
-        "chunk_chars": 0,
-        "path": str(DEMO_DATA / "finance_heldout.txt"),
-        "description": "held-out financial prose, one item per document",
-    },
-]
-SUITES: dict[str, list[dict[str, Any]]] = {"general": GENERAL_SUITE, "domain": DOMAIN_SUITE, "demo": DEMO_SUITE}
+# The shipped suites are YAML files in the package data, read by the same loader as a user's suite file; the
+# embedded demo data (original writing, shipped in the package) needs no --data-dir.
+DATA = Path(__file__).resolve().parents[1] / "_data"
+DEMO_DATA = DATA / "demo"  # the embedded demo data (its suite's files, CPT corpus, probe)
+SUITES: dict[str, Path] = {p.stem: p for p in sorted((DATA / "suites").glob("*.yaml"))}  # name -> suite file
 
 
 class Suite(BaseModel):
@@ -144,9 +61,9 @@ def _problems(exc: ValidationError) -> str:
 
 
 def get_suite(name: str) -> Suite:
-    """A shipped suite by name ('general', 'domain') or a suite YAML file."""
+    """A shipped suite by name ('general', 'domain', 'demo') or a suite YAML file."""
     if name in SUITES:
-        return Suite(name=name, tasks=_specs(name, SUITES[name]))
+        return load_suite_file(SUITES[name])
     path = Path(name).expanduser()
     if path.suffix in {".yaml", ".yml"} and path.is_file():
         return load_suite_file(path)
@@ -154,8 +71,8 @@ def get_suite(name: str) -> Suite:
 
 
 def load_suite_file(path: Path) -> Suite:
-    """A user suite from YAML: a list of task dicts, or a mapping with `name`, optional `group` and `tasks`."""
-
+    """A suite from YAML: a list of task dicts, or a mapping with `name`, optional `group`, optional `data_dir`
+    (the folder, relative to this file, that the tasks' relative paths are under) and `tasks`."""
     try:
         data = yaml.safe_load(read_text(path, "suite file"))
     except yaml.YAMLError as exc:
@@ -173,10 +90,36 @@ def load_suite_file(path: Path) -> Suite:
     if data.get("group") not in (None, "general", "domain"):
         raise SpearError(f"suite file {path}: group {data['group']!r}: use 'general' (enters R) or 'domain' (K).")
     name = str(data.get("name", path.stem))
-    return Suite(name=name, tasks=_specs(name, data["tasks"], data.get("group"), path))
+    tasks = data["tasks"]
+    if data.get("data_dir") is not None:
+        tasks = _under(_folder(data["data_dir"], path), tasks)
+    return Suite(name=name, tasks=_specs(name, tasks, data.get("group"), path))
 
 
-_SUITE_KEYS = {"name", "group", "tasks"}
+_SUITE_KEYS = {"name", "group", "data_dir", "tasks"}
+
+
+def _folder(value: Any, path: Path) -> Path:
+    """A suite's `data_dir`: an existing folder (relative to the suite file, or absolute)."""
+    folder = Path(path).parent / Path(str(value)).expanduser()
+    if not isinstance(value, str) or not folder.is_dir():
+        raise SpearError(
+            f"suite file {path}: data_dir {value!r} is not a folder (looked for {folder}); give the folder of the "
+            "tasks' data files, relative to the suite file or absolute, or leave it out to use --data-dir."
+        )
+    return folder
+
+
+def _under(folder: Path, tasks: list[Any]) -> list[Any]:
+    """Task dicts whose relative `path` is made absolute under `folder` (other entries unchanged)."""
+    root = folder.resolve()
+    out: list[Any] = []
+    for t in tasks:
+        rel = t.get("path") if isinstance(t, dict) else None
+        if isinstance(rel, str) and not Path(rel).expanduser().is_absolute():
+            t = {**t, "path": str(root / rel)}
+        out.append(t)
+    return out
 
 
 def resolve_tasks(tasks: str | Suite | TaskSpec | dict[str, Any] | Sequence[Any]) -> list[TaskSpec]:

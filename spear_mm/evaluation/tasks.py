@@ -38,7 +38,7 @@ class TaskSpec(BaseModel):
     group: Literal["general", "domain"] = Field(
         "general", description="'general' tasks enter R, 'domain' tasks enter K"
     )
-    path: str | None = Field(None, description="file, relative to --data-dir or absolute")
+    path: str | None = Field(None, description="file: absolute, or relative to the suite's data_dir, else --data-dir")
     metric: str | None = Field(None, description="primary metric; default per kind (acc, inv_ppl, exact_match)")
     source: Literal["local", "hub"] = "local"
     hub: dict[str, Any] | None = Field(None, description="datasets.load_dataset kwargs for source=hub")

@@ -27,7 +27,7 @@ from spear_mm.executors import make_executor
 from spear_mm.io.files import open_fresh
 from spear_mm.io.pair import Pair
 from spear_mm.scoring.table import ModuleScore, ScoreConfig
-from spear_mm.scoring.unit import score_names
+from spear_mm.scoring.tensor_task import score_names
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Layer scoring from weights alone: per-tensor metrics → normalised within module type → per-layer scores.
 
 Three separable steps, so the per-tensor work can run anywhere (threads, processes, Ray):
-1. `score_names(base_path, adapted_path, names, config)` (spear_mm.scoring.unit) — a pure, picklable unit of
+1. `score_names(base_path, adapted_path, names, config)` (spear_mm.scoring.tensor_task) — a pure, picklable unit of
    work: read the named tensors of both checkpoints, return one `ModuleScore` each.
 2. `normalize_rows` — robust z-scores (or percentile ranks) of SWC and |SVD-drop| within each module type,
    combined as `α·SWC_n + (1−α)·drop_n`.
@@ -33,7 +33,7 @@ from spear_mm.scoring.jobs import ScoreJournal, score_on_executor, score_on_thre
 from spear_mm.scoring.plots import save_figures
 from spear_mm.scoring.probes import add_probe_scores
 from spear_mm.scoring.table import LayerScore, ModuleScore, ScoreConfig, ScoreTable, Timing
-from spear_mm.scoring.unit import score_names, score_tensor_pair
+from spear_mm.scoring.tensor_task import score_names, score_tensor_pair
 from spear_mm.scoring.units import unit_scores
 
 log = logging.getLogger(__name__)

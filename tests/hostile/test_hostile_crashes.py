@@ -15,6 +15,8 @@ import torch
 from conftest import hidden_siblings, spear_subprocess
 from safetensors.torch import load_file
 
+pytestmark = pytest.mark.slow  # real processes killed at crash points: seconds each (`make test` runs them)
+
 # Python run in the child before the CLI: SIGKILL itself at one point of the commit (by path, so the same hook
 # fits any implementation of the swap).
 _RENAME_HOOK = """

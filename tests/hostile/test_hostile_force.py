@@ -179,6 +179,7 @@ def _state(pid: int) -> str:
         return "gone"
 
 
+@pytest.mark.slow  # kills a process pool's workers
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
 def test_an_interrupted_process_pool_reaps_its_workers_at_once():
     ex = ProcessExecutor(2)

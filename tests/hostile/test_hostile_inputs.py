@@ -131,6 +131,7 @@ def test_a_read_only_or_full_disk_is_a_clear_error(tiny_pair, tmp_path, cli, mon
     assert not out.exists() and not [n for n in hidden_siblings(out) if "tmp" in n]
 
 
+@pytest.mark.slow  # a fresh Python process under a file size limit: ~10 s on 2 cores
 def test_a_file_size_limit_is_a_clear_error(tiny_pair, tmp_path):
     out = tmp_path / "merged"
 

@@ -45,6 +45,7 @@ def test_cpt_checks_free_space_before_training(tiny_pair, corpus, tmp_path, cli,
     assert not [n for n in hidden_siblings(out) if "tmp" in n]
 
 
+@pytest.mark.slow  # trains a CPT step
 def test_cpt_disk_full_while_saving_is_one_paragraph(tiny_pair, corpus, tmp_path, cli, untouched, monkeypatch):
     """safetensors reports a full disk as `SafetensorError: … (os error 28)`: it is a disk error like any other."""
     import transformers.modeling_utils as mu
@@ -63,6 +64,7 @@ def test_cpt_disk_full_while_saving_is_one_paragraph(tiny_pair, corpus, tmp_path
     assert not out.exists() and not [n for n in hidden_siblings(out) if "tmp" in n]
 
 
+@pytest.mark.slow  # a CPT in a fresh Python process under a file size limit
 def test_cpt_file_size_limit_is_a_clear_error(tiny_pair, corpus, tmp_path):
     out = tmp_path / "cpt"
 
@@ -76,6 +78,7 @@ def test_cpt_file_size_limit_is_a_clear_error(tiny_pair, corpus, tmp_path):
     assert not out.exists() and not [n for n in hidden_siblings(out) if "tmp" in n]
 
 
+@pytest.mark.slow  # kills an lm-eval run in a fresh process
 @pytest.mark.skipif(importlib.util.find_spec("lm_eval") is None, reason="lm_eval not installed")
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc (Linux)")
 def test_a_killed_lm_eval_scratch_folder_is_removed_by_the_next_run(tiny_pair, tmp_path, cli, monkeypatch, note):
