@@ -17,7 +17,7 @@ import json
 import re
 from pathlib import Path
 
-from spear_mm.calibration.samples import sample_base_text
+from spear_mm.measured.samples import sample_base_text
 
 
 def detokenise(text: str) -> str:

@@ -1,6 +1,6 @@
 """The measured planner against an unguided black-box search over every unit's t, on the same probe objective.
 
-Both sides use the same probes, the same objective and constraint (spear_mm.calibration.planner.Objective: share
+Both sides use the same probes, the same objective and constraint (spear_mm.measured.planner.Objective: share
 of the general-probe damage recovered, losing at most `--max-domain-loss` of the domain-probe gain) and the same
 optimiser family (optuna TPE with a constraint, t on a 0.05 grid). The planner starts from the weight-only
 ranking and the measured per-unit effects (2 evaluations per unit), then a knapsack plan, then refines it; the
@@ -28,16 +28,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from spear_mm.calibration.planner import Objective, PlannerConfig, plan_units  # noqa: E402
-from spear_mm.calibration.probe import ProbeEvaluator, load_probes  # noqa: E402
 from spear_mm.io.pair import open_pair  # noqa: E402
+from spear_mm.measured.planner import Objective, PlannerConfig, plan_units  # noqa: E402
+from spear_mm.measured.probe import ProbeEvaluator, load_probes  # noqa: E402
 from spear_mm.scoring.layers import analyze  # noqa: E402
 
 
 def demo_pair() -> dict[str, Path]:
     """The pair `spear-mm demo` builds with its defaults, and the probes its planner uses (held out of the CPT
     and of the evaluation)."""
-    from spear_mm.calibration.samples import base_sample_path
     from spear_mm.demo.models import cache_root
     from spear_mm.demo.run import (
         DEMO_CORPUS,
@@ -48,6 +47,7 @@ def demo_pair() -> dict[str, Path]:
         cpt_cache_path,
         cpt_options,
     )
+    from spear_mm.measured.samples import base_sample_path
 
     cache = cache_root()  # $SPEAR_MM_CACHE or ~/.cache/spear-mm, as the demo
     base = cache / "smollm2-135m-instruct"

@@ -104,8 +104,8 @@ def save_sublayer_pair(root: Path, steps: int = 40, seed: int = 0, forget_steps:
 
 def open_planted(paths: dict[str, Path]) -> tuple:
     """(paths, pair, probes, scores) of a saved planted pair: what the planner tests start from."""
-    from spear_mm.calibration.probe import load_probes
     from spear_mm.io.pair import open_pair
+    from spear_mm.measured.probe import load_probes
     from spear_mm.scoring.layers import analyze
 
     pair = open_pair(paths["base"], paths["adapted"])

@@ -12,12 +12,12 @@ import typer
 from common import run_cli
 from typer.testing import CliRunner
 
-from spear_mm.calibration.objective import PlannerOptions
 from spear_mm.cli import app
 from spear_mm.cli.config_options import Flag, default_text, model_flags, typed
 from spear_mm.cli.planner import PLANNER_FLAGS, planner_options
 from spear_mm.cli.run import RUN_FLAGS, resolve
 from spear_mm.errors import SpearError
+from spear_mm.measured.objective import PlannerOptions
 from spear_mm.pipeline.config import RunConfig
 from spear_mm.scoring.table import ScoreConfig
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "spear_mm"
 # A package imports only from packages listed before it (the top-level helper modules from anywhere).
-ORDER = ["io", "scoring", "planning", "training", "statistics", "merging", "evaluation", "calibration", "report", "pipeline", "demo",
+ORDER = ["io", "scoring", "planning", "training", "statistics", "merging", "evaluation", "measured", "report", "pipeline", "demo",
          "cli"]  # fmt: skip
 ANYWHERE = {"", "errors", "progress", "executors", "pair_stats", "__main__"}
 

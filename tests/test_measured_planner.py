@@ -10,10 +10,10 @@ import pytest
 import torch
 from planted_pair import DAMAGED_LAYER, DOMAIN_LAYER, open_planted, save_planted_pair
 
-from spear_mm.calibration.planner import PlannerConfig, greedy_knapsack, plan_units
-from spear_mm.calibration.probe import ProbeEvaluator
-from spear_mm.calibration.search import efficiency_order, group_ts, tiers_of
 from spear_mm.errors import SpearError
+from spear_mm.measured.planner import PlannerConfig, greedy_knapsack, plan_units
+from spear_mm.measured.probe import ProbeEvaluator
+from spear_mm.measured.search import efficiency_order, group_ts, tiers_of
 from spear_mm.planning.plan import Plan, UnitEffect
 from spear_mm.scoring.layers import analyze
 

@@ -13,12 +13,12 @@ from typing import get_args
 from planted_pair import open_planted, save_planted_pair
 from rich.console import Console
 
-from spear_mm.calibration.planner import PlannerConfig, _shifted, plan_units
-from spear_mm.calibration.probe import ProbeEvaluator
 from spear_mm.cli.progress import LOOKS, Drawer, Look
 from spear_mm.evaluation import evaluate
 from spear_mm.io.checkpoint import Checkpoint
 from spear_mm.io.pair import open_pair
+from spear_mm.measured.planner import PlannerConfig, _shifted, plan_units
+from spear_mm.measured.probe import ProbeEvaluator
 from spear_mm.merging.merge import merge
 from spear_mm.progress import ProgressEvent, Stage
 from spear_mm.scoring.layers import analyze

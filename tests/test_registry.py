@@ -13,8 +13,8 @@ import torch
 from common import run_cli
 from safetensors.torch import load_file
 
-from spear_mm.calibration.objective import REFINEMENTS, PlannerConfig
 from spear_mm.errors import SpearError
+from spear_mm.measured.objective import REFINEMENTS, PlannerConfig
 from spear_mm.merging.methods import METHODS, MergeMethod, register
 from spear_mm.pipeline.jobs import plan_effect_hash
 from spear_mm.planning.exports import mergekit_yaml

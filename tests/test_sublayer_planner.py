@@ -11,8 +11,8 @@ import pytest
 import torch
 from planted_pair import DOMAIN_LAYER, open_planted, save_sublayer_pair
 
-from spear_mm.calibration.planner import PlannerConfig, measured_plan, plan_units
-from spear_mm.calibration.probe import ProbeEvaluator
+from spear_mm.measured.planner import PlannerConfig, measured_plan, plan_units
+from spear_mm.measured.probe import ProbeEvaluator
 from spear_mm.planning.plan import Plan
 from spear_mm.planning.policies import plan_from_unit_ts
 from spear_mm.scoring.units import split_layers, units_of
@@ -114,7 +114,7 @@ def test_plan_cli_granularity(same_layer, tmp_path, monkeypatch, capsys):
 
 
 def test_kinds_group_the_units_by_what_they_are():
-    from spear_mm.calibration.search import group_ts, kinds_of, tiers_of
+    from spear_mm.measured.search import group_ts, kinds_of, tiers_of
 
     units = ["layer.0.attn", "embed", "layer.0.mlp", "layer.1.attn", "final_norm", "layer.1.mlp"]
     kinds = kinds_of(units)

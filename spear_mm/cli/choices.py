@@ -16,9 +16,9 @@ from typing import Any
 import typer
 from typer.models import OptionInfo
 
-from spear_mm.calibration import planner as _measured  # noqa: F401  (registers the `measured` policy)
 from spear_mm.errors import SpearError
 from spear_mm.evaluation.lm_eval_tasks import LmEvalTasks
+from spear_mm.measured import planner as _measured  # noqa: F401  (registers the `measured` policy)
 from spear_mm.merging.methods import METHODS
 from spear_mm.planning.policies import POLICY_RULES
 
@@ -112,7 +112,7 @@ def method_option(default: str | None, help: str) -> Any:
 
 
 def policy_option(default: str, help: str) -> Any:
-    """`--policy`: a registered policy (planning/policies.py, and `measured` from calibration/)."""
+    """`--policy`: a registered policy (planning/policies.py, and `measured` from measured/)."""
     return RegistryOption(
         default, lambda: list(POLICY_RULES), "policy", "policies", param_decls=("--policy",), help=help
     )

@@ -7,13 +7,13 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from spear_mm.calibration.objective import REFINEMENTS
 from spear_mm.cli.choices import Listing
 from spear_mm.cli.output import out_console
 from spear_mm.evaluation.lm_eval_tasks import SHIPPED_EQUIVALENTS
 from spear_mm.evaluation.suites import SUITES, get_suite
 from spear_mm.io.architecture import _table
 from spear_mm.io.checkpoint import Checkpoint
+from spear_mm.measured.objective import REFINEMENTS
 from spear_mm.merging.methods import METHODS
 from spear_mm.planning.check import validate_plan
 from spear_mm.planning.plan import Plan
@@ -56,7 +56,7 @@ def _policies() -> Table:
     )
     for col in ("policy", "what it restores"):
         table.add_column(col)
-    for rule in POLICY_RULES.values():  # registered: planning/policies.py, `measured` by calibration/planner.py
+    for rule in POLICY_RULES.values():  # registered: planning/policies.py, `measured` by measured/planner.py
         table.add_row(rule.name, rule.summary)
     return table
 
@@ -73,7 +73,7 @@ def _methods() -> Table:
 
 def _refinements() -> Table:
     table = Table(
-        title="measured-planner refinements (`refine:` of the planner options; registered in calibration/search.py)"
+        title="measured-planner refinements (`refine:` of the planner options; registered in measured/search.py)"
     )
     table.add_column("refine")
     table.add_column("what the optuna search varies")

@@ -1,4 +1,4 @@
-"""`spear-mm plan --policy measured`: the CLI side of the measured planner (spear_mm.calibration.planner)."""
+"""`spear-mm plan --policy measured`: the CLI side of the measured planner (spear_mm.measured.planner)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import typer
 from pydantic import ValidationError
 from rich.panel import Panel
 
-from spear_mm.calibration.objective import PlannerOptions
-from spear_mm.calibration.planner import general_probe_for, measured_plan
 from spear_mm.cli.config_options import aliases, flag_problem, model_flags, overrides
 from spear_mm.cli.progress import LOOKS, Drawer
 from spear_mm.errors import SpearError
 from spear_mm.io.pair import open_pair
+from spear_mm.measured.objective import PlannerOptions
+from spear_mm.measured.planner import general_probe_for, measured_plan
 from spear_mm.merging.methods import METHODS
 from spear_mm.planning.policies import check_options
 from spear_mm.scoring.probes import read_texts

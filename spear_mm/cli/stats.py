@@ -8,7 +8,6 @@ from pathlib import Path
 import torch
 import typer
 
-from spear_mm.calibration.planner import general_probe_for
 from spear_mm.cli import checks
 from spear_mm.cli.choices import DEVICE_METAVAR
 from spear_mm.cli.output import out_console
@@ -18,6 +17,7 @@ from spear_mm.io.outputs import human_bytes
 from spear_mm.io.pair import open_pair
 from spear_mm.io.workdir import WorkDir, pair_owner
 from spear_mm.io.writer import parse_size
+from spear_mm.measured.planner import general_probe_for
 from spear_mm.merging.merge import resolve_device
 from spear_mm.statistics.collect import DEFAULT_TOKENS, collect_statistics, load_probes, statistics_key
 from spear_mm.statistics.store import read_meta

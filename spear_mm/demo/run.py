@@ -21,12 +21,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from spear_mm.calibration.samples import sample_base_text
 from spear_mm.demo.models import cache_root, smollm2_path
 from spear_mm.errors import SpearError
 from spear_mm.evaluation.suites import DEMO_DATA, get_suite, resolve_tasks
 from spear_mm.io.files import atomic_write_text
 from spear_mm.io.outputs import check_not_input
+from spear_mm.measured.samples import sample_base_text
 from spear_mm.pipeline.run import run as run_pipeline
 from spear_mm.progress import ProgressCallback
 from spear_mm.training.cpt import CptConfig, cpt

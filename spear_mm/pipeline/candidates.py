@@ -4,7 +4,7 @@ Every candidate is a named `Plan`; names are stable so a re-run finds its earlie
     conservative | balanced | aggressive      policy presets (spear_mm.planning.policies)
     <file stem>                               a plan YAML passed as a policy
     sweep-f<fraction>-t<t>                    top-`fraction` layers restored with SLERP factor t
-    measured                                  the measured planner's plan (spear_mm.calibration.planner)
+    measured                                  the measured planner's plan (spear_mm.measured.planner)
     uniform-t<t>                              every tensor SLERPed with the same t (WiSE-FT style); t on a grid
                                               (default 0.1 … 0.9): the uniform curve every plan must beat
     task-arith-l<λ>                           base + λ·(adapted − base) on every tensor

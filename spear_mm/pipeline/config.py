@@ -12,12 +12,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from spear_mm.calibration.objective import PlannerConfig, PlannerOptions
 from spear_mm.errors import SpearError, read_text
 from spear_mm.executors import KINDS
 from spear_mm.io.dtypes import DtypeName
 from spear_mm.io.files import atomic_write_text
 from spear_mm.io.strict_yaml import load_strict_yaml
+from spear_mm.measured.objective import PlannerConfig, PlannerOptions
 from spear_mm.pipeline.candidates import parse_sweep
 from spear_mm.scoring.table import ScoreConfig
 

@@ -10,8 +10,8 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from spear_mm.calibration.planner import general_probe_for
 from spear_mm.errors import SpearError
+from spear_mm.measured.planner import general_probe_for
 from spear_mm.pipeline.candidates import Candidate
 from spear_mm.pipeline.context import RunContext
 from spear_mm.pipeline.summary import StageCost

@@ -11,11 +11,11 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from spear_mm.calibration.objective import PROBE_TOKENS
-from spear_mm.calibration.planner import PlannerConfig, general_probe_for, measured_plan
 from spear_mm.errors import SpearError
 from spear_mm.io.files import content_key
 from spear_mm.io.pair import Pair
+from spear_mm.measured.objective import PROBE_TOKENS
+from spear_mm.measured.planner import PlannerConfig, general_probe_for, measured_plan
 from spear_mm.pipeline.candidates import Candidate
 from spear_mm.pipeline.config import RunConfig
 from spear_mm.pipeline.context import RunContext
@@ -122,7 +122,7 @@ def measured_step(
 ) -> tuple[Candidate, StageCost]:
     """The measured planner's plan, as a resumable step of its own; with the run's operators (their statistics:
     folder and key) it searches the first operator as well as SLERP."""
-    c = ctx.config  # its planner options were validated with the config (calibration.objective.PlannerOptions)
+    c = ctx.config  # its planner options were validated with the config (measured.objective.PlannerOptions)
     return measured_candidate(
         ctx.pair,
         scores,

@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from spear_mm.calibration.planner import general_probe_for
 from spear_mm.errors import SpearError
 from spear_mm.evaluation import load_tasks
 from spear_mm.evaluation.lm_eval_tasks import LmEvalTasks, check_no_clash, preflight
@@ -28,6 +27,7 @@ from spear_mm.io.files import content_key
 from spear_mm.io.outputs import check_free_space
 from spear_mm.io.pair import Pair, open_pair
 from spear_mm.io.workdir import WorkDir, pair_owner, scored_pair
+from spear_mm.measured.planner import general_probe_for
 from spear_mm.merging.folder import MergeReport
 from spear_mm.merging.merge import merge, resolve_device
 from spear_mm.pipeline.candidates import (

@@ -1,7 +1,7 @@
 """Restoration policies: a ScoreTable (every unit scored and ranked) becomes a Plan (presets, uniform, custom, top-k, fraction).
 
 A policy is one function decorated with `@register_policy(name, summary, uses)`; `POLICY_RULES` drives
-`plan --policy`, `spear-mm ls policies` and make_plan (the measured planner registers `measured` in calibration/).
+`plan --policy`, `spear-mm ls policies` and make_plan (the measured planner registers `measured` in measured/).
 
 Counting rule: a policy that restores a fraction f of L layers restores `round_half_up(f·L)` of them, at least 1
 when f > 0 and at most L (L = 22: 10% → 2, 25% → 6, 50% → 11; L = 6: 10% → 1, 25% → 2, 50% → 3).

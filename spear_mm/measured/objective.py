@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from spear_mm.calibration.probe import ProbeResult
+from spear_mm.measured.probe import ProbeResult
 
 PROBE_TOKENS = 1024  # the planner's tokens per probe (`analyze --probe-tokens` is another probe: scoring/layers.py)
 

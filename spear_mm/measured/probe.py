@@ -1,6 +1,6 @@
 """Probe evaluations for the measured planner: merge per-unit t into one in-memory model, measure two NLLs.
 
-- the general probe: text sampled once from the base model (no data needed; spear_mm.calibration.samples.sample_base_text),
+- the general probe: text sampled once from the base model (no data needed; spear_mm.measured.samples.sample_base_text),
   or any general text the user passes;
 - the domain probe: held-out CPT text (or any domain text).
 

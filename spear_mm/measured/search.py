@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import math
 
-from spear_mm.calibration.objective import Objective, PlannerConfig, register_refinement
-from spear_mm.calibration.probe import ProbeResult
+from spear_mm.measured.objective import Objective, PlannerConfig, register_refinement
+from spear_mm.measured.probe import ProbeResult
 from spear_mm.planning.plan import UnitEffect
 
 

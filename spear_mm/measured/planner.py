@@ -2,7 +2,7 @@
 
 1. Measure: for each unit (in the order of the weight-only ranking, optionally only its top N), restore it
    alone at t = `t_mid` and t = 1, in memory; record the general-probe NLL it recovers and the domain-probe
-   NLL it costs (spear_mm.calibration.probe).
+   NLL it costs (spear_mm.measured.probe).
 2. Knapsack: take the (unit, t) options by recovered NLL per unit of domain NLL spent (free options first,
    ties in ranking order) while the predicted domain loss stays within the allowance; evaluate the result and,
    when the real plan breaks the constraint (effects are not additive), keep the longest feasible prefix of the
@@ -31,10 +31,10 @@ import math
 import time
 from dataclasses import dataclass, field
 
-from spear_mm.calibration.objective import PROBE_TOKENS, REFINEMENTS, Objective, PlannerConfig
-from spear_mm.calibration.probe import ProbeEvaluator, ProbeResult, load_probes
-from spear_mm.calibration.samples import SAMPLE_SEED, sample_base_text
-from spear_mm.calibration.search import pick
+from spear_mm.measured.objective import PROBE_TOKENS, REFINEMENTS, Objective, PlannerConfig
+from spear_mm.measured.probe import ProbeEvaluator, ProbeResult, load_probes
+from spear_mm.measured.samples import SAMPLE_SEED, sample_base_text
+from spear_mm.measured.search import pick
 from spear_mm.planning.plan import Measurement, UnitEffect
 from spear_mm.planning.policies import plan_from_unit_ts, register_policy
 from spear_mm.progress import ProgressCallback
