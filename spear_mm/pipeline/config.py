@@ -20,6 +20,7 @@ from spear_mm.io.strict_yaml import load_strict_yaml
 from spear_mm.measured.objective import PlannerConfig, PlannerOptions
 from spear_mm.pipeline.candidates import parse_sweep
 from spear_mm.scoring.table import ScoreConfig
+from spear_mm.statistics.store import Kind
 
 ExecutorKind = Literal["local", "process", "ray"]
 assert set(KINDS) == {"local", "process", "ray"}
@@ -124,7 +125,7 @@ class RunConfig(BaseModel):
         description="measured planner options (budget, max_domain_loss, …)",
         json_schema_extra=cli("Measured planner", prefix="planner"),
     )
-    operators: dict[Literal["regmean", "fisher"], list[float]] = Field(
+    operators: dict[Kind, list[float]] = Field(  # a data-aware method per kind of statistics `stats` collects
         {},
         description="data-aware operator curves, e.g. 'regmean=0.3,0.5,0.7;fisher=0.5' (needs --domain-probe)",
         json_schema_extra=_OPS,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from spear_mm.errors import SpearError
 from spear_mm.measured.planner import general_probe_for
+from spear_mm.merging.methods import METHODS
 from spear_mm.pipeline.candidates import Candidate
 from spear_mm.pipeline.context import RunContext
 from spear_mm.pipeline.summary import StageCost
@@ -68,6 +69,6 @@ def operator_candidates(
             plan = Plan.uniform(
                 a, num_layers, include_non_layers=True, method=op, statistics=str(stats), provenance=provenance
             )
-            what = "RegMean per linear layer" if op == "regmean" else "Fisher-weighted average per parameter"
+            what = METHODS[op].title or op
             out.append(Candidate(f"{op}-a{_num(a)}", "operator", plan, f"{what} at α={_num(a)}, other tensors SLERP"))
     return out

@@ -32,6 +32,7 @@ class MergeMethod:
 
     name: ClassVar[str]
     summary: ClassVar[str] = ""  # one line for `spear-mm ls methods` (t = weight of the base)
+    title: ClassVar[str] = ""  # a few words naming it in reports (default: its name)
     options: ClassVar[tuple[str, ...]] = ()  # its constructor's options, set by the plan (they enter the cache key)
     needs_statistics: ClassVar[bool] = False  # reads the probe statistics of `spear-mm stats` (plan.statistics)
     mergekit: ClassVar[str | None] = None  # mergekit's `merge_method` performing it per unit at t, or None

@@ -27,6 +27,7 @@ class Fisher(MergeMethod):
         "per parameter, base and adapted weighted by t·Fisher(general) : (1 - t)·Fisher(domain) (needs spear-mm "
         "stats --kinds fisher)"
     )
+    title = "Fisher-weighted average per parameter"
     needs_statistics = True
     streamable = False  # the Fisher is read per whole tensor
 

@@ -59,6 +59,7 @@ class RegMean(MergeMethod):
         "inputs, weighted t : 1 - t (needs spear-mm stats); other tensors SLERP"
     )
     options = ("shrink",)
+    title = "RegMean per linear layer"
     needs_statistics = True
     streamable = False  # W·Qᵀ mixes a row's elements
 
