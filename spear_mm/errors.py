@@ -6,7 +6,7 @@ import contextlib
 import os
 import re
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from pydantic import ValidationError
@@ -84,13 +84,36 @@ def read_text(path: object, what: str = "file", encoding: str = "utf-8") -> str:
         raise describe_unicode_error(exc, f"{what} {p}") from None
 
 
+class FieldError(NamedTuple):
+    """One pydantic error as spear-mm words it: the dotted field, pydantic's message (without its "Value error, "
+    prefix), the value given and pydantic's error type."""
+
+    field: str
+    msg: str
+    input: Any
+    type: str
+    loc: tuple
+
+
+def field_errors(exc: ValidationError) -> list[FieldError]:
+    """Every error of a pydantic validation, for the one-paragraph messages of plans, suites, configs and flags."""
+    return [
+        FieldError(
+            ".".join(map(str, e["loc"])),
+            e["msg"].removeprefix("Value error, "),
+            e.get("input"),
+            e["type"],
+            tuple(e["loc"]),
+        )
+        for e in exc.errors()
+    ]
+
+
 def validation_message(exc: ValidationError, prefix: str = "--") -> str:
     """Pydantic's first error as one sentence naming the field and the value given. With the prefix "--" the field
     is a command-line option (`--alpha 5.0: Input should be less than or equal to 1.`); with another prefix, an
     option of the Python API (`scoring option alpha = 5.0: …`)."""
-    err = exc.errors()[0]
-    field = ".".join(map(str, err["loc"]))
-    msg = err["msg"].removeprefix("Value error, ")
+    err = field_errors(exc)[0]
     if prefix == "--":
-        return f"--{field.replace('_', '-')} {err['input']}: {msg}."
-    return f"{prefix}{field} = {err['input']!r}: {msg}."
+        return f"--{err.field.replace('_', '-')} {err.input}: {err.msg}."
+    return f"{prefix}{err.field} = {err.input!r}: {err.msg}."

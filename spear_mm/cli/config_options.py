@@ -20,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
 from spear_mm.cli.output import console
-from spear_mm.errors import SpearError
+from spear_mm.errors import SpearError, field_errors
 
 
 @dataclass(frozen=True)
@@ -173,11 +173,11 @@ def overrides(flags: list[Flag], values: Mapping[str, Any], deprecated: Mapping[
 
 def flag_problem(flags: list[Flag], values: Mapping[str, Any], exc: ValidationError) -> str:
     """Pydantic's first error as one sentence naming the flag as typed (`--planner-budget -1: Input should …`)."""
-    err = exc.errors()[0]
-    path = tuple(map(str, err["loc"]))
+    err = field_errors(exc)[0]
+    path = tuple(map(str, err.loc))
     typed_ = [f.spelling for f in flags if f.path[-len(path) :] == path and values.get(f.param) is not None]
     named = typed_[0] if typed_ else next((f.spelling for f in flags if f.path[-len(path) :] == path), ".".join(path))
-    return f"{named} {err['input']}: {err['msg'].removeprefix('Value error, ')}."
+    return f"{named} {err.input}: {err.msg}."
 
 
 def given_spellings(flags: list[Flag], values: Mapping[str, Any]) -> list[str]:

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from spear_mm.errors import SpearError, read_text
+from spear_mm.errors import SpearError, field_errors, read_text
 from spear_mm.evaluation.loaders import LOADERS, MissingDataError
 from spear_mm.evaluation.tasks import LoadedTask, TaskSpec, select_items
 
@@ -53,10 +53,9 @@ def _where(name: str, source: Path | None) -> str:
 def _problems(exc: ValidationError) -> str:
     """Pydantic errors as one line each: `field: what is wrong (allowed values)`."""
     parts = []
-    for e in exc.errors():
-        field = ".".join(str(x) for x in e["loc"]) or "task"
-        msg = "unknown field (check its spelling)" if e["type"] == "extra_forbidden" else e["msg"]
-        parts.append(f"{field}: {msg}")
+    for e in field_errors(exc):
+        msg = "unknown field (check its spelling)" if e.type == "extra_forbidden" else e.msg
+        parts.append(f"{e.field or 'task'}: {msg}")
     return "; ".join(parts) + ". Fix the suite file (fields and values in docs/evaluation.md)."
 
 

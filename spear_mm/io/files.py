@@ -162,3 +162,8 @@ def content_key(**inputs: Any) -> str:
     """sha256 (16 hex) of the canonical JSON of the inputs."""
     raw = json.dumps(inputs, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+def file_key(path: str | Path) -> str:
+    """sha256 (16 hex) of a file's bytes (a probe, a plan): what `content_key` takes for a file's content."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]

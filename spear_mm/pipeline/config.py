@@ -12,7 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from spear_mm.errors import SpearError, read_text
+from spear_mm.errors import SpearError, field_errors, read_text
 from spear_mm.executors import KINDS
 from spear_mm.io.dtypes import DtypeName
 from spear_mm.io.files import atomic_write_text
@@ -376,14 +376,13 @@ _SECTIONS: dict[str, type[BaseModel]] = {"planner": PlannerOptions, "scoring": S
 def _problems(exc: ValidationError) -> str:
     """One sentence per mistake, naming the field; an unknown key lists the fields of its section."""
     problems, sections = [], []
-    for e in exc.errors():
-        where = ".".join(map(str, e["loc"]))
-        msg = e["msg"].removeprefix("Value error, ")
-        if isinstance(e.get("input"), str) and e["type"] in _QUOTED:
-            msg += f" (got the string {e['input']!r}: {_QUOTED[e['type']]}, without quotes)"
-        problems.append(f"{where}: {msg}" if where else msg)
-        if e["type"] == "extra_forbidden":
-            section = str(e["loc"][0]) if len(e["loc"]) > 1 else ""
+    for e in field_errors(exc):
+        msg = e.msg
+        if isinstance(e.input, str) and e.type in _QUOTED:
+            msg += f" (got the string {e.input!r}: {_QUOTED[e.type]}, without quotes)"
+        problems.append(f"{e.field}: {msg}" if e.field else msg)
+        if e.type == "extra_forbidden":
+            section = str(e.loc[0]) if len(e.loc) > 1 else ""
             model = _SECTIONS.get(section, RunConfig)
             sections.append(f" Fields{' of ' + section if section else ''}: {', '.join(model.model_fields)}.")
     return "; ".join(problems) + "." + "".join(dict.fromkeys(sections))

@@ -7,12 +7,11 @@ so an interrupted planner resumes where it stopped and a finished one is not run
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
 from spear_mm.errors import SpearError
-from spear_mm.io.files import content_key
+from spear_mm.io.files import content_key, file_key
 from spear_mm.io.pair import Pair
 from spear_mm.measured.objective import PROBE_TOKENS
 from spear_mm.measured.planner import PlannerConfig, general_probe_for, measured_plan
@@ -31,10 +30,6 @@ _NO_DOMAIN_PROBE = (
     "the measured policy needs a domain probe: pass --domain-probe FILE (held-out CPT text, .txt or "
     ".jsonl with a 'text' field) to `spear-mm run`, or drop 'measured' from --policies."
 )
-
-
-def _file_hash(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
 def check_probes(config: RunConfig) -> None:
@@ -76,8 +71,8 @@ def measured_candidate(
     out = folder / "measured.yaml"
     key = content_key(
         scores=scores.content_hash(),
-        general=_file_hash(general),
-        domain=_file_hash(domain),
+        general=file_key(general),
+        domain=file_key(domain),
         config=config.key_dump(),
         rank_by=rank_by,
         tokens=probe_tokens,

@@ -11,7 +11,6 @@ finished (see spear_mm/pipeline/steps.py and docs/pipeline.md). Candidate evalua
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
 import time
@@ -23,7 +22,7 @@ from spear_mm.evaluation import load_tasks
 from spear_mm.evaluation.lm_eval_tasks import LmEvalTasks, check_no_clash, preflight
 from spear_mm.executors import LazyExecutor
 from spear_mm.io.dtypes import parse_dtype
-from spear_mm.io.files import content_key
+from spear_mm.io.files import content_key, file_key
 from spear_mm.io.outputs import check_free_space
 from spear_mm.io.pair import Pair, open_pair
 from spear_mm.io.workdir import WorkDir, pair_owner, scored_pair
@@ -203,8 +202,7 @@ def _analyze(ctx: RunContext, ex: LazyExecutor) -> tuple[ScoreTable, StageCost]:
         probe = Path(gp) if gp else general_probe_for(pair, ctx.run_dir / "planner")
     key = content_key(base=ctx.fp_b, adapted=ctx.fp_a, config=config.model_dump(mode="json"))
     if probe is not None:  # runs without a probe keep their old key (and their finished scores)
-        probe_key = hashlib.sha256(probe.read_bytes()).hexdigest()[:16]
-        key = content_key(key=key, probe=probe_key, ground_truth=ground_truth)
+        key = content_key(key=key, probe=file_key(probe), ground_truth=ground_truth)
 
     def compute() -> ScoreTable:
         if ex.kind == "ray":

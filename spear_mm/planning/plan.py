@@ -21,7 +21,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from spear_mm import __version__
-from spear_mm.errors import SpearError, read_text
+from spear_mm.errors import SpearError, field_errors, read_text
 from spear_mm.io.architecture import ParamInfo
 from spear_mm.io.files import atomic_write_text
 
@@ -319,11 +319,10 @@ class Plan(_Strict):
             return cls.model_validate(data)
         except ValidationError as exc:
             lines = []
-            for err in exc.errors():
-                loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
-                line = _line_of(node, err["loc"])
+            for err in field_errors(exc):
+                line = _line_of(node, err.loc)
                 where = f"line {line}, " if line else ""
-                lines.append(f"{where}field '{loc}': {err['msg']}")
+                lines.append(f"{where}field '{err.field or '(top level)'}': {err.msg}")
             raise SpearError(
                 f"{source}: invalid plan — "
                 + "; ".join(lines)

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from spear_mm.errors import SpearError
+from spear_mm.errors import SpearError, field_errors
 from spear_mm.evaluation.metrics import EvalResult
 from spear_mm.report.schema import ReportTable, RunSummary
 
@@ -74,10 +74,9 @@ def read_summary(run_dir: Path) -> RunSummary | None:
     try:
         return RunSummary.model_validate_json(path.read_bytes())
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(map(str, err["loc"])) or "the file"
+        err = field_errors(exc)[0]
         raise SpearError(
-            f"{path}: not the summary.json of a `spear-mm run` ({where}: {err['msg']}). The report reads it as a "
+            f"{path}: not the summary.json of a `spear-mm run` ({err.field or 'the file'}: {err.msg}). The report reads it as a "
             "RunSummary (docs/pipeline.md). Run `spear-mm run` again on this folder to rewrite it (finished steps "
             "are reused), or move the file away to report the evaluation results alone."
         ) from None
