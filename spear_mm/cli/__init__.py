@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import signal
 import sys
@@ -11,19 +12,27 @@ import typer
 from rich.logging import RichHandler
 
 from spear_mm import __version__
-from spear_mm.cli import analyze, compare, demo, discover, evaluate, merge, run, stats, train
 from spear_mm.cli.output import console
 from spear_mm.errors import SpearError, describe_os_error
 
-app = typer.Typer(
-    name="spear-mm",
-    help="Repair forgetting after domain CPT: score layers, plan restoration, SLERP-merge, validate.",
-    epilog="Also: spear-mm plan validate PLAN.yaml MODEL checks a plan against one model, merging nothing. "
-    "Models are folders or hub ids org/name or org/name@revision.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
+# command -> the cli module that registers it, in `--help` order. `spear-mm CMD` imports only CMD's module, so a
+# bad option of `run` is refused before torch and transformers load; `--help` and the Python `app` import all.
+COMMANDS = {
+    "merge": "merge",
+    "inspect": "merge",
+    "analyze": "analyze",
+    "plan": "analyze",
+    "stats": "stats",
+    "evaluate": "evaluate",
+    "report": "evaluate",
+    "compare": "compare",
+    "cpt": "train",
+    "convert-llama2c": "train",
+    "run": "run",
+    "demo": "demo",
+    "ls": "discover",
+    "plan-validate": "discover",
+}
 
 
 def _version(value: bool) -> None:
@@ -32,7 +41,6 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
 def _root(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging (also accepted after the command)."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
@@ -47,18 +55,30 @@ def _root(
     logging.getLogger("spear_mm").setLevel(logging.DEBUG if verbose else logging.NOTSET)
 
 
-for _module in (
-    merge,
-    analyze,
-    stats,
-    evaluate,
-    compare,
-    train,
-    run,
-    demo,
-    discover,
-):  # each stage's commands; an import error is loud
-    _module.register(app)
+def build_app(command: str | None = None) -> typer.Typer:
+    """The Typer app with every command, or with `command`'s module only (what `spear-mm COMMAND` needs)."""
+    app = typer.Typer(
+        name="spear-mm",
+        help="Repair forgetting after domain CPT: score layers, plan restoration, SLERP-merge, validate.",
+        epilog="Also: spear-mm plan validate PLAN.yaml MODEL checks a plan against one model, merging nothing. "
+        "Models are folders or hub ids org/name or org/name@revision.",
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        add_completion=False,
+    )
+    app.callback()(_root)
+    modules = [COMMANDS[command]] if command in COMMANDS else dict.fromkeys(COMMANDS.values())
+    for name in modules:  # each stage's commands; an import error is loud
+        importlib.import_module(f"{__name__}.{name}").register(app)
+    return app
+
+
+def __getattr__(name: str) -> typer.Typer:
+    """`spear_mm.cli.app`: the whole app (tests, documentation tools), built on first use."""
+    if name == "app":
+        globals()["app"] = built = build_app()
+        return built
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _terminate(signum: int, frame: object) -> None:
@@ -95,8 +115,9 @@ def main() -> None:
 
 def _run() -> None:
     sys.argv[1:] = normalise_argv(sys.argv[1:])
+    command = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
     try:
-        app()
+        build_app(command)()
     except SpearError as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False)
         sys.exit(2)

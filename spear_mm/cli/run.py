@@ -10,7 +10,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from spear_mm.cli import checks
+import spear_mm
 from spear_mm.cli.config_options import (
     CONTEXT,
     aliases,
@@ -24,8 +24,7 @@ from spear_mm.cli.config_options import (
 from spear_mm.cli.output import console, out_console
 from spear_mm.cli.progress import LOOKS, Drawer
 from spear_mm.pipeline.config import RunConfig
-from spear_mm.pipeline.run import run
-from spear_mm.pipeline.summary import RunSummary
+from spear_mm.report.schema import RunSummary
 
 
 def _fmt(x: float | None) -> str:
@@ -106,15 +105,14 @@ def run_cmd(ctx: typer.Context, **values: Any) -> None:
     """Score, plan, merge, validate and choose for one base/adapted pair; writes RUN/report.html.
 
     Every option is a field of the run config (run.yaml, `spear_mm.pipeline.config.RunConfig`); flags win over
-    --config.
+    --config. The pipeline (and torch) load through `spear_mm.run` once the config is valid, so a mistake in the
+    options is refused at once; the file and device checks are the pipeline's, before any work.
     """
     config, force = values.pop("config", None), values.pop("force", False)
-    checks.file_option("--config", config)
     run_config = resolve(config, typed(ctx, values))
-    checks.device(run_config.device)
     quiet_per_model_logs()
     with Drawer(LOOKS) as progress:
-        summary = run(config=run_config, progress=progress, force=force, inputs=(config,) if config else ())
+        summary = spear_mm.run(config=run_config, progress=progress, force=force, inputs=(config,) if config else ())
     print_summary(summary)
 
 

@@ -1,25 +1,36 @@
-"""Validation: task types, suites as data, the built-in and lm-eval back ends, and `evaluate`."""
+"""Validation: task types, suites as data, the built-in and lm-eval back ends, and `evaluate`.
 
-from spear_mm.evaluation.loaders import MissingDataError
-from spear_mm.evaluation.runner import evaluate, evaluate_many, load_model, tokenizer_fingerprint
-from spear_mm.evaluation.suites import SUITES, Suite, get_suite, load_task, load_tasks
-from spear_mm.evaluation.tasks import GenItem, LoadedTask, MCItem, TaskSpec, TextItem, select_items
+The names below load on first use (like `spear_mm`'s own API), so a light module of this package (suites,
+uniform_curve, metrics) does not import transformers through this file."""
 
-__all__ = [
-    "SUITES",
-    "GenItem",
-    "LoadedTask",
-    "MCItem",
-    "MissingDataError",
-    "Suite",
-    "TaskSpec",
-    "TextItem",
-    "evaluate",
-    "evaluate_many",
-    "get_suite",
-    "load_model",
-    "load_task",
-    "load_tasks",
-    "select_items",
-    "tokenizer_fingerprint",
-]
+from __future__ import annotations
+
+import importlib
+
+_API = {
+    "MissingDataError": "loaders",
+    "evaluate": "runner",
+    "evaluate_many": "runner",
+    "load_model": "runner",
+    "tokenizer_fingerprint": "runner",
+    "SUITES": "suites",
+    "Suite": "suites",
+    "get_suite": "suites",
+    "load_task": "suites",
+    "load_tasks": "suites",
+    "GenItem": "tasks",
+    "LoadedTask": "tasks",
+    "MCItem": "tasks",
+    "TaskSpec": "tasks",
+    "TextItem": "tasks",
+    "select_items": "tasks",
+}
+
+
+def __getattr__(name: str):
+    if name in _API:
+        return getattr(importlib.import_module(f"{__name__}.{_API[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = sorted(_API)

@@ -4,22 +4,12 @@ run.yaml's `out_dtype`: one parser, one list of choices shown by `--help`."""
 
 from __future__ import annotations
 
-from enum import Enum
-
 import torch
 
 from spear_mm.errors import SpearError
+from spear_mm.io.dtype_names import DtypeName
 
-
-class DtypeName(str, Enum):
-    """The dtypes a merged model can be written in, or a model evaluated in (both spellings of each)."""
-
-    bf16 = "bf16"
-    fp16 = "fp16"
-    fp32 = "fp32"
-    bfloat16 = "bfloat16"
-    float16 = "float16"
-    float32 = "float32"
+__all__ = ["DtypeName", "dtype_label", "parse_dtype"]
 
 
 _ALIASES: dict[str, torch.dtype] = {

@@ -5,11 +5,12 @@ package's __init__)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from spear_mm.measured.probe import ProbeResult
+if TYPE_CHECKING:  # annotations only: the probe module loads torch and transformers
+    from spear_mm.measured.probe import ProbeResult
 
 PROBE_TOKENS = 1024  # the planner's tokens per probe (`analyze --probe-tokens` is another probe: scoring/layers.py)
 

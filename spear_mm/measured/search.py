@@ -12,10 +12,13 @@ Each `refine` choice is one function registered with `@register_refinement(name)
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 from spear_mm.measured.objective import Objective, PlannerConfig, register_refinement
-from spear_mm.measured.probe import ProbeResult
 from spear_mm.planning.plan import UnitEffect
+
+if TYPE_CHECKING:  # annotations only: the probe module loads torch and transformers
+    from spear_mm.measured.probe import ProbeResult
 
 
 def refine_units(obj: Objective, effects, start: tuple[dict, ProbeResult], config: PlannerConfig, run):

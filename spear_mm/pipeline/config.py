@@ -14,13 +14,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from spear_mm.errors import SpearError, field_errors, read_text
 from spear_mm.executors import KINDS
-from spear_mm.io.dtypes import DtypeName
+from spear_mm.io.dtype_names import DtypeName
 from spear_mm.io.files import atomic_write_text
 from spear_mm.io.strict_yaml import load_strict_yaml
 from spear_mm.measured.objective import PlannerConfig, PlannerOptions
 from spear_mm.pipeline.candidates import parse_sweep
 from spear_mm.scoring.table import ScoreConfig
-from spear_mm.statistics.store import Kind
+from spear_mm.statistics import Kind
 
 ExecutorKind = Literal["local", "process", "ray"]
 assert set(KINDS) == {"local", "process", "ray"}

@@ -28,9 +28,8 @@ from typing import Literal
 
 import torch
 
-Precision = Literal["auto", "float32", "float64"]
-SpectrumMethod = Literal["gram", "svd"]
-Edge = Literal["mp", "spectrum"]
+from spear_mm.scoring.table import Edge, Precision, SpectrumMethod
+
 Normalize = Literal["max"] | None
 
 IQR_TO_SIGMA = 1.349  # IQR of a standard normal distribution

@@ -18,7 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from spear_mm import __version__
 from spear_mm.errors import SpearError, read_text
 from spear_mm.io.files import atomic_write, atomic_write_text
-from spear_mm.scoring.spectral import Edge, Precision, SpectrumMethod
+
+# the spectral options (spear_mm.scoring.spectral computes them; declared here, without torch, for the configs)
+Precision = Literal["auto", "float32", "float64"]
+SpectrumMethod = Literal["gram", "svd"]
+Edge = Literal["mp", "spectrum"]
 
 log = logging.getLogger(__name__)
 

@@ -24,9 +24,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from safetensors import safe_open
 
 from spear_mm.errors import SpearError
+from spear_mm.statistics import Kind
 
 Side = Literal["general", "domain"]
-Kind = Literal["regmean", "fisher"]
 SIDES: tuple[Side, ...] = ("general", "domain")
 META = "stats.json"
 
