@@ -60,8 +60,8 @@ class PlannerConfig(BaseModel):
         None, ge=1, description="measure only the top N units of the ranking (default: all)"
     )
     t_step: float = Field(0.05, gt=0.0, le=0.5, description="grid of t in the refinement")
-    uniform_seeds: tuple[float, ...] = Field(
-        (0.3, 0.6, 0.9), description="uniform plans tried as starting points (comma-separated t)"
+    uniform_seeds: tuple[Annotated[float, Field(ge=0.0, le=1.0)], ...] = Field(
+        (0.3, 0.6, 0.9), description="uniform plans tried as starting points (comma-separated t in [0, 1])"
     )
     tolerance: float = Field(
         0.005, ge=0.0, description="objective differences below this are probe noise: restore less"

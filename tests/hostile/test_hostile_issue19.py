@@ -1,0 +1,62 @@
+"""Hostile review of issue 19's new surfaces (run/plan flags generated from the config, the registries, suites as
+YAML, the report read from summary.json): each case is a defect found by trying them, fixed, and kept fixed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from spear_mm.scoring.layers import analyze
+
+DOMAIN = "Revenue rose 12 percent to 4.2 billion dollars. The central bank held its rate steady. " * 12
+
+
+@pytest.fixture(scope="module")
+def scored(tiny_pair, tmp_path_factory) -> Path:
+    """The tiny pair's scores folder (read-only for the cases), with a domain probe beside it."""
+    root = tmp_path_factory.mktemp("scored19")
+    analyze(*tiny_pair, root / "scores", workers=1)
+    (root / "domain.txt").write_text(DOMAIN)
+    return root
+
+
+# -- --planner-uniform-seeds: every seed is a t in [0, 1] (1.5 and -3 were probed as SLERP extrapolations) -------
+def test_run_refuses_uniform_seeds_outside_0_1(tiny_pair, scored, tmp_path, cli, untouched):
+    check = untouched(*tiny_pair, scored)
+    out = tmp_path / "run"
+    code, text = cli(
+        "run",
+        *tiny_pair,
+        "-o",
+        out,
+        "--policies",
+        "measured",
+        "--domain-probe",
+        scored / "domain.txt",
+        "--planner-uniform-seeds",
+        "1.5,-3",
+    )
+    check()
+    assert code == 2 and "planner.uniform_seeds" in text and "less than or equal to 1" in text, text
+    assert "Traceback" not in text and not out.exists()
+
+
+def test_plan_names_the_uniform_seeds_flag(tiny_pair, scored, tmp_path, cli, untouched):
+    check = untouched(*tiny_pair, scored)
+    plan = tmp_path / "plan.yaml"
+    code, text = cli(
+        "plan",
+        scored / "scores",
+        "-o",
+        plan,
+        "--policy",
+        "measured",
+        "--domain-probe",
+        scored / "domain.txt",
+        "--planner-uniform-seeds",
+        "0.5,1.5",
+    )
+    check()
+    assert code == 2 and "--planner-uniform-seeds 1.5: Input should be less than or equal to 1" in text, text
+    assert not plan.exists() and not plan.with_name("plan.yaml.probes").exists()
