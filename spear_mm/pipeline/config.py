@@ -271,6 +271,9 @@ class RunConfig(BaseModel):
     @field_validator("base", "adapted", "out", "data_dir", "domain_probe", "general_probe", mode="before")
     @classmethod
     def _path_str(cls, v: Any) -> Any:
+        """Paths as strings; an empty one is refused (it would silently mean the working folder)."""
+        if isinstance(v, str) and not v.strip():
+            raise ValueError("an empty path; give the file or folder (write '.' for the working folder)")
         return str(v) if isinstance(v, Path) else v
 
     @model_validator(mode="before")

@@ -60,3 +60,16 @@ def test_plan_names_the_uniform_seeds_flag(tiny_pair, scored, tmp_path, cli, unt
     check()
     assert code == 2 and "--planner-uniform-seeds 1.5: Input should be less than or equal to 1" in text, text
     assert not plan.exists() and not plan.with_name("plan.yaml.probes").exists()
+
+
+# -- an empty path is refused, not read as the working folder (`-o ''` wrote the run into the cwd) ---------------
+@pytest.mark.parametrize("flag", ["-o", "--data-dir"])
+def test_run_refuses_an_empty_path(tiny_pair, tmp_path, cli, untouched, monkeypatch, flag):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.txt").write_text("the user's file")
+    check = untouched(*tiny_pair, tmp_path)
+    args = ("-o", tmp_path / "run") if flag != "-o" else ()
+    code, text = cli("run", *tiny_pair, *args, flag, "", "--suite", "demo")
+    check()
+    assert code == 2 and "an empty path" in text and "Traceback" not in text, text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.txt"]
