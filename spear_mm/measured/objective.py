@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from spear_mm.errors import SpearError
 from spear_mm.measured.probe import ProbeResult
 
 PROBE_TOKENS = 1024  # the planner's tokens per probe (`analyze --probe-tokens` is another probe: scoring/layers.py)
@@ -18,13 +19,24 @@ REFINEMENTS: dict[str, Callable[..., tuple[dict[str, float], Any]]] = {}
 
 
 def register_refinement(name: str):
-    """Decorator: make a refinement available as `refine: NAME` (its docstring's first line is its summary)."""
+    """Decorator: make a refinement available as `refine: NAME` (its docstring's first line is its summary).
+    Another function under a name already registered is refused (a plugin cannot silently replace a built-in)."""
 
     def decorate(search: Callable[..., tuple[dict[str, float], Any]]):
+        known = REFINEMENTS.get(name)
+        if known is not None and _origin(known) != _origin(search):  # the same code imported again is fine
+            raise SpearError(
+                f"refinement {name!r} is registered twice ({_origin(known)} and {_origin(search)}): give the new "
+                "refinement another name."
+            )
         REFINEMENTS[name] = search
         return search
 
     return decorate
+
+
+def _origin(search: Callable[..., Any]) -> str:
+    return f"{search.__module__}.{search.__qualname__}"
 
 
 def registered_refinement(name: str) -> str:

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from spear_mm.errors import SpearError
+from spear_mm.measured.objective import REFINEMENTS, register_refinement
+from spear_mm.merging.methods import METHODS, MergeMethod, register
 from spear_mm.scoring.layers import analyze
 
 DOMAIN = "Revenue rose 12 percent to 4.2 billion dollars. The central bank held its rate steady. " * 12
@@ -73,3 +76,33 @@ def test_run_refuses_an_empty_path(tiny_pair, tmp_path, cli, untouched, monkeypa
     check()
     assert code == 2 and "an empty path" in text and "Traceback" not in text, text
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.txt"]
+
+
+# -- registries: a broken plugin class is refused when it registers, in one sentence naming it --------------------
+def test_a_method_without_a_name_is_refused():
+    with pytest.raises(SpearError, match="has no `name`"):
+
+        @register
+        class Nameless(MergeMethod):
+            summary = "no name"
+
+    assert all(cls.__name__ != "Nameless" for cls in METHODS.values())
+
+
+def test_a_method_whose_options_its_constructor_does_not_take_is_refused():
+    with pytest.raises(SpearError, match=r"declares options \['gain'\] that its constructor does not take"):
+
+        @register
+        class NoGain(MergeMethod):
+            name = "no_gain_19"
+            options = ("gain",)
+
+    assert "no_gain_19" not in METHODS
+
+
+def test_a_refinement_cannot_replace_a_built_in():
+    before = REFINEMENTS["tiers"]
+    with pytest.raises(SpearError, match="refinement 'tiers' is registered twice"):
+        register_refinement("tiers")(lambda *args: None)
+    assert REFINEMENTS["tiers"] is before
+    register_refinement("tiers")(before)  # the same function again (a module imported twice) is fine
