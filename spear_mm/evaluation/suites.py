@@ -64,7 +64,12 @@ def get_suite(name: str) -> Suite:
     if name in SUITES:
         return load_suite_file(SUITES[name])
     path = Path(name).expanduser()
-    if path.suffix in {".yaml", ".yml"} and path.is_file():
+    if path.suffix in {".yaml", ".yml"}:
+        if not path.is_file():
+            raise SpearError(
+                f"suite file {path}: no such file (a suite is {', '.join(sorted(SUITES))} or a suite .yaml file); "
+                "check the path."
+            )
         return load_suite_file(path)
     raise SpearError(f"unknown suite {name!r}: use one of {sorted(SUITES)} or a suite .yaml file")
 

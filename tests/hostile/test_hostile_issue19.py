@@ -3,11 +3,14 @@ YAML, the report read from summary.json): each case is a defect found by trying 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+from common import run_summary
 
 from spear_mm.errors import SpearError
+from spear_mm.evaluation.metrics import EvalResult, ItemRecord, TaskResult
 from spear_mm.measured.objective import REFINEMENTS, register_refinement
 from spear_mm.merging.methods import METHODS, MergeMethod, register
 from spear_mm.scoring.layers import analyze
@@ -106,3 +109,21 @@ def test_a_refinement_cannot_replace_a_built_in():
         register_refinement("tiers")(lambda *args: None)
     assert REFINEMENTS["tiers"] is before
     register_refinement("tiers")(before)  # the same function again (a module imported twice) is fine
+
+
+# -- suites: a missing suite .yaml says so ---------------------------------------------------------------------------
+def test_a_missing_suite_file_is_named(tiny_pair, tmp_path, cli):
+    code, text = cli("evaluate", tiny_pair[0], "--suite", tmp_path / "nosuch.yaml", "-o", tmp_path / "ev")
+    assert code == 2 and f"suite file {tmp_path / 'nosuch.yaml'}: no such file" in text, text
+    assert not (tmp_path / "ev").exists()
+
+
+def _run_folder(run: Path, **changes) -> Path:
+    """A run folder with two models' results and a summary.json whose JSON is changed by `changes`."""
+    for name, acc in (("base", 0.6), ("adapted", 0.4)):
+        items = [ItemRecord(id=str(i), correct=i < acc * 10, pred="a", gold="a") for i in range(10)]
+        task = TaskResult(task="mc", kind="multiple_choice", metric="acc", score=acc, n=10, items=items)
+        EvalResult(model=name, tokenizer="tok:1", tasks={"mc": task}, seconds=1.0).save(run / "eval" / f"{name}.json")
+    data = json.loads(run_summary(run).model_dump_json()) | changes
+    (run / "summary.json").write_text(json.dumps(data))
+    return run
