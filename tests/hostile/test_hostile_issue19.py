@@ -127,3 +127,19 @@ def _run_folder(run: Path, **changes) -> Path:
     data = json.loads(run_summary(run).model_dump_json()) | changes
     (run / "summary.json").write_text(json.dumps(data))
     return run
+
+
+# -- report: a summary.json of a later format is refused as such (not "run again to rewrite it") -------------------
+def test_a_newer_summary_format_asks_for_a_newer_spear_mm(tmp_path, cli, untouched):
+    run = _run_folder(tmp_path / "run", spear_mm_summary=2, a_later_field={"x": 1})
+    check = untouched(run)
+    code, text = cli("report", run, "-o", tmp_path / "rep")
+    check()
+    assert code == 2 and "written by a newer spear-mm (summary format 2" in text and "Traceback" not in text, text
+
+
+def test_unknown_keys_of_the_current_format_are_read(tmp_path, cli):
+    """Forward compatibility within a format: a key this version does not know is ignored, not refused."""
+    run = _run_folder(tmp_path / "run", a_later_field=[1, 2])
+    code, text = cli("report", run, "-o", tmp_path / "rep")
+    assert code == 0 and (tmp_path / "rep" / "report.md").is_file(), text
