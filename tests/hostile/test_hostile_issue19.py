@@ -143,3 +143,14 @@ def test_unknown_keys_of_the_current_format_are_read(tmp_path, cli):
     run = _run_folder(tmp_path / "run", a_later_field=[1, 2])
     code, text = cli("report", run, "-o", tmp_path / "rep")
     assert code == 0 and (tmp_path / "rep" / "report.md").is_file(), text
+
+
+# -- progress into a pipe: the drawer's lines only (transformers' "Loading weights" tqdm bars wrote \r-lines) -----
+def test_evaluate_into_a_pipe_writes_no_carriage_returns(tiny_pair, tmp_path, cli):
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_progress_bar()  # as a fresh process has it (another command may have switched it off)
+    code, text = cli("evaluate", *tiny_pair, "--suite", "demo", "--limit", "2", "-o", tmp_path / "ev")
+    assert code == 0, text
+    assert "\r" not in text and "\x1b[" not in text and "Loading weights" not in text, text
+    assert text.count("base · demo_general_mc: 2/2") == 1, text  # one line per model's task, not a flood
