@@ -79,6 +79,13 @@ def policy_candidates(scores: ScoreTable, policies: Sequence[str], rank_by: str 
     return out
 
 
+def check_plan_files(policies: Sequence[str]) -> None:
+    """The plan files among `policies` exist and are valid plans (read before any scoring, again when used)."""
+    for policy in policies:
+        if policy.endswith((".yaml", ".yml")):
+            Plan.load(Path(policy).expanduser())
+
+
 def parse_sweep(sweep: str | Mapping[str, Sequence[float]] | bool | None) -> dict[str, tuple[float, ...]] | None:
     """`"f=0.1,0.25;t=0.5,0.9"`, a mapping {fractions, t}, True (the default grid) or None (no sweep)."""
     if sweep is None or sweep is False:

@@ -19,6 +19,7 @@ from spear_mm.io.files import atomic_write_text
 from spear_mm.io.strict_yaml import load_strict_yaml
 from spear_mm.measured.objective import PlannerConfig, PlannerOptions
 from spear_mm.pipeline.candidates import parse_sweep
+from spear_mm.planning.policies import PRESETS
 from spear_mm.scoring.table import ScoreConfig
 from spear_mm.statistics.store import Kind
 
@@ -201,6 +202,27 @@ class RunConfig(BaseModel):
         if isinstance(v, str):
             return [p.strip() for p in v.split(",") if p.strip()]
         return list(v) if isinstance(v, tuple) else v
+
+    @field_validator("policies")
+    @classmethod
+    def _check_policies(cls, v: list[str]) -> list[str]:
+        """Presets, 'measured' or plan .yaml files, each naming one candidate (refused before any scoring)."""
+        names = []
+        for policy in v:
+            plan_file = policy.endswith((".yaml", ".yml"))
+            if not plan_file and policy not in (*PRESETS, "measured"):
+                raise ValueError(
+                    f"unknown policy {policy!r}: use {', '.join(PRESETS)}, measured, or the path of a plan YAML file "
+                    "(spear-mm plan writes one)"
+                )
+            names.append(Path(policy).stem if plan_file else policy)
+        twice = [n for n in dict.fromkeys(names) if names.count(n) > 1 or n in ("base", "adapted")]
+        if twice:
+            raise ValueError(
+                f"two candidates would be named {twice[0]!r} (a policy given twice, or a plan file named like a "
+                "preset or base/adapted): give each once, or rename the plan file"
+            )
+        return v
 
     @field_validator("operators", mode="before")
     @classmethod

@@ -33,6 +33,7 @@ from spear_mm.pipeline.candidates import (
     N_FIXED_BASELINES,
     Candidate,
     baseline_candidates,
+    check_plan_files,
     check_unique,
     parse_sweep,
     policy_candidates,
@@ -123,6 +124,7 @@ def _run(config: RunConfig, pair: Pair, run_dir: Path, progress: ProgressCallbac
     grid = parse_sweep(config.sweep)
     tasks, skipped = _load_tasks(config, ctx.lm_eval_tasks)
     check_probes(config)  # the planner's probe files, before any scoring
+    check_plan_files(config.policies)  # and the plan files
     n_baselines = N_FIXED_BASELINES + len(set(config.uniform_grid))
     n_candidates = len(config.policies) + (len(grid["fractions"]) * len(grid["t"]) if grid else 0)
     n_candidates += n_baselines * config.baselines + sum(len(set(g)) for g in config.operators.values())

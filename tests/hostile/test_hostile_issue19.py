@@ -154,3 +154,22 @@ def test_evaluate_into_a_pipe_writes_no_carriage_returns(tiny_pair, tmp_path, cl
     assert code == 0, text
     assert "\r" not in text and "\x1b[" not in text and "Loading weights" not in text, text
     assert text.count("base · demo_general_mc: 2/2") == 1, text  # one line per model's task, not a flood
+
+
+# -- policies: an unknown name, a repeated one and a missing plan file are refused before any scoring -------------
+@pytest.mark.parametrize(
+    "policies, expected",
+    [
+        ("balanced,nonexist", "unknown policy 'nonexist'"),
+        ("balanced,balanced", "two candidates would be named 'balanced'"),
+        ("plans/balanced.yaml,balanced", "two candidates would be named 'balanced'"),
+        ("missing.yaml", "missing.yaml: plan file not found"),
+    ],
+)
+def test_run_refuses_bad_policies_before_scoring(tiny_pair, tmp_path, cli, untouched, policies, expected):
+    check = untouched(*tiny_pair)
+    out = tmp_path / "run"
+    code, text = cli("run", *tiny_pair, "-o", out, "--suite", "demo", "--policies", policies)
+    check()
+    assert code == 2 and expected in text and "Traceback" not in text, text
+    assert not (out / "scores").exists() and "score tensors" not in text
