@@ -79,6 +79,25 @@ def policy_candidates(scores: ScoreTable, policies: Sequence[str], rank_by: str 
     return out
 
 
+def check_policy_names(policies: Sequence[str]) -> None:
+    """Each of `policies` is a preset, 'measured' or a plan .yaml file, and names a candidate of its own."""
+    names = []
+    for policy in policies:
+        plan_file = policy.endswith((".yaml", ".yml"))
+        if not plan_file and policy not in (*PRESETS, "measured"):
+            raise SpearError(
+                f"unknown policy {policy!r}: use {', '.join(PRESETS)}, measured, or the path of a plan YAML file "
+                "(spear-mm plan writes one)."
+            )
+        names.append(Path(policy).stem if plan_file else policy)
+    twice = [n for n in dict.fromkeys(names) if names.count(n) > 1 or n in ("base", "adapted")]
+    if twice:
+        raise SpearError(
+            f"two candidates would be named {twice[0]!r} (a policy given twice, or a plan file named like a preset "
+            "or base/adapted): give each once, or rename the plan file."
+        )
+
+
 def check_plan_files(policies: Sequence[str]) -> None:
     """The plan files among `policies` exist and are valid plans (read before any scoring, again when used)."""
     for policy in policies:

@@ -18,8 +18,7 @@ from spear_mm.io.dtypes import DtypeName
 from spear_mm.io.files import atomic_write_text
 from spear_mm.io.strict_yaml import load_strict_yaml
 from spear_mm.measured.objective import PlannerConfig, PlannerOptions
-from spear_mm.pipeline.candidates import parse_sweep
-from spear_mm.planning.policies import PRESETS
+from spear_mm.pipeline.candidates import check_policy_names, parse_sweep
 from spear_mm.scoring.table import ScoreConfig
 from spear_mm.statistics.store import Kind
 
@@ -207,21 +206,10 @@ class RunConfig(BaseModel):
     @classmethod
     def _check_policies(cls, v: list[str]) -> list[str]:
         """Presets, 'measured' or plan .yaml files, each naming one candidate (refused before any scoring)."""
-        names = []
-        for policy in v:
-            plan_file = policy.endswith((".yaml", ".yml"))
-            if not plan_file and policy not in (*PRESETS, "measured"):
-                raise ValueError(
-                    f"unknown policy {policy!r}: use {', '.join(PRESETS)}, measured, or the path of a plan YAML file "
-                    "(spear-mm plan writes one)"
-                )
-            names.append(Path(policy).stem if plan_file else policy)
-        twice = [n for n in dict.fromkeys(names) if names.count(n) > 1 or n in ("base", "adapted")]
-        if twice:
-            raise ValueError(
-                f"two candidates would be named {twice[0]!r} (a policy given twice, or a plan file named like a "
-                "preset or base/adapted): give each once, or rename the plan file"
-            )
+        try:
+            check_policy_names(v)
+        except SpearError as exc:
+            raise ValueError(str(exc).rstrip(".")) from None
         return v
 
     @field_validator("operators", mode="before")
@@ -232,6 +220,8 @@ class RunConfig(BaseModel):
             out: dict[str, list[float]] = {}
             for part in filter(None, v.replace(" ", "").split(";")):
                 name, sep, values = part.partition("=")
+                if name in out:
+                    raise ValueError(f"'{name}' is given twice: give one curve per operator, e.g. '{name}=0.3,0.5'")
                 try:
                     out[name] = [float(a) for a in values.split(",")]
                 except ValueError:

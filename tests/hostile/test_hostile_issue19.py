@@ -173,3 +173,14 @@ def test_run_refuses_bad_policies_before_scoring(tiny_pair, tmp_path, cli, untou
     check()
     assert code == 2 and expected in text and "Traceback" not in text, text
     assert not (out / "scores").exists() and "score tensors" not in text
+
+
+def test_run_refuses_an_operator_given_twice(tiny_pair, tmp_path, cli, untouched):
+    """'regmean=0.5;regmean=0.7' kept the last curve only, silently."""
+    (tmp_path / "d.txt").write_text(DOMAIN)
+    check = untouched(*tiny_pair)
+    out = tmp_path / "run"
+    args = ("--operators", "regmean=0.5;regmean=0.7", "--domain-probe", tmp_path / "d.txt")
+    code, text = cli("run", *tiny_pair, "-o", out, "--suite", "demo", *args)
+    check()
+    assert code == 2 and "operators: 'regmean' is given twice" in text and not out.exists(), text
