@@ -116,7 +116,9 @@ def parse_sweep(sweep: str | Mapping[str, Sequence[float]] | bool | None) -> dic
         for chunk in sweep.replace(" ", "").split(";"):
             key, sep, values = chunk.partition("=")
             if not sep or not values:
-                raise SpearError(f"--sweep '{sweep}': write it as 'f=0.1,0.25,0.5;t=0.5,0.7,0.9'.")
+                raise SpearError(
+                    f"--sweep '{sweep}': write it as 'f=0.1,0.25,0.5;t=0.5,0.7,0.9', or 'default' for that grid."
+                )
             parts[{"f": "fractions", "fraction": "fractions"}.get(key, key)] = values.split(",")
         sweep = parts
     unknown = set(sweep) - {"fractions", "t"}

@@ -184,3 +184,10 @@ def test_run_refuses_an_operator_given_twice(tiny_pair, tmp_path, cli, untouched
     code, text = cli("run", *tiny_pair, "-o", out, "--suite", "demo", *args)
     check()
     assert code == 2 and "operators: 'regmean' is given twice" in text and not out.exists(), text
+
+
+def test_a_sweep_flag_that_does_not_parse_names_both_spellings(tiny_pair, tmp_path, cli):
+    """run.yaml's `sweep: true` is `--sweep default` on the command line: the message says so."""
+    code, text = cli("run", *tiny_pair, "-o", tmp_path / "run", "--sweep", "true")
+    assert code == 2 and "'f=0.1,0.25,0.5;t=0.5,0.7,0.9', or 'default'" in text, text
+    assert not (tmp_path / "run").exists()
