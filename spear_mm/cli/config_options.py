@@ -175,6 +175,8 @@ def flag_problem(flags: list[Flag], values: Mapping[str, Any], exc: ValidationEr
     """Pydantic's first error as one sentence naming the flag as typed (`--planner-budget -1: Input should …`)."""
     err = field_errors(exc)[0]
     loc = tuple(map(str, err.loc))
+    if not loc:  # a check across fields: its message names them
+        return f"{err.msg}."
     for n in range(len(loc), 0, -1):  # an item of a list field (`uniform_seeds.1`) is named by the list's flag
         path = loc[:n]
         typed_ = [f.spelling for f in flags if f.path[-n:] == path and values.get(f.param) is not None]

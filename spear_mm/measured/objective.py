@@ -105,6 +105,19 @@ class PlannerConfig(BaseModel):
                 raise ValueError(f"{v!r}: give comma-separated t values, e.g. 0.3,0.6,0.9") from None
         return tuple(v) if isinstance(v, list) else v
 
+    @model_validator(mode="after")
+    def _one_constraint(self) -> PlannerConfig:
+        """probe_recovery replaces the max_domain_loss constraint: both given, one would be ignored silently."""
+        if (
+            self.probe_recovery is not None
+            and self.max_domain_loss != type(self).model_fields["max_domain_loss"].default
+        ):
+            raise ValueError(
+                "max_domain_loss and probe_recovery are two objectives (keep the domain gain, or reach a general "
+                "recovery): give one (--planner-max-domain-loss or --planner-probe-recovery)"
+            )
+        return self
+
     def key_dump(self) -> dict[str, Any]:
         """The settings as hashed in resume keys: `probe_recovery` under its old name, so earlier runs' keys hold."""
         data = self.model_dump(mode="json")

@@ -191,3 +191,45 @@ def test_a_sweep_flag_that_does_not_parse_names_both_spellings(tiny_pair, tmp_pa
     code, text = cli("run", *tiny_pair, "-o", tmp_path / "run", "--sweep", "true")
     assert code == 2 and "'f=0.1,0.25,0.5;t=0.5,0.7,0.9', or 'default'" in text, text
     assert not (tmp_path / "run").exists()
+
+
+# -- the planner's two objectives: --planner-probe-recovery ignored --planner-max-domain-loss silently -------------
+def test_plan_refuses_both_planner_objectives(scored, tmp_path, cli, untouched):
+    check = untouched(scored)
+    plan = tmp_path / "plan.yaml"
+    code, text = cli(
+        "plan",
+        scored / "scores",
+        "-o",
+        plan,
+        "--policy",
+        "measured",
+        "--domain-probe",
+        scored / "domain.txt",
+        "--planner-probe-recovery",
+        "0.5",
+        "--planner-max-domain-loss",
+        "0.2",
+    )
+    check()
+    assert code == 2 and text.startswith("error: max_domain_loss and probe_recovery are two objectives"), text
+    assert "give one (--planner-max-domain-loss or --planner-probe-recovery)" in text and not plan.exists()
+
+
+def test_run_refuses_both_planner_objectives(tiny_pair, scored, tmp_path, cli):
+    out = tmp_path / "run"
+    code, text = cli(
+        "run",
+        *tiny_pair,
+        "-o",
+        out,
+        "--policies",
+        "measured",
+        "--domain-probe",
+        scored / "domain.txt",
+        "--planner-probe-recovery",
+        "0.5",
+        "--planner-max-domain-loss",
+        "0.2",
+    )
+    assert code == 2 and "max_domain_loss and probe_recovery are two objectives" in text and not out.exists(), text
