@@ -180,6 +180,11 @@ def _load_tasks(config: RunConfig, registered: LmEvalTasks | None = None):
     if registered and not suites:
         return (), skipped
     tasks = load_tasks(suites, config.data_dir, config.limit, config.seed, skip_missing=True, skipped=skipped)
+    if not tasks and not registered and not skipped:
+        raise SpearError(
+            f"no task to evaluate: --suite {suites!r} names no suite and no lm-eval task names are given. Pass "
+            "--suite (general,domain by default, demo, or a suite .yaml) or --tasks."
+        )
     if not tasks and not registered:
         raise SpearError(
             f"no task to evaluate: the data of every task of '{suites}' is missing "

@@ -233,3 +233,12 @@ def test_run_refuses_both_planner_objectives(tiny_pair, scored, tmp_path, cli):
         "0.2",
     )
     assert code == 2 and "max_domain_loss and probe_recovery are two objectives" in text and not out.exists(), text
+
+
+def test_run_with_no_suite_and_no_tasks_says_so(tiny_pair, tmp_path, cli, untouched):
+    """--suite '' said 'the data of every task of '' is missing ()': there was no task, not missing data."""
+    check = untouched(*tiny_pair)
+    code, text = cli("run", *tiny_pair, "-o", tmp_path / "run", "--suite", "", "--no-baselines")
+    check()
+    assert code == 2 and "--suite '' names no suite and no lm-eval task names are given" in text, text
+    assert not (tmp_path / "run" / "scores").exists()
