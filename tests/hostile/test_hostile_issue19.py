@@ -242,3 +242,24 @@ def test_run_with_no_suite_and_no_tasks_says_so(tiny_pair, tmp_path, cli, untouc
     check()
     assert code == 2 and "--suite '' names no suite and no lm-eval task names are given" in text, text
     assert not (tmp_path / "run" / "scores").exists()
+
+
+# -- suite files are read like run configs: a key given twice is refused, a YAML error is one paragraph ----------
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (
+            "name: s\ntasks:\n  - name: t\n    kind: perplexity\n    loader: text\n    path: a.txt\n    path: b.txt\n",
+            "line 7: key 'path' is given twice (first on line 6)",
+        ),
+        ("name: [\n", "not valid YAML (while parsing a flow node expected the node content"),
+    ],
+)
+def test_a_suite_file_is_read_strictly(tiny_pair, tmp_path, cli, untouched, text, expected):
+    suite = tmp_path / "in" / "suite.yaml"
+    suite.parent.mkdir()
+    suite.write_text(text)
+    check = untouched(suite.parent)
+    code, out = cli("evaluate", tiny_pair[0], "--suite", suite, "-o", tmp_path / "ev")
+    check()
+    assert code == 2 and f"suite file {suite}" in out and expected in out, out
