@@ -174,10 +174,16 @@ def overrides(flags: list[Flag], values: Mapping[str, Any], deprecated: Mapping[
 def flag_problem(flags: list[Flag], values: Mapping[str, Any], exc: ValidationError) -> str:
     """Pydantic's first error as one sentence naming the flag as typed (`--planner-budget -1: Input should …`)."""
     err = field_errors(exc)[0]
-    path = tuple(map(str, err.loc))
-    typed_ = [f.spelling for f in flags if f.path[-len(path) :] == path and values.get(f.param) is not None]
-    named = typed_[0] if typed_ else next((f.spelling for f in flags if f.path[-len(path) :] == path), ".".join(path))
-    return f"{named} {err.input}: {err.msg}."
+    loc = tuple(map(str, err.loc))
+    if not loc:  # a check across fields: its message names them
+        return f"{err.msg}."
+    for n in range(len(loc), 0, -1):  # an item of a list field (`uniform_seeds.1`) is named by the list's flag
+        path = loc[:n]
+        typed_ = [f.spelling for f in flags if f.path[-n:] == path and values.get(f.param) is not None]
+        named = typed_[0] if typed_ else next((f.spelling for f in flags if f.path[-n:] == path), None)
+        if named:
+            return f"{named} {err.input}: {err.msg}."
+    return f"{'.'.join(loc)} {err.input}: {err.msg}."
 
 
 def given_spellings(flags: list[Flag], values: Mapping[str, Any]) -> list[str]:

@@ -185,10 +185,15 @@ def _columns() -> tuple[ProgressColumn, ...]:
 
 class Drawer:
     """The `ProgressCallback` of a command: each stage's events drawn as `looks` say (unknown stages by their
-    name) on `console`; the bars start at the first event, so output before it (a CPT's, a download's) stays."""
+    name) on `console`; the bars start at the first event, so output before it (a CPT's, a download's) stays.
+    Without a terminal, transformers' own progress bars are switched off: the log gets this drawer's lines only."""
 
     def __init__(self, looks: dict[str, Look], *, console: Console = stderr_console, transient: bool = False):
         self.looks, self.console, self.transient = looks, console, transient
+        if not console.is_terminal:  # transformers' tqdm bars ("Loading weights") would write \r-lines to the log
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
         self.bars: Progress | PlainProgress | None = None
         self.ids: dict[tuple[str, str], int] = {}
 

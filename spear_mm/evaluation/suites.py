@@ -7,12 +7,12 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from spear_mm.errors import SpearError, field_errors, read_text
 from spear_mm.evaluation.loaders import LOADERS, MissingDataError
 from spear_mm.evaluation.tasks import LoadedTask, TaskSpec, select_items
+from spear_mm.io.strict_yaml import load_strict_yaml
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,12 @@ def get_suite(name: str) -> Suite:
     if name in SUITES:
         return load_suite_file(SUITES[name])
     path = Path(name).expanduser()
-    if path.suffix in {".yaml", ".yml"} and path.is_file():
+    if path.suffix in {".yaml", ".yml"}:
+        if not path.is_file():
+            raise SpearError(
+                f"suite file {path}: no such file (a suite is {', '.join(sorted(SUITES))} or a suite .yaml file); "
+                "check the path."
+            )
         return load_suite_file(path)
     raise SpearError(f"unknown suite {name!r}: use one of {sorted(SUITES)} or a suite .yaml file")
 
@@ -72,10 +77,7 @@ def get_suite(name: str) -> Suite:
 def load_suite_file(path: Path) -> Suite:
     """A suite from YAML: a list of task dicts, or a mapping with `name`, optional `group`, optional `data_dir`
     (the folder, relative to this file, that the tasks' relative paths are under) and `tasks`."""
-    try:
-        data = yaml.safe_load(read_text(path, "suite file"))
-    except yaml.YAMLError as exc:
-        raise SpearError(f"suite file {path}: not valid YAML ({exc})") from None
+    data = load_strict_yaml(read_text(path, "suite file"), f"suite file {path}")  # a key given twice is refused
     if isinstance(data, list):
         data = {"tasks": data}
     if not isinstance(data, dict) or not isinstance(data.get("tasks"), list):

@@ -1,4 +1,4 @@
-"""A YAML loader for files users write by hand (run configs): no duplicated keys, no anchors or aliases.
+"""A YAML loader for files users write by hand (run configs, suite files): no duplicated keys, no anchors or aliases.
 
 `yaml.safe_load` silently keeps the last of two equal keys (a typo'd override wins without a word) and expands
 aliases (`&a` / `*a`), so a few hundred bytes can resolve to megabytes (the "billion laughs" alias bomb). Both are
@@ -59,6 +59,6 @@ def load_strict_yaml(text: str, source: str) -> Any:
     try:
         return loader.get_single_data()
     except yaml.YAMLError as exc:
-        raise SpearError(f"{source}: not valid YAML ({exc}).") from exc
+        raise SpearError(f"{source}: not valid YAML ({' '.join(str(exc).split())}).") from exc
     finally:
         loader.dispose()

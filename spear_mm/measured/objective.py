@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from spear_mm.errors import SpearError
+
 if TYPE_CHECKING:  # annotations only: the probe module loads torch and transformers
     from spear_mm.measured.probe import ProbeResult
 
@@ -19,13 +21,24 @@ REFINEMENTS: dict[str, Callable[..., tuple[dict[str, float], Any]]] = {}
 
 
 def register_refinement(name: str):
-    """Decorator: make a refinement available as `refine: NAME` (its docstring's first line is its summary)."""
+    """Decorator: make a refinement available as `refine: NAME` (its docstring's first line is its summary).
+    Another function under a name already registered is refused (a plugin cannot silently replace a built-in)."""
 
     def decorate(search: Callable[..., tuple[dict[str, float], Any]]):
+        known = REFINEMENTS.get(name)
+        if known is not None and _origin(known) != _origin(search):  # the same code imported again is fine
+            raise SpearError(
+                f"refinement {name!r} is registered twice ({_origin(known)} and {_origin(search)}): give the new "
+                "refinement another name."
+            )
         REFINEMENTS[name] = search
         return search
 
     return decorate
+
+
+def _origin(search: Callable[..., Any]) -> str:
+    return f"{search.__module__}.{search.__qualname__}"
 
 
 def registered_refinement(name: str) -> str:
@@ -61,8 +74,8 @@ class PlannerConfig(BaseModel):
         None, ge=1, description="measure only the top N units of the ranking (default: all)"
     )
     t_step: float = Field(0.05, gt=0.0, le=0.5, description="grid of t in the refinement")
-    uniform_seeds: tuple[float, ...] = Field(
-        (0.3, 0.6, 0.9), description="uniform plans tried as starting points (comma-separated t)"
+    uniform_seeds: tuple[Annotated[float, Field(ge=0.0, le=1.0)], ...] = Field(
+        (0.3, 0.6, 0.9), description="uniform plans tried as starting points (comma-separated t in [0, 1])"
     )
     tolerance: float = Field(
         0.005, ge=0.0, description="objective differences below this are probe noise: restore less"
@@ -93,6 +106,19 @@ class PlannerConfig(BaseModel):
             except ValueError:
                 raise ValueError(f"{v!r}: give comma-separated t values, e.g. 0.3,0.6,0.9") from None
         return tuple(v) if isinstance(v, list) else v
+
+    @model_validator(mode="after")
+    def _one_constraint(self) -> PlannerConfig:
+        """probe_recovery replaces the max_domain_loss constraint: both given, one would be ignored silently."""
+        if (
+            self.probe_recovery is not None
+            and self.max_domain_loss != type(self).model_fields["max_domain_loss"].default
+        ):
+            raise ValueError(
+                "max_domain_loss and probe_recovery are two objectives (keep the domain gain, or reach a general "
+                "recovery): give one (--planner-max-domain-loss or --planner-probe-recovery)"
+            )
+        return self
 
     def key_dump(self) -> dict[str, Any]:
         """The settings as hashed in resume keys: `probe_recovery` under its old name, so earlier runs' keys hold."""

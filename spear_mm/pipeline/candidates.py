@@ -79,6 +79,32 @@ def policy_candidates(scores: ScoreTable, policies: Sequence[str], rank_by: str 
     return out
 
 
+def check_policy_names(policies: Sequence[str]) -> None:
+    """Each of `policies` is a preset, 'measured' or a plan .yaml file, and names a candidate of its own."""
+    names = []
+    for policy in policies:
+        plan_file = policy.endswith((".yaml", ".yml"))
+        if not plan_file and policy not in (*PRESETS, "measured"):
+            raise SpearError(
+                f"unknown policy {policy!r}: use {', '.join(PRESETS)}, measured, or the path of a plan YAML file "
+                "(spear-mm plan writes one)."
+            )
+        names.append(Path(policy).stem if plan_file else policy)
+    twice = [n for n in dict.fromkeys(names) if names.count(n) > 1 or n in ("base", "adapted")]
+    if twice:
+        raise SpearError(
+            f"two candidates would be named {twice[0]!r} (a policy given twice, or a plan file named like a preset "
+            "or base/adapted): give each once, or rename the plan file."
+        )
+
+
+def check_plan_files(policies: Sequence[str]) -> None:
+    """The plan files among `policies` exist and are valid plans (read before any scoring, again when used)."""
+    for policy in policies:
+        if policy.endswith((".yaml", ".yml")):
+            Plan.load(Path(policy).expanduser())
+
+
 def parse_sweep(sweep: str | Mapping[str, Sequence[float]] | bool | None) -> dict[str, tuple[float, ...]] | None:
     """`"f=0.1,0.25;t=0.5,0.9"`, a mapping {fractions, t}, True (the default grid) or None (no sweep)."""
     if sweep is None or sweep is False:
@@ -90,7 +116,9 @@ def parse_sweep(sweep: str | Mapping[str, Sequence[float]] | bool | None) -> dic
         for chunk in sweep.replace(" ", "").split(";"):
             key, sep, values = chunk.partition("=")
             if not sep or not values:
-                raise SpearError(f"--sweep '{sweep}': write it as 'f=0.1,0.25,0.5;t=0.5,0.7,0.9'.")
+                raise SpearError(
+                    f"--sweep '{sweep}': write it as 'f=0.1,0.25,0.5;t=0.5,0.7,0.9', or 'default' for that grid."
+                )
             parts[{"f": "fractions", "fraction": "fractions"}.get(key, key)] = values.split(",")
         sweep = parts
     unknown = set(sweep) - {"fractions", "t"}

@@ -18,7 +18,7 @@ from spear_mm.io.dtype_names import DtypeName
 from spear_mm.io.files import atomic_write_text
 from spear_mm.io.strict_yaml import load_strict_yaml
 from spear_mm.measured.objective import PlannerConfig, PlannerOptions
-from spear_mm.pipeline.candidates import parse_sweep
+from spear_mm.pipeline.candidates import check_policy_names, parse_sweep
 from spear_mm.scoring.table import ScoreConfig
 from spear_mm.statistics import Kind
 
@@ -202,6 +202,16 @@ class RunConfig(BaseModel):
             return [p.strip() for p in v.split(",") if p.strip()]
         return list(v) if isinstance(v, tuple) else v
 
+    @field_validator("policies")
+    @classmethod
+    def _check_policies(cls, v: list[str]) -> list[str]:
+        """Presets, 'measured' or plan .yaml files, each naming one candidate (refused before any scoring)."""
+        try:
+            check_policy_names(v)
+        except SpearError as exc:
+            raise ValueError(str(exc).rstrip(".")) from None
+        return v
+
     @field_validator("operators", mode="before")
     @classmethod
     def _parse_operators(cls, v: Any) -> Any:
@@ -210,6 +220,8 @@ class RunConfig(BaseModel):
             out: dict[str, list[float]] = {}
             for part in filter(None, v.replace(" ", "").split(";")):
                 name, sep, values = part.partition("=")
+                if name in out:
+                    raise ValueError(f"'{name}' is given twice: give one curve per operator, e.g. '{name}=0.3,0.5'")
                 try:
                     out[name] = [float(a) for a in values.split(",")]
                 except ValueError:
@@ -271,6 +283,9 @@ class RunConfig(BaseModel):
     @field_validator("base", "adapted", "out", "data_dir", "domain_probe", "general_probe", mode="before")
     @classmethod
     def _path_str(cls, v: Any) -> Any:
+        """Paths as strings; an empty one is refused (it would silently mean the working folder)."""
+        if isinstance(v, str) and not v.strip():
+            raise ValueError("an empty path; give the file or folder (write '.' for the working folder)")
         return str(v) if isinstance(v, Path) else v
 
     @model_validator(mode="before")

@@ -33,6 +33,7 @@ from spear_mm.pipeline.candidates import (
     N_FIXED_BASELINES,
     Candidate,
     baseline_candidates,
+    check_plan_files,
     check_unique,
     parse_sweep,
     policy_candidates,
@@ -123,6 +124,7 @@ def _run(config: RunConfig, pair: Pair, run_dir: Path, progress: ProgressCallbac
     grid = parse_sweep(config.sweep)
     tasks, skipped = _load_tasks(config, ctx.lm_eval_tasks)
     check_probes(config)  # the planner's probe files, before any scoring
+    check_plan_files(config.policies)  # and the plan files
     n_baselines = N_FIXED_BASELINES + len(set(config.uniform_grid))
     n_candidates = len(config.policies) + (len(grid["fractions"]) * len(grid["t"]) if grid else 0)
     n_candidates += n_baselines * config.baselines + sum(len(set(g)) for g in config.operators.values())
@@ -178,6 +180,11 @@ def _load_tasks(config: RunConfig, registered: LmEvalTasks | None = None):
     if registered and not suites:
         return (), skipped
     tasks = load_tasks(suites, config.data_dir, config.limit, config.seed, skip_missing=True, skipped=skipped)
+    if not tasks and not registered and not skipped:
+        raise SpearError(
+            f"no task to evaluate: --suite {suites!r} names no suite and no lm-eval task names are given. Pass "
+            "--suite (general,domain by default, demo, or a suite .yaml) or --tasks."
+        )
     if not tasks and not registered:
         raise SpearError(
             f"no task to evaluate: the data of every task of '{suites}' is missing "

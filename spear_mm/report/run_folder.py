@@ -71,14 +71,32 @@ def read_summary(run_dir: Path) -> RunSummary | None:
     path = run_dir / "summary.json"
     if not path.is_file():
         return None
+    raw = path.read_bytes()
     try:
-        return RunSummary.model_validate_json(path.read_bytes())
+        return RunSummary.model_validate_json(raw)
     except ValidationError as exc:
+        _refuse_newer(path, raw)
         err = field_errors(exc)[0]
         raise SpearError(
             f"{path}: not the summary.json of a `spear-mm run` ({err.field or 'the file'}: {err.msg}). The report reads it as a "
             "RunSummary (docs/pipeline.md). Run `spear-mm run` again on this folder to rewrite it (finished steps "
             "are reused), or move the file away to report the evaluation results alone."
+        ) from None
+
+
+def _refuse_newer(path: Path, raw: bytes) -> None:
+    """A summary.json of a later format (a newer spear-mm wrote it) is refused as such: rewriting it with this
+    version is not the fix."""
+    try:
+        version = json.loads(raw).get("spear_mm_summary")
+    except (ValueError, AttributeError):
+        return
+    known = RunSummary.model_fields["spear_mm_summary"].default
+    if isinstance(version, int) and not isinstance(version, bool) and version > known:
+        raise SpearError(
+            f"{path}: written by a newer spear-mm (summary format {version}; this version reads format {known}). "
+            "Report it with that spear-mm (pip install -U spear-mm), or move the file away to report the "
+            "evaluation results alone."
         ) from None
 
 

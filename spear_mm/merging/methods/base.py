@@ -13,6 +13,7 @@ asks the registry `METHODS`.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, ClassVar
 
 import torch
@@ -101,7 +102,20 @@ class MergeMethod:
 def register(cls: type[MergeMethod]) -> type[MergeMethod]:
     """Class decorator: make `cls` available by `cls.name` to plans, `--method`, `ls methods` and the export.
 
-    Raises SpearError when another class already has the name (a plugin cannot silently replace a method)."""
+    Raises SpearError when another class already has the name (a plugin cannot silently replace a method), and
+    when the class has no `name` or declares `options` its constructor does not take (found here, at import, not
+    when a plan first sets them)."""
+    where = f"{cls.__module__}.{cls.__qualname__}"
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not name.strip():
+        raise SpearError(f'merge method {where} has no `name`: set `name = "..."` on the class (plans use it).')
+    taken = inspect.signature(cls).parameters
+    missing = [o for o in cls.options if o not in taken and not _takes_any(taken)]
+    if missing:
+        raise SpearError(
+            f"merge method {name!r} ({where}) declares options {missing} that its constructor does not take: add "
+            f"them as keyword arguments of __init__ (e.g. `def __init__(self, {missing[0]}: float = 1.0)`)."
+        )
     known = METHODS.get(cls.name)
     if known is not None and (known.__module__, known.__qualname__) != (cls.__module__, cls.__qualname__):
         raise SpearError(
@@ -110,6 +124,10 @@ def register(cls: type[MergeMethod]) -> type[MergeMethod]:
         )
     METHODS[cls.name] = cls
     return cls
+
+
+def _takes_any(params: Any) -> bool:
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
 def get_method(name: str, **options: float) -> MergeMethod:
