@@ -99,7 +99,7 @@ def field_errors(exc: ValidationError) -> list[FieldError]:
     """Every error of a pydantic validation, for the one-paragraph messages of plans, suites, configs and flags."""
     return [
         FieldError(
-            ".".join(map(str, e["loc"])),
+            ".".join(str(x) for x in e["loc"] if x != "[key]"),  # a mapping's bad key: `operators.bogus`
             e["msg"].removeprefix("Value error, "),
             e.get("input"),
             e["type"],

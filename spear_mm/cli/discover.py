@@ -121,7 +121,14 @@ def plan_validate_cmd(
     for group in sorted({g for g, _ in check.actions}):
         table.add_row(group, *(str(check.actions[(group, a)]) for a in ("keep", "merge", "base")))
     out_console.print(table)
-    for note in check.notes:
+    notes = list(check.notes)
+    if the_plan.needs_statistics() and not the_plan.statistics:
+        methods = ", ".join(m for m in the_plan.methods() if METHODS[m].needs_statistics)
+        notes.append(
+            f"{methods} read(s) probe statistics: merge it with --stats STATS (spear-mm stats) or add "
+            "statistics: STATS to the plan"
+        )
+    for note in notes:
         out_console.print(f"note: {note}")
     out_console.print(f"plan OK: {check.tensors} tensors, {check.num_layers} layers; nothing was merged or written.")
 

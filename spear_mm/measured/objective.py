@@ -51,7 +51,7 @@ class PlannerConfig(BaseModel):
     """Every choice of the measured planner (recorded in the plan's provenance). The descriptions are the help of
     the `--planner-…` flags of `run` and `plan` (spear_mm.cli.config_options)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     t_mid: float = Field(0.5, gt=0.0, lt=1.0, description="the intermediate t measured per unit (besides t = 1)")
     max_domain_loss: float = Field(0.1, ge=0.0, le=1.0, description="share of the domain-probe gain the plan may lose")
@@ -131,7 +131,7 @@ class PlannerOptions(PlannerConfig):
     """The measured planner's options as `run` (run.yaml `planner:`) and `plan` take them: `PlannerConfig`'s
     fields and the probe length; strict types (no "true" strings), unknown keys refused."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
 
     probe_tokens: int = Field(PROBE_TOKENS, ge=2, description="tokens per probe (general and domain)")
 

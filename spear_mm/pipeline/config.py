@@ -71,7 +71,7 @@ def flag_spellings(data: dict[str, Any]) -> dict[str, Any]:
 class RunConfig(BaseModel):
     """What to compare and how to choose. Paths are kept as written (relative to the working folder)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     base: str = Field(
         description="base model folder (before CPT) or hub id org/name(@rev); or base: in --config",

@@ -32,7 +32,7 @@ SCORES_JSON = "scores.json"
 class ScoreConfig(BaseModel):
     """Every scoring choice, recorded in the table so a run can be reproduced."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     alpha: float = Field(0.5, ge=0.0, le=1.0, description="weight of the SNR-weighted change vs the SVD drop")
     aggregate: Literal["mean", "max"] = Field("mean", description="layer score from its matrices' scores")

@@ -4,6 +4,7 @@ outputs replaced unasked) from the checks the tests really made."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -30,8 +31,8 @@ def _record(request, kind: str, **data) -> None:
 def cli(monkeypatch, capsys, request) -> Callable[..., tuple[int, str]]:
     """Run `spear-mm ARGS` in process through `main()`; returns (exit code, stdout+stderr folded)."""
     monkeypatch.setattr(spear_mm.cli.console, "width", 4000)
-    for mod in ("merge", "analyze", "evaluate", "run", "train"):
-        monkeypatch.setattr(sys.modules[f"spear_mm.cli.{mod}"].out_console, "width", 4000)
+    for mod in ("merge", "analyze", "evaluate", "run", "train"):  # `spear-mm CMD` imports CMD's module only
+        monkeypatch.setattr(importlib.import_module(f"spear_mm.cli.{mod}").out_console, "width", 4000)
 
     def run(*args) -> tuple[int, str]:
         monkeypatch.setattr(sys, "argv", ["spear-mm", *map(str, args)])

@@ -263,3 +263,24 @@ def test_a_suite_file_is_read_strictly(tiny_pair, tmp_path, cli, untouched, text
     code, out = cli("evaluate", tiny_pair[0], "--suite", suite, "-o", tmp_path / "ev")
     check()
     assert code == 2 and f"suite file {suite}" in out and expected in out, out
+
+
+# -- nan / inf in a number option: refused as not finite (nan read as "not ≤ 1", inf cost accepted) ---------------
+@pytest.mark.parametrize("flag", ["--scoring-alpha", "--target-retention", "--cpt-cost-seconds", "--planner-t-mid"])
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_run_refuses_a_number_that_is_not_finite(tiny_pair, tmp_path, cli, untouched, flag, value):
+    check = untouched(*tiny_pair)
+    out = tmp_path / "run"
+    extra = ["--policies", "measured", "--domain-probe", tmp_path / "d.txt"] if flag.startswith("--planner") else []
+    code, text = cli("run", *tiny_pair, "-o", out, flag, value, *extra)
+    check()
+    assert code == 2 and "finite number" in text and "Traceback" not in text, text
+    assert not out.exists()
+
+
+# -- plan validate: a plan whose methods read probe statistics, without `statistics:`, says what merge will need ----
+def test_plan_validate_notes_the_statistics_a_data_aware_plan_needs(tiny_pair, tmp_path, cli):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("num_layers: 6\nmethod: regmean\nlayers: [{layer: 0, t: 0.5}]\n")
+    code, text = cli("plan", "validate", plan, tiny_pair[0])
+    assert code == 0 and "--stats STATS" in text and "regmean" in text, text
