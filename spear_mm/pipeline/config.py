@@ -206,11 +206,7 @@ class RunConfig(BaseModel):
     @classmethod
     def _check_policies(cls, v: list[str]) -> list[str]:
         """Presets, 'measured' or plan .yaml files, each naming one candidate (refused before any scoring)."""
-        try:
-            check_policy_names(v)
-        except SpearError as exc:
-            raise ValueError(str(exc).rstrip(".")) from None
-        return v
+        return _checked(check_policy_names, v)
 
     @field_validator("operators", mode="before")
     @classmethod
@@ -256,11 +252,7 @@ class RunConfig(BaseModel):
     @classmethod
     def _check_sweep(cls, v: str | bool | None) -> str | bool | None:
         """The sweep's grid parses (before any work, not when the candidates are built)."""
-        try:
-            parse_sweep(v)
-        except SpearError as exc:
-            raise ValueError(str(exc).rstrip(".")) from None
-        return v
+        return _checked(parse_sweep, v)
 
     @field_validator("uniform_grid", mode="before")
     @classmethod
@@ -383,6 +375,15 @@ class RunConfig(BaseModel):
             path, "# the resolved configuration of this run: `spear-mm run --config` re-runs it\n" + self.to_yaml()
         )
         return path
+
+
+def _checked(check: Any, value: Any) -> Any:
+    """`value` if `check(value)` passes; its SpearError as the ValueError pydantic reports under the field."""
+    try:
+        check(value)
+    except SpearError as exc:
+        raise ValueError(str(exc).rstrip(".")) from None
+    return value
 
 
 _SECTIONS: dict[str, type[BaseModel]] = {"planner": PlannerOptions, "scoring": ScoreConfig}
