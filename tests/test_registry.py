@@ -133,6 +133,10 @@ def test_a_new_method_option_is_declared_on_the_class_only(plugin, tiny_pair, tm
     assert code == 2 and "gian is not an option of scaled (their options: gain" in text, text
     code, text = cli("plan", "validate", path, adapted)
     assert code == 0 and "plan OK" in text, text
+    wrong = tmp_path / "wrong.yaml"  # a value of another kind than the constructor's default: refused, not a traceback
+    wrong.write_text("num_layers: 6\nmethod: scaled\nmethod_options: {gain: abc}\n")
+    code, text = cli("plan", "validate", wrong, adapted)
+    assert code == 2 and "method_options.gain: 'abc' is not a float like the default of scaled" in text, text
 
 
 def test_mergekit_export_refuses_the_registered_method_by_name(plugin, tiny_pair):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import importlib
+import inspect
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -27,6 +28,21 @@ from spear_mm.io.files import atomic_write_text
 
 T = Annotated[float, Field(ge=0.0, le=1.0)]
 METHODS_PACKAGE = "spear_mm.merging.methods"  # importing it registers the built-in merge methods
+
+
+def _option_default(method: Any, name: str) -> Any:
+    """The default a method's constructor gives option `name` (None: it does not take it, or has no default)."""
+    param = inspect.signature(method.__init__).parameters.get(name)
+    return None if param is None or param.default is inspect.Parameter.empty else param.default
+
+
+def _same_kind(value: Any, default: Any) -> bool:
+    """A plan's option value of the kind of the method's default: a number for a number, a bool for a bool, …"""
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, (int, float)):
+        return isinstance(value, (int, float))
+    return isinstance(value, type(default))
 
 
 def merge_methods() -> dict[str, Any]:
@@ -161,6 +177,14 @@ class Plan(_Strict):
                 f"method_options: {', '.join(unknown)} is not an option of {', '.join(sorted(self.methods()))} "
                 f"(their options: {', '.join(sorted(declared)) or 'none'}; density and shrink are top-level keys)"
             )
+        for name, value in self.method_options.items():
+            for m in self.methods():
+                default = _option_default(merge_methods()[m], name)
+                if default is not None and not _same_kind(value, default):
+                    raise ValueError(
+                        f"method_options.{name}: {value!r} is not a {type(default).__name__} like the default of "
+                        f"{m} ({default!r})"
+                    )
         return self
 
     # -- per-tensor resolution ---------------------------------------------------------------------------------
