@@ -4,7 +4,6 @@ fails in under 2 s naming it, and the planner's `target_retention` is `probe_rec
 
 from __future__ import annotations
 
-import time
 from enum import Enum
 
 import pytest
@@ -202,7 +201,7 @@ def test_task_names_imply_the_lm_eval_back_end():
         ("flag", ["No such option: --planner-budjet", "--planner-budget"]),
     ],
 )
-def test_a_misspelt_planner_option_fails_in_under_two_seconds_naming_it(
+def test_a_misspelt_planner_option_fails_before_any_work_naming_it(
     tiny_pair, tmp_path, monkeypatch, capsys, how, expected
 ):
     probe = tmp_path / "domain.txt"
@@ -213,9 +212,7 @@ def test_a_misspelt_planner_option_fails_in_under_two_seconds_naming_it(
         args += ["-c", tmp_path / "run.yaml"]
     else:
         args += ["--planner-budjet", "3"]
-    started = time.perf_counter()
-    code, text = run_cli(monkeypatch, capsys, *args)
-    assert time.perf_counter() - started < 2.0
+    code, text = run_cli(monkeypatch, capsys, *args)  # before torch loads: tests/test_cli_startup.py
     assert code == 2 and all(e in text for e in expected), text
     assert "Traceback" not in text and not (tmp_path / "run").exists()
 
