@@ -6,6 +6,8 @@ checkpoints alone: score layers, plan which to restore, SLERP them back toward t
 
 from __future__ import annotations
 
+import importlib
+
 __version__ = "0.1.0"
 
 # The public API is imported lazily so `import spear_mm` stays fast (torch/transformers load on use).
@@ -22,12 +24,18 @@ _API = {
 }
 
 
-def __getattr__(name: str):
-    if name in _API:
-        import importlib
+def lazy_exports(package: str, api: dict[str, str]):
+    """A module `__getattr__` that imports `api[name]` (a module's full name) on first use of `name`: packages
+    export their names without importing torch and transformers at `import`."""
 
-        return getattr(importlib.import_module(_API[name]), name)
-    raise AttributeError(f"module 'spear_mm' has no attribute {name!r}")
+    def __getattr__(name: str):
+        if name in api:
+            return getattr(importlib.import_module(api[name]), name)
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
 
+    return __getattr__
+
+
+__getattr__ = lazy_exports(__name__, _API)
 
 __all__ = ["__version__", *_API]

@@ -5,7 +5,7 @@ uniform_curve, metrics) does not import transformers through this file."""
 
 from __future__ import annotations
 
-import importlib
+from spear_mm import lazy_exports
 
 _API = {
     "MissingDataError": "loaders",
@@ -27,10 +27,6 @@ _API = {
 }
 
 
-def __getattr__(name: str):
-    if name in _API:
-        return getattr(importlib.import_module(f"{__name__}.{_API[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
+__getattr__ = lazy_exports(__name__, {name: f"{__name__}.{module}" for name, module in _API.items()})
 
 __all__ = sorted(_API)
